@@ -1,0 +1,87 @@
+"""The `tuneforge` command line: parse, load the config, call one function. No training logic here.
+
+    tuneforge train CONFIG.yaml [dotted.key=value ...] [--debug]
+    tuneforge validate CONFIG.yaml [dotted.key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from tuneforge.errors import TrainingInterrupted, UserError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tuneforge.config.load import load_config
+    from tuneforge.stages import STAGES
+
+    cfg = load_config(args.config, args.overrides)
+    out = STAGES[cfg.stage](cfg)
+    print(f"done: {out} (metrics.json, report.md, adapter)")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tuneforge.config.load import load_config
+    from tuneforge.data.dataset import load_examples
+    from tuneforge.data.templates import apply_template
+    from tuneforge.models import load_tokenizer
+    from tuneforge.stages.lm import check_config
+
+    cfg = load_config(args.config, args.overrides)
+    check_config(cfg)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    if cfg.stage == "sft":
+        apply_template(tokenizer, cfg.data.template)
+    for split in ("train", "eval"):
+        path = getattr(cfg.data, split)
+        if path:
+            _, stats = load_examples(cfg, tokenizer, path)
+            s = stats.summary()
+            print(f"{split}: {s['examples']} samples from {s['records']} records ({s['format']}), "
+                  f"{s['truncated']} truncated, {s['dropped_overlength']} dropped over length, "
+                  f"{s['dropped_no_supervised']} without supervised tokens, {s['supervised_tokens']} supervised tokens")
+    print(f"{args.config}: valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune LLMs from one config.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, text in (("train", cmd_train, "fine-tune a model from a YAML config"),
+                           ("validate", cmd_validate, "check a config and its data without training")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.max_steps=10")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.fn(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrainingInterrupted as exc:
+        print(f"interrupted (signal {exc.signum}); complete checkpoint at {exc.checkpoint}; "
+              "continue with resume=auto", file=sys.stderr)
+        return 128 + exc.signum

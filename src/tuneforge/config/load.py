@@ -1,0 +1,121 @@
+"""Load a YAML config, apply `dotted.key=value` overrides, validate, and explain every error by key and line.
+
+    cfg = load_config("examples/quickstart.yaml", ["training.max_steps=10"])
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tuneforge.config.schema import Config
+from tuneforge.errors import ConfigError
+
+
+def _line_map(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """dotted key -> 1-based line of that key in the YAML file."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_line_map(value_node, key + "."))
+    return lines
+
+
+def _parse_value(text: str) -> Any:
+    """`key=value` values are YAML scalars: 10 -> int, 1e-4 -> float, true -> bool, [a,b] -> list."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; users mean a float
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value, e.g. training.max_steps=10")
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
+            node = child
+        node[parts[-1]] = _parse_value(text)
+    return raw
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at `loc` (for did-you-mean)."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return list(current.model_fields)
+
+
+def _explain(err: ValidationError, source: str, lines: dict[str, int]) -> str:
+    out = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc)
+        where = f"{source}:{lines[key]}" if key in lines else source
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Config, loc)
+            guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), guess[0]])!r}?" if guess else ""
+            out.append(f"{where}: unknown key {key!r}{hint} (allowed here: {', '.join(allowed)})")
+        elif e["type"] == "missing":
+            out.append(f"{where}: missing required key {key!r}")
+        else:
+            out.append(f"{where}: key {key!r}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(out)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys (model, stage, method, data, ...)")
+    raw = apply_overrides(raw, overrides or [])
+    lines = _line_map(node) if node is not None else {}
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, str(path), lines)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,80 @@
+"""Typed config schema: the one place that says which keys exist, their types and defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Strict):
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class DataConfig(Strict):
+    train: str
+    eval: str | None = None
+    format: Literal["auto", "alpaca", "prompt_completion", "messages", "text"] = "auto"
+    # auto: the tokenizer's chat template when it has one, else the alpaca prompt template.
+    template: Literal["auto", "chat", "alpaca"] = "auto"
+    system_prompt: str | None = None
+    # Pretrain: text column name; sft ignores it.
+    text_field: str = "text"
+    eval_split: float = Field(0.0, ge=0, lt=1, description="hold out this share of train when no eval file")
+
+
+class TrainingConfig(Strict):
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=8)
+    # split: pretrain only, long documents become max_length chunks.
+    overlength: Literal["truncate", "drop", "error", "split"] = "truncate"
+    # Padding-free packing: samples of a micro-batch share one row, position ids restart per sample.
+    packing: bool = True
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    gradient_checkpointing: bool = False
+    eval_steps: int | None = Field(None, ge=1)
+    save_steps: int | None = Field(None, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(1, ge=1)
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
+    progress: bool = True
+
+
+class EvalConfig(Strict):
+    before: bool = True
+    max_samples: int = Field(200, ge=1, description="eval-loss rows")
+    generate_samples: int = Field(16, ge=0, description="prompts generated before/after for the report")
+    max_new_tokens: int = Field(64, ge=1)
+    metrics: list[Literal["exact_match", "token_f1"]] = Field(default_factory=lambda: ["exact_match", "token_f1"])
+
+
+class Config(Strict):
+    model: str
+    stage: Literal["sft", "pretrain"]
+    method: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output_dir: str
+    seed: int = 42
+    resume: str | None = Field(None, description="auto | PATH to a checkpoint")
+    overwrite: bool = False
+    trust_remote_code: bool = False

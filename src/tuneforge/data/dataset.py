@@ -1,0 +1,109 @@
+"""Turn a data file into tokenized examples for a stage, applying the over-length policy and counting
+what was truncated, dropped or unsupervised.
+
+    examples, stats = load_examples(cfg, tokenizer, cfg.data.train)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+from tuneforge.config.schema import Config
+from tuneforge.data.formats import detect_format, to_messages, to_text
+from tuneforge.data.load import Record, load_records
+from tuneforge.data.templates import Example, build_pretrain_examples, build_sft_example
+from tuneforge.errors import DataError
+
+
+@dataclass
+class DataStats:
+    path: str
+    format: str
+    records: int = 0
+    examples: int = 0
+    truncated: int = 0
+    dropped_overlength: int = 0
+    dropped_no_supervised: int = 0
+    split_chunks: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    lengths: list[int] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        lengths = sorted(d.pop("lengths"))
+        if lengths:
+            d["length_mean"] = round(sum(lengths) / len(lengths), 1)
+            d["length_max"] = lengths[-1]
+            d["length_p95"] = lengths[int(0.95 * (len(lengths) - 1))]
+        return d
+
+
+def _fit(example: Example, max_length: int, policy: str, where: str, stats: DataStats) -> Example | None:
+    if len(example.input_ids) <= max_length:
+        return example
+    if policy == "error":
+        raise DataError(
+            f"{where}: sample has {len(example.input_ids)} tokens, over training.max_length={max_length} "
+            "(set training.overlength to truncate or drop, or raise max_length)"
+        )
+    if policy == "drop":
+        stats.dropped_overlength += 1
+        return None
+    stats.truncated += 1
+    return Example(example.input_ids[:max_length], example.labels[:max_length])
+
+
+def records_to_examples(cfg: Config, tokenizer, records: list[Record], stats: DataStats) -> list[Example]:
+    max_length, policy = cfg.training.max_length, cfg.training.overlength
+    out: list[Example] = []
+    formats: set[str] = set()
+    for record in records:
+        stats.records += 1
+        if cfg.stage == "pretrain":
+            chunks = build_pretrain_examples(
+                tokenizer, to_text(record, cfg.data.text_field), max_length, split=policy == "split"
+            )
+            stats.split_chunks += max(0, len(chunks) - 1)
+        else:
+            fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(record, cfg.stage)
+            formats.add(fmt)
+            chunks = [build_sft_example(tokenizer, to_messages(record, fmt, cfg.data.system_prompt), record.where)]
+        for example in chunks:
+            fitted = _fit(example, max_length, policy, record.where, stats)
+            if fitted is None:
+                continue
+            if fitted.n_supervised == 0:  # e.g. the prompt alone fills max_length
+                stats.dropped_no_supervised += 1
+                continue
+            out.append(fitted)
+            stats.tokens += len(fitted.input_ids)
+            stats.supervised_tokens += fitted.n_supervised
+            stats.lengths.append(len(fitted.input_ids))
+    stats.examples = len(out)
+    stats.format = "+".join(sorted(formats)) or "text"
+    return out
+
+
+def load_examples(cfg: Config, tokenizer, path: str, records: list[Record] | None = None) -> tuple[list[Example], DataStats]:
+    records = records if records is not None else load_records(path)
+    if cfg.stage == "pretrain":
+        detect_format(records[0], cfg.stage, cfg.data.text_field)  # names the missing field up front
+    stats = DataStats(path=str(path), format=cfg.data.format)
+    examples = records_to_examples(cfg, tokenizer, records, stats)
+    if not examples:
+        raise DataError(
+            f"{path}: no usable samples: {stats.records} records, {stats.dropped_overlength} over max_length, "
+            f"{stats.dropped_no_supervised} with no supervised tokens"
+        )
+    return examples, stats
+
+
+def split_records(records: list[Record], share: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Deterministic hold-out split for when no eval file is given."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(share * len(records)))) if share > 0 else 0
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]

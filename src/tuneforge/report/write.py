@@ -1,0 +1,78 @@
+"""Write what a run tells: metrics.json (the contract), a loss-curve PNG and report.md with a
+base-vs-tuned table of generations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneforge.fsutil import write_json_atomic, write_text_atomic
+
+
+def plot_loss(history: list[dict], evals: list[dict], before: dict | None, after: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], label="train loss", color="tab:blue", alpha=0.8)
+    points = ([{"step": 0, **before}] if before else []) + evals + ([{"step": steps[-1], **after}] if after and steps else [])
+    if points:
+        ax.plot([p["step"] for p in points], [p["loss"] for p in points], "o--", color="tab:orange", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per supervised token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("|", "\\|") or "*(empty)*"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_report(metrics: dict, generations: list[dict], cfg_text: str) -> str:
+    before, after, train = metrics.get("eval_before") or {}, metrics.get("eval_after") or {}, metrics["train"]
+    lines = [f"# tuneforge run: {metrics['stage']} / {metrics['method']} on {metrics['model']}", ""]
+    lines += ["## Before vs after", "", "| metric | base | tuned | change |", "|---|---|---|---|"]
+    for key in after:
+        if isinstance(after[key], (int, float)) and key in before:
+            lines.append(f"| {key} | {_fmt(before[key])} | {_fmt(after[key])} | {_fmt(after[key] - before[key])} |")
+    lines += ["", "![loss curve](loss.png)", "", "## Cost", "", "| | |", "|---|---|"]
+    for key in ("steps", "wall_seconds", "train_seconds", "tokens_per_second", "supervised_tokens_per_second",
+                "peak_rss_mb", "trainable_params", "total_params", "trainable_percent", "precision", "model_flops"):
+        if key in train:
+            lines.append(f"| {key} | {_fmt(train[key])} |")
+    data = metrics.get("data", {})
+    if data:
+        lines += ["", "## Data", "", "| split | records | examples | truncated | dropped (over length) | dropped (no supervised) | mean length |",
+                  "|---|---|---|---|---|---|---|"]
+        for split, s in data.items():
+            lines.append(f"| {split} | {s['records']} | {s['examples']} | {s['truncated']} | {s['dropped_overlength']} | "
+                         f"{s['dropped_no_supervised']} | {s.get('length_mean', '')} |")
+    if generations:
+        lines += ["", "## Generations on eval prompts (greedy)", "", "| # | prompt | reference | base | tuned |", "|---|---|---|---|---|"]
+        for i, g in enumerate(generations, 1):
+            mark = lambda out: ("✅ " if g.get("reference") is not None and " ".join(out.split()) == " ".join(g["reference"].split()) else "") + _cell(out)  # noqa: E731
+            lines.append(f"| {i} | {_cell(g['prompt'], 100)} | {_cell(g.get('reference') or '')} | {mark(g['base'])} | {mark(g['tuned'])} |")
+    lines += ["", "## Config", "", "```yaml", cfg_text.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(output_dir: Path, metrics: dict, generations: list[dict], history: list[dict], evals: list[dict],
+                 cfg_text: str) -> None:
+    if history:
+        plot_loss(history, evals, metrics.get("eval_before"), metrics.get("eval_after"), output_dir / "loss.png")
+    write_text_atomic(output_dir / "report.md", render_report(metrics, generations, cfg_text))
+    write_json_atomic(output_dir / "metrics.json", metrics)

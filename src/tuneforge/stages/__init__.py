@@ -1,0 +1,10 @@
+"""Stages decide which objective trains the parameters. STAGES maps a name to `run(cfg) -> output_dir`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tuneforge.stages import pretrain, sft
+
+STAGES: dict[str, Callable[..., Path]] = {"sft": sft.run, "pretrain": pretrain.run}

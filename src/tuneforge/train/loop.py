@@ -1,0 +1,170 @@
+"""The training loop: padding-free micro-batches, gradient accumulation normalised by supervised tokens,
+bf16 autocast, LR schedule, non-finite steps skipped, atomic checkpoints, exact resume, and a clean
+stop on SIGINT/SIGTERM. Small on purpose: every line of it is something the run contract promises.
+
+    result = train(model, train_examples, eval_examples, cfg, output_dir)
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import get_scheduler
+
+from tuneforge.config.schema import Config
+from tuneforge.data.batching import collate_packed, epoch_microbatches
+from tuneforge.data.templates import Example
+from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
+from tuneforge.train import checkpoint as ckpt
+from tuneforge.train.loss import evaluate_loss, loss_sum
+from tuneforge.train.precision import autocast
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[dict]
+    evals: list[dict]
+    tokens_seen: int
+    supervised_seen: int
+    train_seconds: float
+    resumed_from: str | None
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[Callable[[], int | None]]:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step and stops.
+    A second signal falls through to the default behaviour (hard stop)."""
+    received: list[int] = []
+    previous = {}
+
+    def handler(signum, _frame):
+        received.append(signum)
+        signal.signal(signum, previous[signum])
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def plan_steps(cfg: Config, n_examples: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps)."""
+    t = cfg.training
+    micro = math.ceil(n_examples / t.batch_size)
+    per_epoch = math.ceil(micro / t.grad_accum)
+    total = t.max_steps if t.max_steps else math.ceil(t.epochs * per_epoch)
+    return per_epoch, total
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[tps]:.0f} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def train(model, train_examples: list[Example], eval_examples: list[Example], cfg: Config, output_dir: Path,
+          precision: str, log: Callable[[str], None] = print) -> TrainResult:
+    t = cfg.training
+    per_epoch, total_steps = plan_steps(cfg, len(train_examples))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    warmup = t.warmup_steps if t.warmup_steps is not None else int(round(t.warmup_ratio * total_steps))
+    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    ckpt_root = output_dir / "checkpoints"
+
+    state = ckpt.TrainState(step=0, bad_steps=0, history=[], tokens_seen=0, train_seconds=0.0)
+    resumed_from = None
+    if cfg.resume:
+        found = ckpt.find_resume(cfg.resume, ckpt_root)
+        if found:
+            path, loaded = found
+            state = ckpt.restore(loaded, model, optimizer, scheduler)
+            resumed_from = str(path)
+            log(f"resumed from {path} at step {state.step}")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=state.step + 1 if resumed_from else None)
+    evals: list[dict] = []
+    supervised_seen = sum(h["supervised_tokens"] for h in state.history)
+    model.train()
+    with _stop_on_signals() as stop_signal, _progress(t.progress) as bar:
+        task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), tps=0.0)
+        while state.step < total_steps:
+            started = time.perf_counter()
+            epoch, k = divmod(state.step, per_epoch)
+            micro = epoch_microbatches(len(train_examples), t.batch_size, cfg.seed, epoch)
+            batches = [collate_packed([train_examples[i] for i in idx]) for idx in micro[k * t.grad_accum : (k + 1) * t.grad_accum]]
+            n_sup = sum(b.n_supervised for b in batches)
+            n_tok = sum(b.n_tokens for b in batches)
+            step_loss = 0.0
+            for batch in batches:
+                with autocast(precision):
+                    loss = loss_sum(model, batch)
+                (loss / n_sup).backward()
+                step_loss += float(loss.detach())
+            step_loss /= n_sup
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
+            state.step += 1
+            if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                state.bad_steps += 1
+                warnings.warn(f"step {state.step}: non-finite loss/gradient ({step_loss}); update skipped", stacklevel=1)
+                writer.add_scalar("train/skipped_nonfinite", state.bad_steps, state.step)
+                if state.bad_steps >= t.max_bad_steps:
+                    raise NonFiniteLoss(f"{state.bad_steps} non-finite steps in a row (training.max_bad_steps); stopped, nothing saved")
+                continue
+            state.bad_steps = 0
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - started
+            state.train_seconds += elapsed
+            state.tokens_seen += n_tok
+            supervised_seen += n_sup
+            lr = scheduler.get_last_lr()[0]
+            state.history.append({"step": state.step, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
+                                  "tokens": n_tok, "supervised_tokens": n_sup, "seconds": elapsed})
+            if state.step % t.logging_steps == 0:
+                writer.add_scalar("train/loss", step_loss, state.step)
+                writer.add_scalar("train/lr", lr, state.step)
+                writer.add_scalar("train/tokens_per_second", n_tok / elapsed, state.step)
+            bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
+            if t.eval_steps and eval_examples and state.step % t.eval_steps == 0:
+                result = evaluate_loss(model, eval_examples, t.batch_size, precision)
+                evals.append({"step": state.step, **result})
+                writer.add_scalar("eval/loss", result["loss"], state.step)
+            signum = stop_signal()
+            if (t.save_steps and state.step % t.save_steps == 0) or signum:
+                path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit)
+                if signum:
+                    writer.close()
+                    raise TrainingInterrupted(signum, str(path))
+    writer.close()
+    return TrainResult(state.step, state.history, evals, state.tokens_seen, supervised_seen, state.train_seconds, resumed_from)

@@ -1,0 +1,40 @@
+"""The loss: cross-entropy summed over supervised positions only. Logits are computed just for those
+positions (`logits_to_keep` with an index tensor), which skips the LM head on prompt tokens. Callers
+divide by the supervised-token count of the whole accumulated batch, so batch 1 x accum 4 equals
+batch 4 x accum 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tuneforge.data.batching import Batch, collate_packed, sequential_microbatches
+from tuneforge.data.templates import IGNORE, Example
+from tuneforge.train.precision import autocast
+
+
+def loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    keep = (batch.targets != IGNORE).nonzero().squeeze(1)
+    # use_cache=False: with a KV cache, transformers 5.23 does not build the block-diagonal mask from
+    # restarted position ids and samples would attend across boundaries (DESIGN.md 4.5).
+    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep)
+    return F.cross_entropy(out.logits[0].float(), batch.targets[keep], reduction="sum")
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: int, precision: str) -> dict:
+    """Mean loss per supervised token and perplexity over `examples`."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for idx in sequential_microbatches(len(examples), batch_size):
+        batch = collate_packed([examples[i] for i in idx])
+        with autocast(precision):
+            total += float(loss_sum(model, batch))
+        count += batch.n_supervised
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "supervised_tokens": count}
