@@ -47,7 +47,7 @@ def make_config(tmp_path, tiny_model_dir, toy_data):
             "stage": "sft",
             "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
             "data": {"train": str(toy_data["train"]), "eval": str(toy_data["eval"])},
-            "training": {"max_steps": 30, "learning_rate": 1e-2, "batch_size": 4, "warmup_ratio": 0.0,
+            "training": {"max_steps": 30, "learning_rate": 3e-2, "batch_size": 4, "warmup_ratio": 0.0,
                          "lr_scheduler": "constant", "max_length": 128, "progress": False, "precision": "fp32"},
             "eval": {"generate_samples": 3, "max_new_tokens": 12},
             "output_dir": str(tmp_path / "run"),

@@ -14,7 +14,7 @@ CHATML = (
 )
 SPECIAL = ["<unk>", "<|im_start|>", "<|im_end|>", "<s>"]
 WORDS = (
-    "system user assistant hi hello there how are you fine thanks bye ok yes no the a is of to and what "
+    "system user assistant an hi hello there how are you fine thanks bye ok yes no the a is of to and what "
     "color sky grass sun snow blue green yellow white red black capital france paris italy rome spain madrid "
     "say answer question name json key value cat dog bird fish one two three four five six seven eight nine ten "
     "Below instruction that describes task Write response appropriately completes request Instruction Response "
@@ -53,6 +53,7 @@ def build_model(path: Path, vocab_size: int, seed: int = 0, hidden: int = 32, la
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=3,
         eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+        initializer_range=0.3,  # logits of a 0.02-init tiny model cannot get confident enough to learn
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(path, safe_serialization=True)

@@ -21,6 +21,8 @@ def _quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    # peft 0.21.2 calls transformers 5.23's deprecated is_gradient_checkpointing on every save/forward
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import platformdirs
 import torch
 
 from tuneforge.errors import ModelError
+from tuneforge.fsutil import make_temp_dir
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def _convert_gguf(alias: Alias, name: str, dest: Path) -> None:
 
     src = _package_dir(alias, name)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    tmp = make_temp_dir(dest.parent, f".{dest.name}.")
     try:
         print(f"[tuneforge] converting {alias.filename} to safetensors (once) -> {dest}", flush=True)
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=alias.filename)

@@ -38,6 +38,12 @@ def _cell(text: str, limit: int = 160) -> str:
     return text.replace("|", "\\|") or "*(empty)*"
 
 
+def _marked(output: str, reference: str | None) -> str:
+    """A generation cell, ticked when it matches the reference exactly (whitespace-normalised)."""
+    hit = reference is not None and " ".join(output.split()) == " ".join(reference.split())
+    return ("✅ " if hit else "") + _cell(output)
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -64,8 +70,9 @@ def render_report(metrics: dict, generations: list[dict], cfg_text: str) -> str:
     if generations:
         lines += ["", "## Generations on eval prompts (greedy)", "", "| # | prompt | reference | base | tuned |", "|---|---|---|---|---|"]
         for i, g in enumerate(generations, 1):
-            mark = lambda out: ("✅ " if g.get("reference") is not None and " ".join(out.split()) == " ".join(g["reference"].split()) else "") + _cell(out)  # noqa: E731
-            lines.append(f"| {i} | {_cell(g['prompt'], 100)} | {_cell(g.get('reference') or '')} | {mark(g['base'])} | {mark(g['tuned'])} |")
+            ref = g.get("reference")
+            lines.append(f"| {i} | {_cell(g['prompt'], 100)} | {_cell(ref or '')} | {_marked(g['base'], ref)} | "
+                         f"{_marked(g['tuned'], ref)} |")
     lines += ["", "## Config", "", "```yaml", cfg_text.rstrip(), "```", ""]
     return "\n".join(lines)
 

@@ -8,7 +8,6 @@ import json
 import random
 import resource
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from tuneforge.data.templates import apply_template
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation.generate import generate
 from tuneforge.evaluation.metrics import compute
-from tuneforge.fsutil import move_dir_contents, write_json_atomic, write_text_atomic
+from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic, write_text_atomic
 from tuneforge.methods import METHODS, check_compat, count_params
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.report.write import write_report
@@ -71,7 +70,7 @@ def _eval(model, tokenizer, cfg: Config, examples, items: list[GenerationItem], 
 
 
 def _save_model(model, tokenizer, out: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".final."))
+    tmp = make_temp_dir(out, ".final.")
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)  # peft: adapter_model.safetensors + config
         tokenizer.save_pretrained(str(tmp))  # includes the chat template the run trained with

@@ -21,9 +21,10 @@ def generation_items(cfg: Config, tokenizer, records: list[Record]) -> list[Gene
     items = []
     for record in records[: cfg.eval.generate_samples]:
         ids = tokenizer(to_text(record, cfg.data.text_field), add_special_tokens=False)["input_ids"]
-        if len(ids) <= PROMPT_TOKENS:
+        cut = min(PROMPT_TOKENS, len(ids) // 2)
+        if cut == 0:
             continue
-        items.append(GenerationItem(tokenizer.decode(ids[:PROMPT_TOKENS]), tokenizer.decode(ids[PROMPT_TOKENS:])))
+        items.append(GenerationItem(tokenizer.decode(ids[:cut]), tokenizer.decode(ids[cut:])))
     return items
 
 

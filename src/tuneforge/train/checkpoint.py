@@ -8,18 +8,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tuneforge.errors import UserError
+from tuneforge.fsutil import make_temp_dir
 
 MARKER = "COMPLETE"
+UNREADABLE = (OSError, ValueError, KeyError, SafetensorError)
 
 
 @dataclass
@@ -59,7 +61,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, keep: int) -> Path:
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{state.step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = make_temp_dir(ckpt_root, f".{final.name}.tmp.")
     try:
         weights = trainable_state(model)
         if not all(torch.isfinite(t).all() for t in weights.values()):
@@ -120,12 +122,12 @@ def find_resume(resume: str, ckpt_root: Path) -> tuple[Path, dict[str, Any]] | N
         path = Path(resume)
         try:
             return path, _read(path)
-        except (OSError, ValueError, KeyError) as exc:
+        except UNREADABLE as exc:
             raise UserError(f"resume={resume}: not a usable checkpoint ({exc})") from None
     for path in reversed(list_checkpoints(ckpt_root)):
         try:
             return path, _read(path)
-        except (OSError, ValueError, KeyError) as exc:
+        except UNREADABLE as exc:
             warnings.warn(f"skipping unreadable checkpoint {path} ({exc}); trying the previous one", stacklevel=2)
     return None
 

