@@ -87,3 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted (signal {exc.signum}); complete checkpoint at {exc.checkpoint}; "
               "continue with resume=auto", file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt:  # outside the training loop (loading, evaluating): nothing to save
+        print("interrupted", file=sys.stderr)
+        return 130

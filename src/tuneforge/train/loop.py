@@ -108,13 +108,13 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
             resumed_from = str(path)
             log(f"resumed from {path} at step {state.step}")
 
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=state.step + 1 if resumed_from else None)
     evals: list[dict] = []
     supervised_seen = sum(h["supervised_tokens"] for h in state.history)
     model.train()
     with _stop_on_signals() as stop_signal, _progress(t.progress) as bar:
+        from torch.utils.tensorboard import SummaryWriter  # imports slowly; only needed here
+
+        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=state.step + 1 if resumed_from else None)
         task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total_steps:
             started = time.perf_counter()
