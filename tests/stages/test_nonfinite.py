@@ -7,7 +7,7 @@ import torch
 import tuneforge.train.loop as loop
 from tuneforge.data.dataset import load_examples
 from tuneforge.errors import NonFiniteLoss
-from tuneforge.methods import METHODS
+from tuneforge.methods import METHODS, MethodContext
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.train.loop import train
 
@@ -16,7 +16,7 @@ def _setup(make_config, **overrides):
     cfg = make_config(**overrides)
     tok = load_tokenizer(cfg.model)
     examples, _ = load_examples(cfg, tok, cfg.data.train)
-    model = METHODS["lora"](load_model(cfg.model), cfg.method)
+    model = METHODS["lora"].apply(load_model(cfg.model), cfg.method, MethodContext(cfg.model))
     return cfg, model, examples
 
 

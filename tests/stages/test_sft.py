@@ -84,7 +84,7 @@ def test_adapter_reloads_in_plain_peft_with_identical_logits(make_config, tmp_pa
 
     from tuneforge.data.batching import collate_packed
     from tuneforge.data.dataset import load_examples
-    from tuneforge.methods import METHODS
+    from tuneforge.methods import METHODS, MethodContext
     from tuneforge.models import load_model
     from tuneforge.stages.lm import _save_model
     from tuneforge.train.loop import train
@@ -92,9 +92,9 @@ def test_adapter_reloads_in_plain_peft_with_identical_logits(make_config, tmp_pa
     cfg = make_config(training__max_steps=5)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     examples, _ = load_examples(cfg, tok, cfg.data.train)
-    model = METHODS["lora"](load_model(cfg.model), cfg.method)
+    model = METHODS["lora"].apply(load_model(cfg.model), cfg.method, MethodContext(cfg.model))
     train(model, examples, [], cfg, tmp_path / "run", "fp32")
-    _save_model(model, tok, tmp_path / "run")
+    _save_model(model, tok, tmp_path / "run", METHODS["lora"])
     batch = collate_packed(examples[:3])
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "run"))
     with torch.no_grad():

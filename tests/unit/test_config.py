@@ -62,8 +62,15 @@ def test_bad_override_and_bad_yaml(tmp_path):
 
 
 def test_unsupported_method_and_split_policy(tmp_path):
-    with pytest.raises(ConfigError, match="method.name"):
-        load_config(_cfg(tmp_path), ["method.name=full"])
+    with pytest.raises(ConfigError, match=r"key 'method.name': expected one of full, freeze, lora.*got 'ful'"):
+        load_config(_cfg(tmp_path), ["method.name=ful"])
     cfg = load_config(_cfg(tmp_path), ["training.overlength=split"])
     with pytest.raises(ConfigError, match="'split' is for the pretrain stage"):
         check_config(cfg)
+
+
+def test_method_keys_are_checked_per_method(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'method.r'.*allowed here: name, num_virtual_tokens"):
+        load_config(_cfg(tmp_path), ["method.name=prompt", "method.r=8"])
+    cfg = load_config(_cfg(tmp_path), ["method.name=freeze", "method.last_n_layers=3"])
+    assert cfg.method.name == "freeze" and cfg.method.last_n_layers == 3

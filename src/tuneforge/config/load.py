@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tuneforge.config.schema import Config
+from tuneforge.config.schema import METHOD_CONFIGS, Config
 from tuneforge.errors import ConfigError
 
 
@@ -59,8 +59,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """pydantic puts the union tag in the location (method.lora.r); users wrote method.r."""
+    if len(loc) > 1 and loc[0] == "method" and loc[1] in METHOD_CONFIGS:
+        return (loc[0], *loc[2:])
+    return loc
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...], method: str | None) -> list[str]:
     """The field names valid at `loc` (for did-you-mean)."""
+    if loc[:1] == ("method",) and len(loc) == 2:
+        return list(METHOD_CONFIGS[method].model_fields) if method in METHOD_CONFIGS else []
     current: Any = model
     for part in loc[:-1]:
         field = current.model_fields.get(part) if isinstance(part, str) else None
@@ -74,17 +83,19 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(current.model_fields)
 
 
-def _explain(err: ValidationError, source: str, lines: dict[str, int]) -> str:
+def _explain(err: ValidationError, source: str, lines: dict[str, int], method: str | None) -> str:
     out = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = _strip_tags(tuple(e["loc"]))
         key = ".".join(str(p) for p in loc)
         where = f"{source}:{lines[key]}" if key in lines else source
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(Config, loc)
+            allowed = _allowed_keys(Config, loc, method)
             guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), guess[0]])!r}?" if guess else ""
             out.append(f"{where}: unknown key {key!r}{hint} (allowed here: {', '.join(allowed)})")
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            out.append(f"{where}: key 'method.name': expected one of {', '.join(METHOD_CONFIGS)} (got {method!r})")
         elif e["type"] == "missing":
             out.append(f"{where}: missing required key {key!r}")
         else:
@@ -110,11 +121,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (model, stage, method, data, ...)")
     raw = apply_overrides(raw, overrides or [])
+    if isinstance(raw.get("method"), dict):
+        raw["method"].setdefault("name", "lora")  # the default method, as when `method:` is absent
     lines = _line_map(node) if node is not None else {}
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, str(path), lines)) from None
+        method = raw.get("method", {}).get("name") if isinstance(raw.get("method"), dict) else None
+        raise ConfigError(_explain(exc, str(path), lines, method)) from None
 
 
 def dump_config(cfg: Config) -> str:

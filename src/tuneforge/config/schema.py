@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FullConfig(Strict):
+    """Every parameter trains."""
+
+    name: Literal["full"] = "full"
+
+
+class FreezeConfig(Strict):
+    """Partial fine-tuning: the last N blocks and/or named modules and/or matching parameters train."""
+
+    name: Literal["freeze"] = "freeze"
+    last_n_layers: int = Field(2, ge=0)
+    modules: list[str] = Field(default_factory=list, description="e.g. lm_head, norm, embed_tokens")
+    patterns: list[str] = Field(default_factory=list, description="regexes over parameter names")
 
 
 class LoraConfig(Strict):
@@ -18,6 +33,53 @@ class LoraConfig(Strict):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "v_proj"])
     bias: Literal["none", "all", "lora_only"] = "none"
+    use_dora: bool = False
+    use_rslora: bool = False
+    # pissa: the saved adapter is converted so it applies to the original base (peft's conversion).
+    init: Literal["default", "gaussian", "pissa"] = "default"
+
+
+class QLoraConfig(LoraConfig):
+    """LoRA on a base loaded in 4-bit NF4 (double quantization, bf16 compute) through bitsandbytes."""
+
+    name: Literal["qlora"] = "qlora"  # type: ignore[assignment]
+
+
+class IA3Config(Strict):
+    name: Literal["ia3"] = "ia3"
+    target_modules: list[str] | None = Field(None, description="default: peft's per-architecture choice")
+    feedforward_modules: list[str] | None = None
+
+
+class AdapterConfig(Strict):
+    """Bottleneck adapters (down-project, non-linearity, up-project, residual), zero-initialised."""
+
+    name: Literal["adapter"] = "adapter"
+    size: int = Field(64, ge=1)
+    where: Literal["attention", "mlp", "both"] = "both"
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+
+
+class PrefixConfig(Strict):
+    name: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(16, ge=1)
+    projection: bool = False
+
+
+class PromptConfig(Strict):
+    name: Literal["prompt"] = "prompt"
+    num_virtual_tokens: int = Field(16, ge=1)
+    init_text: str | None = Field(None, description="initialise the virtual tokens from this text")
+
+
+MethodConfig = Annotated[
+    FullConfig | FreezeConfig | LoraConfig | QLoraConfig | IA3Config | AdapterConfig | PrefixConfig | PromptConfig,
+    Field(discriminator="name"),
+]
+METHOD_CONFIGS: dict[str, type[Strict]] = {
+    c.model_fields["name"].default: c
+    for c in (FullConfig, FreezeConfig, LoraConfig, QLoraConfig, IA3Config, AdapterConfig, PrefixConfig, PromptConfig)
+}
 
 
 class DataConfig(Strict):
@@ -69,7 +131,7 @@ class EvalConfig(Strict):
 class Config(Strict):
     model: str
     stage: Literal["sft", "pretrain"]
-    method: LoraConfig = Field(default_factory=LoraConfig)
+    method: MethodConfig = Field(default_factory=LoraConfig)
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -15,13 +15,17 @@ from tuneforge.data.templates import IGNORE, Example
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # [1, N]
-    position_ids: torch.Tensor  # [1, N]
-    targets: torch.Tensor  # [N], the token each position must predict, IGNORE where none
+    input_ids: torch.Tensor  # packed: [1, N]; padded: [B, T]
+    position_ids: torch.Tensor | None  # packed: [1, N], restarting per sample
+    targets: torch.Tensor  # same shape minus the batch dim when packed; the token each position must predict
     n_samples: int
+    attention_mask: torch.Tensor | None = None  # padded only
 
     @property
     def n_tokens(self) -> int:
+        """Real tokens fed to the model (padding excluded)."""
+        if self.attention_mask is not None:
+            return int(self.attention_mask.sum())
         return int(self.input_ids.shape[1])
 
     @property
@@ -44,6 +48,29 @@ def collate_packed(examples: list[Example]) -> Batch:
         targets=torch.tensor(targets, dtype=torch.long),
         n_samples=len(examples),
     )
+
+
+def collate_padded(examples: list[Example], pad_id: int = 0) -> Batch:
+    """One row per sample, right-padded to the longest in the micro-batch (never to max_length). For
+    methods that prepend virtual tokens per row (prefix, prompt tuning), which cannot pack."""
+    width = max(len(ex.input_ids) for ex in examples)
+    ids, mask, targets = [], [], []
+    for ex in examples:
+        pad = width - len(ex.input_ids)
+        ids.append(ex.input_ids + [pad_id] * pad)
+        mask.append([1] * len(ex.input_ids) + [0] * pad)
+        targets.append(ex.labels[1:] + [IGNORE] * (pad + 1))
+    return Batch(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        position_ids=None,
+        targets=torch.tensor(targets, dtype=torch.long),
+        n_samples=len(examples),
+        attention_mask=torch.tensor(mask, dtype=torch.long),
+    )
+
+
+def collate(examples: list[Example], packed: bool = True) -> Batch:
+    return collate_packed(examples) if packed else collate_padded(examples)
 
 
 def epoch_microbatches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

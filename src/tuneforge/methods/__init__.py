@@ -1,30 +1,47 @@
-"""Methods decide which parameters train. METHODS maps a name to `apply(model, method_cfg) -> model`;
-COMPAT says which stages each method supports (checked before any model loads)."""
+"""Methods decide which parameters train. METHODS maps a name to its `Method` (apply, stages, and the
+few facts other parts need); `check_compat` is the method x stage table, checked before a model loads.
+
+    model = METHODS[cfg.method.name].apply(model, cfg.method, MethodContext(model_path))
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch.nn as nn
 
 from tuneforge.errors import ConfigError
-from tuneforge.methods import lora
+from tuneforge.methods import adapter, freeze, peft_methods
+from tuneforge.methods.base import Method, MethodContext
 
-METHODS: dict[str, Callable[..., nn.Module]] = {"lora": lora.apply}
+LM = frozenset({"sft", "pretrain"})
 
-COMPAT: dict[str, set[str]] = {"lora": {"sft", "pretrain"}}
+METHODS: dict[str, Method] = {
+    "full": Method(freeze.apply_full, LM, why_not_mergeable="full fine-tuning already saves a whole model"),
+    "freeze": Method(freeze.apply_freeze, LM, why_not_mergeable="partial fine-tuning already saves a whole model"),
+    "lora": Method(peft_methods.apply_lora, LM, mergeable=True, save=peft_methods.save_lora),
+    "qlora": Method(peft_methods.apply_qlora, LM, quantized_base=True, mergeable=True),
+    "ia3": Method(peft_methods.apply_ia3, LM, mergeable=True),
+    "adapter": Method(adapter.apply_adapter, LM, save=adapter.save,
+                      why_not_mergeable="a bottleneck adapter has a non-linearity; it cannot fold into a weight"),
+    "prefix": Method(peft_methods.apply_prefix, LM, packing=False,
+                     why_not_mergeable="prefix tuning adds key/value prefixes, not weight deltas"),
+    "prompt": Method(peft_methods.apply_prompt, LM, packing=False,
+                     why_not_mergeable="prompt tuning adds virtual input tokens, not weight deltas"),
+}
+
+__all__ = ["METHODS", "Method", "MethodContext", "check_compat", "count_params"]
 
 
 def check_compat(method: str, stage: str) -> None:
     if method not in METHODS:
-        raise ConfigError(f"key 'method.name': unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-    if stage not in COMPAT[method]:
-        supported = ", ".join(sorted(COMPAT[method]))
+        raise ConfigError(f"key 'method.name': unknown method {method!r}; known: {', '.join(METHODS)}")
+    if stage not in METHODS[method].stages:
+        supported = ", ".join(sorted(METHODS[method].stages))
         raise ConfigError(f"method {method!r} does not support stage {stage!r} (supported: {supported})")
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+    """(trainable, total) parameter counts; 4-bit packed weights count as their logical size."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft knows the logical size of 4-bit weights
+        return trainable, model.get_nb_trainable_parameters()[1]
+    return trainable, sum(p.numel() for p in model.parameters())

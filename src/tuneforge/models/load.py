@@ -115,13 +115,28 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+def to_bnb_config():
+    """QLoRA's recipe: 4-bit NF4 with double quantization, bf16 compute (bitsandbytes >= 0.49 runs it on CPU)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+               quantize_4bit: bool = False):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name)
+    extra = {}
+    if quantize_4bit:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelError("method qlora needs bitsandbytes: pip install 'tuneforge[qlora]' (bitsandbytes>=0.49)")
+        extra = {"quantization_config": to_bnb_config(), "device_map": "cpu" if not torch.cuda.is_available() else "auto"}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation="sdpa", use_safetensors=True
+            path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation="sdpa", use_safetensors=True,
+            **extra,
         )
     except (OSError, ValueError) as exc:
         raise _hub_error(name, exc) from None

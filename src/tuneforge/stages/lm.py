@@ -24,8 +24,8 @@ from tuneforge.errors import ConfigError
 from tuneforge.evaluation.generate import generate
 from tuneforge.evaluation.metrics import compute
 from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic, write_text_atomic
-from tuneforge.methods import METHODS, check_compat, count_params
-from tuneforge.models import load_model, load_tokenizer
+from tuneforge.methods import METHODS, Method, MethodContext, check_compat, count_params
+from tuneforge.models import load_model, load_tokenizer, resolve_model
 from tuneforge.report.write import write_report
 from tuneforge.train.loop import train
 from tuneforge.train.loss import evaluate_loss
@@ -61,18 +61,22 @@ def prepare_output_dir(cfg: Config) -> Path:
     return out
 
 
-def _eval(model, tokenizer, cfg: Config, examples, items: list[GenerationItem], precision: str, task_metrics: bool):
-    result = evaluate_loss(model, examples, cfg.training.batch_size, precision) if examples else {}
+def _eval(model, tokenizer, cfg: Config, examples, items: list[GenerationItem], precision: str, task_metrics: bool,
+          packed: bool = True):
+    result = evaluate_loss(model, examples, cfg.training.batch_size, precision, packed) if examples else {}
     outputs = generate(model, tokenizer, [i.prompt for i in items], cfg.eval.max_new_tokens, precision) if items else []
     if task_metrics and items:
         result.update(compute(cfg.eval.metrics, outputs, [i.reference or "" for i in items]))
     return result, outputs
 
 
-def _save_model(model, tokenizer, out: Path) -> None:
+def _save_model(model, tokenizer, out: Path, method: Method | None = None) -> None:
     tmp = make_temp_dir(out, ".final.")
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)  # peft: adapter_model.safetensors + config
+        if method and method.save:
+            method.save(model, tmp)
+        else:  # peft: adapter_model.safetensors + adapter_config.json; full/freeze: the whole model
+            model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))  # includes the chat template the run trained with
         move_dir_contents(tmp, out)
     except BaseException:
@@ -111,27 +115,32 @@ def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Calla
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     precision = resolve_precision(cfg.training.precision)
-    model = load_model(cfg.model, cfg.trust_remote_code)
+    method = METHODS[cfg.method.name]
+    model = load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=method.quantized_base)
     if cfg.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
 
-    eval_before, base_outputs = ({}, [])
-    if cfg.eval.before and not cfg.resume:
+    before_file = out / "eval_before.json"  # computed once, so a resumed run reports the same base
+    if cfg.eval.before and before_file.is_file():
+        saved = json.loads(before_file.read_text())
+        eval_before, base_outputs = saved["metrics"], saved["generations"]
+    elif cfg.eval.before:
         log("evaluating the base model ...")
         eval_before, base_outputs = _eval(model, tokenizer, cfg, eval_examples, items, precision, task_metrics)
-    model = METHODS[cfg.method.name](model, cfg.method)
+        write_json_atomic(before_file, {"metrics": eval_before, "generations": base_outputs})
+    else:
+        eval_before, base_outputs = {}, []
+    ctx = MethodContext(model_path=resolve_model(cfg.model), gradient_checkpointing=cfg.training.gradient_checkpointing)
+    model = method.apply(model, cfg.method, ctx)
     trainable, total = count_params(model)
     log(f"method {cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
 
-    result = train(model, train_examples, eval_examples, cfg, out, precision, log=log)
+    result = train(model, train_examples, eval_examples, cfg, out, precision, log=log, packed=method.packing)
     log("evaluating the tuned model ...")
-    eval_after, tuned_outputs = _eval(model, tokenizer, cfg, eval_examples, items, precision, task_metrics)
-    if cfg.resume and cfg.eval.before:  # base generations for the report: the adapter switched off
-        with model.disable_adapter():
-            eval_before, base_outputs = _eval(model, tokenizer, cfg, eval_examples, items, precision, task_metrics)
-
-    _save_model(model, tokenizer, out)
+    eval_after, tuned_outputs = _eval(model, tokenizer, cfg, eval_examples, items, precision, task_metrics,
+                                      method.packing)
+    _save_model(model, tokenizer, out, method)
     write_json_atomic(out / "template.json", {"template": template, "chat_template": tokenizer.chat_template,
                                               "system_prompt": cfg.data.system_prompt})
     generations = [{"prompt": i.prompt, "reference": i.reference, "base": b, "tuned": t}

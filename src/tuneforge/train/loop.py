@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import get_scheduler
 
 from tuneforge.config.schema import Config
-from tuneforge.data.batching import collate_packed, epoch_microbatches
+from tuneforge.data.batching import collate, epoch_microbatches
 from tuneforge.data.templates import Example
 from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
 from tuneforge.train import checkpoint as ckpt
@@ -89,7 +89,7 @@ def _progress(enabled: bool) -> Progress:
 
 
 def train(model, train_examples: list[Example], eval_examples: list[Example], cfg: Config, output_dir: Path,
-          precision: str, log: Callable[[str], None] = print) -> TrainResult:
+          precision: str, log: Callable[[str], None] = print, packed: bool = True) -> TrainResult:
     t = cfg.training
     per_epoch, total_steps = plan_steps(cfg, len(train_examples))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -120,7 +120,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
             started = time.perf_counter()
             epoch, k = divmod(state.step, per_epoch)
             micro = epoch_microbatches(len(train_examples), t.batch_size, cfg.seed, epoch)
-            batches = [collate_packed([train_examples[i] for i in idx]) for idx in micro[k * t.grad_accum : (k + 1) * t.grad_accum]]
+            batches = [collate([train_examples[i] for i in idx], packed) for idx in micro[k * t.grad_accum : (k + 1) * t.grad_accum]]
             n_sup = sum(b.n_supervised for b in batches)
             n_tok = sum(b.n_tokens for b in batches)
             step_loss = 0.0
@@ -157,7 +157,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                 writer.add_scalar("train/tokens_per_second", n_tok / elapsed, state.step)
             bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
             if t.eval_steps and eval_examples and state.step % t.eval_steps == 0:
-                result = evaluate_loss(model, eval_examples, t.batch_size, precision)
+                result = evaluate_loss(model, eval_examples, t.batch_size, precision, packed)
                 evals.append({"step": state.step, **result})
                 writer.add_scalar("eval/loss", result["loss"], state.step)
             signum = stop_signal()

@@ -11,12 +11,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tuneforge.data.batching import Batch, collate_packed, sequential_microbatches
+from tuneforge.data.batching import Batch, collate, sequential_microbatches
 from tuneforge.data.templates import IGNORE, Example
 from tuneforge.train.precision import autocast
 
 
 def loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    if batch.attention_mask is not None:
+        return _padded_loss_sum(model, batch)
     keep = (batch.targets != IGNORE).nonzero().squeeze(1)
     # use_cache=False: with a KV cache, transformers 5.23 does not build the block-diagonal mask from
     # restarted position ids and samples would attend across boundaries (DESIGN.md 4.5).
@@ -24,14 +26,22 @@ def loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(out.logits[0].float(), batch.targets[keep], reduction="sum")
 
 
+def _padded_loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    logits = out.logits[:, -batch.input_ids.shape[1] :]  # prompt tuning prepends virtual-token logits
+    keep = batch.targets != IGNORE
+    return F.cross_entropy(logits[keep].float(), batch.targets[keep], reduction="sum")
+
+
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: int, precision: str) -> dict:
+def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: int, precision: str,
+                  packed: bool = True) -> dict:
     """Mean loss per supervised token and perplexity over `examples`."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for idx in sequential_microbatches(len(examples), batch_size):
-        batch = collate_packed([examples[i] for i in idx])
+        batch = collate([examples[i] for i in idx], packed)
         with autocast(precision):
             total += float(loss_sum(model, batch))
         count += batch.n_supervised
