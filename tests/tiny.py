@@ -44,7 +44,7 @@ def build_tokenizer(path: Path):
     return tok
 
 
-def build_model(path: Path, vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
+def build_model(path: Path, vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -54,6 +54,7 @@ def build_model(path: Path, vocab_size: int, seed: int = 0, hidden: int = 32, la
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=3,
         eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
         initializer_range=0.3,  # logits of a 0.02-init tiny model cannot get confident enough to learn
+        # hidden 64: bitsandbytes 4-bit quantizes in blocks of 64 input features (qlora tests)
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(path, safe_serialization=True)

@@ -2,6 +2,8 @@
 
     tuneforge train CONFIG.yaml [dotted.key=value ...] [--debug]
     tuneforge validate CONFIG.yaml [dotted.key=value ...]
+    tuneforge merge RUN_DIR [--output DIR]
+    tuneforge compare CONFIG.yaml --methods full,lora,... [--lr full=5e-5]
 """
 
 from __future__ import annotations
@@ -59,6 +61,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tuneforge.export.merge import merge
+
+    merge(args.run_dir, args.output, args.atol)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuneforge.compare import compare, parse_lr
+    from tuneforge.config.load import load_config
+    from tuneforge.methods import check_compat
+    from tuneforge.stages.lm import check_config
+
+    cfg = load_config(args.config, args.overrides)
+    check_config(cfg)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for name in methods:  # the whole table is checked before the first run starts
+        check_compat(name, cfg.stage)
+    output = Path(args.output or f"{cfg.output_dir}-compare")
+    rows = compare(cfg, methods, parse_lr(args.lr), output)
+    failed = [r["method"] for r in rows if r["status"] != "ok"]
+    print(f"wrote {output}/compare.md, compare.json, compare.png" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 0 if not failed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune LLMs from one config.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -70,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.max_steps=10")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into a standalone model, verified")
+    p.add_argument("run_dir")
+    p.add_argument("--output", help="default: RUN_DIR/merged")
+    p.add_argument("--atol", type=float, default=1e-4, help="max |logit diff| merged vs adapter (fp32)")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(fn=cmd_merge)
+    p = sub.add_parser("compare", help="run several methods on the same data and budget; tabulate cost and gain")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides applied to every method")
+    p.add_argument("--methods", default="full,freeze,lora,qlora,ia3,adapter,prefix,prompt")
+    p.add_argument("--lr", help="per-method learning rates, e.g. full=5e-5,prompt=3e-2")
+    p.add_argument("--output", help="default: OUTPUT_DIR-compare")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(fn=cmd_compare)
     return parser
 
 

@@ -3,6 +3,7 @@ prefix tuning and prompt tuning. Each is `to_peft_config` (pure mapping) + `appl
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def save_lora(model: nn.Module, directory: Path) -> None:
     init_dir = getattr(model, PISSA_INIT_ATTR, None)
     if init_dir:
         model.save_pretrained(str(directory), path_initial_model_for_weight_conversion=init_dir)
+        shutil.rmtree(init_dir, ignore_errors=True)
+        delattr(model, PISSA_INIT_ATTR)
     else:
         model.save_pretrained(str(directory))
 

@@ -1,0 +1,163 @@
+"""`tuneforge compare`: run several methods on the same data, seed and step budget, one after another,
+each in its own process (so peak RSS is its own and a crash stays contained), and tabulate what each
+cost and gained: the seed tutorials' method tables, measured on the user's model and data.
+
+    tuneforge compare examples/quickstart.yaml --methods full,freeze,lora,qlora,ia3,adapter,prefix,prompt
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneforge.config.load import dump_config
+from tuneforge.config.schema import METHOD_CONFIGS, Config
+from tuneforge.errors import ConfigError
+from tuneforge.fsutil import write_json_atomic, write_text_atomic
+
+# Sensible starting points for short CPU runs; `--lr method=value` or the config's own method override them.
+DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 2e-4, "qlora": 2e-4, "ia3": 3e-3, "adapter": 1e-3,
+              "prefix": 1e-2, "prompt": 3e-2}
+STORED = {"adapter_model.safetensors", "bottleneck_adapter.safetensors", "model.safetensors"}
+
+
+def method_config(cfg: Config, name: str, lr: dict[str, float], out: Path) -> dict[str, Any]:
+    raw = cfg.model_dump(mode="json")
+    if name != cfg.method.name:
+        lora_like = name in ("lora", "qlora") and cfg.method.name in ("lora", "qlora")
+        raw["method"] = {**raw["method"], "name": name} if lora_like else {"name": name}
+    if name in lr:
+        raw["training"]["learning_rate"] = lr[name]
+    elif name != cfg.method.name:
+        raw["training"]["learning_rate"] = DEFAULT_LR[name]
+    raw["output_dir"] = str(out / name)
+    raw["resume"], raw["overwrite"] = None, True
+    return raw
+
+
+def stored_bytes(run: Path, metrics: dict) -> tuple[int, str]:
+    """What must be kept per task: the adapter file, or the whole model; for freeze, its trainable tensors."""
+    if metrics["method"] == "freeze":
+        return metrics["train"]["trainable_params"] * 4, "trainable tensors (fp32), computed"
+    files = [p for p in run.iterdir() if p.name in STORED]
+    return sum(p.stat().st_size for p in files), "+".join(p.name for p in files)
+
+
+def _row(name: str, run: Path, seconds: float) -> dict[str, Any]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    size, what = stored_bytes(run, metrics)
+    before, after, train = metrics.get("eval_before") or {}, metrics["eval_after"], metrics["train"]
+    return {
+        "method": name, "status": "ok", "trainable_params": train["trainable_params"],
+        "trainable_percent": train["trainable_percent"], "stored_mb": size / 2**20, "stored_what": what,
+        "peak_rss_mb": train["peak_rss_mb"], "wall_seconds": seconds, "tokens_per_second": train["tokens_per_second"],
+        "eval_loss_before": before.get("loss"), "eval_loss_after": after.get("loss"),
+        "exact_match_before": before.get("exact_match"), "exact_match_after": after.get("exact_match"),
+    }
+
+
+def run_one(name: str, raw: dict[str, Any], out: Path) -> dict[str, Any]:
+    path = out / f"{name}.yaml"
+    write_text_atomic(path, yaml.safe_dump(raw, sort_keys=False))
+    started = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "tuneforge", "train", str(path)], env=env,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or [f"exit {proc.returncode}"]
+        return {"method": name, "status": f"failed (exit {proc.returncode}): {tail[0][:200]}", "wall_seconds": seconds}
+    return _row(name, Path(raw["output_dir"]), seconds)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def render_markdown(rows: list[dict], cfg: Config) -> str:
+    head = ("| method | status | trainable | % | stored per task (MB) | peak RSS (MB) | wall (s) | tokens/s | "
+            "eval loss before -> after | exact match before -> after |")
+    lines = [f"# tuneforge compare: {cfg.stage} on {cfg.model}", "",
+             f"Same data ({cfg.data.train}), seed {cfg.seed}, step budget "
+             f"{cfg.training.max_steps or f'{cfg.training.epochs} epochs'}, batch {cfg.training.batch_size}.", "",
+             head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['method']} | {r['status']} |" + " - |" * 8)
+            continue
+        lines.append(
+            f"| {r['method']} | ok | {_fmt(r['trainable_params'])} | {_fmt(r['trainable_percent'], 4)} | "
+            f"{_fmt(r['stored_mb'], 2)} | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['wall_seconds'], 1)} | "
+            f"{_fmt(r['tokens_per_second'], 0)} | {_fmt(r['eval_loss_before'])} -> {_fmt(r['eval_loss_after'])} | "
+            f"{_fmt(r['exact_match_before'], 2)} -> {_fmt(r['exact_match_after'], 2)} |"
+        )
+    lines += ["", "![compare](compare.png)", "",
+              "Stored per task: the adapter file, or the whole model for full fine-tuning; for freeze, the "
+              "trainable tensors' size (fp32). Wall time includes model load and before/after evaluation.", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return
+    panels = [("trainable_percent", "trainable %", True), ("tokens_per_second", "real tokens/s", False),
+              ("peak_rss_mb", "peak RSS (MB)", False), ("eval_loss_after", "eval loss after", False)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), dpi=100)
+    names = [r["method"] for r in ok]
+    for ax, (key, title, log) in zip(axes, panels, strict=True):
+        values = [r[key] or 0 for r in ok]
+        ax.bar(names, values, color="tab:blue")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=45)
+        if log and all(v > 0 for v in values):
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def parse_lr(text: str | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in filter(None, (text or "").split(",")):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--lr {item!r}: expected method=learning_rate, e.g. full=5e-5") from None
+    return out
+
+
+def compare(cfg: Config, methods: list[str], lr: dict[str, float], output: Path) -> list[dict]:
+    unknown = [m for m in methods + list(lr) if m not in METHOD_CONFIGS]
+    if unknown:
+        raise ConfigError(f"--methods/--lr: unknown method(s) {unknown}; known: {', '.join(METHOD_CONFIGS)}")
+    output.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output / "config.yaml", dump_config(cfg))
+    rows = []
+    for i, name in enumerate(methods, 1):
+        print(f"[{i}/{len(methods)}] {name} ...", flush=True)
+        row = run_one(name, method_config(cfg, name, lr, output), output)
+        print(f"[{i}/{len(methods)}] {name}: {row['status']} in {row['wall_seconds']:.0f}s", flush=True)
+        rows.append(row)
+        write_json_atomic(output / "compare.json", {"config": cfg.model_dump(mode="json"), "rows": rows})
+    plot(rows, output / "compare.png")
+    write_text_atomic(output / "compare.md", render_markdown(rows, cfg))
+    return rows

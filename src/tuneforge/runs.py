@@ -1,0 +1,47 @@
+"""Load what a run saved, for inference, merging and comparison: the base named in its config.yaml
+plus the adapter (peft or bottleneck), or the whole model for full / freeze runs.
+
+    model, tokenizer, cfg = load_run("runs/quickstart")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tuneforge.config.load import load_config
+from tuneforge.config.schema import Config
+from tuneforge.errors import ModelError
+from tuneforge.methods import METHODS, adapter
+from tuneforge.models import load_model
+
+
+def run_config(run_dir: str | Path) -> Config:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ModelError(f"{run_dir}: not a tuneforge run (no config.yaml)")
+    return load_config(run_dir / "config.yaml")
+
+
+def load_run(run_dir: str | Path, dequantize: bool = False):
+    """(model, tokenizer, cfg). `dequantize`: load a qlora run's base in full precision (for merging)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    method = METHODS[cfg.method.name]
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    if cfg.method.name in ("full", "freeze"):
+        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32, use_safetensors=True)
+    else:
+        base = load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=method.quantized_base and not dequantize)
+        if cfg.method.name == "adapter":
+            model = adapter.load(base, run_dir)
+        else:
+            if not (run_dir / "adapter_config.json").is_file():
+                raise ModelError(f"{run_dir}: no adapter_config.json (the run did not finish?)")
+            model = PeftModel.from_pretrained(base, str(run_dir))
+    model.config.use_cache = False
+    return model.eval(), tokenizer, cfg

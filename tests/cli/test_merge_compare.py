@@ -1,0 +1,71 @@
+"""merge: merged model == adapter model (reloaded from disk, fp32, 1e-4) for every mergeable method, and a
+clear refusal for the others. compare: a complete table on the tiny model, surviving a failing method."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from tuneforge.errors import UserError
+from tuneforge.export.merge import _logits, merge
+from tuneforge.runs import load_run
+from tuneforge.stages import STAGES
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "lora", **LORA}, {"name": "lora", **LORA, "use_dora": True}, {"name": "ia3"}, {"name": "qlora", **LORA},
+], ids=["lora", "dora", "ia3", "qlora"])
+def test_merge_equals_adapter(method, make_config, tmp_path):
+    cfg = make_config(method=method, training__max_steps=6, eval__generate_samples=2)
+    run = STAGES["sft"](cfg)
+    out = merge(run, tmp_path / "merged")
+    model, tok, _ = load_run(run, dequantize=True)
+    merged = AutoModelForCausalLM.from_pretrained(out)  # plain transformers
+    texts = [json.loads(x)["prompt"] for x in (run / "generations.jsonl").read_text().splitlines()]
+    assert torch.allclose(_logits(model, tok, texts), _logits(merged, tok, texts), atol=1e-4, rtol=0)
+    assert json.loads((out / "merge.json").read_text())["max_abs_logit_diff"] <= 1e-4
+    assert not any("lora" in k or "ia3" in k for k in merged.state_dict())
+
+
+@pytest.mark.parametrize("name", ["adapter", "prompt", "full"])
+def test_merge_refuses_methods_without_weight_deltas(name, make_config, tmp_path):
+    run = STAGES["sft"](make_config(method={"name": name}, training__max_steps=2, eval__generate_samples=0,
+                                    training__learning_rate=1e-3))
+    with pytest.raises(UserError, match=f"merge does not apply to method '{name}'"):
+        merge(run)
+    assert not (run / "merged").exists()
+
+
+def test_compare_table_survives_a_failing_method(make_config, tmp_path):
+    cfg = make_config(training__max_steps=4, eval__generate_samples=2, output_dir=str(tmp_path / "base"))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge", "compare", str(path), "--methods", "lora,full,prompt",
+         "--lr", "full=-1", "--output", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr  # one method failed; the others ran
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    assert rows["full"]["status"].startswith("failed") and "learning_rate" in rows["full"]["status"]
+    for name in ("lora", "prompt"):
+        r = rows[name]
+        assert r["status"] == "ok" and r["trainable_params"] > 0 and r["stored_mb"] > 0 and r["peak_rss_mb"] > 0
+        assert r["eval_loss_after"] < r["eval_loss_before"]
+    assert rows["lora"]["trainable_percent"] > rows["prompt"]["trainable_percent"]
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| lora | ok |" in md and "| full | failed" in md
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+
+
+def test_compare_rejects_unknown_method_before_running(make_config, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(make_config().model_dump(mode="json")))
+    result = subprocess.run([sys.executable, "-m", "tuneforge", "compare", str(path), "--methods", "lora,lorra"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "unknown method 'lorra'" in result.stderr
