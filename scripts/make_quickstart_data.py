@@ -18,15 +18,29 @@ from pathlib import Path
 INSTRUCTION = "Extract the order from the sentence as JSON with the keys name, item, quantity and city."
 NAMES = ("Maria Liam Olivia Noah Emma Lucas Ava Mateo Sofia Elias Mia Hugo Lena Omar Yuki Ines Tariq Nora Felix "
          "Chloe Arjun Zoe Pablo Hana Ivan Leila Samir Greta Tomas Amara Jonas Priya Diego Freya Kenji Alma Rafael "
-         "Ingrid Malik Clara Viktor Sana Bruno Elif Marco Anya Leon Rosa Emil Dara").split()
+         "Ingrid Malik Clara Viktor Sana Bruno Elif Marco Anya Leon Rosa Emil Dara Aiko Bjorn Carmen Dmitri Esther "
+         "Fatima Gustav Helena Ismael Jana Kofi Lucia Magnus Nadia Oskar Paula Quentin Rania Stefan Tamara Umar "
+         "Vera Wilhelm Ximena Yosef Zara Adele Boris Celine Dario Elena Farid Gloria Hector Irina Jorge Katya Lars "
+         "Mirela Nikolai Odette Pedro Renata Sergei Tilda Ugo Valeria Wanda Yara Zeno Agnes Bastian Cora Dante "
+         "Edith Franco Giulia Hamid Isolde Joaquin").split()
 ITEMS = ("lamps chairs notebooks candles mugs pillows blankets umbrellas backpacks kettles towels plates "
          "mirrors clocks baskets scarves gloves bottles pencils markers cushions rugs vases frames jars "
          "helmets tents lanterns shovels ladders speakers cables routers monitors keyboards headphones "
-         "batteries printers tablets cameras").split()
+         "batteries printers tablets cameras teapots spoons forks knives bowls glasses napkins aprons sponges "
+         "brooms buckets hammers wrenches drills saws nails screws hinges locks keys wallets belts hats caps "
+         "boots sandals sneakers socks jackets coats sweaters shirts dresses skirts ties watches rings bracelets "
+         "necklaces earrings brushes combs razors soaps candlesticks easels canvases crayons erasers rulers "
+         "staplers folders binders envelopes stamps maps globes compasses telescopes microscopes thermometers "
+         "kites balloons puzzles dice marbles yoyos drums flutes violins guitars trumpets harmonicas").split()
 CITIES = ("Lisbon Paris Berlin Madrid Rome Vienna Prague Dublin Oslo Warsaw Athens Zurich Munich Lyon Porto "
           "Seville Milan Naples Krakow Budapest Helsinki Stockholm Copenhagen Amsterdam Brussels Geneva "
           "Barcelona Valencia Hamburg Cologne Florence Venice Riga Tallinn Vilnius Sofia Bucharest Zagreb "
-          "Ljubljana Bratislava").split()
+          "Ljubljana Bratislava Toronto Montreal Boston Chicago Denver Seattle Austin Miami Dallas Portland "
+          "Lima Quito Bogota Santiago Montevideo Havana Cairo Tunis Nairobi Accra Lagos Dakar Casablanca "
+          "Istanbul Ankara Tbilisi Yerevan Baku Tehran Dubai Doha Mumbai Delhi Chennai Dhaka Colombo Kathmandu "
+          "Bangkok Hanoi Manila Jakarta Seoul Osaka Kyoto Taipei Perth Sydney Auckland Wellington Reykjavik "
+          "Bergen Gothenburg Malmo Aarhus Antwerp Ghent Utrecht Rotterdam Bordeaux Nantes Lille Marseille "
+          "Nice Turin Bologna Genoa Palermo Bilbao Malaga Granada Graz Salzburg Innsbruck Basel Bern").split()
 TEMPLATES = (
     "{name} ordered {qty} {item} for delivery to {city}.",
     "Please ship {qty} {item} to {city}; the buyer is {name}.",
@@ -59,9 +73,9 @@ def make_row(rng: random.Random, names: list[str], items: list[str], cities: lis
 
 def generate(n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
     rng = random.Random(seed)
-    names_tr, names_ev = _split(list(NAMES), 10, rng)
-    items_tr, items_ev = _split(list(ITEMS), 8, rng)
-    cities_tr, cities_ev = _split(list(CITIES), 8, rng)
+    names_tr, names_ev = _split(list(NAMES), 20, rng)
+    items_tr, items_ev = _split(list(ITEMS), 20, rng)
+    cities_tr, cities_ev = _split(list(CITIES), 20, rng)
     train = [make_row(rng, names_tr, items_tr, cities_tr) for _ in range(n_train)]
     evals = [make_row(rng, names_ev, items_ev, cities_ev) for _ in range(n_eval)]
     return train, evals

@@ -3,6 +3,7 @@
     tuneforge train CONFIG.yaml [dotted.key=value ...] [--debug]
     tuneforge validate CONFIG.yaml [dotted.key=value ...]
     tuneforge merge RUN_DIR [--output DIR]
+    tuneforge plan --model MODEL [--method M] [--batch-size B --seq-len L --budget-gb G]
     tuneforge compare CONFIG.yaml --methods full,lora,... [--lr full=5e-5]
 """
 
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.max_steps=10")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         p.set_defaults(fn=fn)
+    sub.add_parser("plan", help="estimate parameters and memory per method from a config, without loading weights",
+                   add_help=False)
     p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into a standalone model, verified")
     p.add_argument("run_dir")
     p.add_argument("--output", help="default: RUN_DIR/merged")
@@ -116,8 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tuneforge.plan import run_plan
+
+    return run_plan(args.plan_args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plan"]:  # plan has its own option parser (run_plan)
+        args = argparse.Namespace(fn=cmd_plan, plan_args=[a for a in argv[1:] if a != "--debug"],
+                                  debug="--debug" in argv)
+    else:
+        args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
         return args.fn(args)

@@ -80,3 +80,11 @@ def test_empty_data_file(tmp_path, make_config):
     empty = tiny.write_jsonl(tmp_path / "empty.jsonl", [])
     result = _run("validate", str(_config(tmp_path, make_config, data__train=str(empty))))
     assert result.returncode == 2 and "empty" in result.stderr
+
+
+def test_plan_through_the_cli():
+    result = _run("plan", "--model", "llama-2-7b", "--method", "lora", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "4,194,304" in result.stdout or "4194304" in result.stdout
+    bad = _run("plan", "--model", "gpt-17")
+    assert bad.returncode == 2 and "unknown model 'gpt-17'" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,212 @@
+"""`tuneforge plan`: parameter counts against peft and known model totals, memory arithmetic, and the
+activation formula against what autograd really keeps (saved-tensor hooks) on a tiny Llama."""
+
+from __future__ import annotations
+
+import json
+
+import peft
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tuneforge.errors import UserError
+from tuneforge.plan import build_meta_model, estimate, load_arch_config, run_plan
+from tuneforge.plan.memory import NF4_BYTES_PER_PARAM
+
+KNOWN_TOTALS = {  # from the published checkpoints
+    "llama-2-7b": 6_738_415_616,
+    "llama-3-8b": 8_030_261_248,
+    "mistral-7b": 7_241_732_096,
+    "qwen2.5-7b": 7_615_616_512,
+    "smollm2-135m": 134_515_008,
+}
+H, INTER, L, HEADS, KV_HEADS, VOCAB = 64, 128, 2, 4, 2, 256
+KV = KV_HEADS * H // HEADS
+
+
+def tiny_config(tied: bool = False) -> LlamaConfig:
+    return LlamaConfig(hidden_size=H, intermediate_size=INTER, num_hidden_layers=L, num_attention_heads=HEADS,
+                       num_key_value_heads=KV_HEADS, vocab_size=VOCAB, tie_word_embeddings=tied)
+
+
+def peft_line(trainable: int, total: int) -> str:
+    """peft's print_trainable_parameters format."""
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
+def test_llama2_7b_lora_reproduces_peft_published_count():
+    r = estimate("llama-2-7b", "lora", batch_size=1, seq_len=8, r=8, target_modules=["q_proj", "v_proj"])
+    assert peft_line(r["trainable_params"], r["total_params"]) == (
+        "trainable params: 4,194,304 || all params: 6,742,609,920 || trainable%: 0.0622")
+    assert r["counted_by"] == "peft on meta device"
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_TOTALS))
+def test_arch_totals_and_full_trains_everything(name):
+    r = estimate(name, "full", batch_size=1, seq_len=8)
+    assert r["total_params"] == r["trainable_params"] == KNOWN_TOTALS[name]
+
+
+def test_distilbert_backbone_total_and_classifier_head():
+    meta = build_meta_model(load_arch_config("distilbert"))
+    assert meta.task == "SEQ_CLS"
+    assert sum(p.numel() for p in meta.model.base_model.parameters()) == 66_362_880  # bare DistilBertModel
+    assert all(p.device.type == "meta" for p in meta.model.parameters())  # nothing allocated
+    # + pre_classifier (768*768+768) + classifier (768*2+2): what `classify` would train
+    assert estimate("distilbert", "full", batch_size=1, seq_len=8)["total_params"] == 66_362_880 + 590_592 + 1_538
+
+
+@pytest.mark.parametrize("alias,stem", [("LLAMA-2-7B", "llama-2-7b"), ("smollm2-135m-instruct", "smollm2-135m"),
+                                        ("distilbert", "distilbert-base-uncased"), ("Mistral-7B", "mistral-7b-v0.1"),
+                                        ("HuggingFaceTB/SmolLM2-135M", "smollm2-135m")])
+def test_aliases(alias, stem):
+    assert load_arch_config(alias).name_or_path == stem
+
+
+def test_local_directory_with_config_json(tiny_model_dir):
+    r = estimate(str(tiny_model_dir), "full", batch_size=1, seq_len=8)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    assert r["total_params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_unknown_model_names_the_known_ones(tmp_path):
+    with pytest.raises(UserError, match="llama-2-7b.*smollm2-135m") as err:
+        run_plan(["--model", "gpt-17"])
+    assert err.value.exit_code == 2
+    with pytest.raises(UserError, match="no config.json"):
+        load_arch_config(str(tmp_path))
+
+
+def _real_peft_counts(config: LlamaConfig, peft_config) -> tuple[int, int]:
+    torch.manual_seed(0)
+    model = peft.get_peft_model(LlamaForCausalLM(config), peft_config)
+    return model.get_nb_trainable_parameters()
+
+
+# method, estimate kwargs, the peft config tuneforge means, the analytic count from docs/plan.md
+PEFT_CASES = [
+    ("lora", {}, lambda: peft.LoraConfig(r=8, task_type="CAUSAL_LM"), L * 8 * ((H + H) + (H + KV))),
+    ("lora", {"target_modules": "all-linear"}, lambda: peft.LoraConfig(r=8, target_modules="all-linear"),
+     L * 8 * (2 * (H + H) + 2 * (H + KV) + 2 * (H + INTER) + (INTER + H))),
+    ("dora", {}, lambda: peft.LoraConfig(r=8, use_dora=True), L * (8 * ((H + H) + (H + KV)) + H + KV)),
+    ("ia3", {}, lambda: peft.IA3Config(task_type="CAUSAL_LM"), L * (KV + KV + INTER)),  # k, v out; down_proj in
+    ("prefix", {}, lambda: peft.PrefixTuningConfig(num_virtual_tokens=20, task_type="CAUSAL_LM"), 20 * L * 2 * KV),
+    ("prompt", {}, lambda: peft.PromptTuningConfig(num_virtual_tokens=20, task_type="CAUSAL_LM"), 20 * H),
+]
+
+
+@pytest.mark.parametrize("method,kwargs,make_peft,analytic", PEFT_CASES,
+                         ids=[f"{c[0]}{'-' + '-'.join(map(str, c[1].values())) if c[1] else ''}" for c in PEFT_CASES])
+def test_tiny_llama_counts_equal_real_peft_and_formula(method, kwargs, make_peft, analytic):
+    r = estimate(tiny_config(), method, batch_size=1, seq_len=8, **kwargs)
+    assert (r["trainable_params"], r["total_params"]) == _real_peft_counts(tiny_config(), make_peft())
+    assert r["trainable_params"] == analytic
+
+
+def test_qlora_trains_what_lora_trains_on_a_4bit_base():
+    lora = estimate("llama-2-7b", "lora", batch_size=1, seq_len=8)
+    qlora = estimate("llama-2-7b", "qlora", batch_size=1, seq_len=8, precision="bf16-mixed")
+    assert qlora["trainable_params"] == lora["trainable_params"]
+    assert NF4_BYTES_PER_PARAM == pytest.approx(0.5159, abs=1e-4)  # 4 bits + 0.127 bit double-quant overhead
+    assert qlora["gib"]["weights"] < lora["gib"]["weights"] / 3
+
+
+@pytest.mark.parametrize("tied,n,expected", [(False, 1, 1 * (2 * H * H + 2 * H * KV + 3 * H * INTER + 2 * H) + VOCAB * H),
+                                             (True, 2, 2 * (2 * H * H + 2 * H * KV + 3 * H * INTER + 2 * H))])
+def test_freeze_trains_last_blocks_and_an_untied_head(tied, n, expected):
+    r = estimate(tiny_config(tied), "freeze", batch_size=1, seq_len=8, freeze_last_n=n)
+    assert r["trainable_params"] == expected
+
+
+def test_adapter_is_two_bottlenecks_per_block():
+    r = estimate(tiny_config(), "adapter", batch_size=1, seq_len=8, adapter_size=16)
+    assert r["trainable_params"] == L * 2 * (H * 16 + 16 + 16 * H + H)
+    assert r["total_params"] == r["base_params"] + r["trainable_params"]
+
+
+def test_full_fp32_adamw_is_16_bytes_per_param_plus_activations():
+    r = estimate("smollm2-135m", "full", batch_size=2, seq_len=64, precision="fp32")
+    b, n = r["bytes"], r["total_params"]
+    assert b["weights"] + b["gradients"] + b["optimizer"] + b["master_weights"] == 16 * n
+    assert b["total"] == pytest.approx(16 * n + b["activations"], abs=2)
+    master = estimate("smollm2-135m", "full", batch_size=2, seq_len=64, precision="bf16-master")["bytes"]
+    assert master["weights"] == 2 * n and master["master_weights"] == 4 * n  # 2 + 2 + 4 + 8 = 16 again
+
+
+def test_lora_states_are_fp32_adapter_plus_adamw():
+    r = estimate("llama-2-7b", "lora", batch_size=1, seq_len=8, precision="bf16-master")
+    b, t = r["bytes"], r["trainable_params"]
+    assert (b["gradients"], b["optimizer"], b["master_weights"]) == (4 * t, 8 * t, 0)
+    assert b["weights"] == 2 * r["base_params"] + 4 * t
+
+
+def test_activations_scale_and_checkpointing_and_freeze_reduce_them():
+    def act(method="lora", key="activations", **kw):
+        return estimate("smollm2-135m", method, **{"batch_size": 4, "seq_len": 256, **kw})["bytes"][key]
+
+    assert act(batch_size=8) == pytest.approx(2 * act(), rel=1e-6)
+    assert act(gradient_checkpointing=True) < act() / 3
+    # backward stops at the first trained block: 2 of 30 layers keep activations
+    assert act("freeze", "activations_layers") == pytest.approx(act("full", "activations_layers") * 2 / 30)
+    assert act(attention="eager") > act()
+
+
+def test_fits_against_budget(capsys):
+    assert estimate("smollm2-135m", "lora", batch_size=1, seq_len=64, budget_gb=64)["fits"] is True
+    assert estimate("llama-2-7b", "full", batch_size=1, seq_len=64, budget_gb=64)["fits"] is False
+    assert estimate("llama-2-7b", "full", batch_size=1, seq_len=64)["fits"] is None
+    assert run_plan(["--model", "llama-2-7b", "--method", "full,qlora", "--budget-gb", "24", "--seq-len", "256",
+                     "--batch-size", "1", "--precision", "bf16", "--json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["full"]["fits"] is False and rows["qlora"]["fits"] is True
+
+
+def test_table_lists_every_method_and_unsupported_ones_say_why(capsys):
+    assert run_plan(["--model", "distilbert", "--batch-size", "2", "--seq-len", "32", "--budget-gb", "8"]) == 0
+    out = capsys.readouterr().out
+    for method in ("full", "freeze", "lora", "dora", "qlora", "ia3", "adapter", "prefix", "prompt"):
+        assert method in out
+    assert "prefix: prefix tuning needs a decoder" in out
+    with pytest.raises(UserError, match="prefix tuning needs a decoder"):
+        run_plan(["--model", "distilbert", "--method", "prefix"])
+    with pytest.raises(UserError, match="peft rejected"):
+        run_plan(["--model", "smollm2-135m", "--method", "lora", "--target-modules", "no_such_proj"])
+
+
+def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch: int, seq: int) -> int:
+    """Bytes autograd keeps for backward (parameters excluded), counted once per storage."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    if method == "lora":
+        model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_dropout=0.05, task_type="CAUSAL_LM"))
+    elif method == "freeze":
+        model.requires_grad_(False)
+        model.model.layers[-1].requires_grad_(True)
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = max(seen.get(t.untyped_storage().data_ptr(), 0), t.untyped_storage().nbytes())
+        return t
+
+    ids = torch.randint(0, config.vocab_size, (batch, seq))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+@pytest.mark.parametrize("method", ["full", "lora", "freeze"])
+def test_activation_formula_matches_saved_tensors(method, precision):
+    """Saved tensors = the per-layer terms + the fp32 log-softmax (the formula's other 4V is its gradient)."""
+    config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128, tie_word_embeddings=True)
+    batch, seq = 2, 64
+    r = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision, freeze_last_n=1)
+    head_copy = 2 * 128 * 256 if precision != "fp32" else 0
+    predicted = r["bytes"]["activations_layers"] + batch * seq * 4 * 128 + head_copy
+    assert predicted == pytest.approx(_saved_tensor_bytes(config, method, precision, batch, seq), rel=0.1)
