@@ -80,3 +80,23 @@ def test_epoch_order_is_deterministic_and_complete():
     assert a == epoch_microbatches(10, 3, seed=1, epoch=0)
     assert a != epoch_microbatches(10, 3, seed=1, epoch=1)
     assert sorted(i for mb in a for i in mb) == list(range(10))
+
+
+def test_rows_respect_capacity_and_keep_every_sample(tiny_model_dir, tiny_tokenizer):
+    from tuneforge.data.batching import collate, pack_rows
+
+    exs = _examples(tiny_tokenizer, 9)
+    rows = pack_rows(exs, capacity=80)
+    assert sorted(id(e) for r in rows for e in r) == sorted(id(e) for e in exs)
+    assert all(sum(len(e.input_ids) for e in r) <= 80 or len(r) == 1 for r in rows)
+    assert 1 < len(rows) < len(exs)
+    model = _model(tiny_model_dir)
+    with torch.no_grad():
+        one_row = collate(exs, pack_length=10_000)
+        many = collate(exs, pack_length=80)
+        assert len(one_row) == 1 and len(many) == len(rows)
+        total = sum(b.n_supervised for b in many)
+        assert total == one_row[0].n_supervised
+        split = sum(loss_sum(model, b) for b in many) / total
+        whole = loss_sum(model, one_row[0]) / total
+    assert torch.allclose(split, whole, atol=1e-5, rtol=0)

@@ -106,8 +106,9 @@ class TrainingConfig(Strict):
     max_length: int = Field(1024, ge=8)
     # split: pretrain only, long documents become max_length chunks.
     overlength: Literal["truncate", "drop", "error", "split"] = "truncate"
-    # Padding-free packing: samples of a micro-batch share one row, position ids restart per sample.
-    packing: bool = True
+    # Padding-free packing: a micro-batch's samples share rows of at most pack_length tokens, position ids
+    # restarting per sample (prefix/prompt tuning use padded rows instead).
+    pack_length: int = Field(512, ge=8)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"

@@ -69,8 +69,31 @@ def collate_padded(examples: list[Example], pad_id: int = 0) -> Batch:
     )
 
 
-def collate(examples: list[Example], packed: bool = True) -> Batch:
-    return collate_packed(examples) if packed else collate_padded(examples)
+def pack_rows(examples: list[Example], capacity: int) -> list[list[Example]]:
+    """First-fit-decreasing: split a micro-batch into packed rows of at most `capacity` tokens (a longer
+    sample gets a row of its own). SDPA on CPU computes the full N x N score matrix of a packed row
+    even where the block-diagonal mask zeroes it, so one 1,800-token row costs far more attention than
+    four rows of 450: measured on SmolLM2-135M, 8 alpaca-length samples, 153 -> 210-240 real tok/s."""
+    rows: list[list[Example]] = []
+    room: list[int] = []
+    for ex in sorted(examples, key=lambda e: -len(e.input_ids)):
+        n = len(ex.input_ids)
+        for i, free in enumerate(room):
+            if n <= free:
+                rows[i].append(ex)
+                room[i] -= n
+                break
+        else:
+            rows.append([ex])
+            room.append(capacity - n)
+    return rows
+
+
+def collate(examples: list[Example], packed: bool = True, pack_length: int = 512) -> list[Batch]:
+    """The forward passes of one micro-batch: packed rows (padding-free) or one padded batch."""
+    if packed:
+        return [collate_packed(row) for row in pack_rows(examples, pack_length)]
+    return [collate_padded(examples)]
 
 
 def epoch_microbatches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -63,7 +63,8 @@ def prepare_output_dir(cfg: Config) -> Path:
 
 def _eval(model, tokenizer, cfg: Config, examples, items: list[GenerationItem], precision: str, task_metrics: bool,
           packed: bool = True):
-    result = evaluate_loss(model, examples, cfg.training.batch_size, precision, packed) if examples else {}
+    result = (evaluate_loss(model, examples, cfg.training.batch_size, precision, packed, cfg.training.pack_length)
+              if examples else {})
     outputs = generate(model, tokenizer, [i.prompt for i in items], cfg.eval.max_new_tokens, precision) if items else []
     if task_metrics and items:
         result.update(compute(cfg.eval.metrics, outputs, [i.reference or "" for i in items]))

@@ -120,7 +120,8 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
             started = time.perf_counter()
             epoch, k = divmod(state.step, per_epoch)
             micro = epoch_microbatches(len(train_examples), t.batch_size, cfg.seed, epoch)
-            batches = [collate([train_examples[i] for i in idx], packed) for idx in micro[k * t.grad_accum : (k + 1) * t.grad_accum]]
+            batches = [b for idx in micro[k * t.grad_accum : (k + 1) * t.grad_accum]
+                       for b in collate([train_examples[i] for i in idx], packed, t.pack_length)]
             n_sup = sum(b.n_supervised for b in batches)
             n_tok = sum(b.n_tokens for b in batches)
             step_loss = 0.0
@@ -157,7 +158,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                 writer.add_scalar("train/tokens_per_second", n_tok / elapsed, state.step)
             bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
             if t.eval_steps and eval_examples and state.step % t.eval_steps == 0:
-                result = evaluate_loss(model, eval_examples, t.batch_size, precision, packed)
+                result = evaluate_loss(model, eval_examples, t.batch_size, precision, packed, t.pack_length)
                 evals.append({"step": state.step, **result})
                 writer.add_scalar("eval/loss", result["loss"], state.step)
             signum = stop_signal()

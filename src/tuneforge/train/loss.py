@@ -35,16 +35,16 @@ def _padded_loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: int, precision: str,
-                  packed: bool = True) -> dict:
+                  packed: bool = True, pack_length: int = 512) -> dict:
     """Mean loss per supervised token and perplexity over `examples`."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for idx in sequential_microbatches(len(examples), batch_size):
-        batch = collate([examples[i] for i in idx], packed)
-        with autocast(precision):
-            total += float(loss_sum(model, batch))
-        count += batch.n_supervised
+        for batch in collate([examples[i] for i in idx], packed, pack_length):
+            with autocast(precision):
+                total += float(loss_sum(model, batch))
+            count += batch.n_supervised
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "supervised_tokens": count}
