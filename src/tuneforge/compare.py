@@ -68,12 +68,19 @@ def run_one(name: str, raw: dict[str, Any], out: Path) -> dict[str, Any]:
     write_text_atomic(path, yaml.safe_dump(raw, sort_keys=False))
     started = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "tuneforge", "train", str(path)], env=env,
-                          capture_output=True, text=True)
+    log_path = out / f"{name}.log"
+    with log_path.open("w") as log:  # the run's own output goes to the terminal and to the log
+        proc = subprocess.Popen([sys.executable, "-m", "tuneforge", "train", str(path)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:
+            sys.stderr.write(f"  {name}: {line}")
+            log.write(line)
+            lines.append(line)
+        proc.wait()
     seconds = time.perf_counter() - started
-    (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        tail = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or [f"exit {proc.returncode}"]
+        tail = [line.strip() for line in lines if line.strip()][-1:] or [f"exit {proc.returncode}"]
         return {"method": name, "status": f"failed (exit {proc.returncode}): {tail[0][:200]}", "wall_seconds": seconds}
     return _row(name, Path(raw["output_dir"]), seconds)
 

@@ -103,3 +103,31 @@ def test_adapter_starts_at_the_base_model(make_config, tiny_model_dir):
         model = METHODS["adapter"].apply(base, cfg.method, MethodContext(cfg.model))
         got = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert torch.equal(want, got)
+
+
+def test_qlora_gradients_are_the_same_after_an_evaluation(make_config):
+    """bitsandbytes 0.50.2 repacks 4-bit weights for inference on AVX512-BF16 CPUs in eval mode, and its
+    repacked kernel has no autograd: gradients after an evaluation were wrong (about a tenth of the true
+    norm on SmolLM2, zero in a real run). The gradients must not depend on whether we evaluated first."""
+    cfg = make_config(method={"name": "qlora", **LORA, "init": "gaussian"})
+    tok = load_tokenizer(cfg.model)
+    examples, _ = load_examples(cfg, tok, cfg.data.train)
+    from tuneforge.data.batching import collate_packed
+    from tuneforge.train.loss import loss_sum
+
+    batch = collate_packed(examples[:4])
+
+    def grads(evaluate_first: bool) -> dict:
+        torch.manual_seed(0)
+        model = load_model(cfg.model, quantize_4bit=True)
+        if evaluate_first:
+            with torch.no_grad():
+                loss_sum(model.eval(), batch)
+        model = METHODS["qlora"].apply(model, cfg.method, MethodContext(cfg.model)).train()
+        loss_sum(model, batch).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, after_eval = grads(False), grads(True)
+    assert plain.keys() == after_eval.keys() and plain
+    for name in plain:
+        assert torch.allclose(plain[name], after_eval[name], atol=1e-5, rtol=1e-3), name

@@ -141,4 +141,16 @@ def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = 
     except (OSError, ValueError) as exc:
         raise _hub_error(name, exc) from None
     model.config.use_cache = False  # a KV cache breaks the packed (padding-free) attention mask
+    if quantize_4bit:
+        _keep_4bit_trainable(model)
     return model
+
+
+def _keep_4bit_trainable(model) -> None:
+    """bitsandbytes 0.50.2 on AVX512-BF16 CPUs repacks a Linear4bit's weight for a fast inference kernel the
+    first time it runs in eval mode, and never unpacks it when training resumes: the repacked path
+    (gemv_4bit) has no autograd, so every gradient after an evaluation is silently zero. Turn the repacking
+    off; evaluation takes the ordinary dequantize-and-matmul path."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
