@@ -18,7 +18,6 @@ class Batch:
     input_ids: torch.Tensor  # packed: [1, N]; padded: [B, T]
     position_ids: torch.Tensor | None  # packed: [1, N], restarting per sample
     targets: torch.Tensor  # same shape minus the batch dim when packed; the token each position must predict
-    n_samples: int
     attention_mask: torch.Tensor | None = None  # padded only
 
     @property
@@ -46,7 +45,6 @@ def collate_packed(examples: list[Example]) -> Batch:
         input_ids=torch.tensor([ids], dtype=torch.long),
         position_ids=torch.tensor([pos], dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
-        n_samples=len(examples),
     )
 
 
@@ -64,7 +62,6 @@ def collate_padded(examples: list[Example], pad_id: int = 0) -> Batch:
         input_ids=torch.tensor(ids, dtype=torch.long),
         position_ids=None,
         targets=torch.tensor(targets, dtype=torch.long),
-        n_samples=len(examples),
         attention_mask=torch.tensor(mask, dtype=torch.long),
     )
 

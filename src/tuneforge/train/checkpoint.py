@@ -59,7 +59,6 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, keep: int) -> Path:
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{state.step:07d}"
     tmp = make_temp_dir(ckpt_root, f".{final.name}.tmp.")
     try:
