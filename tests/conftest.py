@@ -62,3 +62,16 @@ def make_config(tmp_path, tiny_model_dir, toy_data):
         return Config.model_validate(raw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return tiny.build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def cls_data(tmp_path) -> dict[str, Path]:
+    return {
+        "train": tiny.write_jsonl(tmp_path / "cls_train.jsonl", tiny.toy_cls_rows(64)),
+        "eval": tiny.write_jsonl(tmp_path / "cls_eval.jsonl", tiny.toy_cls_rows(24, seed=1)),
+    }

@@ -94,3 +94,48 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def build_tiny_bert(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """A tiny random BERT encoder with a word-level [CLS] ... [SEP] tokenizer (token_type_ids for pairs)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab: dict[str, int] = {}
+    for tok in specials + WORDS + PUNCT:
+        vocab.setdefault(tok, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    tok.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=2 * hidden, max_position_embeddings=128, pad_token_id=0,
+                        initializer_range=0.2,  # like the tiny Llama: random features strong enough to learn from
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+SENTIMENT = {"pos": ["fine", "thanks", "yes", "hello"], "neg": ["no", "bye", "black", "snow"]}
+FILLER = "the a is of to and what cat dog bird fish one two three".split()
+
+
+def toy_cls_rows(n: int, seed: int = 0, labels: tuple[str, ...] = ("pos", "neg"), weights=None) -> list[dict]:
+    """A learnable task: the label is given by which cue word appears among filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)] if weights is None else rng.choices(labels, weights)[0]
+        words = rng.sample(FILLER, 2) + [rng.choice(SENTIMENT[label])]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows

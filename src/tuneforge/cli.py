@@ -5,6 +5,7 @@
     tuneforge merge RUN_DIR [--output DIR]
     tuneforge plan --model MODEL [--method M] [--batch-size B --seq-len L --budget-gb G]
     tuneforge compare CONFIG.yaml --methods full,lora,... [--lr full=5e-5]
+    tuneforge predict RUN_DIR --input FILE [--output FILE] [--base]
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 COMMAND_MODULES: tuple[str, ...] = ()
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tuneforge.predict import run_predict
+
+    summary = run_predict(args.run_dir, args.input, args.output, args.base, args.batch_size)
+    where = args.output or "stdout"
+    extra = f", accuracy {summary['accuracy']:.4f} against the input's labels" if "accuracy" in summary else ""
+    print(f"predicted {summary['rows']} rows -> {where}{extra}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune LLMs from one config.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -122,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="default: OUTPUT_DIR-compare")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("predict", help="label a CSV/JSONL file with a classify run (labels + probabilities, input order)")
+    p.add_argument("run_dir")
+    p.add_argument("--input", required=True, help="CSV or JSONL with the run's text column(s)")
+    p.add_argument("--output", help="CSV or JSONL file (by suffix); default: stdout in the input's format")
+    p.add_argument("--base", action="store_true", help="use the base model with the untrained head (for comparison)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(fn=cmd_predict)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     return parser

@@ -6,6 +6,7 @@ plus the adapter (peft or bottleneck), or the whole model for full / freeze runs
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -24,19 +25,31 @@ def run_config(run_dir: str | Path) -> Config:
     return load_config(run_dir / "config.yaml")
 
 
+def run_labels(run_dir: str | Path) -> list[str]:
+    """The label order a classify run trained with (labels.json)."""
+    path = Path(run_dir) / "labels.json"
+    if not path.is_file():
+        raise ModelError(f"{run_dir}: no labels.json (not a finished classify run)")
+    return json.loads(path.read_text())["labels"]
+
+
 def load_run(run_dir: str | Path, dequantize: bool = False):
-    """(model, tokenizer, cfg). `dequantize`: load a qlora run's base in full precision (for merging)."""
+    """(model, tokenizer, cfg). `dequantize`: load a qlora run's base in full precision (for merging).
+    A classify run gives a sequence classifier with its trained head."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     method = METHODS[cfg.method.name]
+    labels = run_labels(run_dir) if cfg.stage == "classify" else None
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     if cfg.method.name in ("full", "freeze"):
-        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32, use_safetensors=True)
+        auto = AutoModelForSequenceClassification if labels else AutoModelForCausalLM
+        model = auto.from_pretrained(run_dir, dtype=torch.float32, use_safetensors=True)
     else:
-        base = load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=method.quantized_base and not dequantize)
+        base = load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=method.quantized_base and not dequantize,
+                          labels=labels)
         if cfg.method.name == "adapter":
             model = adapter.load(base, run_dir)
         else:

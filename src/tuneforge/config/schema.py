@@ -89,8 +89,13 @@ class DataConfig(Strict):
     # auto: the tokenizer's chat template when it has one, else the alpaca prompt template.
     template: Literal["auto", "chat", "alpaca"] = "auto"
     system_prompt: str | None = None
-    # Pretrain: text column name; sft ignores it.
+    # Pretrain and classify: text column name; sft ignores it.
     text_field: str = "text"
+    # Classify: label column, optional second text (pairs), and the label order (default: sorted labels
+    # of the training file). Labels are read as strings; the mapping is saved with the run (labels.json).
+    label_field: str = "label"
+    text_pair_field: str | None = None
+    labels: list[str] | None = Field(None, min_length=2)
     eval_split: float = Field(0.0, ge=0, lt=1, description="hold out this share of train when no eval file")
 
 
@@ -118,6 +123,8 @@ class TrainingConfig(Strict):
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(1, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
+    # Classify: weight the cross-entropy per class; "balanced" = n_samples / (n_classes * count(class)).
+    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
     progress: bool = True
 
 
@@ -131,7 +138,7 @@ class EvalConfig(Strict):
 
 class Config(Strict):
     model: str
-    stage: Literal["sft", "pretrain"]
+    stage: Literal["sft", "pretrain", "classify"]
     method: MethodConfig = Field(default_factory=LoraConfig)
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)

@@ -40,12 +40,14 @@ def _logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     tokenizer.padding_side = side
-    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], use_cache=False).logits.float()
+    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+    if out.dim() == 2:  # a sequence classifier: one row of label logits per text
+        return out
     return out * enc["attention_mask"][..., None]  # padded positions do not count
 
 
 def merge(run_dir: str | Path, output: str | Path | None = None, atol: float = 1e-4) -> Path:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -63,7 +65,8 @@ def merge(run_dir: str | Path, output: str | Path | None = None, atol: float = 1
     try:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, use_safetensors=True).eval()
+        auto = AutoModelForSequenceClassification if cfg.stage == "classify" else AutoModelForCausalLM
+        reloaded = auto.from_pretrained(str(tmp), dtype=torch.float32, use_safetensors=True).eval()
         diff = float((_logits(reloaded, tokenizer, texts) - want).abs().max())
         report = {"run": str(run_dir), "method": cfg.method.name, "base": cfg.model, "max_abs_logit_diff": diff,
                   "atol": atol, "probe_prompts": len(texts)}

@@ -13,18 +13,21 @@ from tuneforge.methods import adapter, freeze, peft_methods
 from tuneforge.methods.base import Method, MethodContext
 
 LM = frozenset({"sft", "pretrain"})
+# Classification trains a new head on top of the base: every method here trains (and saves) it too.
+# qlora/adapter/prefix are left out: untested with a sequence-classification head.
+LM_AND_CLS = LM | {"classify"}
 
 METHODS: dict[str, Method] = {
-    "full": Method(freeze.apply_full, LM, why_not_mergeable="full fine-tuning already saves a whole model"),
-    "freeze": Method(freeze.apply_freeze, LM, why_not_mergeable="partial fine-tuning already saves a whole model"),
-    "lora": Method(peft_methods.apply_lora, LM, mergeable=True, save=peft_methods.save_lora),
+    "full": Method(freeze.apply_full, LM_AND_CLS, why_not_mergeable="full fine-tuning already saves a whole model"),
+    "freeze": Method(freeze.apply_freeze, LM_AND_CLS, why_not_mergeable="partial fine-tuning already saves a whole model"),
+    "lora": Method(peft_methods.apply_lora, LM_AND_CLS, mergeable=True, save=peft_methods.save_lora),
     "qlora": Method(peft_methods.apply_qlora, LM, quantized_base=True, mergeable=True),
-    "ia3": Method(peft_methods.apply_ia3, LM, mergeable=True),
+    "ia3": Method(peft_methods.apply_ia3, LM_AND_CLS, mergeable=True),
     "adapter": Method(adapter.apply_adapter, LM, save=adapter.save,
                       why_not_mergeable="a bottleneck adapter has a non-linearity; it cannot fold into a weight"),
     "prefix": Method(peft_methods.apply_prefix, LM, packing=False,
                      why_not_mergeable="prefix tuning adds key/value prefixes, not weight deltas"),
-    "prompt": Method(peft_methods.apply_prompt, LM, packing=False,
+    "prompt": Method(peft_methods.apply_prompt, LM_AND_CLS, packing=False,
                      why_not_mergeable="prompt tuning adds virtual input tokens, not weight deltas"),
 }
 

@@ -15,6 +15,9 @@ class MethodContext:
     model_path: str  # resolved local path of the base (prompt tuning's text init reads its tokenizer)
     task_type: str = "CAUSAL_LM"
     gradient_checkpointing: bool = False
+    # Newly initialised modules that must train whatever the method (a classification head); peft's
+    # SEQ_CLS task adds them to modules_to_save itself.
+    head_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

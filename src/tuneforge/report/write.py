@@ -48,7 +48,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def render_report(metrics: dict, generations: list[dict], cfg_text: str) -> str:
+def render_report(metrics: dict, generations: list[dict], cfg_text: str, extra: str = "") -> str:
     before, after, train = metrics.get("eval_before") or {}, metrics.get("eval_after") or {}, metrics["train"]
     lines = [f"# tuneforge run: {metrics['stage']} / {metrics['method']} on {metrics['model']}", ""]
     lines += ["## Before vs after", "", "| metric | base | tuned | change |", "|---|---|---|---|"]
@@ -56,7 +56,7 @@ def render_report(metrics: dict, generations: list[dict], cfg_text: str) -> str:
         if isinstance(after[key], (int, float)) and key in before:
             lines.append(f"| {key} | {_fmt(before[key])} | {_fmt(after[key])} | {_fmt(after[key] - before[key])} |")
     lines += ["", "![loss curve](loss.png)", "", "## Cost", "", "| | |", "|---|---|"]
-    for key in ("steps", "wall_seconds", "train_seconds", "tokens_per_second", "supervised_tokens_per_second",
+    for key in ("steps", "wall_seconds", "train_seconds", "tokens_per_second", "supervised_tokens_per_second", "samples_per_second",
                 "peak_rss_mb", "trainable_params", "total_params", "trainable_percent", "precision", "model_flops"):
         if key in train:
             lines.append(f"| {key} | {_fmt(train[key])} |")
@@ -73,13 +73,15 @@ def render_report(metrics: dict, generations: list[dict], cfg_text: str) -> str:
             ref = g.get("reference")
             lines.append(f"| {i} | {_cell(g['prompt'], 100)} | {_cell(ref or '')} | {_marked(g['base'], ref)} | "
                          f"{_marked(g['tuned'], ref)} |")
+    if extra:  # a stage's own section (e.g. classification: per-class table, confusion matrices)
+        lines += ["", extra]
     lines += ["", "## Config", "", "```yaml", cfg_text.rstrip(), "```", ""]
     return "\n".join(lines)
 
 
 def write_report(output_dir: Path, metrics: dict, generations: list[dict], history: list[dict], evals: list[dict],
-                 cfg_text: str) -> None:
+                 cfg_text: str, extra: str = "") -> None:
     if history:
         plot_loss(history, evals, metrics.get("eval_before"), metrics.get("eval_after"), output_dir / "loss.png")
-    write_text_atomic(output_dir / "report.md", render_report(metrics, generations, cfg_text))
+    write_text_atomic(output_dir / "report.md", render_report(metrics, generations, cfg_text, extra))
     write_json_atomic(output_dir / "metrics.json", metrics)

@@ -5,6 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tuneforge.stages import pretrain, sft
+from tuneforge.stages import classify, pretrain, sft
 
-STAGES: dict[str, Callable[..., Path]] = {"sft": sft.run, "pretrain": pretrain.run}
+STAGES: dict[str, Callable[..., Path]] = {"sft": sft.run, "pretrain": pretrain.run, "classify": classify.run}

@@ -27,7 +27,7 @@ from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic
 from tuneforge.methods import METHODS, Method, MethodContext, check_compat, count_params
 from tuneforge.models import load_model, load_tokenizer, resolve_model
 from tuneforge.report.write import write_report
-from tuneforge.train.loop import train
+from tuneforge.train.loop import TrainResult, train
 from tuneforge.train.loss import evaluate_loss
 from tuneforge.train.precision import resolve_precision
 
@@ -92,6 +92,29 @@ def _model_flops(model, tokens: int, trainable: int, total: int) -> float:
     return float(factor * (total - emb) * tokens)
 
 
+def cost_metrics(result: TrainResult, wall_start: float, model, trainable: int, total: int, precision: str,
+                 unit: str) -> dict:
+    """metrics.json's `train` block. `unit` names what the loss averages over (supervised_tokens, samples)."""
+    train_seconds = max(result.train_seconds, 1e-9)
+    return {
+        "steps": result.steps,
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "tokens": result.tokens_seen,
+        unit: result.supervised_seen,
+        "tokens_per_second": result.tokens_seen / train_seconds,
+        f"{unit}_per_second": result.supervised_seen / train_seconds,
+        "train_seconds": result.train_seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100 * trainable / total,
+        "precision": precision,
+        "model_flops": _model_flops(model, result.tokens_seen, trainable, total),
+        "resumed_from": result.resumed_from,
+    }
+
+
 def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Callable[[str], None] = print) -> Path:
     wall_start = time.perf_counter()
     check_config(cfg)
@@ -148,28 +171,11 @@ def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Calla
                    for i, b, t in zip(items, base_outputs or [""] * len(items), tuned_outputs, strict=True)]
     write_text_atomic(out / "generations.jsonl", "".join(json.dumps(g) + "\n" for g in generations))
     write_text_atomic(out / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
-    train_seconds = max(result.train_seconds, 1e-9)
     metrics = {
         "model": cfg.model, "stage": cfg.stage, "method": cfg.method.name,
         "eval_before": eval_before or None,
         "eval_after": eval_after,
-        "train": {
-            "steps": result.steps,
-            "final_loss": result.history[-1]["loss"] if result.history else None,
-            "tokens": result.tokens_seen,
-            "supervised_tokens": result.supervised_seen,
-            "tokens_per_second": result.tokens_seen / train_seconds,
-            "supervised_tokens_per_second": result.supervised_seen / train_seconds,
-            "train_seconds": result.train_seconds,
-            "wall_seconds": time.perf_counter() - wall_start,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "trainable_params": trainable,
-            "total_params": total,
-            "trainable_percent": 100 * trainable / total,
-            "precision": precision,
-            "model_flops": _model_flops(model, result.tokens_seen, trainable, total),
-            "resumed_from": result.resumed_from,
-        },
+        "train": cost_metrics(result, wall_start, model, trainable, total, precision, "supervised_tokens"),
         "evals": result.evals,
         "data": data_stats,
     }

@@ -2,7 +2,8 @@
 bf16 autocast, LR schedule, non-finite steps skipped, atomic checkpoints, exact resume, and a clean
 stop on SIGINT/SIGTERM. Small on purpose: every line of it is something the run contract promises.
 
-    result = train(model, train_examples, eval_examples, cfg, output_dir)
+    result = train(model, train_examples, eval_examples, cfg, output_dir, precision)
+    result = train(..., objective=Objective(collate, loss_sum, evaluate))   # another stage's loss
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -28,6 +30,27 @@ from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train.loss import evaluate_loss, loss_sum
 from tuneforge.train.precision import autocast
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the loop trains. `collate` turns one micro-batch of examples into model inputs (objects with
+    `n_tokens` and `n_supervised`); `loss_sum` is the summed loss of one of them, which the loop divides by
+    the `n_supervised` of the whole optimizer step; `evaluate` scores a list of examples."""
+
+    collate: Callable[[list], list]
+    loss_sum: Callable[[torch.nn.Module, Any], torch.Tensor]
+    evaluate: Callable[[torch.nn.Module, list], dict]
+
+
+def lm_objective(cfg: Config, precision: str, packed: bool) -> Objective:
+    """Next-token loss on supervised positions, packed padding-free unless the method needs padded rows."""
+    t = cfg.training
+    return Objective(
+        collate=lambda examples: collate(examples, packed, t.pack_length),
+        loss_sum=loss_sum,
+        evaluate=lambda model, examples: evaluate_loss(model, examples, t.batch_size, precision, packed, t.pack_length),
+    )
 
 
 @dataclass
@@ -89,8 +112,10 @@ def _progress(enabled: bool) -> Progress:
 
 
 def train(model, train_examples: list[Example], eval_examples: list[Example], cfg: Config, output_dir: Path,
-          precision: str, log: Callable[[str], None] = print, packed: bool = True) -> TrainResult:
+          precision: str, log: Callable[[str], None] = print, packed: bool = True,
+          objective: Objective | None = None) -> TrainResult:
     t = cfg.training
+    objective = objective or lm_objective(cfg, precision, packed)
     per_epoch, total_steps = plan_steps(cfg, len(train_examples))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -121,13 +146,13 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
             epoch, k = divmod(state.step, per_epoch)
             micro = epoch_microbatches(len(train_examples), t.batch_size, cfg.seed, epoch)
             batches = [b for idx in micro[k * t.grad_accum : (k + 1) * t.grad_accum]
-                       for b in collate([train_examples[i] for i in idx], packed, t.pack_length)]
+                       for b in objective.collate([train_examples[i] for i in idx])]
             n_sup = sum(b.n_supervised for b in batches)
             n_tok = sum(b.n_tokens for b in batches)
             step_loss = 0.0
             for batch in batches:
                 with autocast(precision):
-                    loss = loss_sum(model, batch)
+                    loss = objective.loss_sum(model, batch)
                 (loss / n_sup).backward()
                 step_loss += float(loss.detach())
             step_loss /= n_sup
@@ -158,7 +183,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                 writer.add_scalar("train/tokens_per_second", n_tok / elapsed, state.step)
             bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
             if t.eval_steps and eval_examples and state.step % t.eval_steps == 0:
-                result = evaluate_loss(model, eval_examples, t.batch_size, precision, packed, t.pack_length)
+                result = objective.evaluate(model, eval_examples)
                 evals.append({"step": state.step, **result})
                 writer.add_scalar("eval/loss", result["loss"], state.step)
             signum = stop_signal()
