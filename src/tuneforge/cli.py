@@ -6,6 +6,11 @@
     tuneforge plan --model MODEL [--method M] [--batch-size B --seq-len L --budget-gb G]
     tuneforge compare CONFIG.yaml --methods full,lora,... [--lr full=5e-5]
     tuneforge predict RUN_DIR --input FILE [--output FILE] [--base]
+    tuneforge data check|prepare|bias ...        (tuneforge.datatools.cli)
+    tuneforge chat RUN_DIR|MODEL [--system TEXT] [--max-tokens N]   (tuneforge.inference.cli)
+    tuneforge serve RUN_DIR|MODEL [--host --port --api-key]          (tuneforge.inference.cli)
+    tuneforge eval RUN_DIR|MODEL --data FILE      (tuneforge.evaluation.cli)
+    tuneforge export RUN_DIR --format gguf        (tuneforge.export.cli)
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 # Subcommands that live beside their feature. Each module has `register(sub)`, which adds its parser(s)
 # with `set_defaults(fn=...)` and keeps heavy imports inside the command function.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("tuneforge.inference.cli", "tuneforge.datatools.cli")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

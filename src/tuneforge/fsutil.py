@@ -47,3 +47,13 @@ def move_dir_contents(src: Path, dst: Path) -> None:
             shutil.rmtree(target)
         os.replace(item, target)
     src.rmdir()
+
+
+def save_figure_atomic(fig, path: Path) -> None:
+    """Save a matplotlib figure through a temporary file and close it; a reader never sees half a PNG."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tuneforge.fsutil import save_figure_atomic
+
 
 def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
     """accuracy, macro-F1, per-class precision/recall/F1/support, and the confusion matrix (rows = true)."""
@@ -49,7 +51,4 @@ def plot_confusion(matrices: dict[str, list[list[int]]], labels: list[str], path
             for j, v in enumerate(row):
                 ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure_atomic(fig, path)

@@ -65,6 +65,8 @@ def merge(run_dir: str | Path, output: str | Path | None = None, atol: float = 1
     try:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        if (run_dir / "template.json").is_file():  # chat/serve read the system prompt the run trained with
+            shutil.copy2(run_dir / "template.json", tmp / "template.json")
         auto = AutoModelForSequenceClassification if cfg.stage == "classify" else AutoModelForCausalLM
         reloaded = auto.from_pretrained(str(tmp), dtype=torch.float32, use_safetensors=True).eval()
         diff = float((_logits(reloaded, tokenizer, texts) - want).abs().max())

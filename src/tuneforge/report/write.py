@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneforge.fsutil import write_json_atomic, write_text_atomic
+from tuneforge.fsutil import save_figure_atomic, write_json_atomic, write_text_atomic
 
 
 def plot_loss(history: list[dict], evals: list[dict], before: dict | None, after: dict | None, path: Path) -> None:
@@ -26,10 +26,7 @@ def plot_loss(history: list[dict], evals: list[dict], before: dict | None, after
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure_atomic(fig, path)
 
 
 def _cell(text: str, limit: int = 160) -> str:

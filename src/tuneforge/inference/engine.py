@@ -1,0 +1,230 @@
+"""Inference on a finished run or a model, with the chat template and system prompt the run trained with.
+
+Prompts are built and tokenized exactly as training built them (the same `render` and, for earlier turns,
+the same per-segment tokenization as `build_sft_example`), so the model sees at inference the tokens it
+was trained on. One generation at a time (a lock); greedy unless a temperature is given; bounded input and
+output; text is streamed through a transformers streamer as it is decoded.
+
+    engine = load_engine("runs/quickstart"); engine.generate(engine.chat_prompt_ids(messages), Params(64))
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+from tuneforge.data.formats import ROLES, Messages
+from tuneforge.data.templates import apply_template, build_sft_example, render
+from tuneforge.errors import ModelError, UserError
+
+DEFAULT_CONTEXT = 2048  # when the model config names no max_position_embeddings
+
+
+class RequestError(UserError):
+    """A request the engine refuses (too long, bad messages, bad parameters). HTTP status for the server."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+
+@dataclass(frozen=True)
+class Params:
+    max_new_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS), "length" (max_new_tokens) or "cancelled"
+
+
+class _Streamer(TextStreamer):
+    """transformers' TextStreamer (word-boundary decoding), sending text to a callback and keeping the ids."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+        self.ids: list[int] = []
+        self.parts: list[str] = []
+
+    def put(self, value) -> None:
+        if not self.next_tokens_are_prompt:
+            self.ids += value.reshape(-1).tolist()
+        super().put(value)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.parts.append(text)
+            if self.on_text:
+                self.on_text(text)
+
+
+class _Cancel(StoppingCriteria):
+    """A stopping criterion that ends generation when another thread sets the event (client went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+
+class Engine:
+    def __init__(self, model, tokenizer, name: str, system_prompt: str | None = None, template: str | None = None,
+                 max_new_tokens: int | None = None, max_input_tokens: int | None = None) -> None:
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.system_prompt, self.template = system_prompt, template
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or DEFAULT_CONTEXT
+        self.max_new_tokens = max_new_tokens or min(512, context // 4)
+        self.max_input_tokens = max_input_tokens or max(1, context - self.max_new_tokens)
+        eos = {tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))}
+        self.eos_ids = sorted(i for i in eos if i is not None)
+        self.lock = threading.Lock()
+
+    # -- prompts -------------------------------------------------------------------------------------------
+    def with_system(self, messages: Messages) -> Messages:
+        """The run's system prompt is prepended when the conversation has none (as `to_messages` did in training)."""
+        if self.system_prompt and (not messages or messages[0]["role"] != "system"):
+            return [{"role": "system", "content": self.system_prompt}, *messages]
+        return list(messages)
+
+    def chat_prompt(self, messages: Messages) -> str:
+        check_messages(messages)
+        return render(self.tokenizer, self.with_system(messages), add_generation_prompt=True)
+
+    def chat_prompt_ids(self, messages: Messages) -> list[int]:
+        """Token ids of the prompt for the next assistant turn, tokenized piece by piece as in training: the
+        history through the last assistant turn by `build_sft_example`, the rest in one piece. (Tokenizing the
+        whole text at once can differ: SmolLM2 with the alpaca template merges the blank line after EOS.)"""
+        check_messages(messages)
+        messages = self.with_system(messages)
+        text = render(self.tokenizer, messages, add_generation_prompt=True)
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+        if last < 0:
+            return self._encode(text)
+        history = messages[: last + 1]
+        done = render(self.tokenizer, history)
+        if not text.startswith(done):
+            raise RequestError("the chat template renders this conversation differently from its history",
+                               param="messages")
+        try:
+            ids = build_sft_example(self.tokenizer, history, "request").input_ids
+        except UserError as exc:
+            raise RequestError(str(exc), param="messages") from None
+        return ids + self._encode(text[len(done) :])
+
+    def text_prompt_ids(self, text: str) -> list[int]:
+        """A raw completion prompt, tokenized with the tokenizer's own special tokens (e.g. BOS) as in pretrain."""
+        ids = self._encode(text)
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and getattr(self.tokenizer, "add_bos_token", False) and ids[:1] != [bos]:
+            ids = [bos, *ids]
+        return ids
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    # -- generation ----------------------------------------------------------------------------------------
+    def check(self, prompt_ids: list[int], max_new_tokens: int, param: str = "messages") -> None:
+        if not prompt_ids:
+            raise RequestError("the prompt is empty", param=param)
+        if len(prompt_ids) > self.max_input_tokens:
+            raise RequestError(f"the input is {len(prompt_ids)} tokens; at most {self.max_input_tokens} are "
+                               "accepted", param=param, code="context_length_exceeded")
+        if not 1 <= max_new_tokens <= self.max_new_tokens:
+            raise RequestError(f"max_tokens must be between 1 and {self.max_new_tokens}, got {max_new_tokens}",
+                               param="max_tokens")
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[int], params: Params, on_text: Callable[[str], None] | None = None,
+                 cancel: threading.Event | None = None) -> Result:
+        """Generate one reply; `on_text` receives each decoded piece as it is ready (pieces join to `text`)."""
+        self.check(prompt_ids, params.max_new_tokens)
+        cancel = cancel or threading.Event()
+        streamer = _Streamer(self.tokenizer, on_text)
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} \
+            if params.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long)
+        with self.lock:
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=params.max_new_tokens,
+                streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]), use_cache=True,
+                eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id, **sampling,
+            )
+        ids = streamer.ids
+        reason = "stop" if ids and ids[-1] in self.eos_ids else "cancelled" if cancel.is_set() else "length"
+        return Result("".join(streamer.parts), len(prompt_ids), len(ids), reason)
+
+
+def check_messages(messages: Messages) -> None:
+    """OpenAI-style messages reduced to what a chat template takes: roles we train, string contents."""
+    if not messages:
+        raise RequestError("messages must be a non-empty list", param="messages")
+    for i, m in enumerate(messages):
+        if m.get("role") not in ROLES:
+            raise RequestError(f"messages[{i}].role must be one of {sorted(ROLES)}, got {m.get('role')!r}",
+                               param=f"messages[{i}].role")
+        if not isinstance(m.get("content"), str):
+            raise RequestError(f"messages[{i}].content must be a string", param=f"messages[{i}].content")
+        if m["role"] == "system" and i != 0:
+            raise RequestError(f"messages[{i}]: a system message may only come first", param=f"messages[{i}]")
+    if messages[-1]["role"] == "assistant":
+        raise RequestError("the last message must not be the assistant's: there is nothing to answer",
+                           param="messages")
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _saved_template(path: Path) -> dict:
+    """template.json of a run, or of the run a `tuneforge merge` directory came from (merge.json names it)."""
+    if (path / "template.json").is_file():
+        return json.loads((path / "template.json").read_text())
+    if (path / "merge.json").is_file():
+        run = Path(json.loads((path / "merge.json").read_text()).get("run", ""))
+        if (run / "template.json").is_file():
+            return json.loads((run / "template.json").read_text())
+    return {}
+
+
+def load_engine(source: str | Path, system_prompt: str | None = None, max_new_tokens: int | None = None,
+                max_input_tokens: int | None = None, trust_remote_code: bool = False) -> Engine:
+    """A run directory (adapter, full or freeze; its saved tokenizer carries the template), a merged / HF
+    directory, or a model alias / hub id. `system_prompt` overrides the saved one ("" for none)."""
+    from tuneforge.models import load_model, load_tokenizer
+    from tuneforge.runs import load_run, run_config
+
+    path = Path(source).expanduser()
+    if (path / "config.yaml").is_file():
+        if (stage := run_config(path).stage) == "classify":
+            raise ModelError(f"{path}: a {stage} run predicts labels, it does not generate text; "
+                             "use `tuneforge predict` (chat and serve need an sft or pretrain run)")
+        model, tokenizer, _ = load_run(path)
+        name = path.resolve().name
+    else:
+        model = load_model(str(source), trust_remote_code)
+        tokenizer = load_tokenizer(str(source), trust_remote_code)
+        name = path.resolve().name if path.is_dir() else str(source)
+    saved = _saved_template(path) if path.is_dir() else {}
+    template = saved.get("template")
+    if not tokenizer.chat_template:  # what training's data.template=auto does for such a tokenizer
+        template = apply_template(tokenizer, "auto")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    system = saved.get("system_prompt") if system_prompt is None else (system_prompt or None)
+    return Engine(model, tokenizer, name, system, template, max_new_tokens, max_input_tokens)
