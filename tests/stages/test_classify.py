@@ -152,3 +152,32 @@ def test_bad_labels_and_columns(make_config, tiny_bert_dir, cls_data, tmp_path, 
     code, err = run_with(good, extra=", labels: [pos, meh]")
     assert code == 2 and "'neg' is not one of the run's labels" in err
     assert not (tmp_path / "out").exists()  # nothing written before the data checked out
+
+
+def test_text_pairs_and_class_weights(make_config, tiny_bert_dir, tmp_path):
+    from tuneforge.data.classify import class_weights
+    from tuneforge.data.load import Record
+    from tuneforge.errors import ConfigError
+
+    cfg = make_config(model=str(tiny_bert_dir), stage="classify", data__text_pair_field="hypothesis",
+                      data__train=str(tmp_path / "x.jsonl"))
+    tok = load_tokenizer(cfg.model)
+    records = [Record({"text": "the sky is blue", "hypothesis": "the sky is green", "label": 0}, "x:1"),
+               Record({"text": "the sun is yellow", "hypothesis": "the sun is yellow", "label": 1}, "x:2"),
+               Record({"text": "snow is white", "hypothesis": "snow is white", "label": 1}, "x:3")]
+    labels = label_set(cfg, records)
+    assert labels == ["0", "1"]  # integer labels are strings, sorted numerically
+    examples, stats = load_cls_examples(cfg, tok, records, labels)
+    first = examples[0]
+    sep = tok.sep_token_id
+    assert first.input_ids[0] == tok.cls_token_id and first.input_ids.count(sep) == 2
+    boundary = first.input_ids.index(sep) + 1
+    assert set(first.token_type_ids[:boundary]) == {0} and set(first.token_type_ids[boundary:]) == {1}
+    assert stats.label_counts == {"0": 1, "1": 2}
+
+    balanced = class_weights(cfg.model_copy(update={"training": cfg.training.model_copy(
+        update={"class_weights": "balanced"})}), labels, stats.label_counts)
+    assert torch.allclose(balanced, torch.tensor([3 / (2 * 1), 3 / (2 * 2)]))
+    bad = cfg.training.model_copy(update={"class_weights": {"2": 1.0}})
+    with pytest.raises(ConfigError, match="unknown labels"):
+        class_weights(cfg.model_copy(update={"training": bad}), labels, stats.label_counts)
