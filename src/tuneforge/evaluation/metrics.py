@@ -1,9 +1,18 @@
-"""Pure metric functions over (prediction, reference) string pairs."""
+"""Pure metric functions over (prediction, reference) string pairs, every score in [0, 1].
+
+ROUGE-L comes from `rouge-score` and BLEU / chrF from `sacrebleu` (local libraries, no hub download;
+`evaluate.load` would fetch metric scripts from a hub). Both are divided by 100 to share the 0-1 scale.
+
+    compute(["exact_match", "rouge_l"], predictions, references)
+"""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
+
+from tuneforge.errors import ConfigError
 
 
 def normalize(text: str) -> str:
@@ -36,8 +45,41 @@ def token_f1(predictions: list[str], references: list[str]) -> float:
     return sum(scores) / len(scores) if scores else 0.0
 
 
-METRICS = {"exact_match": exact_match, "token_f1": token_f1}
+def rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Mean ROUGE-L F-measure (longest common subsequence of words; rouge-score's tokenizer, no stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus BLEU (sacrebleu defaults: 13a tokenizer, 4-grams, exponential smoothing off) / 100."""
+    import sacrebleu
+
+    if not references:
+        return 0.0
+    return sacrebleu.corpus_bleu(predictions, [references]).score / 100
+
+
+def chrf(predictions: list[str], references: list[str]) -> float:
+    """Corpus chrF (character 6-grams, beta 2) / 100."""
+    import sacrebleu
+
+    if not references:
+        return 0.0
+    return sacrebleu.corpus_chrf(predictions, [references]).score / 100
+
+
+METRICS: dict[str, Callable[[list[str], list[str]], float]] = {
+    "exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l, "bleu": bleu, "chrf": chrf,
+}
 
 
 def compute(names: list[str], predictions: list[str], references: list[str]) -> dict[str, float]:
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ConfigError(f"unknown generation metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
     return {name: METRICS[name](predictions, references) for name in names}
+

@@ -27,14 +27,14 @@ from tuneforge.data.classify import (
     label_set,
     load_cls_examples,
 )
-from tuneforge.data.dataset import split_records
-from tuneforge.data.load import load_records
+from tuneforge.data.dataset import load_checked_records, split_records
 from tuneforge.evaluation.cls_metrics import classification_metrics, majority_baseline, plot_confusion
 from tuneforge.fsutil import write_json_atomic, write_text_atomic
 from tuneforge.methods import METHODS, MethodContext, count_params
 from tuneforge.models import load_model, load_tokenizer, resolve_model
 from tuneforge.report.write import write_report
-from tuneforge.stages.lm import _save_model, check_config, cost_metrics, prepare_output_dir
+from tuneforge.stages.lm import _save_model, check_config, cost_metrics, prepare_output_dir_once, start_ranks
+from tuneforge.train import distributed as ddp
 from tuneforge.train.loop import Objective, train
 from tuneforge.train.precision import autocast, resolve_precision
 
@@ -102,12 +102,13 @@ def _section(before: dict, after: dict, labels: list[str], baseline: float) -> s
     return "\n".join(lines)
 
 
-def run(cfg: Config, log: Callable[[str], None] = print) -> Path:
+def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[int, dict], None] | None = None) -> Path:
     wall_start = time.perf_counter()
+    log = start_ranks(log)
     check_config(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    train_records = load_records(cfg.data.train)
-    eval_records = load_records(cfg.data.eval) if cfg.data.eval else []
+    train_records = load_checked_records(cfg, cfg.data.train, log)  # every unusable record at once, exit 2
+    eval_records = load_checked_records(cfg, cfg.data.eval, log) if cfg.data.eval else []
     if not eval_records and cfg.data.eval_split > 0:
         train_records, eval_records = split_records(train_records, cfg.data.eval_split, cfg.seed)
     labels = label_set(cfg, train_records)
@@ -118,11 +119,11 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Path:
     data_stats = {"train": train_stats.summary(), **({"eval": eval_stats.summary()} if eval_stats else {})}
     log(f"data: {len(train_examples)} train / {len(eval_examples)} eval samples, labels {train_stats.label_counts}")
 
-    out = prepare_output_dir(cfg)  # nothing is written before every input above checked out
-    write_text_atomic(out / "config.yaml", dump_config(cfg))
-    write_json_atomic(out / "labels.json", {"labels": labels, "text_field": cfg.data.text_field,
-                                            "text_pair_field": cfg.data.text_pair_field,
-                                            "label_field": cfg.data.label_field})
+    out = prepare_output_dir_once(cfg)  # nothing is written before every input above checked out
+    if ddp.is_main():
+        write_json_atomic(out / "labels.json", {"labels": labels, "text_field": cfg.data.text_field,
+                                                "text_pair_field": cfg.data.text_pair_field,
+                                                "label_field": cfg.data.label_field})
     random.seed(cfg.seed)
     precision = resolve_precision(cfg.training.precision)
     method = METHODS[cfg.method.name]
@@ -130,7 +131,9 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Path:
     objective = cls_objective(cfg, tokenizer, labels, weights, precision)
 
     before_file = out / "eval_before.json"  # computed once, so a resumed run reports the same base
-    if cfg.eval.before and eval_examples and before_file.is_file():
+    if not ddp.is_main():
+        eval_before = {}
+    elif cfg.eval.before and eval_examples and before_file.is_file():
         eval_before = json.loads(before_file.read_text())["metrics"]
     elif cfg.eval.before and eval_examples:
         log("evaluating the base model (untrained head) ...")
@@ -145,7 +148,11 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Path:
     trainable, total = count_params(model)
     log(f"method {cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
 
-    result = train(model, train_examples, eval_examples, cfg, out, precision, log=log, objective=objective)
+    result = train(model, train_examples, eval_examples, cfg, out, precision, log=log, objective=objective,
+                   on_eval=on_eval)
+    if not ddp.is_main():
+        ddp.shutdown()  # waits at a barrier until rank 0 has written everything
+        return out
     eval_after = objective.evaluate(model, eval_examples) if eval_examples else {}
     _save_model(model, tokenizer, out, method)
     write_text_atomic(out / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
@@ -166,4 +173,5 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Path:
         plot_confusion(matrices, labels, out / "confusion.png")
         extra = _section(eval_before, eval_after, labels, baseline)
     write_report(out, metrics, [], result.history, result.evals, dump_config(cfg), extra=extra)
+    ddp.shutdown()
     return out

@@ -1,5 +1,6 @@
 """The flow shared by the causal-LM stages (sft, pretrain): validate everything that can be validated
 before a model loads, evaluate the base, apply the method, train, evaluate again, save atomically.
+Under torchrun / accelerate launch every rank trains on its shard; rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 
 from tuneforge.config.load import dump_config
 from tuneforge.config.schema import Config
-from tuneforge.data.dataset import load_examples, split_records
-from tuneforge.data.load import Record, load_records
+from tuneforge.data.dataset import load_checked_records, load_examples, split_records
+from tuneforge.data.load import Record
 from tuneforge.data.templates import apply_template
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation.generate import generate
@@ -27,6 +28,7 @@ from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic
 from tuneforge.methods import METHODS, Method, MethodContext, check_compat, count_params
 from tuneforge.models import load_model, load_tokenizer, resolve_model
 from tuneforge.report.write import write_report
+from tuneforge.train import distributed as ddp
 from tuneforge.train.loop import TrainResult, train
 from tuneforge.train.loss import evaluate_loss
 from tuneforge.train.precision import resolve_precision
@@ -112,16 +114,36 @@ def cost_metrics(result: TrainResult, wall_start: float, model, trainable: int, 
         "precision": precision,
         "model_flops": _model_flops(model, result.tokens_seen, trainable, total),
         "resumed_from": result.resumed_from,
+        "world_size": ddp.world_size(),  # processes that shared each step (torchrun / accelerate launch)
     }
 
 
-def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Callable[[str], None] = print) -> Path:
+def start_ranks(log: Callable[[str], None]) -> Callable[[str], None]:
+    """Join the process group if launched distributed; ranks other than 0 log nothing."""
+    ddp.init_from_env()
+    return log if ddp.is_main() else (lambda _msg: None)
+
+
+def prepare_output_dir_once(cfg: Config) -> Path:
+    """Rank 0 checks and creates output_dir and writes config.yaml; the others wait for it."""
+    out = Path(cfg.output_dir)
+    if ddp.is_main():
+        out = prepare_output_dir(cfg)
+        write_text_atomic(out / "config.yaml", dump_config(cfg))
+    ddp.barrier()
+    return out
+
+
+def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Callable[[str], None] = print, *,
+           on_eval: Callable[[int, dict], None] | None = None) -> Path:
+    """`on_eval(step, result)` sees every periodic evaluation (tuneforge hpo prunes from it)."""
     wall_start = time.perf_counter()
+    log = start_ranks(log)
     check_config(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     template = apply_template(tokenizer, cfg.data.template) if cfg.stage == "sft" else None
-    train_records = load_records(cfg.data.train)
-    eval_records = load_records(cfg.data.eval) if cfg.data.eval else []
+    train_records = load_checked_records(cfg, cfg.data.train, log)  # every unusable record at once, exit 2
+    eval_records = load_checked_records(cfg, cfg.data.eval, log) if cfg.data.eval else []
     if not eval_records and cfg.data.eval_split > 0:
         train_records, eval_records = split_records(train_records, cfg.data.eval_split, cfg.seed)
     train_examples, train_stats = load_examples(cfg, tokenizer, cfg.data.train, train_records)
@@ -134,8 +156,7 @@ def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Calla
     log(f"data: {train_stats.examples} train / {len(eval_examples)} eval samples, format {train_stats.format}, "
         f"template {template or 'none'}, {train_stats.truncated} truncated, {train_stats.dropped_overlength + train_stats.dropped_no_supervised} dropped")
 
-    out = prepare_output_dir(cfg)  # nothing is written before every input above checked out
-    write_text_atomic(out / "config.yaml", dump_config(cfg))
+    out = prepare_output_dir_once(cfg)  # nothing is written before every input above checked out
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     precision = resolve_precision(cfg.training.precision)
@@ -146,7 +167,9 @@ def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Calla
         model.enable_input_require_grads()
 
     before_file = out / "eval_before.json"  # computed once, so a resumed run reports the same base
-    if cfg.eval.before and before_file.is_file():
+    if not ddp.is_main():
+        eval_before, base_outputs = {}, []
+    elif cfg.eval.before and before_file.is_file():
         saved = json.loads(before_file.read_text())
         eval_before, base_outputs = saved["metrics"], saved["generations"]
     elif cfg.eval.before:
@@ -160,7 +183,11 @@ def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Calla
     trainable, total = count_params(model)
     log(f"method {cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
 
-    result = train(model, train_examples, eval_examples, cfg, out, precision, log=log, packed=method.packing)
+    result = train(model, train_examples, eval_examples, cfg, out, precision, log=log, packed=method.packing,
+                   on_eval=on_eval)
+    if not ddp.is_main():
+        ddp.shutdown()  # waits at a barrier until rank 0 has written everything
+        return out
     log("evaluating the tuned model ...")
     eval_after, tuned_outputs = _eval(model, tokenizer, cfg, eval_examples, items, precision, task_metrics,
                                       method.packing)
@@ -180,4 +207,5 @@ def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Calla
         "data": data_stats,
     }
     write_report(out, metrics, generations, result.history, result.evals, dump_config(cfg))
+    ddp.shutdown()
     return out

@@ -28,5 +28,5 @@ def generation_items(cfg: Config, tokenizer, records: list[Record]) -> list[Gene
     return items
 
 
-def run(cfg: Config) -> Path:
-    return run_lm(cfg, generation_items, task_metrics=False)
+def run(cfg: Config, *, on_eval=None) -> Path:
+    return run_lm(cfg, generation_items, task_metrics=False, on_eval=on_eval)

@@ -26,5 +26,5 @@ def generation_items(cfg: Config, tokenizer, records: list[Record]) -> list[Gene
     return items
 
 
-def run(cfg: Config) -> Path:
-    return run_lm(cfg, generation_items)
+def run(cfg: Config, *, on_eval=None) -> Path:
+    return run_lm(cfg, generation_items, on_eval=on_eval)

@@ -4,6 +4,10 @@ stop on SIGINT/SIGTERM. Small on purpose: every line of it is something the run 
 
     result = train(model, train_examples, eval_examples, cfg, output_dir, precision)
     result = train(..., objective=Objective(collate, loss_sum, evaluate))   # another stage's loss
+    result = train(..., on_eval=lambda step, result: ...)   # sees every periodic evaluation (hpo pruning)
+
+Under torchrun / accelerate launch (WORLD_SIZE > 1) each step's examples are split across ranks and the
+gradients summed (tuneforge.train.distributed); rank 0 alone logs, evaluates and saves.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from tuneforge.data.batching import collate, epoch_microbatches
 from tuneforge.data.templates import Example
 from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
 from tuneforge.train import checkpoint as ckpt
+from tuneforge.train import distributed as ddp
 from tuneforge.train.loss import evaluate_loss, loss_sum
 from tuneforge.train.precision import autocast
 
@@ -111,9 +116,39 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+class _NoWriter:
+    """Ranks other than 0 write no TensorBoard events."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _writer(output_dir: Path, purge_step: int | None):
+    if not ddp.is_main():
+        return _NoWriter()
+    from torch.utils.tensorboard import SummaryWriter  # imports slowly; only needed here
+
+    return SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge_step)
+
+
+def _step_batches(objective: Objective, train_examples: list[Example], micro: list[list[int]]) -> list:
+    """This rank's model inputs for one optimizer step: its shard of each micro-batch, collated."""
+    batches = []
+    for idx in micro:
+        mine = ddp.shard(idx)
+        if mine:
+            batches.extend(objective.collate([train_examples[i] for i in mine]))
+    return batches
+
+
 def train(model, train_examples: list[Example], eval_examples: list[Example], cfg: Config, output_dir: Path,
           precision: str, log: Callable[[str], None] = print, packed: bool = True,
-          objective: Objective | None = None) -> TrainResult:
+          objective: Objective | None = None, on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """`on_eval(step, result)` is called after each periodic evaluation (on rank 0); an exception it raises
+    (e.g. optuna.TrialPruned) stops training and propagates."""
     t = cfg.training
     objective = objective or lm_objective(cfg, precision, packed)
     per_epoch, total_steps = plan_steps(cfg, len(train_examples))
@@ -136,26 +171,26 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     evals: list[dict] = []
     supervised_seen = sum(h["supervised_tokens"] for h in state.history)
     model.train()
-    with _stop_on_signals() as stop_signal, _progress(t.progress) as bar:
-        from torch.utils.tensorboard import SummaryWriter  # imports slowly; only needed here
-
-        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=state.step + 1 if resumed_from else None)
+    main = ddp.is_main()
+    writer = _writer(output_dir, state.step + 1 if resumed_from else None)
+    with _stop_on_signals() as stop_signal, _progress(t.progress and main) as bar, closing(writer):
         task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total_steps:
             started = time.perf_counter()
             epoch, k = divmod(state.step, per_epoch)
             micro = epoch_microbatches(len(train_examples), t.batch_size, cfg.seed, epoch)
-            batches = [b for idx in micro[k * t.grad_accum : (k + 1) * t.grad_accum]
-                       for b in objective.collate([train_examples[i] for i in idx])]
-            n_sup = sum(b.n_supervised for b in batches)
-            n_tok = sum(b.n_tokens for b in batches)
+            batches = _step_batches(objective, train_examples, micro[k * t.grad_accum : (k + 1) * t.grad_accum])
+            # normalise by the supervised tokens of the whole (global) step, whatever rank holds them
+            n_sup, n_tok = (int(v) for v in ddp.sum_values(sum(b.n_supervised for b in batches),
+                                                            sum(b.n_tokens for b in batches)))
             step_loss = 0.0
             for batch in batches:
                 with autocast(precision):
                     loss = objective.loss_sum(model, batch)
                 (loss / n_sup).backward()
                 step_loss += float(loss.detach())
-            step_loss /= n_sup
+            ddp.sum_gradients(params)
+            step_loss = ddp.sum_values(step_loss)[0] / n_sup
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
             state.step += 1
             if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
@@ -182,15 +217,16 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                 writer.add_scalar("train/lr", lr, state.step)
                 writer.add_scalar("train/tokens_per_second", n_tok / elapsed, state.step)
             bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
-            if t.eval_steps and eval_examples and state.step % t.eval_steps == 0:
+            if main and t.eval_steps and eval_examples and state.step % t.eval_steps == 0:
                 result = objective.evaluate(model, eval_examples)
                 evals.append({"step": state.step, **result})
                 writer.add_scalar("eval/loss", result["loss"], state.step)
-            signum = stop_signal()
+                if on_eval:
+                    on_eval(state.step, result)
+            signum = ddp.max_value(stop_signal() or 0)  # a signal seen by any rank stops all of them
             if (t.save_steps and state.step % t.save_steps == 0) or signum:
-                path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit)
+                path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit) if main else None
+                path = ddp.broadcast_object(path)  # also keeps the others from running ahead of the save
                 if signum:
-                    writer.close()
                     raise TrainingInterrupted(signum, str(path))
-    writer.close()
     return TrainResult(state.step, state.history, evals, state.tokens_seen, supervised_seen, state.train_seconds, resumed_from)

@@ -1,0 +1,109 @@
+"""Multi-process data parallelism on torch.distributed (gloo on CPU, nccl on GPU), set up from the
+environment that `torchrun` / `accelerate launch` export (WORLD_SIZE, RANK, MASTER_ADDR, ...).
+
+    tuneforge train examples/quickstart.yaml --nproc 2        # = torchrun --nproc_per_node 2 -m tuneforge train ...
+    accelerate launch --cpu --num_processes 2 -m tuneforge train examples/quickstart.yaml
+
+Every rank holds the whole (unwrapped) model and the same optimizer state; each optimizer step's examples
+are split across ranks, gradients are summed with one all-reduce, and the loss is normalised by the
+supervised tokens of the *global* step, so N processes take exactly the single-process step (DESIGN 4.7).
+Rank 0 alone logs, evaluates and writes; the others wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def init_from_env() -> bool:
+    """Join the process group when launched with WORLD_SIZE > 1; idempotent. True when distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = "gloo"  # the loop keeps tensors on the CPU (no device placement yet), which nccl cannot reduce
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def shard(indices: list[int]) -> list[int]:
+    """This rank's share of one micro-batch (strided, so shares differ by at most one example)."""
+    return indices[rank() :: world_size()]
+
+
+def sum_values(*values: float) -> list[float]:
+    """Sum numbers over ranks (float64, so token counts stay exact)."""
+    if world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def max_value(value: int) -> int:
+    """The largest value over ranks (e.g. a stop signal seen by any rank)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """All-reduce (sum) the gradients through one flat buffer; a rank with no examples contributes zeros.
+    Losses are already divided by the global token count, so a sum (not DDP's mean) is the right reduction."""
+    if world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
+        offset += n
+
+
+def broadcast_object(obj):
+    """Rank 0's value of a picklable object on every rank (e.g. the checkpoint path a signal produced)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """`tuneforge train --nproc N ...`: re-run the same command under torchrun (torch's own launcher)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "tuneforge", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    return subprocess.call(cmd, env=env)
