@@ -125,6 +125,11 @@ class TrainingConfig(Strict):
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
     # Classify: weight the cross-entropy per class; "balanced" = n_samples / (n_classes * count(class)).
     class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+    # Where scalars go: TensorBoard (output_dir/tensorboard) and optionally MLflow (pip install mlflow-skinny);
+    # MLflow's default store is a local SQLite file, output_dir/mlflow.db.
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "tuneforge"
     progress: bool = True
 
 

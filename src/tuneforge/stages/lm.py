@@ -5,6 +5,7 @@ Under torchrun / accelerate launch every rank trains on its shard; rank 0 alone 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import resource
@@ -46,6 +47,8 @@ ItemsFn = Callable[[Config, object, list[Record]], list[GenerationItem]]
 def check_config(cfg: Config) -> None:
     """Cross-key checks that the schema cannot express; run before anything loads."""
     check_compat(cfg.method.name, cfg.stage)
+    if "mlflow" in cfg.training.report_to and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("key 'training.report_to': mlflow is not installed; pip install 'tuneforge[mlflow]'")
     if cfg.stage != "pretrain" and cfg.training.overlength == "split":
         raise ConfigError("key 'training.overlength': 'split' is for the pretrain stage; use truncate, drop or error")
 

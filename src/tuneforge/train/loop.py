@@ -34,6 +34,7 @@ from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import distributed as ddp
 from tuneforge.train.loss import evaluate_loss, loss_sum
+from tuneforge.train.metric_log import open_metric_log
 from tuneforge.train.precision import autocast
 
 
@@ -116,24 +117,6 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-class _NoWriter:
-    """Ranks other than 0 write no TensorBoard events."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _writer(output_dir: Path, purge_step: int | None):
-    if not ddp.is_main():
-        return _NoWriter()
-    from torch.utils.tensorboard import SummaryWriter  # imports slowly; only needed here
-
-    return SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge_step)
-
-
 def _step_batches(objective: Objective, train_examples: list[Example], micro: list[list[int]]) -> list:
     """This rank's model inputs for one optimizer step: its shard of each micro-batch, collated."""
     batches = []
@@ -172,7 +155,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     supervised_seen = sum(h["supervised_tokens"] for h in state.history)
     model.train()
     main = ddp.is_main()
-    writer = _writer(output_dir, state.step + 1 if resumed_from else None)
+    writer = open_metric_log(cfg, output_dir, state.step + 1 if resumed_from else None)
     with _stop_on_signals() as stop_signal, _progress(t.progress and main) as bar, closing(writer):
         task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total_steps:
