@@ -35,14 +35,14 @@ def run_labels(run_dir: str | Path) -> list[str]:
 
 def load_run(run_dir: str | Path, dequantize: bool = False):
     """(model, tokenizer, cfg). `dequantize`: load a qlora run's base in full precision (for merging).
-    A classify run gives a sequence classifier with its trained head."""
+    A classify or reward run gives a sequence classifier with its trained head."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     method = METHODS[cfg.method.name]
-    labels = run_labels(run_dir) if cfg.stage == "classify" else None
+    labels = run_labels(run_dir) if cfg.stage in ("classify", "reward") else None
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     if cfg.method.name in ("full", "freeze"):
         auto = AutoModelForSequenceClassification if labels else AutoModelForCausalLM

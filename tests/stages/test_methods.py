@@ -80,11 +80,12 @@ def test_compat_table_rejects_unsupported_pairs():
         for stage in ("sft", "pretrain"):
             assert stage in spec.stages
             check_compat(name, stage)
-    for name in ("qlora", "adapter", "prefix"):  # no classification head support
-        with pytest.raises(ConfigError, match=f"method {name!r} does not support stage 'classify'"):
-            check_compat(name, "classify")
-    for name in ("full", "freeze", "lora", "ia3", "prompt"):
-        check_compat(name, "classify")
+    for stage in ("classify", "reward"):  # a new head on the base: no qlora/adapter/prefix support yet
+        for name in ("qlora", "adapter", "prefix"):
+            with pytest.raises(ConfigError, match=f"method {name!r} does not support stage {stage!r}"):
+                check_compat(name, stage)
+        for name in ("full", "freeze", "lora", "ia3", "prompt"):
+            check_compat(name, stage)
     with pytest.raises(ConfigError, match="unknown method"):
         check_compat("nope", "sft")
 

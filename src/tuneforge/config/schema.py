@@ -143,7 +143,7 @@ class EvalConfig(Strict):
 
 class Config(Strict):
     model: str
-    stage: Literal["sft", "pretrain", "classify"]
+    stage: Literal["sft", "pretrain", "classify", "reward"]
     method: MethodConfig = Field(default_factory=LoraConfig)
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)

@@ -109,6 +109,15 @@ def split_records(records: list[Record], share: float, seed: int) -> tuple[list[
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
+def load_train_eval_records(cfg: Config, log=print) -> tuple[list[Record], list[Record]]:
+    """Checked train and eval records; eval is held out of train (data.eval_split) when there is no eval file."""
+    train_records = load_checked_records(cfg, cfg.data.train, log)  # every unusable record at once, exit 2
+    eval_records = load_checked_records(cfg, cfg.data.eval, log) if cfg.data.eval else []
+    if not eval_records and cfg.data.eval_split > 0:
+        train_records, eval_records = split_records(train_records, cfg.data.eval_split, cfg.seed)
+    return train_records, eval_records
+
+
 def load_checked_records(cfg: Config, path: str, log=print) -> list[Record]:
     """Records of `path` after the same validation `tuneforge data check` runs (a streaming pass that
     also sees malformed lines): every unusable record is reported at once (DataError, exit 2) before
@@ -126,6 +135,9 @@ def check_training_records(cfg: Config, records, path: str, log=print) -> None:
     fields = Fields(text=cfg.data.text_field, label=cfg.data.label_field,
                     text_pair=cfg.data.text_pair_field or "text_pair")
     report = check_records(records, cfg.stage, fields=fields, near_dup_threshold=None, path=path)
+    same = report.findings.pop("chosen_equals_rejected", None)  # the reward stage counts and drops these
     report.raise_for_errors()
+    if same:
+        log(f"data warning: {path}: {same.count} pairs with chosen == rejected are dropped; e.g. {same.examples[0]}")
     for line in report.warning_lines():
         log(f"data warning: {path}: {line}")

@@ -13,9 +13,9 @@ from tuneforge.methods import adapter, freeze, peft_methods
 from tuneforge.methods.base import Method, MethodContext
 
 LM = frozenset({"sft", "pretrain"})
-# Classification trains a new head on top of the base: every method here trains (and saves) it too.
-# qlora/adapter/prefix are left out: untested with a sequence-classification head.
-LM_AND_CLS = LM | {"classify"}
+# Classification (and a reward model: one scalar output) trains a new head on top of the base: every
+# method here trains (and saves) it too. qlora/adapter/prefix are left out: untested with such a head.
+LM_AND_CLS = LM | {"classify", "reward"}
 
 METHODS: dict[str, Method] = {
     "full": Method(freeze.apply_full, LM_AND_CLS, why_not_mergeable="full fine-tuning already saves a whole model"),

@@ -27,7 +27,7 @@ from tuneforge.data.classify import (
     label_set,
     load_cls_examples,
 )
-from tuneforge.data.dataset import load_checked_records, split_records
+from tuneforge.data.dataset import load_train_eval_records
 from tuneforge.evaluation.cls_metrics import classification_metrics, majority_baseline, plot_confusion
 from tuneforge.fsutil import write_json_atomic, write_text_atomic
 from tuneforge.methods import METHODS, MethodContext, count_params
@@ -75,6 +75,14 @@ def predict_ids(model, examples: list[ClsExample], pad_id: int, left: bool, batc
     return torch.cat(logits), torch.cat(labels)
 
 
+def apply_method_with_head(model, cfg: Config):
+    """Apply the configured method to a base with a new head (classify, reward); the head always trains."""
+    heads = tuple(name for name, _ in model.named_children() if name in HEADS)
+    ctx = MethodContext(model_path=resolve_model(cfg.model), task_type="SEQ_CLS",
+                        gradient_checkpointing=cfg.training.gradient_checkpointing, head_modules=heads)
+    return METHODS[cfg.method.name].apply(model, cfg.method, ctx)
+
+
 def cls_objective(cfg: Config, tokenizer, labels: list[str], weights: torch.Tensor | None, precision: str) -> Objective:
     pad_id, left, bs = tokenizer.pad_token_id, pads_left(tokenizer), cfg.training.batch_size
 
@@ -107,10 +115,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     log = start_ranks(log)
     check_config(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    train_records = load_checked_records(cfg, cfg.data.train, log)  # every unusable record at once, exit 2
-    eval_records = load_checked_records(cfg, cfg.data.eval, log) if cfg.data.eval else []
-    if not eval_records and cfg.data.eval_split > 0:
-        train_records, eval_records = split_records(train_records, cfg.data.eval_split, cfg.seed)
+    train_records, eval_records = load_train_eval_records(cfg, log)
     labels = label_set(cfg, train_records)
     train_examples, train_stats = load_cls_examples(cfg, tokenizer, train_records, labels)
     eval_examples, eval_stats = (load_cls_examples(cfg, tokenizer, eval_records[: cfg.eval.max_samples], labels)
@@ -141,10 +146,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
         write_json_atomic(before_file, {"metrics": eval_before})
     else:
         eval_before = {}
-    heads = tuple(name for name, _ in model.named_children() if name in HEADS)
-    ctx = MethodContext(model_path=resolve_model(cfg.model), task_type="SEQ_CLS",
-                        gradient_checkpointing=cfg.training.gradient_checkpointing, head_modules=heads)
-    model = method.apply(model, cfg.method, ctx)
+    model = apply_method_with_head(model, cfg)
     trainable, total = count_params(model)
     log(f"method {cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
 

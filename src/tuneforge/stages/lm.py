@@ -19,7 +19,7 @@ import torch
 
 from tuneforge.config.load import dump_config
 from tuneforge.config.schema import Config
-from tuneforge.data.dataset import load_checked_records, load_examples, split_records
+from tuneforge.data.dataset import load_examples, load_train_eval_records
 from tuneforge.data.load import Record
 from tuneforge.data.templates import apply_template
 from tuneforge.errors import ConfigError
@@ -145,10 +145,7 @@ def run_lm(cfg: Config, items_fn: ItemsFn, task_metrics: bool = True, log: Calla
     check_config(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     template = apply_template(tokenizer, cfg.data.template) if cfg.stage == "sft" else None
-    train_records = load_checked_records(cfg, cfg.data.train, log)  # every unusable record at once, exit 2
-    eval_records = load_checked_records(cfg, cfg.data.eval, log) if cfg.data.eval else []
-    if not eval_records and cfg.data.eval_split > 0:
-        train_records, eval_records = split_records(train_records, cfg.data.eval_split, cfg.seed)
+    train_records, eval_records = load_train_eval_records(cfg, log)
     train_examples, train_stats = load_examples(cfg, tokenizer, cfg.data.train, train_records)
     data_stats = {"train": train_stats.summary()}
     eval_examples: list = []
