@@ -167,17 +167,29 @@ def _wait(condition, timeout: float = 30) -> None:
         time.sleep(0.01)
 
 
-def test_a_client_that_leaves_cancels_its_generation(server, engine, monkeypatch):
-    url, app = server
-    worker, results = app.state.worker, []
-    generate = engine.generate
-    monkeypatch.setattr(engine, "generate", lambda *a, **k: results.append(generate(*a, **k)) or results[-1])
-    body = {"model": engine.name, "messages": _chat("hi"), "max_tokens": 24, "stream": True}
-    with engine.lock:  # the generation cannot start before the client has gone
-        with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60) as r:
-            assert next(r.iter_lines()).startswith("data: ")  # the role chunk
-            _wait(lambda: worker.running is not None)
-            job = worker.running
-        _wait(job.cancel.is_set)  # the server noticed the disconnect
-    _wait(lambda: worker.running is None)
-    assert [(x.finish_reason, x.completion_tokens) for x in results] == [("cancelled", 1)]
+def test_a_client_that_leaves_cancels_its_generation(engine, monkeypatch):
+    """When a client disconnects, Starlette closes the response's generator; its `finally` cancels the job, and
+    the worker never starts (or stops) a cancelled generation. Closing the generator ourselves makes this
+    deterministic (an end-to-end disconnect through uvicorn timed out once in a loaded full-suite run)."""
+    import asyncio
+
+    from tuneforge.inference.server import Job, Worker, _stream
+
+    calls = []
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(a))
+
+    async def leave_after_first_chunk() -> tuple[Job, str]:
+        job = Job([1, 2, 3], Params(8, 0.0, 1.0, None), asyncio.get_running_loop())
+        stream = _stream(job, "id", engine.name, True, False)
+        first = await stream.__anext__()  # the role chunk, sent before any token
+        await stream.aclose()  # what Starlette does when the client goes
+        return job, first
+
+    job, first = asyncio.run(leave_after_first_chunk())
+    assert first.startswith("data: ") and job.cancel.is_set()
+    worker = Worker(engine, 4)
+    worker.thread.start()
+    worker.submit(job)
+    _wait(lambda: worker.jobs.empty() and worker.running is None)
+    worker.stop()
+    assert calls == []  # the cancelled job was skipped, not generated

@@ -76,6 +76,7 @@ def test_smollm2_decoder_classifier_with_lora(tmp_path):
     assert all(np.isfinite(losses)) and np.mean(losses[-4:]) < np.mean(losses[:4]), losses
     assert (out / "adapter_model.safetensors").is_file() and m["labels"] == ["negative", "neutral", "positive"]
     clf = load_classifier(out)
+    clf.cfg.training.precision = "fp32"  # bf16 rounding differs with the batch shape; the padding must not
     texts = [r["text"] for r in rows[:6]]
     first, second = clf.predict_proba(texts, batch_size=6), clf.predict_proba(texts[::-1], batch_size=2)[::-1]
-    assert np.allclose(first, second, atol=2e-3)  # left-padded batches of other sizes: same answers (bf16 noise)
+    assert np.allclose(first, second, atol=1e-5)  # left-padded batches of other sizes and order: same answers
