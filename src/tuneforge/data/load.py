@@ -81,13 +81,19 @@ def _parquet(path: Path) -> list[Record]:
 READERS = {"jsonl": _jsonl, "json": _json, "csv": _csv, "parquet": _parquet}
 
 
-def load_records(path: str | Path) -> list[Record]:
-    path = Path(path)
+def file_kind(path: Path) -> str:
+    """The reader a data file needs (jsonl, json, csv, parquet); a DataError for an unknown type or a missing file."""
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unknown file type {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
+    return kind
+
+
+def load_records(path: str | Path) -> list[Record]:
+    path = Path(path)
+    kind = file_kind(path)
     try:
         records = READERS[kind](path)
     except UnicodeDecodeError as exc:

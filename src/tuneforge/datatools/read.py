@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.data.load import SUFFIXES, Record
+from tuneforge.data.load import Record, file_kind
 from tuneforge.errors import DataError
 
 
@@ -114,11 +114,7 @@ def iter_records(path: str | Path, on_bytes: Callable[[int], None] | None = None
     """Records in file order. Raises DataError (exit 2) only when the file itself cannot be read.
     `on_bytes(n)` is told how many bytes each JSONL line had (for a progress bar)."""
     path = Path(path)
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unknown file type {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
+    kind = file_kind(path)
     try:
         with path.open("rb"):
             pass
