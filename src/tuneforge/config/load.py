@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tuneforge.config.schema import METHOD_CONFIGS, Config
+from tuneforge.config.schema import METHOD_CONFIGS, STAGE_BLOCKS, Config
 from tuneforge.errors import ConfigError
 
 
@@ -98,6 +98,9 @@ def _explain(err: ValidationError, source: str, lines: dict[str, int], method: s
             out.append(f"{where}: key 'method.name': expected one of {', '.join(METHOD_CONFIGS)} (got {method!r})")
         elif e["type"] == "missing":
             out.append(f"{where}: missing required key {key!r}")
+        elif e["type"] == "value_error":  # a model validator's own message says what was expected
+            msg = e["msg"].removeprefix("Value error, ")
+            out.append(f"{where}: key {key!r}: {msg}" if key else f"{where}: {msg}")
         else:
             out.append(f"{where}: key {key!r}: {e['msg']} (got {e.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(out)
@@ -132,4 +135,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    raw = cfg.model_dump(mode="json")
+    for key in STAGE_BLOCKS.values():  # the blocks of other stages are absent, not null
+        if raw.get(key) is None:
+            raw.pop(key, None)
+    return yaml.safe_dump(raw, sort_keys=False)

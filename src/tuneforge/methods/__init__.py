@@ -16,13 +16,17 @@ LM = frozenset({"sft", "pretrain"})
 # Classification (and a reward model: one scalar output) trains a new head on top of the base: every
 # method here trains (and saves) it too. qlora/adapter/prefix are left out: untested with such a head.
 LM_AND_CLS = LM | {"classify", "reward"}
+# Preference / RL stages need a reference model. PEFT methods get it for free (the adapter disabled);
+# full / freeze get a frozen copy from TRL (dpo, grpo); tuneforge's own PPO supports only the adapter case.
+RL_PEFT = frozenset({"dpo", "ppo", "grpo"})
+RL_COPY = frozenset({"dpo", "grpo"})
 
 METHODS: dict[str, Method] = {
-    "full": Method(freeze.apply_full, LM_AND_CLS, why_not_mergeable="full fine-tuning already saves a whole model"),
-    "freeze": Method(freeze.apply_freeze, LM_AND_CLS, why_not_mergeable="partial fine-tuning already saves a whole model"),
-    "lora": Method(peft_methods.apply_lora, LM_AND_CLS, mergeable=True, save=peft_methods.save_lora),
-    "qlora": Method(peft_methods.apply_qlora, LM, quantized_base=True, mergeable=True),
-    "ia3": Method(peft_methods.apply_ia3, LM_AND_CLS, mergeable=True),
+    "full": Method(freeze.apply_full, LM_AND_CLS | RL_COPY, why_not_mergeable="full fine-tuning already saves a whole model"),
+    "freeze": Method(freeze.apply_freeze, LM_AND_CLS | RL_COPY, why_not_mergeable="partial fine-tuning already saves a whole model"),
+    "lora": Method(peft_methods.apply_lora, LM_AND_CLS | RL_PEFT, mergeable=True, save=peft_methods.save_lora),
+    "qlora": Method(peft_methods.apply_qlora, LM | RL_PEFT, quantized_base=True, mergeable=True),
+    "ia3": Method(peft_methods.apply_ia3, LM_AND_CLS | RL_PEFT, mergeable=True),
     "adapter": Method(adapter.apply_adapter, LM, save=adapter.save,
                       why_not_mergeable="a bottleneck adapter has a non-linearity; it cannot fold into a weight"),
     "prefix": Method(peft_methods.apply_prefix, LM, packing=False,

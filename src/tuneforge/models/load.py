@@ -114,6 +114,8 @@ def resolve_model(name: str) -> str:
             (_extract_zip if alias.filename.endswith(".zip") else _convert_gguf)(alias, name, dest)
         return str(dest)
     path = Path(name).expanduser()
+    if (path / "config.yaml").is_file():
+        return resolve_run(path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model {name!r}: directory has no config.json (expected a Hugging Face model directory)")
@@ -121,6 +123,37 @@ def resolve_model(name: str) -> str:
     if name.startswith((".", "/", "~")):
         raise ModelError(f"model {name!r}: no such directory")
     return name  # a hub id; works where a hub is reachable
+
+
+CHAINABLE = ("sft", "pretrain", "dpo", "ppo", "grpo")  # runs whose model is a causal LM, usable as `model:`
+
+
+def resolve_run(run_dir: Path) -> str:
+    """A tuneforge run directory as `model:` (stages chain): an adapter run is merged into its base once,
+    verified like `tuneforge merge` (reloaded logits within 1e-4), and cached under TUNEFORGE_HOME keyed by
+    the run's config and adapter bytes; a full / freeze run directory is already a whole model."""
+    import hashlib
+
+    from tuneforge.export.merge import merge
+    from tuneforge.runs import run_config
+
+    cfg = run_config(run_dir)
+    if cfg.stage not in CHAINABLE:
+        raise ModelError(f"model {str(run_dir)!r}: a {cfg.stage} run is not a language model to continue from "
+                         f"(a reward run is a reward source: ppo.rewards / grpo.rewards [{{run: ...}}])")
+    if (run_dir / "config.json").is_file():  # full / freeze: the run directory is the model
+        return str(run_dir)
+    adapter_files = sorted(run_dir.glob("adapter_*")) + sorted(run_dir.glob("bottleneck*"))
+    if not adapter_files:
+        raise ModelError(f"model {str(run_dir)!r}: the run has no saved model or adapter (did it finish?)")
+    digest = hashlib.sha256((run_dir / "config.yaml").read_bytes())
+    for f in adapter_files:
+        digest.update(f.read_bytes())
+    dest = tuneforge_home() / "runs" / f"{run_dir.resolve().name}-{digest.hexdigest()[:16]}"
+    if not (dest / "config.json").is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        merge(run_dir, dest)  # atomic: a temporary directory renamed into place after the logits check
+    return str(dest)
 
 
 def _hub_error(name: str, exc: Exception) -> ModelError:
