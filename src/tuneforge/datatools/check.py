@@ -134,6 +134,8 @@ def _token_stats(view: View, tokenizer, max_length: int | None) -> tuple[int, in
         return p if isinstance(p, str) else render(tokenizer, p)
 
     prompt = flat(view.parts["prompt"]) if view.parts["prompt"] else ""
+    if view.fmt == "prompt":
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"]), 0, 0
     n = max(len(tokenizer(prompt + flat(view.parts[k]), add_special_tokens=False)["input_ids"])
             for k in ("chosen", "rejected"))
     return n, 0, 0

@@ -5,7 +5,8 @@ a kind, so a check can count them.
     view, issues = view_record(record.data, "sft")
 
 Stages: sft (alpaca / prompt_completion / messages), pretrain (text), classify (text, label,
-text_pair?), reward and dpo (prompt?, chosen, rejected; strings or chat message lists).
+text_pair?), reward and dpo (prompt?, chosen, rejected; strings or chat message lists), ppo and grpo
+(prompt: a string or chat messages ending on a user turn; other fields go to reward functions).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 from tuneforge.data.formats import FIELDS, ROLES, Messages
 
-KINDS = {"sft": "sft", "pretrain": "pretrain", "classify": "classify", "reward": "preference", "dpo": "preference"}
+KINDS = {"sft": "sft", "pretrain": "pretrain", "classify": "classify", "reward": "preference", "dpo": "preference",
+         "ppo": "prompt", "grpo": "prompt"}
 STAGES = tuple(KINDS)
 
 
@@ -40,7 +42,7 @@ class Issue:
 
 @dataclass
 class View:
-    fmt: str  # alpaca | prompt_completion | messages | text | classify | preference
+    fmt: str  # alpaca | prompt_completion | messages | text | classify | preference | prompt
     key: str  # canonical content: equal keys are exact duplicates
     text: str  # what near-duplicate shingles are taken from
     label: str | None = None
@@ -155,6 +157,23 @@ def _preference_part(data: dict, key: str, issues: list[Issue], required: bool) 
     return _string(data, key, issues, required)
 
 
+def _prompt(data: dict, issues: list[Issue]) -> View | None:
+    """A prompt the policy completes: a string, or messages whose last turn is the user's."""
+    value = data.get("prompt")
+    if isinstance(value, list):
+        prompt = check_messages(value, "prompt", issues, need_assistant=False)
+        if prompt is not None and prompt[-1]["role"] != "user":
+            issues.append(Issue("turn_order", f"prompt[{len(prompt) - 1}]: the last message must be the user's "
+                                              "(the policy writes the assistant's answer)"))
+            return None
+    else:
+        prompt = _string(data, "prompt", issues)
+    if prompt is None or issues:
+        return None
+    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+    return View("prompt", _canonical(prompt), text, parts={"prompt": prompt})
+
+
 def _canonical(value: Any) -> str:
     """Whitespace-insensitive form, so "yes" and "yes " count as the same answer."""
     if isinstance(value, str):
@@ -179,6 +198,8 @@ def view_record(data: dict, stage: str, fields: Fields = DEFAULT_FIELDS) -> tupl
             return None, issues
         content = text if pair is None else f"{text}\n{pair}"
         return View("classify", content, content, label=label, parts={"text": text, "text_pair": pair}), issues
+    if kind == "prompt":
+        return _prompt(data, issues), issues
     prompt = _preference_part(data, "prompt", issues, required=False)
     chosen = _preference_part(data, "chosen", issues, required=True)
     rejected = _preference_part(data, "rejected", issues, required=True)

@@ -1,0 +1,1 @@
+"""Shared pieces of the RL stages (ppo, grpo): prompt data, reward sources, sampling, policy evaluation."""

@@ -1,0 +1,77 @@
+"""Prompt data for the RL stages (ppo, grpo): rows with `prompt` (a string, or chat messages ending on a user
+turn) and any other columns, which reward functions receive by name (e.g. `answer` for exact_match).
+
+    examples, stats = load_prompt_examples(cfg, tokenizer, records)
+
+The policy continues `text`: the prompt rendered with the run's chat template plus the generation prompt
+(a string prompt is the user turn), or the plain string for a tokenizer without a template (data.template
+auto). The same template is saved with the run, so chat / serve render prompts as the policy saw them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tuneforge.config.schema import Config, SamplingConfig
+from tuneforge.data.formats import Messages
+from tuneforge.data.load import Record
+from tuneforge.data.preference import use_template
+from tuneforge.data.templates import render
+from tuneforge.errors import DataError
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    prompt: str | Messages  # as in the data
+    text: str  # what the policy continues
+    input_ids: list[int]
+    columns: dict[str, Any]  # the row's other fields
+    where: str  # file:line
+
+
+def sampling_of(cfg: Config) -> SamplingConfig:
+    """The stage's sampling block (ppo or grpo)."""
+    block = getattr(cfg, cfg.stage, None)
+    if not isinstance(block, SamplingConfig):
+        raise DataError(f"stage {cfg.stage!r} does not sample completions")
+    return block
+
+
+def to_prompt_text(tokenizer, prompt: str | Messages, templated: bool) -> str:
+    if not templated:
+        return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return render(tokenizer, messages, add_generation_prompt=True)
+
+
+def load_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PromptExample], dict]:
+    """Rows already passed the data check (`tuneforge data check --stage ppo`); over-long prompts follow
+    training.overlength (truncate keeps the prompt's end, the part next to the answer)."""
+    templated = use_template(cfg, tokenizer)
+    budget = cfg.training.max_length - sampling_of(cfg).max_new_tokens
+    if budget < 1:
+        raise DataError(f"training.max_length ({cfg.training.max_length}) leaves no room for a prompt next to "
+                        f"{cfg.stage}.max_new_tokens ({sampling_of(cfg).max_new_tokens})")
+    examples: list[PromptExample] = []
+    stats = {"records": len(records), "examples": 0, "truncated": 0, "dropped_overlength": 0, "templated": templated}
+    for record in records:
+        prompt = record.data["prompt"]
+        text = to_prompt_text(tokenizer, prompt, templated)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as sft and generation tokenize
+        if len(ids) > budget:
+            if cfg.training.overlength == "error":
+                raise DataError(f"{record.where}: prompt has {len(ids)} tokens, over training.max_length - "
+                                f"max_new_tokens = {budget} (set training.overlength to truncate or drop)")
+            if cfg.training.overlength == "drop":
+                stats["dropped_overlength"] += 1
+                continue
+            stats["truncated"] += 1
+            ids = ids[-budget:]
+            text = tokenizer.decode(ids)
+        columns = {k: v for k, v in record.data.items() if k != "prompt"}
+        examples.append(PromptExample(prompt, text, ids, columns, record.where))
+    stats["examples"] = len(examples)
+    if not examples:
+        raise DataError(f"{cfg.data.train}: no usable prompts ({stats['dropped_overlength']} over max_length)")
+    return examples, stats
