@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config.load import load_config
-from tuneforge.data.classify import label_set, load_cls_examples
-from tuneforge.data.dataset import load_examples
-from tuneforge.data.load import load_records
+from tuneforge.data.dataset import load_stage_examples
+from tuneforge.rl.rewards import load_rewards
 from tuneforge.stages.lm import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Other tools' configs live beside ours and are tested where they are used (lm-eval tasks, accelerate).
 FOREIGN = {"lm_eval", "accelerate", "hpo"}  # hpo: search spaces, validated in tests/hpo
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("**/*.yaml") if not FOREIGN & set(p.relative_to(ROOT).parts))
+OUTPUTS = {load_config(p).output_dir for p in EXAMPLES}
 
 
 def test_there_are_examples():
@@ -31,22 +31,40 @@ def test_example_config_validates(path, monkeypatch, tiny_tokenizer):
     check_config(cfg)
     for split in ("train", "eval"):
         file = getattr(cfg.data, split)
-        if not file:
-            continue
-        if cfg.stage == "classify":  # every row has a text and one of the configured labels
-            records = load_records(file)
-            examples, stats = load_cls_examples(cfg, tiny_tokenizer, records, label_set(cfg, records))
-        else:  # every record parses and formats; the tiny tokenizer stands in for speed
-            examples, stats = load_examples(cfg, tiny_tokenizer, file)
-        assert examples and stats.records == stats.examples
+        if file:  # every record parses and builds; the tiny tokenizer stands in for speed
+            examples, stats = load_stage_examples(cfg, tiny_tokenizer, file)
+            assert examples and stats["records"] == stats["examples"]
+    block = getattr(cfg, cfg.stage, None)
+    for source in getattr(block, "rewards", []):
+        if source.function:  # importable now; a reward run must be another example's output
+            load_rewards([source], "rewards")
+        else:
+            assert source.run in OUTPUTS, f"{path.name}: reward run {source.run} is no example's output_dir"
+    if not Path(cfg.model).is_dir() and "/" in cfg.model:  # chained: an earlier example's run
+        assert cfg.model in OUTPUTS, f"{path.name}: model {cfg.model} is no example's output_dir"
 
 
 @pytest.mark.parametrize("script,folder", [("make_quickstart_data.py", "quickstart"), ("make_pretrain_data.py", "pretrain"),
-                                           ("make_sentiment_data.py", "sentiment")])
+                                           ("make_sentiment_data.py", "sentiment"), ("make_rlhf_data.py", "rlhf")])
 def test_generators_reproduce_shipped_data(script, folder, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(tmp_path)], check=True, capture_output=True)
-    for name in ("train.jsonl", "eval.jsonl"):
+    shipped = sorted(p.name for p in (ROOT / "examples" / "data" / folder).glob("*.jsonl"))
+    assert shipped and sorted(p.name for p in tmp_path.glob("*.jsonl")) == shipped
+    for name in shipped:
         assert (tmp_path / name).read_bytes() == (ROOT / "examples" / "data" / folder / name).read_bytes()
+
+
+def test_rlhf_questions_do_not_leak_across_files():
+    """The reward model and PPO are judged on questions neither saw in training."""
+    import json
+
+    def questions(name: str, key: str) -> set[str]:
+        return {json.loads(x)[key] for x in (ROOT / "examples/data/rlhf" / name).read_text().splitlines()}
+
+    seen = questions("sft_train.jsonl", "instruction") | questions("prefs_train.jsonl", "prompt") | questions(
+        "prompts_train.jsonl", "prompt")
+    assert not seen & (questions("prompts_eval.jsonl", "prompt") | questions("sft_eval.jsonl", "instruction"))
+    assert len(questions("prefs_eval.jsonl", "prompt") - seen) == 24
 
 
 def test_quickstart_eval_vocabulary_is_held_out():

@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from tuneforge.config.load import load_config
-    from tuneforge.data.dataset import load_examples
+    from tuneforge.data.dataset import load_stage_examples
     from tuneforge.data.templates import apply_template
     from tuneforge.models import load_tokenizer
     from tuneforge.stages.lm import check_config
@@ -65,11 +65,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for split in ("train", "eval"):
         path = getattr(cfg.data, split)
         if path:
-            _, stats = load_examples(cfg, tokenizer, path)
-            s = stats.summary()
-            print(f"{split}: {s['examples']} samples from {s['records']} records ({s['format']}), "
-                  f"{s['truncated']} truncated, {s['dropped_overlength']} dropped over length, "
-                  f"{s['dropped_no_supervised']} without supervised tokens, {s['supervised_tokens']} supervised tokens")
+            _, s = load_stage_examples(cfg, tokenizer, path)
+            line = (f"{split}: {s['examples']} examples from {s['records']} records ({s.get('format', cfg.stage)}), "
+                    f"{s['truncated']} truncated, {s['dropped_overlength']} dropped over length")
+            if "supervised_tokens" in s:
+                line += f", {s['dropped_no_supervised']} without supervised tokens, {s['supervised_tokens']} supervised tokens"
+            print(line)
+    block = getattr(cfg, cfg.stage, None)
+    if block is not None and hasattr(block, "rewards"):
+        from tuneforge.rl.rewards import load_rewards
+
+        print(f"rewards: {', '.join(load_rewards(block.rewards, f'{cfg.stage}.rewards').names)}")
     print(f"{args.config}: valid")
     return 0
 

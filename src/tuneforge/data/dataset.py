@@ -141,3 +141,23 @@ def check_training_records(cfg: Config, records, path: str, log=print) -> None:
         log(f"data warning: {path}: {same.count} pairs with chosen == rejected are dropped; e.g. {same.examples[0]}")
     for line in report.warning_lines():
         log(f"data warning: {path}: {line}")
+
+
+def load_stage_examples(cfg: Config, tokenizer, path: str) -> tuple[list, dict]:
+    """The examples and stats summary the stage of `cfg` builds from `path` (for validate and the example
+    tests): LM samples, labelled texts, preference pairs or RL prompts."""
+    from tuneforge.data.classify import label_set, load_cls_examples
+    from tuneforge.data.preference import load_pair_examples
+    from tuneforge.rl.prompts import load_prompt_examples
+
+    records = load_records(path)
+    if cfg.stage == "classify":
+        examples, cls_stats = load_cls_examples(cfg, tokenizer, records, label_set(cfg, records))
+        return examples, cls_stats.summary()
+    if cfg.stage in ("reward", "dpo"):
+        pairs, pair_stats = load_pair_examples(cfg, tokenizer, records)
+        return pairs, pair_stats.summary()
+    if cfg.stage in ("ppo", "grpo"):
+        return load_prompt_examples(cfg, tokenizer, records)
+    examples, stats = load_examples(cfg, tokenizer, path, records)
+    return examples, stats.summary()
