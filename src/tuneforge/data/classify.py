@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -76,7 +77,8 @@ def label_set(cfg: Config, records: list[Record]) -> list[str]:
         return list(cfg.data.labels)
     if len(seen) < 2:
         raise DataError(f"{cfg.data.train}: classification needs at least two labels, found {sorted(seen)}")
-    numeric = all(s.lstrip("-").isdigit() for s in seen)
+    # ASCII integers only: str.isdigit() also accepts "²" and "①", which int() refuses
+    numeric = all(re.fullmatch(r"-?[0-9]+", s) for s in seen)
     return sorted(seen, key=int) if numeric else sorted(seen)
 
 

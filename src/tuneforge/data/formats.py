@@ -59,7 +59,7 @@ def _messages(record: Record) -> Messages:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise DataError(f"{record.where}: messages[{i}] must be an object with 'role' and 'content'")
         role, content = m["role"], m["content"]
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or dict role is unhashable
             raise DataError(f"{record.where}: messages[{i}]: unknown role {role!r}; expected one of {sorted(ROLES)}")
         if not isinstance(content, str):
             raise DataError(f"{record.where}: messages[{i}]: content must be a string")

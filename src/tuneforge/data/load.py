@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,40 @@ from typing import Any
 from tuneforge.errors import DataError
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+ENCODING = "utf-8-sig"  # UTF-8; a leading byte-order mark (Excel, Notepad) is skipped, not read as data
+# json.loads fails with JSONDecodeError (a ValueError), a plain ValueError for integers over Python's
+# 4300-digit limit, and RecursionError for arrays nested deeper than the recursion limit.
+JSON_ERRORS = (ValueError, RecursionError)
+# The csv module refuses fields over 128 KiB by default; a pretraining document is often longer.
+csv.field_size_limit(2**31 - 1)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate(text: str, obj: Any) -> bool:
+    """True when JSON `text` decoded to `obj` holding a string with an unpaired UTF-16 surrogate (a `\\ud800`
+    escape): not Unicode text; the tokenizer and every UTF-8 writer fail on it. `text` is only searched for
+    such an escape, which keeps the check cheap (pass "\\ud800" when the caller searched already)."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return False
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+SURROGATE_PROBLEM = "a string holds an unpaired UTF-16 surrogate (a \\udXXX escape), which is not text"
+
+
+def json_problem(exc: BaseException) -> str:
+    """What was wrong with a line of JSON, for a message that already names the file and line."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return "a number too long to read" if "digits" in str(exc) else str(exc)
 
 
 @dataclass(frozen=True)
@@ -24,47 +59,58 @@ class Record:
 
 def _jsonl(path: Path) -> list[Record]:
     out = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding=ENCODING) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            except JSON_ERRORS as exc:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({json_problem(exc)})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+            if lone_surrogate(line, obj):
+                raise DataError(f"{path}:{lineno}: {SURROGATE_PROBLEM}")
             out.append(Record(obj, f"{path}:{lineno}"))
     return out
 
 
 def _json(path: Path) -> list[Record]:
+    text = path.read_text(encoding=ENCODING)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        obj = json.loads(text)
+    except JSON_ERRORS as exc:
+        where = f"{path}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(path)
+        raise DataError(f"{where}: malformed JSON ({json_problem(exc)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list):
         raise DataError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
     out = []
+    escapes = "\\ud800" if _SURROGATE_ESCAPE.search(text) else ""
     for i, item in enumerate(obj):
         if not isinstance(item, dict):
             raise DataError(f"{path}: row {i}: expected an object, got {type(item).__name__}")
+        if lone_surrogate(escapes, item):
+            raise DataError(f"{path}: row {i}: {SURROGATE_PROBLEM}")
         out.append(Record(item, f"{path}: row {i}"))
     return out
 
 
 def _csv(path: Path) -> list[Record]:
     out = []
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding=ENCODING, newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            return []
-        for row in reader:
-            if None in row:
-                raise DataError(f"{path}:{reader.line_num}: more values than the {len(reader.fieldnames)} header columns")
-            out.append(Record(dict(row), f"{path}:{reader.line_num}"))
+        try:
+            if not reader.fieldnames:
+                return []
+            for row in reader:
+                if None in row:
+                    raise DataError(f"{path}:{reader.line_num}: more values than the {len(reader.fieldnames)} "
+                                    "header columns")
+                out.append(Record(dict(row), f"{path}:{reader.line_num}"))
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
     return out
 
 

@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.data.load import Record, file_kind
+from tuneforge.data.load import (
+    ENCODING,
+    JSON_ERRORS,
+    SURROGATE_PROBLEM,
+    Record,
+    file_kind,
+    json_problem,
+    lone_surrogate,
+)
 from tuneforge.errors import DataError
 
 
@@ -52,7 +60,7 @@ def _jsonl(path: Path, on_bytes: Callable[[int], None] | None = None) -> Iterato
                 on_bytes(len(raw))
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode(ENCODING if lineno == 1 else "utf-8")  # a byte-order mark only at the start
             except UnicodeDecodeError as exc:
                 yield BadLine(where, "not_utf8", f"not UTF-8 text (byte {exc.start} of the line)")
                 continue
@@ -60,10 +68,12 @@ def _jsonl(path: Path, on_bytes: Callable[[int], None] | None = None) -> Iterato
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield BadLine(where, "malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno})")
+            except JSON_ERRORS as exc:
+                yield BadLine(where, "malformed_json", f"malformed JSON: {json_problem(exc)}")
                 continue
-            if isinstance(obj, dict):
+            if isinstance(obj, dict) and lone_surrogate(line, obj):
+                yield BadLine(where, "not_utf8", SURROGATE_PROBLEM)
+            elif isinstance(obj, dict):
                 yield Record(obj, where)
             else:
                 yield BadLine(where, "not_object", f"expected a JSON object per line, got {type(obj).__name__}")
@@ -76,7 +86,7 @@ def _json(path: Path) -> Iterator[Item]:
 
 
 def _csv(path: Path) -> Iterator[Item]:
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding=ENCODING, newline="") as f:
         reader = csv.DictReader(f)
         try:
             for row in reader:

@@ -83,7 +83,7 @@ def check_messages(raw: Any, key: str, issues: list[Issue], need_assistant: bool
             issues.append(Issue("bad_message", f"{key}[{i}] must be an object with 'role' and 'content'"))
             continue
         role, content = m["role"], m["content"]
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or dict role is unhashable
             issues.append(Issue("unknown_role", f"{key}[{i}]: unknown role {role!r}; expected one of {sorted(ROLES)}"))
             continue
         if not isinstance(content, str):

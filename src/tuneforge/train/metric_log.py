@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tuneforge.config.schema import Config
+from tuneforge.secrets import redact_config
 from tuneforge.train import distributed as ddp
 
 
@@ -39,7 +40,7 @@ def _mlflow_sink(cfg: Config, output_dir: Path):
     mlflow.set_tracking_uri(cfg.training.mlflow_tracking_uri or f"sqlite:///{(output_dir / 'mlflow.db').resolve()}")
     mlflow.set_experiment(cfg.training.mlflow_experiment)
     run = mlflow.start_run(run_name=output_dir.name)
-    mlflow.log_params(_flat("", cfg.model_dump(mode="json")))
+    mlflow.log_params(_flat("", redact_config(cfg.model_dump(mode="json"))))  # no tokens / passwords in params
     client, run_id = mlflow.tracking.MlflowClient(), run.info.run_id
     return (lambda name, value, step: client.log_metric(run_id, name, value, step=step)), mlflow.end_run
 
