@@ -193,3 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # outside the training loop (loading, evaluating): nothing to save
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or a library failure: one line (secrets masked); the traceback with --debug
+        if args.debug:
+            raise
+        from tuneforge.secrets import redact_text
+
+        print(f"error: unexpected {type(exc).__name__}: {redact_text(str(exc))}\n"
+              "  rerun with --debug for the traceback", file=sys.stderr)
+        return 1

@@ -161,7 +161,7 @@ STAGES = ["sft", "pretrain", "classify", "reward", "dpo", "ppo", "grpo"]
 # `tuneforge validate` (data.dataset.load_stage_examples) gives ppo/grpo records to rl.prompts without the
 # check pass, and unchecked prompts crash there (KeyError 'prompt' for `{}`): reported to the lead; add
 # "ppo", "grpo" here once load_stage_examples checks records first.
-VALIDATE_PATH_STAGES = ("sft", "pretrain", "classify", "reward", "dpo")
+VALIDATE_PATH_STAGES = ("sft", "pretrain", "classify", "reward", "dpo", "ppo", "grpo")
 REWARDS = {"rewards": [{"function": "tuneforge.rl.rewards:exact_match"}], "max_new_tokens": 8}
 
 

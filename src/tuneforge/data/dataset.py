@@ -143,14 +143,15 @@ def check_training_records(cfg: Config, records, path: str, log=print) -> None:
         log(f"data warning: {path}: {line}")
 
 
-def load_stage_examples(cfg: Config, tokenizer, path: str) -> tuple[list, dict]:
-    """The examples and stats summary the stage of `cfg` builds from `path` (for validate and the example
-    tests): LM samples, labelled texts, preference pairs or RL prompts."""
+def load_stage_examples(cfg: Config, tokenizer, path: str, log=print) -> tuple[list, dict]:
+    """The examples and stats summary the stage of `cfg` builds from `path` after the same data check
+    training runs (for validate and the example tests): LM samples, labelled texts, preference pairs or
+    RL prompts."""
     from tuneforge.data.classify import label_set, load_cls_examples
     from tuneforge.data.preference import load_pair_examples
     from tuneforge.rl.prompts import load_prompt_examples
 
-    records = load_records(path)
+    records = load_checked_records(cfg, path, log)
     if cfg.stage == "classify":
         examples, cls_stats = load_cls_examples(cfg, tokenizer, records, label_set(cfg, records))
         return examples, cls_stats.summary()

@@ -106,7 +106,8 @@ def plan_run(run_dir: str, precision: str | None) -> Plan:
 
     cfg = run_config(run_dir)
     method = METHODS[cfg.method.name]
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)  # the run's saved chat template, for both models
+    # the run's saved chat template, for both models; remote code only when the run's config allowed it
+    tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=cfg.trust_remote_code)
     candidates = [
         Candidate("base", lambda: load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=method.quantized_base)),
         Candidate("tuned", lambda: load_run(run_dir)[0], packed=method.packing),

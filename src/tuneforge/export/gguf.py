@@ -221,7 +221,8 @@ def export_gguf(run_dir: str | Path, quant: str = "f16", output: str | Path | No
     if output.suffix != ".gguf":
         raise UserError(f"--output {output}: expected a file name ending in .gguf")
     model_dir = model_dir_for(run_dir)  # refuses what cannot be exported before anything loads
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)  # the run's chat template: the one to embed
+    # the run's chat template: the one to embed; remote code only when the run's config allowed it
+    tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=run_config(run_dir).trust_remote_code)
     # A temp dir beside the output (same filesystem: the final rename is atomic) and holding nothing else:
     # transformers' loader would follow an adapter_config.json found beside the file to the base model.
     tmp_dir = make_temp_dir(output.parent, f".{output.name}.")
