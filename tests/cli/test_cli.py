@@ -67,7 +67,7 @@ def test_non_empty_output_dir_is_refused(tmp_path, make_config):
 def test_validate_and_train_with_overrides(tmp_path, make_config):
     path = _config(tmp_path, make_config)
     result = _run("validate", str(path))
-    assert result.returncode == 0 and "valid" in result.stdout and "train: 42 samples" in result.stdout
+    assert result.returncode == 0 and "valid" in result.stdout and "train: 42 examples" in result.stdout
     result = _run("train", str(path), "training.max_steps=3", f"output_dir={tmp_path / 'o'}")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
