@@ -1,15 +1,26 @@
-"""Atomic checkpoints: written into a temp dir, a COMPLETE marker last, then renamed into place.
-Auto-resume takes the newest complete, readable checkpoint and warns about any it skips; an explicitly
-named bad checkpoint is an error. Only safetensors and JSON are written or read (no pickle).
+"""Atomic checkpoints: written into a temp dir, fsynced, a COMPLETE marker last, then renamed into place;
+old ones are renamed away before they are deleted, so a killed process never leaves a half checkpoint under
+a `step-*` name. Auto-resume takes the newest complete, readable checkpoint and warns about any it skips;
+an explicitly named bad checkpoint is an error. Each checkpoint records what the run was (model and data
+fingerprints, seed, learning rate); resuming with any of them changed is refused unless
+`resume_allow_changes` names it. Only safetensors and JSON are written or read (no pickle).
+
+    path = save_checkpoint(ckpt_root, model, optimizer, scheduler, state, keep=2, guards=run_guards(cfg))
+    path, loaded = find_resume("auto", ckpt_root); check_guards(loaded, run_guards(cfg), cfg.resume_allow_changes)
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import uuid
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +28,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tuneforge.errors import UserError
+from tuneforge.errors import ConfigError, NonFiniteLoss, UserError
 from tuneforge.fsutil import make_temp_dir
 
-MARKER = "COMPLETE"
-UNREADABLE = (OSError, ValueError, KeyError, SafetensorError)
+MARKER = "COMPLETE"  # written last; holds each file's size and sha256, so any later damage is detected
+FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, SafetensorError)
+STEP_DIR = re.compile(r"step-(\d+)")
+GUARDED = ("model", "data", "seed", "learning_rate")
+EDGE = 1 << 20  # bytes hashed at each end of a weights file: cheap, and catches a different model of one size
+
+
+class CheckpointWriteError(UserError):
+    """The file system refused a checkpoint write (disk full, quota, read-only, permissions). The previous
+    checkpoint is intact and no partial one is left; exit code 74 (EX_IOERR in sysexits.h)."""
+
+    exit_code = 74
 
 
 @dataclass
@@ -31,6 +53,8 @@ class TrainState:
     history: list[dict[str, Any]]
     tokens_seen: int
     train_seconds: float
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # non-finite steps whose update was skipped
+    evals: list[dict[str, Any]] = field(default_factory=list)  # periodic evaluations so far
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -58,61 +82,158 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, keep: int) -> Path:
-    final = ckpt_root / f"step-{state.step:07d}"
-    tmp = make_temp_dir(ckpt_root, f".{final.name}.tmp.")
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a directory too: makes the entries (the rename) durable
     try:
-        weights = trainable_state(model)
-        if not all(torch.isfinite(t).all() for t in weights.values()):
-            raise UserError(f"refusing to save non-finite weights at step {state.step}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def _discard(path: Path) -> None:
+    """Rename away first (atomic), then delete: a kill mid-delete leaves a hidden leftover, never a
+    `step-*` directory with some files gone."""
+    trash = path.with_name(f".{path.name}.old.{uuid.uuid4().hex[:8]}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_leftovers(ckpt_root: Path) -> None:
+    """Temp and renamed-away dirs of a save or delete that a killed process never finished."""
+    for p in ckpt_root.glob(".step-*"):
+        if p.is_dir() and (".tmp." in p.name or ".old." in p.name):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_error(exc: OSError, final: Path) -> CheckpointWriteError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    reason = "disk full (no space left on device)" if full else (exc.strerror or str(exc))
+    where = f" writing {exc.filename}" if exc.filename else ""
+    try:
+        previous = list_checkpoints(final.parent)
+    except OSError:
+        previous = []
+    kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "there is no earlier checkpoint"
+    hint = "free space (or lower training.save_total_limit)" if full else "fix the file system problem"
+    return CheckpointWriteError(f"could not save checkpoint {final}: {reason}{where}; {kept} and no partial "
+                                f"checkpoint was left. Training stopped: {hint}, then continue with resume=auto")
+
+
+def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, keep: int, *,
+                    guards: dict[str, Any] | None = None) -> Path:
+    """`guards` (run_guards(cfg)) is what check_guards compares on resume; without it resume warns."""
+    final = ckpt_root / f"step-{state.step:07d}"
+    weights = trainable_state(model)
+    bad = [n for n, t in weights.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteLoss(f"refusing to save non-finite weights at step {state.step} ({len(bad)} tensors, e.g. {bad[0]})")
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    meta = {"step": state.step, "bad_steps": state.bad_steps, "tokens_seen": state.tokens_seen,
+            "train_seconds": state.train_seconds, "history": state.history, "skipped": state.skipped,
+            "evals": state.evals, "optimizer": opt_meta, "guards": guards,
+            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}}
+    tmp = None
+    try:
+        if ckpt_root.is_dir():
+            _remove_leftovers(ckpt_root)
+        tmp = make_temp_dir(ckpt_root, f".{final.name}.tmp.")
         save_file(weights, str(tmp / "trainable.safetensors"))
-        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file({"torch_cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        meta = {
-            "step": state.step,
-            "bad_steps": state.bad_steps,
-            "tokens_seen": state.tokens_seen,
-            "train_seconds": state.train_seconds,
-            "history": state.history,
-            "optimizer": opt_meta,
-            "scheduler": sched,
-        }
         (tmp / "state.json").write_text(json.dumps(meta))
-        for f in tmp.iterdir():  # data on disk before the marker says it is
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        (tmp / MARKER).write_text("ok\n")
-        if final.exists():
-            shutil.rmtree(final)
+        manifest = {}
+        for name in FILES:
+            manifest[name] = _digest(tmp / name)
+            _fsync(tmp / name)  # data on disk before the marker says it is
+        (tmp / MARKER).write_text(json.dumps({"files": manifest}))
+        _fsync(tmp / MARKER)
+        if final.exists():  # the same step again (resumed from an older one): replace it
+            _discard(final)
         os.replace(tmp, final)
+        tmp = None
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(exc, final) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        _fsync(ckpt_root)  # the rename survives a power cut too
+    except OSError as exc:  # the checkpoint is complete either way
+        warnings.warn(f"checkpoint {final} is complete but {ckpt_root} could not be synced ({exc})", stacklevel=2)
     for old in list_checkpoints(ckpt_root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            _discard(old)
+        except OSError:  # the new checkpoint is complete; an old one left over is only disk space
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+def _step_dirs(ckpt_root: Path) -> list[Path]:
     if not ckpt_root.is_dir():
         return []
-    found = [p for p in ckpt_root.glob("step-*") if p.is_dir() and (p / MARKER).is_file()]
+    found = [p for p in ckpt_root.iterdir() if STEP_DIR.fullmatch(p.name) and p.is_dir()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _read(path: Path) -> dict[str, Any]:
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoints (with their marker), oldest first."""
+    return [p for p in _step_dirs(ckpt_root) if (p / MARKER).is_file()]
+
+
+def _load(path: Path, name: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path / name))
+    except UNREADABLE as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _check_manifest(path: Path) -> None:
+    """Every file as the marker recorded it (a marker of a checkpoint saved before manifests, "ok", is taken
+    on trust)."""
     if not (path / MARKER).is_file():
         raise ValueError("no COMPLETE marker (the save was interrupted)")
-    meta = json.loads((path / "state.json").read_text())
-    return {
-        "meta": meta,
-        "weights": load_file(str(path / "trainable.safetensors")),
-        "optimizer": load_file(str(path / "optimizer.safetensors")),
-        "rng": load_file(str(path / "rng.safetensors"))["torch_cpu"],
-    }
+    text = (path / MARKER).read_text(errors="replace")
+    if text.strip() == "ok":
+        return
+    try:
+        files = json.loads(text)["files"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{MARKER}: not a checkpoint manifest") from None
+    for name in FILES:
+        if not (path / name).is_file():
+            raise ValueError(f"{name}: missing")
+        if _digest(path / name) != files.get(name):
+            raise ValueError(f"{name}: size or sha256 differs from the {MARKER} manifest (damaged after saving)")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    _check_manifest(path)
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        missing = [k for k in ("step", "bad_steps", "history", "tokens_seen", "optimizer", "scheduler") if k not in meta]
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"state.json: {exc}") from None
+    if missing:
+        raise ValueError(f"state.json: missing {missing}")
+    weights = _load(path, "trainable.safetensors")
+    if not all(torch.isfinite(t).all() for t in weights.values()):
+        raise ValueError("trainable.safetensors: non-finite weights")
+    rng = _load(path, "rng.safetensors").get("torch_cpu")
+    if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        raise ValueError("rng.safetensors: no valid torch_cpu RNG state")
+    return {"meta": meta, "weights": weights, "optimizer": _load(path, "optimizer.safetensors"), "rng": rng}
 
 
 def find_resume(resume: str, ckpt_root: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -122,8 +243,9 @@ def find_resume(resume: str, ckpt_root: Path) -> tuple[Path, dict[str, Any]] | N
         try:
             return path, _read(path)
         except UNREADABLE as exc:
-            raise UserError(f"resume={resume}: not a usable checkpoint ({exc})") from None
-    for path in reversed(list_checkpoints(ckpt_root)):
+            raise ConfigError(f"key 'resume': {resume} is not a usable checkpoint ({exc}); resume=auto takes "
+                              f"the newest complete one") from None
+    for path in reversed(_step_dirs(ckpt_root)):  # incomplete ones too, so that each skip is reported
         try:
             return path, _read(path)
         except UNREADABLE as exc:
@@ -132,15 +254,89 @@ def find_resume(resume: str, ckpt_root: Path) -> tuple[Path, dict[str, Any]] | N
 
 
 def restore(loaded: dict[str, Any], model, optimizer, scheduler) -> TrainState:
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in loaded["weights"]]
-    if missing:
-        raise UserError(f"checkpoint does not match the model: missing {missing[:3]}")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = loaded["weights"]
+    missing = [n for n in params if n not in saved]
+    unexpected = [n for n in saved if n not in params]
+    reshaped = [n for n in saved if n in params and saved[n].shape != params[n].shape]
+    if missing or unexpected or reshaped:
+        raise ConfigError(f"the checkpoint does not match the model's trainable parameters (did the method or "
+                          f"model change?): missing {missing[:3]}, unexpected {unexpected[:3]}, shape differs {reshaped[:3]}")
     with torch.no_grad():
-        for name, value in loaded["weights"].items():
+        for name, value in saved.items():
             params[name].copy_(value)
     meta = loaded["meta"]
     _restore_optimizer(optimizer, loaded["optimizer"], meta["optimizer"])
     scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
     torch.set_rng_state(loaded["rng"])
-    return TrainState(meta["step"], meta["bad_steps"], meta["history"], meta["tokens_seen"], meta["train_seconds"])
+    return TrainState(meta["step"], meta["bad_steps"], meta["history"], meta["tokens_seen"], meta["train_seconds"],
+                      meta.get("skipped", []), meta.get("evals", []))
+
+
+def _hash_file(digest, path: Path, edge: int | None = None) -> None:
+    """The whole file, or (edge) its size and first/last `edge` bytes."""
+    with open(path, "rb") as f:
+        if edge is None:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+            return
+        size = os.fstat(f.fileno()).st_size
+        digest.update(f"{path.name}:{size}:".encode())
+        digest.update(f.read(edge))
+        if size > edge:
+            f.seek(max(edge, size - edge))
+            digest.update(f.read(edge))
+
+
+def run_guards(cfg) -> dict[str, Any]:
+    """What resume compares: the model (config, tokenizer and weight files; a hub id by name), the training
+    data (sha256 of the file's bytes), the seed and the learning rate."""
+    from tuneforge.models import resolve_model
+
+    resolved = Path(resolve_model(cfg.model))
+    model_digest = hashlib.sha256()
+    if resolved.is_dir():
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            if (resolved / name).is_file():
+                _hash_file(model_digest, resolved / name)
+        for weights in sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin")):
+            _hash_file(model_digest, weights, EDGE)
+    else:
+        model_digest.update(str(resolved).encode())
+    data = Path(cfg.data.train)
+    data_digest = hashlib.sha256()
+    _hash_file(data_digest, data)
+    return {"model": {"name": cfg.model, "path": str(resolved), "sha256": model_digest.hexdigest()},
+            "data": {"path": str(data), "sha256": data_digest.hexdigest()},
+            "seed": cfg.seed, "learning_rate": cfg.training.learning_rate}
+
+
+def _compared(guards: dict[str, Any], key: str) -> tuple[Any, str]:
+    """(what must be equal, how to show it)."""
+    value = guards.get(key)
+    if isinstance(value, dict):
+        return value.get("sha256"), f"{value.get('name') or value.get('path')} (sha256 {str(value.get('sha256'))[:12]})"
+    return value, repr(value)
+
+
+def check_guards(loaded: dict[str, Any], current: dict[str, Any], allowed: Iterable[str], path: Path) -> list[dict]:
+    """The changes since the checkpoint was saved, each allowed by `resume_allow_changes`; a ConfigError
+    naming every other change (old -> new) and the override key."""
+    saved = loaded["meta"].get("guards")
+    if not saved:
+        warnings.warn(f"checkpoint {path} records no model/data fingerprints (saved before tuneforge checked "
+                      "them): a changed model, data, seed or learning rate cannot be detected", stacklevel=2)
+        return []
+    changes = []
+    for key in GUARDED:
+        (old, old_text), (new, new_text) = _compared(saved, key), _compared(current, key)
+        if key in saved and old != new:
+            changes.append({"key": key, "old": old_text, "new": new_text})
+    refused = [c for c in changes if c["key"] not in set(allowed)]
+    if refused:
+        what = "; ".join(f"{c['key']} changed: {c['old']} -> {c['new']}" for c in refused)
+        keys = ",".join(c["key"] for c in refused)
+        raise ConfigError(f"key 'resume': checkpoint {path} was saved by a different run ({what}). Resuming "
+                          f"would not continue that run; set resume_allow_changes=[{keys}] to resume anyway, or "
+                          f"use a new output_dir")
+    return changes

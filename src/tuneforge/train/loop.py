@@ -1,6 +1,7 @@
 """The training loop: padding-free micro-batches, gradient accumulation normalised by supervised tokens,
-bf16 autocast, LR schedule, non-finite steps skipped, atomic checkpoints, exact resume, and a clean
-stop on SIGINT/SIGTERM. Small on purpose: every line of it is something the run contract promises.
+bf16 autocast, LR schedule, non-finite steps skipped, atomic checkpoints, exact resume guarded against
+a changed run (tuneforge.train.checkpoint), and a clean stop on SIGINT/SIGTERM. Small on purpose: every
+line of it is something the run contract promises (docs/reliability.md lists the tests that prove them).
 
     result = train(model, train_examples, eval_examples, cfg, output_dir, precision)
     result = train(..., objective=Objective(collate, loss_sum, evaluate))   # another stage's loss
@@ -12,13 +13,14 @@ gradients summed (tuneforge.train.distributed); rank 0 alone logs, evaluates and
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from tuneforge.config.schema import Config
 from tuneforge.data.batching import collate, epoch_microbatches
 from tuneforge.data.templates import Example
 from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
+from tuneforge.fsutil import write_text_atomic
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import distributed as ddp
 from tuneforge.train.loss import evaluate_loss, loss_sum
@@ -68,12 +71,16 @@ class TrainResult:
     supervised_seen: int
     train_seconds: float
     resumed_from: str | None
+    resume_changes: list[dict] = field(default_factory=list)  # changes resume_allow_changes let through
+    skipped_steps: list[dict] = field(default_factory=list)  # non-finite steps, update skipped
 
 
 @contextmanager
 def _stop_on_signals() -> Iterator[Callable[[], int | None]]:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step and stops.
-    A second signal falls through to the default behaviour (hard stop)."""
+    """SIGINT/SIGTERM set a flag; the loop stops after the current micro-batch (abandoning a partly
+    accumulated step) or step, saves a checkpoint and raises TrainingInterrupted (exit 128 + signal).
+    A second signal gets the default behaviour (hard stop: SIGTERM kills, SIGINT raises KeyboardInterrupt).
+    Python runs handlers between bytecodes: during one long native call (a huge matmul) both wait for it."""
     received: list[int] = []
     previous = {}
 
@@ -127,6 +134,75 @@ def _step_batches(objective: Objective, train_examples: list[Example], micro: li
     return batches
 
 
+def _resume(cfg: Config, ckpt_root: Path, guards: dict, model, optimizer, scheduler, log: Callable[[str], None],
+            output_dir: Path) -> tuple[str | None, ckpt.TrainState | None, list[dict]]:
+    """Restore the checkpoint `cfg.resume` names (or the newest usable one) after checking that it was saved
+    by the same run (model, data, seed, learning rate) or that resume_allow_changes allows the difference."""
+    found = ckpt.find_resume(cfg.resume, ckpt_root)
+    if not found:
+        if ckpt_root.is_dir() and any(p.name.startswith("step-") for p in ckpt_root.iterdir()):
+            warnings.warn(f"resume=auto: no usable checkpoint in {ckpt_root}; starting from step 0", stacklevel=2)
+        return None, None, []
+    path, loaded = found
+    changes = ckpt.check_guards(loaded, guards, cfg.resume_allow_changes, path)
+    state = ckpt.restore(loaded, model, optimizer, scheduler)
+    if any(c["key"] == "learning_rate" for c in changes):  # allowed: the new rate takes over the schedule
+        lr = cfg.training.learning_rate
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"], group["lr"] = lr, lr * factor(scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    for c in changes:
+        log(f"resume: {c['key']} changed since {path.name}: {c['old']} -> {c['new']} (allowed by resume_allow_changes)")
+    if ddp.is_main():  # every resume on record, with what it let through
+        record = {"time": time.time(), "checkpoint": str(path), "step": state.step, "changes": changes,
+                  "guards_checked": bool(loaded["meta"].get("guards"))}
+        old = (output_dir / "resume_log.jsonl").read_text() if (output_dir / "resume_log.jsonl").is_file() else ""
+        write_text_atomic(output_dir / "resume_log.jsonl", old + json.dumps(record) + "\n")
+    log(f"resumed from {path} at step {state.step}")
+    return str(path), state, changes
+
+
+def _forward_backward(objective: Objective, model, batches: list, n_sup: int, precision: str,
+                      stop_signal: Callable[[], int | None] | None) -> tuple[float, int | None]:
+    """(summed loss of the step, signal number if one arrived before the last micro-batch: the step is
+    abandoned so the process stops within one micro-batch, not one whole accumulated step)."""
+    step_loss = 0.0
+    for i, batch in enumerate(batches):
+        with autocast(precision):
+            loss = objective.loss_sum(model, batch)
+        (loss / n_sup).backward()
+        step_loss += float(loss.detach())
+        if stop_signal and i < len(batches) - 1 and stop_signal():
+            return step_loss, stop_signal()
+    return step_loss, None
+
+
+def _save_on_signal(ckpt_root: Path, model, optimizer, scheduler, state: ckpt.TrainState, keep: int,
+                    guards: dict) -> Path:
+    """The checkpoint to stop with: the newest one if it is already at this step, else a new one."""
+    existing = ckpt.list_checkpoints(ckpt_root)
+    if existing and existing[-1].name == f"step-{state.step:07d}":
+        return existing[-1]
+    return ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, keep, guards=guards)
+
+
+def _skip_step(state: ckpt.TrainState, step_loss: float, grad_norm: torch.Tensor, max_bad_steps: int,
+               ckpt_root: Path) -> None:
+    """A non-finite loss or gradient: no update; on record (warning, state.skipped); stop after too many."""
+    state.bad_steps += 1
+    state.skipped.append({"step": state.step, "loss": str(step_loss), "grad_norm": str(float(grad_norm))})
+    warnings.warn(f"step {state.step}: non-finite loss/gradient (loss {step_loss}, grad norm {float(grad_norm)}); "
+                  f"update skipped ({state.bad_steps} in a row)", stacklevel=2)
+    if state.bad_steps >= max_bad_steps:
+        last = ckpt.list_checkpoints(ckpt_root)
+        raise NonFiniteLoss(
+            f"{state.bad_steps} non-finite steps in a row (steps {state.step - state.bad_steps + 1}-{state.step}, "
+            f"training.max_bad_steps={max_bad_steps}): stopped; no non-finite weights were saved"
+            + (f"; the last checkpoint is {last[-1]}" if last else "")
+            + ". Lower training.learning_rate, set training.max_grad_norm or check the data, then resume=auto")
+
+
 def train(model, train_examples: list[Example], eval_examples: list[Example], cfg: Config, output_dir: Path,
           precision: str, log: Callable[[str], None] = print, packed: bool = True,
           objective: Objective | None = None, on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
@@ -140,18 +216,14 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     warmup = t.warmup_steps if t.warmup_steps is not None else int(round(t.warmup_ratio * total_steps))
     scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     ckpt_root = output_dir / "checkpoints"
+    guards = ckpt.run_guards(cfg)
 
     state = ckpt.TrainState(step=0, bad_steps=0, history=[], tokens_seen=0, train_seconds=0.0)
-    resumed_from = None
+    resumed_from, changes = None, []
     if cfg.resume:
-        found = ckpt.find_resume(cfg.resume, ckpt_root)
-        if found:
-            path, loaded = found
-            state = ckpt.restore(loaded, model, optimizer, scheduler)
-            resumed_from = str(path)
-            log(f"resumed from {path} at step {state.step}")
+        resumed_from, restored, changes = _resume(cfg, ckpt_root, guards, model, optimizer, scheduler, log, output_dir)
+        state = restored or state
 
-    evals: list[dict] = []
     supervised_seen = sum(h["supervised_tokens"] for h in state.history)
     model.train()
     main = ddp.is_main()
@@ -159,57 +231,63 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     with _stop_on_signals() as stop_signal, _progress(t.progress and main) as bar, closing(writer):
         task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total_steps:
-            started = time.perf_counter()
+            started, rng_at_start = time.perf_counter(), torch.get_rng_state()
             epoch, k = divmod(state.step, per_epoch)
             micro = epoch_microbatches(len(train_examples), t.batch_size, cfg.seed, epoch)
             batches = _step_batches(objective, train_examples, micro[k * t.grad_accum : (k + 1) * t.grad_accum])
             # normalise by the supervised tokens of the whole (global) step, whatever rank holds them
             n_sup, n_tok = (int(v) for v in ddp.sum_values(sum(b.n_supervised for b in batches),
                                                             sum(b.n_tokens for b in batches)))
-            step_loss = 0.0
-            for batch in batches:
-                with autocast(precision):
-                    loss = objective.loss_sum(model, batch)
-                (loss / n_sup).backward()
-                step_loss += float(loss.detach())
+            # one process may abandon a step between micro-batches; ranks must agree, so they finish it
+            step_loss, signum = _forward_backward(objective, model, batches, n_sup, precision,
+                                                  stop_signal if ddp.world_size() == 1 else None)
+            if signum:
+                optimizer.zero_grad(set_to_none=True)
+                torch.set_rng_state(rng_at_start)  # resume replays this step exactly
+                path = _save_on_signal(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit, guards)
+                raise TrainingInterrupted(signum, str(path))
             ddp.sum_gradients(params)
             step_loss = ddp.sum_values(step_loss)[0] / n_sup
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
             state.step += 1
-            if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
+            finite = math.isfinite(step_loss) and bool(torch.isfinite(grad_norm))
+            if not finite:
                 optimizer.zero_grad(set_to_none=True)
-                state.bad_steps += 1
-                warnings.warn(f"step {state.step}: non-finite loss/gradient ({step_loss}); update skipped", stacklevel=1)
-                writer.add_scalar("train/skipped_nonfinite", state.bad_steps, state.step)
-                if state.bad_steps >= t.max_bad_steps:
-                    raise NonFiniteLoss(f"{state.bad_steps} non-finite steps in a row (training.max_bad_steps); stopped, nothing saved")
-                continue
-            state.bad_steps = 0
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            elapsed = time.perf_counter() - started
-            state.train_seconds += elapsed
-            state.tokens_seen += n_tok
-            supervised_seen += n_sup
-            lr = scheduler.get_last_lr()[0]
-            state.history.append({"step": state.step, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
-                                  "tokens": n_tok, "supervised_tokens": n_sup, "seconds": elapsed})
-            if state.step % t.logging_steps == 0:
-                writer.add_scalar("train/loss", step_loss, state.step)
-                writer.add_scalar("train/lr", lr, state.step)
-                writer.add_scalar("train/tokens_per_second", n_tok / elapsed, state.step)
-            bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
-            if main and t.eval_steps and eval_examples and state.step % t.eval_steps == 0:
+                writer.add_scalar("train/skipped_nonfinite", state.bad_steps + 1, state.step)
+                _skip_step(state, step_loss, grad_norm, t.max_bad_steps, ckpt_root)
+            else:
+                state.bad_steps = 0
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                elapsed = time.perf_counter() - started
+                state.train_seconds += elapsed
+                state.tokens_seen += n_tok
+                supervised_seen += n_sup
+                lr = scheduler.get_last_lr()[0]
+                state.history.append({"step": state.step, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
+                                      "tokens": n_tok, "supervised_tokens": n_sup, "seconds": elapsed})
+                if state.step % t.logging_steps == 0:
+                    writer.add_scalar("train/loss", step_loss, state.step)
+                    writer.add_scalar("train/lr", lr, state.step)
+                    writer.add_scalar("train/tokens_per_second", n_tok / elapsed, state.step)
+                bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
+            # a pending stop skips the periodic eval: it does not change training, and the save comes sooner
+            if finite and main and t.eval_steps and eval_examples and state.step % t.eval_steps == 0 and not stop_signal():
                 result = objective.evaluate(model, eval_examples)
-                evals.append({"step": state.step, **result})
+                state.evals.append({"step": state.step, **result})
                 writer.add_scalar("eval/loss", result["loss"], state.step)
                 if on_eval:
                     on_eval(state.step, result)
             signum = ddp.max_value(stop_signal() or 0)  # a signal seen by any rank stops all of them
-            if (t.save_steps and state.step % t.save_steps == 0) or signum:
-                path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit) if main else None
+            if (finite and t.save_steps and state.step % t.save_steps == 0) or signum:
+                path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit,
+                                            guards=guards) if main else None
                 path = ddp.broadcast_object(path)  # also keeps the others from running ahead of the save
                 if signum:
                     raise TrainingInterrupted(signum, str(path))
-    return TrainResult(state.step, state.history, evals, state.tokens_seen, supervised_seen, state.train_seconds, resumed_from)
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad:  # the stage saves the model after this returns: never a non-finite one
+        raise NonFiniteLoss(f"trainable weights became non-finite ({bad[0]}, ...); the model was not saved")
+    return TrainResult(state.step, state.history, state.evals, state.tokens_seen, supervised_seen,
+                       state.train_seconds, resumed_from, changes, state.skipped)

@@ -1,0 +1,126 @@
+"""Resume guards: a checkpoint records the model and data fingerprints, the seed and the learning rate.
+Resuming with any of them changed is a ConfigError naming the change (old -> new) and the override key;
+listed in resume_allow_changes, the change is allowed, logged and kept in output_dir/resume_log.jsonl (a
+changed learning rate takes over the schedule). A moved copy of the same model or data is no change; a
+checkpoint saved before fingerprints resumes with a warning."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from fault_tools import Runs, losses, one_thread, trainable
+
+from tiny import build_model, toy_sft_rows, write_jsonl
+from tuneforge import cli
+from tuneforge.errors import ConfigError
+from tuneforge.train.checkpoint import MARKER, list_checkpoints
+
+
+@pytest.fixture
+def runs(make_config, tmp_path):
+    with one_thread():
+        r = Runs(make_config, tmp_path, training__max_steps=6, training__save_steps=3)
+        r.reference = r.train("reference")
+        yield r
+
+
+def _interrupted(runs, name: str):
+    """A copy of the reference run whose newest checkpoint is step 3 (as if stopped there)."""
+    out = runs.base_dir / name
+    shutil.copytree(runs.base_dir / "reference", out)
+    shutil.rmtree(list_checkpoints(out / "checkpoints")[-1])
+    return out
+
+
+def _changed(runs, key: str) -> dict:
+    """Config overrides that change `key` and the old -> new text the refusal must show."""
+    if key == "learning_rate":
+        return {"training__learning_rate": 0.01}
+    if key == "seed":
+        return {"seed": 7}
+    if key == "data":
+        rows = toy_sft_rows(42) + [{"prompt": "what color is the sky ?", "completion": "the sky is blue ."}]
+        return {"data__train": str(write_jsonl(runs.base_dir / "other.jsonl", rows))}
+    model_dir = runs.base_dir / "other-model"  # same shapes and tokenizer, other weights
+    shutil.copytree(runs.config("x").model, model_dir)
+    build_model(model_dir, vocab_size=runs.base.get_input_embeddings().weight.shape[0], seed=1)
+    return {"model": str(model_dir)}
+
+
+@pytest.mark.parametrize("key", ["model", "data", "seed", "learning_rate"])
+def test_a_changed_run_is_refused_unless_allowed(runs, key):
+    out = _interrupted(runs, f"changed-{key}")
+    change = _changed(runs, key)
+    with pytest.raises(ConfigError) as info:
+        runs.train(out.name, resume="auto", **change)
+    message = str(info.value)
+    assert f"{key} changed: " in message and f"resume_allow_changes=[{key}]" in message, message
+    assert "step-0000003" in message and not (out / "resume_log.jsonl").exists()
+    logged = []
+    result, model = runs.train(out.name, resume="auto", resume_allow_changes=[key], log=logged.append, **change)
+    assert result.resumed_from.endswith("step-0000003") and result.steps == 6
+    assert [c["key"] for c in result.resume_changes] == [key]
+    assert any(line.startswith(f"resume: {key} changed since step-0000003: ") and "allowed by resume_allow_changes"
+               in line for line in logged), logged
+    [record] = [json.loads(x) for x in (out / "resume_log.jsonl").read_text().splitlines()]
+    assert record["changes"] == result.resume_changes and record["guards_checked"] and record["step"] == 3
+    assert all(torch.isfinite(torch.tensor(losses(result))))
+    if key == "learning_rate":  # the new rate takes over the same schedule from step 4 on
+        ref = runs.reference[0].history
+        assert [h["lr"] for h in result.history[3:]] == pytest.approx([h["lr"] * 0.01 / 3e-2 for h in ref[3:]])
+
+
+def test_an_unchanged_run_and_a_moved_copy_resume_exactly(runs):
+    out = _interrupted(runs, "same")
+    model_copy, data_copy = runs.base_dir / "model-copy", runs.base_dir / "data-copy.jsonl"
+    shutil.copytree(runs.config("x").model, model_copy)
+    shutil.copy(runs.config("x").data.train, data_copy)
+    result, model = runs.train(out.name, resume="auto", model=str(model_copy), data__train=str(data_copy))
+    assert result.resume_changes == [] and losses(result) == losses(runs.reference[0])
+    assert all(torch.equal(v, trainable(model)[n]) for n, v in trainable(runs.reference[1]).items())
+    [record] = [json.loads(x) for x in (out / "resume_log.jsonl").read_text().splitlines()]
+    assert record["changes"] == [] and record["guards_checked"]
+
+
+def test_every_refused_change_is_named_and_one_allowance_is_not_enough(runs):
+    out = _interrupted(runs, "several")
+    change = {**_changed(runs, "seed"), **_changed(runs, "learning_rate")}
+    with pytest.raises(ConfigError, match=r"seed changed: 0 -> 7; learning_rate changed: 0.03 -> 0.01.*"
+                                          r"resume_allow_changes=\[seed,learning_rate\]"):
+        runs.train(out.name, resume="auto", **change)
+    with pytest.raises(ConfigError, match=r"learning_rate changed.*resume_allow_changes=\[learning_rate\]") as info:
+        runs.train(out.name, resume="auto", resume_allow_changes=["seed"], **change)
+    assert "seed changed" not in str(info.value)
+
+
+def test_a_checkpoint_without_fingerprints_resumes_with_a_warning(runs):
+    out = _interrupted(runs, "old")
+    ckpt = list_checkpoints(out / "checkpoints")[-1]
+    state = json.loads((ckpt / "state.json").read_text())
+    del state["guards"]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    (ckpt / MARKER).write_text("ok\n")  # the marker such a checkpoint has
+    with pytest.warns(UserWarning, match="records no model/data fingerprints"):
+        result, _ = runs.train(out.name, resume="auto", seed=7)  # a change nobody can see
+    assert result.resumed_from == str(ckpt)
+    assert json.loads((out / "resume_log.jsonl").read_text())["guards_checked"] is False
+
+
+def test_cli_refuses_with_exit_2_and_allows_with_the_override(runs, capfd):
+    cfg = runs.config("cli", eval__before=False, eval__generate_samples=0)
+    path = runs.base_dir / "cli.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert cli.main(["train", str(path), "training.max_steps=3"]) == 0
+    capfd.readouterr()
+    assert cli.main(["train", str(path), "resume=auto", "training.learning_rate=0.01"]) == 2
+    err = capfd.readouterr().err
+    assert "learning_rate changed: 0.03 -> 0.01" in err and "resume_allow_changes=[learning_rate]" in err
+    assert "Traceback" not in err
+    code = cli.main(["train", str(path), "resume=auto", "training.learning_rate=0.01",
+                     "resume_allow_changes=[learning_rate]"])
+    out = capfd.readouterr().out
+    assert code == 0 and "resume: learning_rate changed since step-0000003: 0.03 -> 0.01" in out
+    metrics = json.loads((runs.base_dir / "cli" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 6 and metrics["train"]["resumed_from"].endswith("step-0000003")
