@@ -1,0 +1,247 @@
+"""Run a transformers / TRL Trainer (DPOTrainer, GRPOTrainer) under tuneforge's run contract: our config
+mapped to TrainingArguments fields, SIGINT/SIGTERM -> checkpoint + TrainingInterrupted, non-finite steps
+skipped (never applied, never saved) and NonFiniteLoss after training.max_bad_steps in a row, checkpoints
+marked complete so resume=auto never picks a half-written one, scalars to TensorBoard / MLflow through
+tuneforge's metric log, and the per-step history read back from the trainer.
+
+    guard = GuardCallback(cfg.training.max_bad_steps, guards=run_guards(cfg))
+    trainer = DPOTrainer(model, args=DPOConfig(**to_trainer_args(cfg, out, precision), beta=...),
+                         callbacks=[guard, MetricLogCallback(cfg, out)], ...)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(cfg, out))
+    guard.raise_if_stopped()          # TrainingInterrupted (exit 128+signum) / NonFiniteLoss (exit 2)
+    history = history_of(trainer)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from tuneforge.config.schema import Config
+from tuneforge.errors import ConfigError, NonFiniteLoss, TrainingInterrupted
+from tuneforge.train.checkpoint import check_guards, run_guards
+from tuneforge.train.metric_log import MetricLog, open_metric_log
+
+MARKER = "COMPLETE"  # written after the Trainer finished a checkpoint (its own saves are not atomic)
+GUARDS = "tuneforge_guards.json"  # what the run was (train.checkpoint.run_guards), checked on resume
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def to_trainer_args(cfg: Config, out: Path, precision: str) -> dict:
+    """Keyword arguments shared by trl's DPOConfig / GRPOConfig (transformers TrainingArguments fields).
+    TRL's own defaults differ from tuneforge's (bf16 on, gradient checkpointing on, lr 1e-6), so every
+    field that matters is set here."""
+    t = cfg.training
+    warmup = t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio  # a float < 1 is a ratio (5.x)
+    scheduler = "constant_with_warmup" if t.lr_scheduler == "constant" and warmup else t.lr_scheduler
+    return {
+        "output_dir": str(out / "checkpoints"),
+        "max_steps": t.max_steps or -1,
+        "num_train_epochs": t.epochs,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": scheduler,
+        "warmup_steps": warmup,
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm or 0.0,  # 0 disables clipping
+        "bf16": precision == "bf16",  # CPU autocast through accelerate, like train.precision.autocast
+        "fp16": False,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "logging_strategy": "steps",
+        "logging_steps": t.logging_steps,
+        # keep HF's filter: without it one NaN poisons the running loss sum of every later log; GuardCallback
+        # marks the skipped steps in the log instead
+        "logging_nan_inf_filter": True,
+        "save_strategy": "steps" if t.save_steps else "no",  # GuardCallback still saves on a signal
+        "save_steps": t.save_steps or 500,
+        "save_total_limit": t.save_total_limit,
+        "eval_strategy": "no",  # stages evaluate with their own metric functions
+        # transformers 5.23's name for gradient checkpointing; the old name (TRL defaults it to True) mirrors it
+        "activation_checkpointing": t.gradient_checkpointing,
+        "activation_checkpointing_kwargs": {"use_reentrant": False},
+        "disable_tqdm": not t.progress,
+        "report_to": [],  # MetricLogCallback writes tuneforge's sinks (output_dir/tensorboard, mlflow)
+        "use_cpu": not torch.cuda.is_available(),
+        "dataloader_num_workers": 0,  # 2-core CPUs: worker processes only compete with the math threads
+        "dataloader_pin_memory": False,
+        "dataloader_persistent_workers": False,
+    }
+
+
+class GuardCallback(TrainerCallback):
+    """SIGINT/SIGTERM: the current step finishes, a checkpoint is saved, training stops. A non-finite loss or
+    gradient: every gradient is dropped before the optimizer step (AdamW skips parameters without a
+    gradient, so weights and moments stay as they were); after `max_bad_steps` in a row training stops.
+    The stage then calls `raise_if_stopped()`. A second signal falls through to the default handler.
+    Order in `callbacks=`: after callbacks that work in on_step_end (an evaluation: a signal that arrives
+    during it still stops this step), before MetricLogCallback (which then logs a skipped step as NaN)."""
+
+    def __init__(self, max_bad_steps: int = 5, guards: dict | None = None) -> None:
+        self.max_bad_steps = max_bad_steps
+        self.guards = guards  # run_guards(cfg): saved with each checkpoint, so resume can refuse another run
+        self.bad_steps = 0
+        self.skipped: list[int] = []  # optimizer steps whose update was dropped
+        self.signum: int | None = None
+        self.checkpoint: str | None = None
+        self.nonfinite_stop = False
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, _frame) -> None:
+        self.signum = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if all(bool(torch.isfinite(p.grad).all()) for p in params):
+            self.bad_steps = 0
+            return
+        for p in params:  # after clipping a NaN norm spreads to every gradient; drop them all
+            p.grad = None
+        step = state.global_step + 1
+        self.bad_steps += 1
+        self.skipped.append(step)
+        warnings.warn(f"step {step}: non-finite loss/gradient; update skipped", stacklevel=1)
+        if self.bad_steps >= self.max_bad_steps:
+            self.nonfinite_stop = True
+            control.should_training_stop = True
+            control.should_save = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """A skipped step is logged as NaN (HF's filter logged a running average), in the logs the other
+        callbacks see and in state.log_history (a copy of them, plus "step")."""
+        if logs is not None and "loss" in logs and state.global_step in self.skipped:
+            for entry in (logs, state.log_history[-1]):
+                entry.update(loss=float("nan"), skipped_nonfinite=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signum is not None and not self.nonfinite_stop:
+            control.should_save = True
+            control.should_training_stop = True
+        if self.nonfinite_stop:
+            control.should_save = False
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if path.is_dir() and args.should_save:
+            files = ([(GUARDS, json.dumps(self.guards))] if self.guards else []) + [(MARKER, "ok\n")]
+            for name, text in files:  # the marker last: the checkpoint is complete once it exists
+                with open(path / name, "w") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            self.checkpoint = str(path)
+
+    def raise_if_stopped(self) -> None:
+        if self.nonfinite_stop:
+            raise NonFiniteLoss(f"{self.bad_steps} non-finite steps in a row (training.max_bad_steps); "
+                                f"stopped at step {self.skipped[-1]}, nothing saved")
+        if self.signum is not None:
+            raise TrainingInterrupted(self.signum, self.checkpoint)
+
+
+class MetricLogCallback(TrainerCallback):
+    """Trainer logs -> tuneforge's metric log (TensorBoard under output_dir/tensorboard, MLflow if asked),
+    with the tag names of tuneforge's own loop (train/loss, train/lr, train/grad_norm, ...)."""
+
+    RENAME = {"learning_rate": "lr"}
+
+    def __init__(self, cfg: Config, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        self.writer: MetricLog | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.writer = open_metric_log(self.cfg, self.out, state.global_step + 1 if state.global_step else None)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.writer is None or not logs:
+            return
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                name = key[5:] if key.startswith("eval_") else self.RENAME.get(key, key)
+                self.writer.add_scalar(f"{'eval' if key.startswith('eval_') else 'train'}/{name}", value,
+                                       state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _complete(path: Path) -> bool:
+    if not (path / MARKER).is_file():
+        return False
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _find(cfg: Config, out: Path) -> Path | None:
+    if cfg.resume != "auto":
+        path = Path(cfg.resume)
+        if not _complete(path):
+            raise ConfigError(f"key 'resume': {cfg.resume} is not a complete checkpoint (no {MARKER} marker or no "
+                              "readable trainer_state.json); resume=auto takes the newest complete one")
+        return path
+    root = out / "checkpoints"
+    found = sorted((int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else [])
+                   if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
+    for _, path in reversed(found):
+        if _complete(path):
+            return path
+        warnings.warn(f"skipping incomplete checkpoint {path}; trying the previous one", stacklevel=3)
+    return None
+
+
+def resume_checkpoint(cfg: Config, out: Path) -> str | None:
+    """cfg.resume: None -> None; "auto" -> the newest complete checkpoint under out/checkpoints (None when
+    there is none; incomplete ones are skipped with a warning); a path -> that checkpoint or an error. A
+    checkpoint saved by a different run (model, data, seed, learning rate) is refused unless
+    resume_allow_changes names the change, as in tuneforge's own loop."""
+    if not cfg.resume:
+        return None
+    path = _find(cfg, out)
+    if path is None:
+        return None
+    saved = json.loads((path / GUARDS).read_text()) if (path / GUARDS).is_file() else None
+    changes = check_guards({"meta": {"guards": saved}}, run_guards(cfg), cfg.resume_allow_changes, path)
+    if any(c["key"] == "learning_rate" for c in changes):
+        raise ConfigError("key 'resume_allow_changes': a changed learning_rate cannot be applied on resume here (the "
+                          "Trainer restores the checkpoint's optimizer and schedule); keep the learning rate")
+    return str(path)
+
+
+def history_of(trainer) -> list[dict]:
+    """Per-step training logs: {"step", "loss", "lr", "grad_norm", ...the trainer's other scalars}."""
+    history = []
+    for entry in trainer.state.log_history:
+        if "loss" not in entry or "train_runtime" in entry:
+            continue
+        row = {"step": entry["step"], "loss": entry["loss"], "lr": entry.get("learning_rate"),
+               "grad_norm": entry.get("grad_norm")}
+        row |= {k: v for k, v in entry.items() if k not in ("step", "loss", "learning_rate", "grad_norm")}
+        history.append(row)
+    return history
