@@ -193,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # outside the training loop (loading, evaluating): nothing to save
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, permissions, a vanished file: the OS's words and the path
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 74  # EX_IOERR, as a checkpoint that could not be written
     except Exception as exc:  # a bug or a library failure: one line (secrets masked); the traceback with --debug
         if args.debug:
             raise

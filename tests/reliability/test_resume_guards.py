@@ -124,3 +124,17 @@ def test_cli_refuses_with_exit_2_and_allows_with_the_override(runs, capfd):
     assert code == 0 and "resume: learning_rate changed since step-0000003: 0.03 -> 0.01" in out
     metrics = json.loads((runs.base_dir / "cli" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 6 and metrics["train"]["resumed_from"].endswith("step-0000003")
+
+
+def test_a_refused_resume_leaves_the_runs_config_as_it_was(make_config):
+    """Through the stage: the guarded keys are compared before output_dir/config.yaml is rewritten."""
+    from tuneforge.stages import STAGES
+
+    cfg = make_config(training__max_steps=2, training__save_steps=2, eval__before=False, eval__generate_samples=0)
+    with one_thread():
+        out = STAGES["sft"](cfg)
+    before = (out / "config.yaml").read_bytes()
+    again = cfg.model_copy(update={"resume": "auto", "seed": 7})
+    with pytest.raises(ConfigError, match=r"checkpoint .*step-0000002 was saved by a different run \(seed changed: 0 -> 7\)"):
+        STAGES["sft"](again)
+    assert (out / "config.yaml").read_bytes() == before

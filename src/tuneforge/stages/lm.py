@@ -118,7 +118,20 @@ def cost_metrics(result: TrainResult, wall_start: float, model, trainable: int, 
         "model_flops": _model_flops(model, result.tokens_seen, trainable, total),
         "resumed_from": result.resumed_from,
         "world_size": ddp.world_size(),  # processes that shared each step (torchrun / accelerate launch)
+        "resume_changes": result.resume_changes,  # what resume_allow_changes let through, if anything
+        "skipped_steps": result.skipped_steps,  # non-finite steps whose update was skipped
     }
+
+
+def _check_resume_config(path: Path, cfg: Config) -> None:
+    from tuneforge.config.load import load_config
+    from tuneforge.train.checkpoint import check_resume_config
+
+    try:
+        saved = load_config(path)
+    except ConfigError:  # written by another tuneforge version: the checkpoint's fingerprints still guard
+        return
+    check_resume_config(saved, cfg, path.parent / "checkpoints")
 
 
 def start_ranks(log: Callable[[str], None]) -> Callable[[str], None]:
@@ -132,6 +145,8 @@ def prepare_output_dir_once(cfg: Config) -> Path:
     out = Path(cfg.output_dir)
     if ddp.is_main():
         out = prepare_output_dir(cfg)
+        if cfg.resume and (out / "config.yaml").is_file():
+            _check_resume_config(out / "config.yaml", cfg)
         write_text_atomic(out / "config.yaml", dump_config(cfg))
     ddp.barrier()
     return out

@@ -340,3 +340,21 @@ def check_guards(loaded: dict[str, Any], current: dict[str, Any], allowed: Itera
                           f"would not continue that run; set resume_allow_changes=[{keys}] to resume anyway, or "
                           f"use a new output_dir")
     return changes
+
+
+def check_resume_config(saved_cfg, cfg, ckpt_root: Path) -> None:
+    """Before output_dir/config.yaml is rewritten for a resumed run: the guarded keys of the run's saved
+    config against the new one (a refused resume must leave the run's config as it was). The file contents
+    (model weights, data bytes) are compared later against the checkpoint's fingerprints."""
+    pairs = {"model": (saved_cfg.model, cfg.model), "data": (saved_cfg.data.train, cfg.data.train),
+             "seed": (saved_cfg.seed, cfg.seed),
+             "learning_rate": (saved_cfg.training.learning_rate, cfg.training.learning_rate)}
+    refused = [(key, old, new) for key, (old, new) in pairs.items() if old != new and key not in cfg.resume_allow_changes]
+    complete = sorted((p for p in ckpt_root.glob("*-*") if (p / MARKER).is_file()),
+                      key=lambda p: int(p.name.rsplit("-", 1)[1]) if p.name.rsplit("-", 1)[1].isdigit() else -1)
+    if refused and complete:  # our step-N and the HF Trainer's checkpoint-N both carry the marker
+        what = "; ".join(f"{key} changed: {old!r} -> {new!r}" for key, old, new in refused)
+        keys = ",".join(key for key, _, _ in refused)
+        raise ConfigError(f"key 'resume': checkpoint {complete[-1]} was saved by a different run ({what}). Resuming "
+                          f"would not continue that run; set resume_allow_changes=[{keys}] to resume anyway, or "
+                          f"use a new output_dir")
