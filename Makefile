@@ -7,7 +7,7 @@ PIP     := $(BIN)/pip
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo rlhf test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,14 @@ demo: setup
 	$(BIN)/python scripts/make_quickstart_data.py
 	$(BIN)/tuneforge train examples/quickstart.yaml overwrite=true
 	@echo "open runs/quickstart/report.md (metrics.json, loss.png, tensorboard/ beside it)"
+
+# SFT -> reward model -> PPO on the embedded default; runs/rlhf/report.md sums it up (docs/rlhf.md)
+rlhf: setup
+	$(BIN)/python scripts/make_rlhf_data.py
+	$(BIN)/tuneforge train examples/rlhf/sft.yaml overwrite=true
+	$(BIN)/tuneforge train examples/rlhf/reward.yaml overwrite=true
+	$(BIN)/tuneforge train examples/rlhf/ppo.yaml overwrite=true
+	$(BIN)/python scripts/rlhf_report.py runs/rlhf
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
