@@ -187,3 +187,11 @@ def test_a_finished_run_chains_as_model(make_config, tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="a reward run is not a language model"):
         resolve_model(str(tmp_path / "cls"))
     assert json.loads((Path(merged) / "merge.json").read_text())["max_abs_logit_diff"] <= 1e-4
+
+
+def test_system_prompt_goes_first_as_in_sft(rl_config, tiny_tokenizer):
+    cfg = rl_config(data__system_prompt="be brief")
+    examples, _ = load_prompt_examples(cfg, tiny_tokenizer, load_records(cfg.data.train))
+    assert examples[0].text == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nsay hello<|im_end|>\n"
+                                "<|im_start|>assistant\n")
+    assert examples[1].text == examples[0].text  # the messages form too

@@ -38,10 +38,13 @@ def sampling_of(cfg: Config) -> SamplingConfig:
     return block
 
 
-def to_prompt_text(tokenizer, prompt: str | Messages, templated: bool) -> str:
+def to_prompt_text(tokenizer, prompt: str | Messages, templated: bool, system_prompt: str | None = None) -> str:
+    """`system_prompt` (data.system_prompt) goes first unless the prompt has its own, as in sft."""
     if not templated:
         return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
     return render(tokenizer, messages, add_generation_prompt=True)
 
 
@@ -57,7 +60,7 @@ def load_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple
     stats = {"records": len(records), "examples": 0, "truncated": 0, "dropped_overlength": 0, "templated": templated}
     for record in records:
         prompt = record.data["prompt"]
-        text = to_prompt_text(tokenizer, prompt, templated)
+        text = to_prompt_text(tokenizer, prompt, templated, cfg.data.system_prompt)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as sft and generation tokenize
         if len(ids) > budget:
             if cfg.training.overlength == "error":

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from tuneforge.config.load import dump_config
@@ -262,6 +262,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
         model=model, args=to_grpo_config(cfg, out, precision), reward_funcs=to_reward_funcs(rewards, examples, counter),
         train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks,
         prompt_ids={e.text: e.input_ids for e in examples})
+    trainer.remove_callback(PrinterCallback)  # with the progress bar off it prints every log dict to stdout
     if resumed_from:
         log(f"resuming from {resumed_from}")
     first_step = int(resumed_from.rsplit("-", 1)[1]) if resumed_from else 0
@@ -278,7 +279,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
         raise UserError("refusing to save non-finite weights")
     _save_model(model, tokenizer, out, METHODS[cfg.method.name])
     write_json_atomic(out / "template.json", {"template": template_name(cfg, tokenizer),
-                                              "chat_template": tokenizer.chat_template, "system_prompt": None})
+                                              "chat_template": tokenizer.chat_template, "system_prompt": cfg.data.system_prompt})
     result = TrainResult(trainer.state.global_step, history, evals.evals, counter.tokens, counter.completion_tokens,
                          train_seconds, resumed_from)
     train_block = cost_metrics(result, wall_start, model, trainable, total, precision, "completion_tokens")

@@ -57,7 +57,7 @@ from tuneforge.rl.sampling import Sample, completion_logits, gather_logprobs, sa
 from tuneforge.stages.lm import _save_model, check_config, cost_metrics, prepare_output_dir_once
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import distributed as ddp
-from tuneforge.train.loop import TrainResult, _resume, _stop_on_signals
+from tuneforge.train.loop import TrainResult, resume_run, stop_on_signals
 from tuneforge.train.metric_log import open_metric_log
 from tuneforge.train.precision import autocast, resolve_precision
 
@@ -225,7 +225,7 @@ def train_ppo(policy: PolicyWithValue, tokenizer, examples: list[PromptExample],
     guards = ckpt.run_guards(cfg)  # resume refuses a changed model, data, seed or LR (resume_allow_changes)
     resumed_from, state, changes = None, None, []
     if cfg.resume:
-        resumed_from, state, changes = _resume(cfg, ckpt_root, guards, policy, optimizer, scheduler, log, out)
+        resumed_from, state, changes = resume_run(cfg, ckpt_root, guards, policy, optimizer, scheduler, log, out)
     state = state or ckpt.TrainState(step=0, bad_steps=0, history=[], tokens_seen=0, train_seconds=0.0)
     kl_ctl = pm.KLController(state.history[-1]["kl_coef_next"] if state.history else p.kl_coef, p.target_kl,
                              p.kl_horizon, p.kl_control == "adaptive")
@@ -234,7 +234,7 @@ def train_ppo(policy: PolicyWithValue, tokenizer, examples: list[PromptExample],
     before_update: dict[str, torch.Tensor] | None = None
     stopped = None
     writer = open_metric_log(cfg, out, state.step + 1 if resumed_from else None)
-    with _stop_on_signals() as stop_signal, _progress(t.progress) as bar, closing(writer):
+    with stop_on_signals() as stop_signal, _progress(t.progress) as bar, closing(writer):
         task = bar.add_task("ppo", total=total, completed=state.step, reward=float("nan"), kl=float("nan"))
         while state.step < total:
             started = time.perf_counter()

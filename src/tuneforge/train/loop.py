@@ -76,7 +76,7 @@ class TrainResult:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[Callable[[], int | None]]:
+def stop_on_signals() -> Iterator[Callable[[], int | None]]:
     """SIGINT/SIGTERM set a flag; the loop stops after the current micro-batch (abandoning a partly
     accumulated step) or step, saves a checkpoint and raises TrainingInterrupted (exit 128 + signal).
     A second signal gets the default behaviour (hard stop: SIGTERM kills, SIGINT raises KeyboardInterrupt).
@@ -134,7 +134,7 @@ def _step_batches(objective: Objective, train_examples: list[Example], micro: li
     return batches
 
 
-def _resume(cfg: Config, ckpt_root: Path, guards: dict, model, optimizer, scheduler, log: Callable[[str], None],
+def resume_run(cfg: Config, ckpt_root: Path, guards: dict, model, optimizer, scheduler, log: Callable[[str], None],
             output_dir: Path) -> tuple[str | None, ckpt.TrainState | None, list[dict]]:
     """Restore the checkpoint `cfg.resume` names (or the newest usable one) after checking that it was saved
     by the same run (model, data, seed, learning rate) or that resume_allow_changes allows the difference."""
@@ -221,14 +221,14 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     state = ckpt.TrainState(step=0, bad_steps=0, history=[], tokens_seen=0, train_seconds=0.0)
     resumed_from, changes = None, []
     if cfg.resume:
-        resumed_from, restored, changes = _resume(cfg, ckpt_root, guards, model, optimizer, scheduler, log, output_dir)
+        resumed_from, restored, changes = resume_run(cfg, ckpt_root, guards, model, optimizer, scheduler, log, output_dir)
         state = restored or state
 
     supervised_seen = sum(h["supervised_tokens"] for h in state.history)
     model.train()
     main = ddp.is_main()
     writer = open_metric_log(cfg, output_dir, state.step + 1 if resumed_from else None)
-    with _stop_on_signals() as stop_signal, _progress(t.progress and main) as bar, closing(writer):
+    with stop_on_signals() as stop_signal, _progress(t.progress and main) as bar, closing(writer):
         task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total_steps:
             started, rng_at_start = time.perf_counter(), torch.get_rng_state()
