@@ -158,7 +158,7 @@ def test_overlength_policies(make_config, tiny_model_dir, tmp_path):
     assert pairs[0].chosen.input_ids == full[-24:]  # cut from the left: the response's end stays
     pairs, stats = load_pair_examples(make_config(**base, training__overlength="drop"), tok, load_records(str(path)))
     assert stats.dropped_overlength == 1 and len(pairs) == 1
-    with pytest.raises(DataError, match=r"long.jsonl:1: .* > training.max_length 24"):
+    with pytest.raises(DataError, match=r"long.jsonl:1: pair has \d+ tokens, over training.max_length=24"):
         load_pair_examples(make_config(**base, training__overlength="error"), tok, load_records(str(path)))
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tuneforge.config.schema import Config
+from tuneforge.data.dataset import over_length
 from tuneforge.data.load import Record
 from tuneforge.errors import ConfigError, DataError
 
@@ -87,7 +88,7 @@ def load_cls_examples(cfg: Config, tokenizer, records: list[Record], labels: lis
     index = {label: i for i, label in enumerate(labels)}
     stats, examples = ClsStats(records=len(records)), []
     counts: Counter[str] = Counter()
-    max_length, policy = cfg.training.max_length, cfg.training.overlength
+    max_length = cfg.training.max_length
     for record in records:
         text = text_of(record, cfg.data.text_field, "data.text_field")
         pair = text_of(record, cfg.data.text_pair_field, "data.text_pair_field") if cfg.data.text_pair_field else None
@@ -96,13 +97,11 @@ def load_cls_examples(cfg: Config, tokenizer, records: list[Record], labels: lis
             raise DataError(f"{record.where}: label {label!r} is not one of the run's labels {labels}")
         enc = tokenizer(text, pair, truncation=False)
         ids = enc["input_ids"]
-        if len(ids) > max_length:
-            if policy == "error":
-                raise DataError(f"{record.where}: {len(ids)} tokens > training.max_length {max_length} "
-                                "(training.overlength: error)")
-            if policy == "drop":
-                stats.dropped_overlength += 1
-                continue
+        action = over_length(len(ids), cfg, record.where, "text")
+        if action == "drop":
+            stats.dropped_overlength += 1
+            continue
+        if action == "truncate":
             enc = tokenizer(text, pair, truncation=True, max_length=max_length)
             ids = enc["input_ids"]
             stats.truncated += 1

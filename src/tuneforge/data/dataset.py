@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from tuneforge.config.schema import Config
 from tuneforge.data.formats import detect_format, to_messages, to_text
@@ -40,18 +41,28 @@ class DataStats:
         return d
 
 
-def _fit(example: Example, max_length: int, policy: str, where: str, stats: DataStats) -> Example | None:
-    if len(example.input_ids) <= max_length:
+def over_length(n: int, cfg: Config, where: str, what: str = "sample", limit: int | None = None,
+                limit_name: str = "training.max_length") -> Literal["fits", "truncate", "drop"]:
+    """What training.overlength does with `n` tokens: every stage applies this one rule (split, pretrain's
+    own policy, cuts what is left like truncate); the `error` policy raises here."""
+    limit = cfg.training.max_length if limit is None else limit
+    if n <= limit:
+        return "fits"
+    if cfg.training.overlength == "error":
+        raise DataError(f"{where}: {what} has {n} tokens, over {limit_name}={limit} "
+                        "(set training.overlength to truncate or drop, or raise training.max_length)")
+    return "drop" if cfg.training.overlength == "drop" else "truncate"
+
+
+def _fit(example: Example, cfg: Config, where: str, stats: DataStats) -> Example | None:
+    action = over_length(len(example.input_ids), cfg, where)
+    if action == "fits":
         return example
-    if policy == "error":
-        raise DataError(
-            f"{where}: sample has {len(example.input_ids)} tokens, over training.max_length={max_length} "
-            "(set training.overlength to truncate or drop, or raise max_length)"
-        )
-    if policy == "drop":
+    if action == "drop":
         stats.dropped_overlength += 1
         return None
     stats.truncated += 1
+    max_length = cfg.training.max_length
     return Example(example.input_ids[:max_length], example.labels[:max_length])
 
 
@@ -71,7 +82,7 @@ def records_to_examples(cfg: Config, tokenizer, records: list[Record], stats: Da
             formats.add(fmt)
             chunks = [build_sft_example(tokenizer, to_messages(record, fmt, cfg.data.system_prompt), record.where)]
         for example in chunks:
-            fitted = _fit(example, max_length, policy, record.where, stats)
+            fitted = _fit(example, cfg, record.where, stats)
             if fitted is None:
                 continue
             if fitted.n_supervised == 0:  # e.g. the prompt alone fills max_length

@@ -19,6 +19,7 @@ from typing import Any
 
 from tuneforge.config.schema import Config
 from tuneforge.data.classify import ClsExample
+from tuneforge.data.dataset import over_length
 from tuneforge.data.formats import ROLES, Messages
 from tuneforge.data.load import Record
 from tuneforge.data.templates import apply_template, render
@@ -121,7 +122,7 @@ def encode(tokenizer, text: str, max_length: int | None) -> list[int]:
 def load_pair_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PairExample], PairStats]:
     templated = use_template(cfg, tokenizer)
     stats, pairs = PairStats(records=len(records)), []
-    max_length, policy = cfg.training.max_length, cfg.training.overlength
+    max_length = cfg.training.max_length
     for record in records:
         prompt = _field(record, "prompt", required=False)
         responses = [_field(record, key, required=True) for key in ("chosen", "rejected")]
@@ -130,14 +131,11 @@ def load_pair_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[l
             continue
         texts = [to_text(tokenizer, prompt, r, templated) for r in responses]
         ids = [encode(tokenizer, t, None) for t in texts]
-        longest = max(map(len, ids))
-        if longest > max_length:
-            if policy == "error":
-                raise DataError(f"{record.where}: {longest} tokens > training.max_length {max_length} "
-                                "(training.overlength: error)")
-            if policy == "drop":
-                stats.dropped_overlength += 1
-                continue
+        action = over_length(max(map(len, ids)), cfg, record.where, "pair")
+        if action == "drop":
+            stats.dropped_overlength += 1
+            continue
+        if action == "truncate":
             ids = [encode(tokenizer, t, max_length) for t in texts]
             stats.truncated += 1
         stats.lengths += [len(i) for i in ids]

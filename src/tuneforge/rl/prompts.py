@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.config.schema import Config, SamplingConfig
+from tuneforge.data.dataset import over_length
 from tuneforge.data.formats import Messages
 from tuneforge.data.load import Record
 from tuneforge.data.preference import use_template
@@ -62,13 +63,12 @@ def load_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple
         prompt = record.data["prompt"]
         text = to_prompt_text(tokenizer, prompt, templated, cfg.data.system_prompt)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as sft and generation tokenize
-        if len(ids) > budget:
-            if cfg.training.overlength == "error":
-                raise DataError(f"{record.where}: prompt has {len(ids)} tokens, over training.max_length - "
-                                f"max_new_tokens = {budget} (set training.overlength to truncate or drop)")
-            if cfg.training.overlength == "drop":
-                stats["dropped_overlength"] += 1
-                continue
+        action = over_length(len(ids), cfg, record.where, "prompt", budget,
+                             f"training.max_length - {cfg.stage}.max_new_tokens")
+        if action == "drop":
+            stats["dropped_overlength"] += 1
+            continue
+        if action == "truncate":
             stats["truncated"] += 1
             ids = ids[-budget:]
             text = tokenizer.decode(ids)

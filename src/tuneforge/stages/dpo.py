@@ -28,7 +28,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from tuneforge.config.load import dump_config
 from tuneforge.config.schema import Config, DpoConfig
-from tuneforge.data.dataset import load_train_eval_records
+from tuneforge.data.dataset import load_train_eval_records, over_length
 from tuneforge.data.formats import Messages
 from tuneforge.data.load import Record
 from tuneforge.data.preference import PairStats, _field, _normalised, to_conversation, use_template
@@ -113,20 +113,18 @@ def _fit(example: DpoExample, max_length: int) -> DpoExample:
 def load_dpo_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[DpoExample], PairStats]:
     templated = use_template(cfg, tokenizer)
     stats, examples = PairStats(records=len(records)), []
-    max_length, policy = cfg.training.max_length, cfg.training.overlength
+    max_length = cfg.training.max_length
     for record in records:
         example = to_example(cfg, tokenizer, record, templated)
         if example is None:
             stats.dropped_identical += 1
             continue
         n = len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
-        if n > max_length:
-            if policy == "error":
-                raise DataError(f"{record.where}: {n} tokens > training.max_length {max_length} "
-                                "(training.overlength: error)")
-            if policy == "drop":
-                stats.dropped_overlength += 1
-                continue
+        action = over_length(n, cfg, record.where, "pair")
+        if action == "drop":
+            stats.dropped_overlength += 1
+            continue
+        if action == "truncate":
             example, stats.truncated = _fit(example, max_length), stats.truncated + 1
         stats.lengths += [len(example.prompt_ids) + len(ids) for ids in (example.chosen_ids, example.rejected_ids)]
         examples.append(example)
