@@ -61,6 +61,25 @@ def test_resume_takes_the_newest_complete_checkpoint_of_the_same_run(make_config
         hf_bridge.resume_checkpoint(lr, out)
 
 
+def test_a_checkpoint_damaged_after_its_marker_is_skipped(make_config, tmp_path):
+    """The marker lists every file's size and sha256 (as tuneforge's own checkpoints): a file truncated or
+    changed after the save is detected, auto-resume falls back, an explicit path is refused."""
+    from tuneforge.train.checkpoint import write_manifest
+
+    out = tmp_path / "run"
+    cfg = make_config(stage="dpo", resume="auto")
+    older, newer = (fake_checkpoint(out, step, complete=False, guards=run_guards(cfg)) for step in (2, 4))
+    for path in (older, newer):
+        (path / "model.safetensors").write_bytes(b"x" * 100)
+        write_manifest(path, ["trainer_state.json", hf_bridge.GUARDS, "model.safetensors"])
+    assert hf_bridge.resume_checkpoint(cfg, out) == str(newer)
+    (newer / "model.safetensors").write_bytes(b"x" * 50)  # torn after the marker was written
+    with pytest.warns(UserWarning, match="skipping incomplete checkpoint"):
+        assert hf_bridge.resume_checkpoint(cfg, out) == str(older)
+    with pytest.raises(ConfigError, match="not a complete checkpoint"):
+        hf_bridge.resume_checkpoint(make_config(stage="dpo", resume=str(newer)), out)
+
+
 def test_history_of_reads_the_training_logs():
     state = SimpleNamespace(log_history=[
         {"loss": 0.69, "grad_norm": 0.5, "learning_rate": 0.01, "rewards/accuracies": 0.0, "epoch": 0.1, "step": 1},

@@ -150,12 +150,7 @@ def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainSt
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file({"torch_cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta))
-        manifest = {}
-        for name in FILES:
-            manifest[name] = _digest(tmp / name)
-            _fsync(tmp / name)  # data on disk before the marker says it is
-        (tmp / MARKER).write_text(json.dumps({"files": manifest}))
-        _fsync(tmp / MARKER)
+        write_manifest(tmp, FILES)
         if final.exists():  # the same step again (resumed from an older one): replace it
             _discard(final)
         os.replace(tmp, final)
@@ -199,9 +194,20 @@ def _load(path: Path, name: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"{name}: {exc}") from None
 
 
-def _check_manifest(path: Path) -> None:
-    """Every file as the marker recorded it (a marker of a checkpoint saved before manifests, "ok", is taken
-    on trust)."""
+def write_manifest(path: Path, names: Iterable[str]) -> None:
+    """Hash and fsync each file (data on disk before the marker says it is), then write the COMPLETE marker
+    holding each file's size and sha256, last. Also marks the HF Trainer's checkpoints (train/hf_bridge)."""
+    manifest = {}
+    for name in names:
+        manifest[name] = _digest(path / name)
+        _fsync(path / name)
+    (path / MARKER).write_text(json.dumps({"files": manifest}))
+    _fsync(path / MARKER)
+
+
+def check_manifest(path: Path, required: Iterable[str] = FILES) -> None:
+    """Every file as the marker recorded it, and `required` among them; ValueError naming the defect (a
+    marker of a checkpoint saved before manifests, "ok", is taken on trust)."""
     if not (path / MARKER).is_file():
         raise ValueError("no COMPLETE marker (the save was interrupted)")
     text = (path / MARKER).read_text(errors="replace")
@@ -211,7 +217,7 @@ def _check_manifest(path: Path) -> None:
         files = json.loads(text)["files"]
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{MARKER}: not a checkpoint manifest") from None
-    for name in FILES:
+    for name in sorted({*required, *files}):
         if not (path / name).is_file():
             raise ValueError(f"{name}: missing")
         if _digest(path / name) != files.get(name):
@@ -219,7 +225,7 @@ def _check_manifest(path: Path) -> None:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    _check_manifest(path)
+    check_manifest(path)
     try:
         meta = json.loads((path / "state.json").read_text())
         missing = [k for k in ("step", "bad_steps", "history", "tokens_seen", "optimizer", "scheduler") if k not in meta]

@@ -15,7 +15,6 @@ tuneforge's metric log, and the per-step history read back from the trainer.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import warnings
@@ -26,10 +25,9 @@ from transformers import TrainerCallback
 
 from tuneforge.config.schema import Config
 from tuneforge.errors import ConfigError, NonFiniteLoss, TrainingInterrupted
-from tuneforge.train.checkpoint import check_guards, run_guards
+from tuneforge.train.checkpoint import MARKER, check_guards, check_manifest, run_guards, write_manifest
 from tuneforge.train.metric_log import MetricLog, open_metric_log
 
-MARKER = "COMPLETE"  # written after the Trainer finished a checkpoint (its own saves are not atomic)
 GUARDS = "tuneforge_guards.json"  # what the run was (train.checkpoint.run_guards), checked on resume
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -145,12 +143,11 @@ class GuardCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if path.is_dir() and args.should_save:
-            files = ([(GUARDS, json.dumps(self.guards))] if self.guards else []) + [(MARKER, "ok\n")]
-            for name, text in files:  # the marker last: the checkpoint is complete once it exists
-                with open(path / name, "w") as fh:
-                    fh.write(text)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            if self.guards:
+                (path / GUARDS).write_text(json.dumps(self.guards))
+            # the marker last, with every file's size and sha256: complete once it exists, damage detected
+            names = [str(f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file() and f.name != MARKER]
+            write_manifest(path, names)
             self.checkpoint = str(path)
 
     def raise_if_stopped(self) -> None:
@@ -190,9 +187,9 @@ class MetricLogCallback(TrainerCallback):
 
 
 def _complete(path: Path) -> bool:
-    if not (path / MARKER).is_file():
-        return False
+    """The marker, every file as it lists them, and a readable trainer state."""
     try:
+        check_manifest(path, required=("trainer_state.json",))
         json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
