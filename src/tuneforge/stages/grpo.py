@@ -43,15 +43,21 @@ from tuneforge.config.load import dump_config
 from tuneforge.config.schema import Config
 from tuneforge.data.dataset import load_train_eval_records
 from tuneforge.errors import ConfigError, UserError
-from tuneforge.fsutil import save_figure_atomic, write_json_atomic, write_text_atomic
+from tuneforge.fsutil import write_json_atomic, write_text_atomic
 from tuneforge.methods import METHODS, MethodContext, count_params
 from tuneforge.models import load_model, load_tokenizer, resolve_model
-from tuneforge.report.write import _cell, plot_loss, render_report
+from tuneforge.report.rl import (
+    plot_reward_kl,
+    question,
+    samples_table,
+    summary,
+    template_name,
+    write_rl_report,
+)
 from tuneforge.rl.policy_eval import evaluate_policy
 from tuneforge.rl.prompts import PromptExample, load_prompt_examples
 from tuneforge.rl.rewards import Rewards, load_rewards
 from tuneforge.stages.lm import _save_model, check_config, cost_metrics, prepare_output_dir_once, start_ranks
-from tuneforge.stages.ppo import summary, template_name
 from tuneforge.train import distributed as ddp
 from tuneforge.train import hf_bridge as hf
 from tuneforge.train.checkpoint import run_guards
@@ -165,47 +171,14 @@ def to_record(entry: dict, names: list[str]) -> dict:
 
 
 def plot_steps(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kl = [(h["step"], h["kl"]) for h in history if h.get("kl") is not None]
-    fig, axes = plt.subplots(2 if kl else 1, 1, figsize=(7, 5 if kl else 3), dpi=110, sharex=True, squeeze=False)
-    axes[0][0].plot([h["step"] for h in history], [h["reward"] for h in history], color="tab:green")
-    axes[0][0].set_ylabel("mean reward (train batch)")
-    if kl:
-        axes[1][0].plot(*zip(*kl, strict=True), color="tab:red")
-        axes[1][0].set_ylabel("KL to reference\n(per token, k3)")
-    axes[-1][0].set_xlabel("optimizer step")
-    for ax in axes[:, 0]:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure_atomic(fig, path)
+    plot_reward_kl(history, path, "reward", "kl", "optimizer step", "mean reward (train batch)",
+                   "KL to reference\n(per token, k3)")
 
 
-def _section(before: dict, after: dict, cfg: Config) -> str:
-    lines = ["## GRPO", "", "![reward and KL per step](rewards.png)", "",
-             f"### Sampled completions on eval prompts (temperature {cfg.grpo.temperature}, seed {cfg.seed})", "",
-             "| # | prompt | before | reward | after | reward |", "|---|---|---|---|---|---|"]
-    pairs = zip(before.get("samples") or [{}] * len(after.get("samples", [])), after.get("samples", []), strict=False)
-    for i, (b, a) in enumerate(pairs, 1):
-        prompt = a["prompt"] if len(a["prompt"]) <= 80 else "…" + a["prompt"][-79:]  # the end: the question
-        lines.append(f"| {i} | {_cell(prompt, 80)} | {_cell(b.get('completion', ''))} | "
-                     f"{b.get('reward', float('nan')):.3f} | {_cell(a['completion'])} | {a['reward']:.3f} |")
-    return "\n".join(lines)
-
-
-def write_grpo_report(out: Path, metrics: dict, history: list[dict], before: dict, after: dict, cfg: Config) -> None:
-    if history:
-        plot_loss(history, [], None, None, out / "loss.png")
-        plot_steps(history, out / "rewards.png")
-    samples = [{"when": when, **s} for when, result in (("before", before), ("after", after))
-               for s in result.get("samples", [])]
-    write_text_atomic(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
-    write_text_atomic(out / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    write_text_atomic(out / "report.md", render_report(metrics, [], dump_config(cfg), _section(before, after, cfg)))
-    write_json_atomic(out / "metrics.json", metrics)
+def _section(before: dict, after: dict, cfg: Config, questions: list[str]) -> str:
+    lines = ["## GRPO", "", "![reward and KL per step](rewards.png)", ""]
+    title = f"Sampled completions on eval prompts (temperature {cfg.grpo.temperature}, seed {cfg.seed})"
+    return "\n".join(lines + samples_table(before, after, questions, title))
 
 
 def load_policy(cfg: Config) -> torch.nn.Module:
@@ -292,5 +265,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
         "evals": evals.evals,
         "data": data_stats,
     }
-    write_grpo_report(out, metrics, history, eval_before, eval_after, cfg)
+    write_text_atomic(out / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    write_rl_report(out, metrics, history, eval_before, eval_after, dump_config(cfg),
+                    _section(eval_before, eval_after, cfg, [question(e) for e in eval_examples]), ("rewards.png", plot_steps))
     return out

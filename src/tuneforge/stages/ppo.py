@@ -45,10 +45,17 @@ from tuneforge.config.schema import Config
 from tuneforge.data.batching import epoch_microbatches
 from tuneforge.data.dataset import load_train_eval_records
 from tuneforge.errors import ConfigError, NonFiniteLoss, TrainingInterrupted, UserError
-from tuneforge.fsutil import save_figure_atomic, write_json_atomic, write_text_atomic
+from tuneforge.fsutil import write_json_atomic, write_text_atomic
 from tuneforge.methods import METHODS, MethodContext, count_params
 from tuneforge.models import load_model, load_tokenizer, resolve_model
-from tuneforge.report.write import _cell, plot_loss, render_report
+from tuneforge.report.rl import (
+    plot_reward_kl,
+    question,
+    samples_table,
+    summary,
+    template_name,
+    write_rl_report,
+)
 from tuneforge.rl import ppo_math as pm
 from tuneforge.rl.policy_eval import evaluate_policy
 from tuneforge.rl.prompts import PromptExample, load_prompt_examples
@@ -295,64 +302,16 @@ def _stop_runaway(policy, before_update: dict | None, state: ckpt.TrainState, kl
             "updates_kept": state.step - 1 if reverted else state.step}
 
 
-def template_name(cfg: Config, tokenizer) -> str | None:
-    """What template.json calls the prompt format (rl.prompts renders with it): None for plain text."""
-    if cfg.data.template == "auto" and not tokenizer.chat_template:
-        return None
-    return "alpaca" if cfg.data.template == "alpaca" else "chat"
-
-
-def summary(result: dict) -> dict | None:
-    """An evaluation without its samples (those go to samples.jsonl and the report)."""
-    return {k: v for k, v in result.items() if k != "samples"} or None
-
-
 def plot_rollouts(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=110, sharex=True)
-    top.plot(steps, [h["reward_mean"] for h in history], color="tab:green")
-    top.set_ylabel("mean reward")
-    bottom.plot(steps, [h["kl_mean"] for h in history], color="tab:red")
-    bottom.set(xlabel="rollout", ylabel="mean KL to reference (nats)")
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure_atomic(fig, path)
+    plot_reward_kl(history, path, "reward_mean", "kl_mean", "rollout", "mean reward", "mean KL to reference (nats)")
 
 
-def _section(before: dict, after: dict, stopped: dict | None, prompts: list[str]) -> str:
+def _section(before: dict, after: dict, stopped: dict | None, questions: list[str]) -> str:
     lines = ["## PPO", "", "![reward and KL per rollout](rollouts.png)", ""]
     if stopped:
         lines += [f"Stopped early at rollout {stopped['rollout']}: mean KL {stopped['kl_mean']:.3f} > "
                   f"ppo.max_kl {stopped['max_kl']}.", ""]
-    rows = after.get("samples") or []
-    if rows:
-        lines += ["### Sampled completions on eval prompts", "", "| # | prompt | before | reward | after | reward |",
-                  "|---|---|---|---|---|---|"]
-        for i, (prompt, b, a) in enumerate(zip(prompts, before.get("samples") or [{}] * len(rows), rows, strict=False), 1):
-            lines.append(f"| {i} | {_cell(prompt, 80)} | {_cell(b.get('completion', '-'))} | {b.get('reward', float('nan')):.3f} "
-                         f"| {_cell(a['completion'])} | {a['reward']:.3f} |")
-    return "\n".join(lines)
-
-
-def write_ppo_report(out: Path, metrics: dict, history: list[dict], before: dict, after: dict, cfg_text: str,
-                     prompts: list[str]) -> None:
-    """report.md (before/after table, PPO loss, reward and KL per rollout, sample completions), metrics.json,
-    samples.jsonl."""
-    if history:
-        plot_loss(history, [], None, None, out / "loss.png")
-        plot_rollouts(history, out / "rollouts.png")
-    samples = [{"when": when, **s} for when, result in (("before", before), ("after", after))
-               for s in result.get("samples", [])]
-    write_text_atomic(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
-    extra = _section(before, after, metrics["stopped_early"], prompts)
-    write_text_atomic(out / "report.md", render_report(metrics, [], cfg_text, extra))
-    write_json_atomic(out / "metrics.json", metrics)
+    return "\n".join(lines + samples_table(before, after, questions, "Sampled completions on eval prompts"))
 
 
 def check_ppo_config(cfg: Config) -> None:
@@ -427,6 +386,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
         "stopped_early": stopped,
         "data": data_stats,
     }
-    prompts = [e.prompt if isinstance(e.prompt, str) else e.prompt[-1]["content"] for e in eval_examples]
-    write_ppo_report(out, metrics, result.history, eval_before, eval_after, dump_config(cfg), prompts)
+    section = _section(eval_before, eval_after, metrics["stopped_early"], [question(e) for e in eval_examples])
+    write_rl_report(out, metrics, result.history, eval_before, eval_after, dump_config(cfg), section,
+                    ("rollouts.png", plot_rollouts))
     return out

@@ -1,0 +1,80 @@
+"""The report pieces the RL stages (ppo, grpo) share: the prompt format's name for template.json, an
+evaluation without its samples for metrics.json, a reward-and-KL plot, the table of sampled completions
+before and after, and writing it all.
+
+    write_rl_report(out, metrics, history, before, after, cfg_text, section, plot=("rollouts.png", plot_fn))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tuneforge.config.schema import Config
+from tuneforge.fsutil import save_figure_atomic, write_json_atomic, write_text_atomic
+from tuneforge.report.write import _cell, plot_loss, render_report
+
+
+def template_name(cfg: Config, tokenizer) -> str | None:
+    """What template.json calls the prompt format (rl.prompts renders with it): None for plain text."""
+    if cfg.data.template == "auto" and not tokenizer.chat_template:
+        return None
+    return "alpaca" if cfg.data.template == "alpaca" else "chat"
+
+
+def summary(result: dict) -> dict | None:
+    """An evaluation without its samples (those go to samples.jsonl and the report)."""
+    return {k: v for k, v in result.items() if k != "samples"} or None
+
+
+def question(example) -> str:
+    """What a reader wants to see of a prompt: the text, or the last message of a conversation."""
+    return example.prompt if isinstance(example.prompt, str) else example.prompt[-1]["content"]
+
+
+def plot_reward_kl(history: list[dict], path: Path, reward_key: str, kl_key: str, xlabel: str, reward_label: str,
+                   kl_label: str) -> None:
+    """Reward above, KL below (left out when the history has none), per step of `history`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kl = [(h["step"], h[kl_key]) for h in history if h.get(kl_key) is not None]
+    fig, axes = plt.subplots(2 if kl else 1, 1, figsize=(7, 5 if kl else 3), dpi=110, sharex=True, squeeze=False)
+    axes[0][0].plot([h["step"] for h in history], [h[reward_key] for h in history], color="tab:green")
+    axes[0][0].set_ylabel(reward_label)
+    if kl:
+        axes[1][0].plot(*zip(*kl, strict=True), color="tab:red")
+        axes[1][0].set_ylabel(kl_label)
+    axes[-1][0].set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+
+
+def samples_table(before: dict, after: dict, questions: list[str], title: str) -> list[str]:
+    """Markdown rows: each eval prompt's sampled completion and reward, before and after."""
+    rows = after.get("samples") or []
+    if not rows:
+        return []
+    lines = [f"### {title}", "", "| # | prompt | before | reward | after | reward |", "|---|---|---|---|---|---|"]
+    for i, (prompt, b, a) in enumerate(zip(questions, before.get("samples") or [{}] * len(rows), rows, strict=False), 1):
+        lines.append(f"| {i} | {_cell(prompt, 80)} | {_cell(b.get('completion', '-'))} | "
+                     f"{b.get('reward', float('nan')):.3f} | {_cell(a['completion'])} | {a['reward']:.3f} |")
+    return lines
+
+
+def write_rl_report(out: Path, metrics: dict, history: list[dict], before: dict, after: dict, cfg_text: str,
+                    section: str, plot: tuple[str, Callable[[list[dict], Path], None]]) -> None:
+    """loss.png and the stage's plot, samples.jsonl (before and after), report.md, metrics.json (last)."""
+    if history:
+        plot_loss(history, [], None, None, out / "loss.png")
+        plot[1](history, out / plot[0])
+    samples = [{"when": when, **s} for when, result in (("before", before), ("after", after))
+               for s in result.get("samples", [])]
+    write_text_atomic(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    write_text_atomic(out / "report.md", render_report(metrics, [], cfg_text, section))
+    write_json_atomic(out / "metrics.json", metrics)
