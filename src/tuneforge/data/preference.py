@@ -61,7 +61,7 @@ def _messages(value: list, where: str, key: str) -> Messages:
     return out
 
 
-def _field(record: Record, key: str, required: bool) -> str | Messages | None:
+def pair_field(record: Record, key: str, required: bool) -> str | Messages | None:
     value: Any = record.data.get(key)
     if value is None or (isinstance(value, float) and value != value):  # CSV/Parquet nulls
         if required:
@@ -86,7 +86,7 @@ def to_conversation(prompt: str | Messages | None, response: str | Messages) -> 
     return before + after
 
 
-def _normalised(messages: Messages) -> list[tuple[str, str]]:
+def normalised(messages: Messages) -> list[tuple[str, str]]:
     return [(m["role"], " ".join(m["content"].split())) for m in messages]
 
 
@@ -124,9 +124,9 @@ def load_pair_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[l
     stats, pairs = PairStats(records=len(records)), []
     max_length = cfg.training.max_length
     for record in records:
-        prompt = _field(record, "prompt", required=False)
-        responses = [_field(record, key, required=True) for key in ("chosen", "rejected")]
-        if _normalised(to_conversation(prompt, responses[0])) == _normalised(to_conversation(prompt, responses[1])):
+        prompt = pair_field(record, "prompt", required=False)
+        responses = [pair_field(record, key, required=True) for key in ("chosen", "rejected")]
+        if normalised(to_conversation(prompt, responses[0])) == normalised(to_conversation(prompt, responses[1])):
             stats.dropped_identical += 1
             continue
         texts = [to_text(tokenizer, prompt, r, templated) for r in responses]

@@ -31,7 +31,7 @@ from tuneforge.config.schema import Config, DpoConfig
 from tuneforge.data.dataset import load_train_eval_records, over_length
 from tuneforge.data.formats import Messages
 from tuneforge.data.load import Record
-from tuneforge.data.preference import PairStats, _field, _normalised, to_conversation, use_template
+from tuneforge.data.preference import PairStats, normalised, pair_field, to_conversation, use_template
 from tuneforge.data.templates import ALPACA_TEMPLATE, render
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.fsutil import write_json_atomic, write_text_atomic
@@ -58,10 +58,10 @@ class DpoExample:
 
 def _turns(cfg: Config, record: Record) -> tuple[Messages, dict, dict] | None:
     """(shared prompt messages, chosen turn, rejected turn); None when chosen == rejected (dropped)."""
-    prompt = _field(record, "prompt", required=False)
-    chosen = to_conversation(prompt, _field(record, "chosen", required=True))
-    rejected = to_conversation(prompt, _field(record, "rejected", required=True))
-    if _normalised(chosen) == _normalised(rejected):
+    prompt = pair_field(record, "prompt", required=False)
+    chosen = to_conversation(prompt, pair_field(record, "chosen", required=True))
+    rejected = to_conversation(prompt, pair_field(record, "rejected", required=True))
+    if normalised(chosen) == normalised(rejected):
         return None
     if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
         raise DataError(f"{record.where}: 'chosen' and 'rejected' must end with an assistant turn")
