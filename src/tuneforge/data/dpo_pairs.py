@@ -1,0 +1,107 @@
+"""Preference records as DPO examples: the prompt tokenized exactly as chat / serve tokenize it (the run's
+chat template, or plain text for a tokenizer without one), each response through its end-of-turn EOS, over-length
+pairs by training.overlength (the prompt is cut from the left, the responses from the right).
+
+    examples, stats = load_dpo_examples(cfg, tokenizer, records)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.config.schema import Config
+from tuneforge.data.dataset import over_length
+from tuneforge.data.formats import Messages
+from tuneforge.data.load import Record
+from tuneforge.data.preference import PairStats, normalised, pair_field, to_conversation, use_template
+from tuneforge.data.templates import render
+from tuneforge.errors import DataError
+
+
+@dataclass(frozen=True)
+class DpoExample:
+    prompt_ids: list[int]
+    chosen_ids: list[int]  # the response, through its EOS
+    rejected_ids: list[int]
+
+    def row(self) -> dict:
+        return {"prompt_ids": self.prompt_ids, "chosen_ids": self.chosen_ids, "rejected_ids": self.rejected_ids}
+
+
+def _turns(cfg: Config, record: Record) -> tuple[Messages, dict, dict] | None:
+    """(shared prompt messages, chosen turn, rejected turn); None when chosen == rejected (dropped)."""
+    prompt = pair_field(record, "prompt", required=False)
+    chosen = to_conversation(prompt, pair_field(record, "chosen", required=True))
+    rejected = to_conversation(prompt, pair_field(record, "rejected", required=True))
+    if normalised(chosen) == normalised(rejected):
+        return None
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise DataError(f"{record.where}: 'chosen' and 'rejected' must end with an assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise DataError(f"{record.where}: 'chosen' and 'rejected' must share every turn before their last one "
+                        "(the prompt); only the final assistant turn may differ")
+    messages = chosen[:-1]
+    if cfg.data.system_prompt and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": cfg.data.system_prompt}, *messages]
+    return messages, chosen[-1], rejected[-1]
+
+
+def _response_ids(tokenizer, prompt_text: str, full_text: str, where: str) -> list[int]:
+    if not full_text.startswith(prompt_text):
+        raise DataError(f"{where}: the chat template renders the prompt differently inside the conversation, so "
+                        "the response cannot be located; use data.template=alpaca or another template")
+    ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    cut = max((k + 1 for k, t in enumerate(ids) if t == eos), default=None)
+    return ids[:cut] if cut else [*ids, eos]  # a template without EOS gets one, as in sft labels
+
+
+def to_example(cfg: Config, tokenizer, record: Record, templated: bool) -> DpoExample | None:
+    turns = _turns(cfg, record)
+    if turns is None:
+        return None
+    messages, chosen, rejected = turns
+    if templated:
+        prompt_text = render(tokenizer, messages, add_generation_prompt=True)
+        fulls = [render(tokenizer, [*messages, turn]) for turn in (chosen, rejected)]
+    else:  # plain text as the reward stage joins it (data.preference.to_text)
+        prompt_text = "".join(m["content"] + "\n\n" for m in messages)
+        fulls = [prompt_text + turn["content"] for turn in (chosen, rejected)]
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
+    if not prompt_ids:  # the first response token needs a context to be predicted from
+        prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    c, r = (_response_ids(tokenizer, prompt_text, full, record.where) for full in fulls)
+    return DpoExample(prompt_ids, c, r)
+
+
+def _fit(example: DpoExample, max_length: int) -> DpoExample:
+    """Cut the prompt from the left (its end sits next to the response), then the responses from the right."""
+    longest = max(len(example.chosen_ids), len(example.rejected_ids))
+    prompt_ids = example.prompt_ids[-max(1, max_length - longest):]
+    room = max_length - len(prompt_ids)
+    return DpoExample(prompt_ids, example.chosen_ids[:room], example.rejected_ids[:room])
+
+
+def load_dpo_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[DpoExample], PairStats]:
+    templated = use_template(cfg, tokenizer)
+    stats, examples = PairStats(records=len(records)), []
+    max_length = cfg.training.max_length
+    for record in records:
+        example = to_example(cfg, tokenizer, record, templated)
+        if example is None:
+            stats.dropped_identical += 1
+            continue
+        n = len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
+        action = over_length(n, cfg, record.where, "pair")
+        if action == "drop":
+            stats.dropped_overlength += 1
+            continue
+        if action == "truncate":
+            example, stats.truncated = _fit(example, max_length), stats.truncated + 1
+        stats.lengths += [len(example.prompt_ids) + len(ids) for ids in (example.chosen_ids, example.rejected_ids)]
+        examples.append(example)
+    if not examples and records:
+        raise DataError(f"{records[0].where.rsplit(':', 1)[0]}: no usable preference pairs "
+                        f"({stats.dropped_identical} identical, {stats.dropped_overlength} over length)")
+    stats.pairs = len(examples)
+    return examples, stats
