@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config.load import load_config
-from tuneforge.data.dataset import load_stage_examples
+from tuneforge.data.dataset import load_checked_records
+from tuneforge.data.stage_data import load_stage_examples
 from tuneforge.rl.rewards import load_rewards
 from tuneforge.stages.lm import check_config
 
@@ -32,8 +33,8 @@ def test_example_config_validates(path, monkeypatch, tiny_tokenizer):
     for split in ("train", "eval"):
         file = getattr(cfg.data, split)
         if file:  # every record parses and builds; the tiny tokenizer stands in for speed
-            examples, stats = load_stage_examples(cfg, tiny_tokenizer, file)
-            assert examples and stats["records"] == stats["examples"]
+            examples, stats = load_stage_examples(cfg, tiny_tokenizer, load_checked_records(cfg, file))
+            assert examples and stats.summary()["records"] == stats.summary()["examples"]
     block = getattr(cfg, cfg.stage, None)
     for source in getattr(block, "rewards", []):
         if source.function:  # importable now; a reward run must be another example's output

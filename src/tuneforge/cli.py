@@ -51,27 +51,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Check the config and build the run's data as training will (the same checked reader, train / eval split
+    and example builder: data.stage_data.load_stage_data), then print the counts of that build."""
     from tuneforge.config.load import load_config
-    from tuneforge.data.dataset import load_stage_examples
-    from tuneforge.data.templates import apply_template
+    from tuneforge.data.stage_data import counts_line, load_stage_data
     from tuneforge.models import load_tokenizer
+    from tuneforge.stage_info import stage_info
     from tuneforge.stages.lm import check_config
 
     cfg = load_config(args.config, args.overrides)
     check_config(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    if cfg.stage == "sft":
-        apply_template(tokenizer, cfg.data.template)
-    for split in ("train", "eval"):
-        path = getattr(cfg.data, split)
-        if path:
-            _, s = load_stage_examples(cfg, tokenizer, path)
-            line = (f"{split}: {s['examples']} examples from {s['records']} records ({s.get('format', cfg.stage)}), "
-                    f"{s['truncated']} truncated, {s['dropped_overlength']} dropped over length")
-            if "supervised_tokens" in s:
-                line += f", {s['dropped_no_supervised']} without supervised tokens, {s['supervised_tokens']} supervised tokens"
-            print(line)
-    block = getattr(cfg, cfg.stage, None)
+    data = load_stage_data(cfg, tokenizer, log=print)
+    for split, summary in data.summary.items():
+        print(counts_line(split, summary))
+    block = getattr(cfg, stage_info(cfg.stage).block or "", None)
     if block is not None and hasattr(block, "rewards"):
         from tuneforge.rl.rewards import load_rewards
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from tuneforge.cli import main
-from tuneforge.data.load import load_records
+from tuneforge.data.load import iter_records, load_records
 from tuneforge.data.templates import apply_template, build_sft_example
 from tuneforge.datatools.check import check_records
-from tuneforge.datatools.read import iter_records
 from tuneforge.errors import DataError
 
 GOOD = {"instruction": "what color is the sky ?", "input": "", "output": "the sky is blue ."}

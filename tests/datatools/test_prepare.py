@@ -37,7 +37,7 @@ DIRTY = [
     {"prompt": "ｆｕｌｌｗｉｄｔｈ\u200b text", "completion": "call +1 555 123 4567 or 10.0.0.7"},              # 8
     {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                   {"role": "assistant", "content": "hello"}]},                                                # 9
-    {"prompt": "the\u00a0same   thing", "completion": "done"},                                                # 10 same as 2 after? no
+    {"prompt": "the\u00a0same   thing", "completion": "done"},                                                # 10
 ]
 
 

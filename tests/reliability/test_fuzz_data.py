@@ -26,9 +26,8 @@ from tuneforge.config.schema import Config
 from tuneforge.data.classify import label_set, load_cls_examples
 from tuneforge.data.dataset import load_examples, load_train_eval_records
 from tuneforge.data.formats import detect_format, to_messages, to_text
-from tuneforge.data.load import Record, load_records
+from tuneforge.data.load import BadLine, Record, iter_records, load_records
 from tuneforge.data.preference import load_pair_examples
-from tuneforge.datatools.read import BadLine, iter_records
 from tuneforge.errors import ConfigError, DataError
 
 FUZZ = settings(derandomize=True, deadline=None, database=None, max_examples=100,
@@ -158,9 +157,7 @@ def tokenizer(tiny_model_dir):
 
 
 STAGES = ["sft", "pretrain", "classify", "reward", "dpo", "ppo", "grpo"]
-# `tuneforge validate` (data.dataset.load_stage_examples) gives ppo/grpo records to rl.prompts without the
-# check pass, and unchecked prompts crash there (KeyError 'prompt' for `{}`): reported to the lead; add
-# "ppo", "grpo" here once load_stage_examples checks records first.
+# `tuneforge validate` builds through data.stage_data.load_stage_data: the check pass, then the stage's builder.
 VALIDATE_PATH_STAGES = ("sft", "pretrain", "classify", "reward", "dpo", "ppo", "grpo")
 REWARDS = {"rewards": [{"function": "tuneforge.rl.rewards:exact_match"}], "max_new_tokens": 8}
 
@@ -255,7 +252,7 @@ def stage_rows(draw, stage: str) -> list[dict]:
 def test_any_records_every_stage(tiny_model_dir, tokenizer, stage, data, suffix, overlength):
     """Broken variants of each stage's valid rows through the stage's whole data path (check pass, loader,
     record builder, tokenizer), and through `tuneforge validate`'s path (the builders without the check)."""
-    from tuneforge.data.dataset import load_stage_examples
+    from tuneforge.data.stage_data import load_stage_data
 
     rows = data.draw(stage_rows(stage))
     content = _dump(rows, suffix)
@@ -267,7 +264,7 @@ def test_any_records_every_stage(tiny_model_dir, tokenizer, stage, data, suffix,
     cfg = _config(tiny_model_dir, stage, path, overlength)
     paths = [("training path", lambda: _build(cfg, tokenizer, path))]
     if stage in VALIDATE_PATH_STAGES:
-        paths.append(("validate path", lambda: load_stage_examples(cfg, tokenizer, str(path))))
+        paths.append(("validate path", lambda: load_stage_data(cfg, tokenizer, log=lambda _m: None)))
     for name, build in paths:
         exc = _outcome(name, build)
         if isinstance(exc, DataError):

@@ -1,6 +1,7 @@
 """Bad data gives errors that name the file and line; policies are applied and counted."""
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,7 +37,8 @@ def test_empty_file_is_an_error(tmp_path, text):
 
 def test_missing_fields_name_the_expected_ones(tmp_path, make_config, tiny_tokenizer):
     p = _write(tmp_path / "d.jsonl", json.dumps({"question": "a", "answer": "b"}) + "\n")
-    with pytest.raises(DataError, match=r"d\.jsonl:1: cannot tell the sft format.*instruction, output.*prompt, completion"):
+    expected = r"d\.jsonl:1: cannot tell the sft format.*instruction, output.*prompt, completion"
+    with pytest.raises(DataError, match=expected):
         load_examples(make_config(), tiny_tokenizer, str(p))
 
 
@@ -60,7 +62,8 @@ def test_unknown_role_and_missing_assistant(tmp_path, make_config, tiny_tokenize
 
 
 def test_format_override_is_applied(tmp_path, make_config, tiny_tokenizer):
-    p = tiny.write_jsonl(tmp_path / "d.jsonl", [{"prompt": "hi", "completion": "yes", "instruction": "x", "output": "y"}])
+    row = {"prompt": "hi", "completion": "yes", "instruction": "x", "output": "y"}
+    p = tiny.write_jsonl(tmp_path / "d.jsonl", [row])
     exs, stats = load_examples(make_config(data__format="prompt_completion"), tiny_tokenizer, str(p))
     assert stats.format == "prompt_completion"
     assert "hi" in tiny_tokenizer.decode(exs[0].input_ids)
@@ -88,7 +91,8 @@ def test_csv_json_parquet_load_the_same(tmp_path, make_config, tiny_tokenizer):
     rows = tiny.toy_sft_rows(6)
     rows = [r for r in rows if "prompt" in r]
     (tmp_path / "d.json").write_text(json.dumps(rows))
-    (tmp_path / "d.csv").write_text("prompt,completion\n" + "".join(f'"{r["prompt"]}","{r["completion"]}"\n' for r in rows))
+    csv_rows = "".join(f'"{r["prompt"]}","{r["completion"]}"\n' for r in rows)
+    (tmp_path / "d.csv").write_text("prompt,completion\n" + csv_rows)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     jsonl = tiny.write_jsonl(tmp_path / "d.jsonl", rows)
     want = [e.input_ids for e in load_examples(make_config(), tiny_tokenizer, str(jsonl))[0]]
@@ -108,3 +112,37 @@ def test_unknown_suffix_and_missing_file(tmp_path):
         load_records(tmp_path / "d.txt")
     with pytest.raises(DataError, match="no such data file"):
         load_records(tmp_path / "nope.jsonl")
+
+
+def test_the_reader_streams(tmp_path):
+    """`data check` and the training check pass read through one generator: a record is parsed when it is
+    reached, so memory does not grow with the file."""
+    from tuneforge.data.load import Record, iter_records
+
+    path = tiny.write_jsonl(tmp_path / "big.jsonl", [{"text": f"row {i}"} for i in range(2000)])
+    seen: list[int] = []
+    items = iter_records(path, seen.append)
+    first = next(items)
+    assert isinstance(first, Record) and first.data == {"text": "row 0"} and len(seen) == 1
+    assert sum(seen) < path.stat().st_size / 1000
+
+
+@pytest.mark.parametrize("kind,data,key", [("sft", "messages", "messages"), ("preference", "chosen", "chosen"),
+                                           ("prompt", "prompt", "prompt")])
+def test_one_chat_message_validator(kind, data, key):
+    """data check and every reader (sft formats, preference pairs, RL prompts) word a bad message the same."""
+    from tuneforge.data.formats import to_messages
+    from tuneforge.data.load import Record
+    from tuneforge.data.preference import pair_field
+    from tuneforge.data.records import require, view_record
+
+    bad = [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]
+    row = {"prompt": "q", "rejected": "no", data: bad} if kind == "preference" else {data: bad}
+    expected = f"{key}[1]: unknown role 'robot'; expected one of ['assistant', 'system', 'user']"
+    _, issues = view_record(row, kind)
+    assert [i.message for i in issues] == [expected]
+    record = Record(row, "f.jsonl:7")
+    readers = {"sft": lambda: to_messages(record, "messages"), "preference": lambda: pair_field(record, key, True),
+               "prompt": lambda: require(record, "prompt")}
+    with pytest.raises(DataError, match=re.escape(f"f.jsonl:7: {expected}")):
+        readers[kind]()

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from tuneforge.config.schema import Config
-from tuneforge.data.dataset import over_length
+from tuneforge.data.fields import Issue, label_field, string_field
 from tuneforge.data.load import Record
+from tuneforge.data.overlength import over_length
 from tuneforge.errors import ConfigError, DataError
 
 
@@ -43,6 +44,7 @@ class ClsStats:
     dropped_overlength: int = 0
     label_counts: dict[str, int] = field(default_factory=dict)
     lengths: list[int] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # the label order ids refer to (build eval sets with it)
 
     def summary(self) -> dict:
         return {"records": self.records, "examples": self.examples, "truncated": self.truncated,
@@ -52,21 +54,24 @@ class ClsStats:
 
 
 def label_of(record: Record, field_name: str) -> str:
-    value = record.data.get(field_name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{record.where}: missing or empty label field {field_name!r} (key 'data.label_field')")
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(f"{record.where}: label {value!r} must be a string or an integer, got {type(value).__name__}")
-    return str(value).strip()
+    issues: list[Issue] = []
+    label = label_field(record.data, field_name, issues)
+    if issues:
+        raise DataError(f"{record.where}: {issues[0].message} (key 'data.label_field')")
+    assert label is not None
+    return label
 
 
 def text_of(record: Record, field_name: str, key: str) -> str:
-    value = record.data.get(field_name)
-    if not isinstance(value, str) or not value.strip():
+    """A required text column (the classify validator's check); the message names the config key and the
+    columns the record has."""
+    issues: list[Issue] = []
+    text = string_field(record.data, field_name, issues)
+    if issues:
         found = ", ".join(sorted(record.data)) or "none"
-        raise DataError(f"{record.where}: expected a non-empty string in column {field_name!r} (key '{key}'); "
-                        f"columns found: {found}")
-    return value
+        raise DataError(f"{record.where}: {issues[0].message} (key '{key}'); columns found: {found}")
+    assert text is not None
+    return text
 
 
 def label_set(cfg: Config, records: list[Record]) -> list[str]:
@@ -83,10 +88,11 @@ def label_set(cfg: Config, records: list[Record]) -> list[str]:
     return sorted(seen, key=int) if numeric else sorted(seen)
 
 
-def load_cls_examples(cfg: Config, tokenizer, records: list[Record], labels: list[str]) -> tuple[list[ClsExample], ClsStats]:
+def load_cls_examples(cfg: Config, tokenizer, records: list[Record],
+                      labels: list[str]) -> tuple[list[ClsExample], ClsStats]:
     """Tokenize every record; a label outside `labels` is an error naming the record and the known labels."""
     index = {label: i for i, label in enumerate(labels)}
-    stats, examples = ClsStats(records=len(records)), []
+    stats, examples = ClsStats(records=len(records), labels=list(labels)), []
     counts: Counter[str] = Counter()
     max_length = cfg.training.max_length
     for record in records:

@@ -1,20 +1,30 @@
-"""Turn a data file into tokenized examples for a stage, applying the over-length policy and counting
-what was truncated, dropped or unsupervised.
+"""Read a stage's data once, checked (every unusable record reported at once, exit 2), and turn sft /
+pretrain records into tokenized samples, applying the over-length policy and counting what was truncated,
+dropped or unsupervised.
 
-    examples, stats = load_examples(cfg, tokenizer, cfg.data.train)
+    train_records, eval_records = load_train_eval_records(cfg, log)   # what every stage starts from
+    examples, stats = load_examples(cfg, tokenizer, cfg.data.train, records)
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from pathlib import Path
 
 from tuneforge.config.schema import Config
 from tuneforge.data.formats import detect_format, to_messages, to_text
-from tuneforge.data.load import Record, load_records
+from tuneforge.data.load import BadLine, Item, Record, iter_records, load_records
+from tuneforge.data.overlength import over_length
+from tuneforge.data.records import fields_of
 from tuneforge.data.templates import Example, build_pretrain_examples, build_sft_example
+from tuneforge.datatools.check import check_records
 from tuneforge.errors import DataError
+from tuneforge.stage_info import stage_info
+
+__all__ = ["DataStats", "load_checked_records", "load_examples", "load_train_eval_records", "over_length",
+           "records_to_examples", "split_records"]
 
 
 @dataclass
@@ -41,19 +51,6 @@ class DataStats:
         return d
 
 
-def over_length(n: int, cfg: Config, where: str, what: str = "sample", limit: int | None = None,
-                limit_name: str = "training.max_length") -> Literal["fits", "truncate", "drop"]:
-    """What training.overlength does with `n` tokens: every stage applies this one rule (split, pretrain's
-    own policy, cuts what is left like truncate); the `error` policy raises here."""
-    limit = cfg.training.max_length if limit is None else limit
-    if n <= limit:
-        return "fits"
-    if cfg.training.overlength == "error":
-        raise DataError(f"{where}: {what} has {n} tokens, over {limit_name}={limit} "
-                        "(set training.overlength to truncate or drop, or raise training.max_length)")
-    return "drop" if cfg.training.overlength == "drop" else "truncate"
-
-
 def _fit(example: Example, cfg: Config, where: str, stats: DataStats) -> Example | None:
     action = over_length(len(example.input_ids), cfg, where)
     if action == "fits":
@@ -70,15 +67,16 @@ def records_to_examples(cfg: Config, tokenizer, records: list[Record], stats: Da
     max_length, policy = cfg.training.max_length, cfg.training.overlength
     out: list[Example] = []
     formats: set[str] = set()
+    pretrain = stage_info(cfg.stage).records == "pretrain"
     for record in records:
         stats.records += 1
-        if cfg.stage == "pretrain":
+        if pretrain:
             chunks = build_pretrain_examples(
                 tokenizer, to_text(record, cfg.data.text_field), max_length, split=policy == "split"
             )
             stats.split_chunks += max(0, len(chunks) - 1)
         else:
-            fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(record, cfg.stage)
+            fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(record, "sft")
             formats.add(fmt)
             chunks = [build_sft_example(tokenizer, to_messages(record, fmt, cfg.data.system_prompt), record.where)]
         for example in chunks:
@@ -97,10 +95,11 @@ def records_to_examples(cfg: Config, tokenizer, records: list[Record], stats: Da
     return out
 
 
-def load_examples(cfg: Config, tokenizer, path: str, records: list[Record] | None = None) -> tuple[list[Example], DataStats]:
+def load_examples(cfg: Config, tokenizer, path: str | Path,
+                  records: list[Record] | None = None) -> tuple[list[Example], DataStats]:
     records = records if records is not None else load_records(path)
-    if cfg.stage == "pretrain":
-        detect_format(records[0], cfg.stage, cfg.data.text_field)  # names the missing field up front
+    if stage_info(cfg.stage).records == "pretrain":
+        detect_format(records[0], "pretrain", cfg.data.text_field)  # names the missing field up front
     stats = DataStats(path=str(path), format=cfg.data.format)
     examples = records_to_examples(cfg, tokenizer, records, stats)
     if not examples:
@@ -129,47 +128,25 @@ def load_train_eval_records(cfg: Config, log=print) -> tuple[list[Record], list[
     return train_records, eval_records
 
 
-def load_checked_records(cfg: Config, path: str, log=print) -> list[Record]:
-    """Records of `path` after the same validation `tuneforge data check` runs (a streaming pass that
-    also sees malformed lines): every unusable record is reported at once (DataError, exit 2) before
-    anything is written; duplicates and other warnings are logged, not fatal."""
-    from tuneforge.datatools.read import iter_records
+def load_checked_records(cfg: Config, path: str | Path, log=print) -> list[Record]:
+    """The records of `path`, read once: each goes through the validation `tuneforge data check --stage`
+    runs (the stage's record kind, the config's fields) on its way into the list. Every unusable record is
+    reported at once (DataError, exit 2) before anything is written; duplicates and other warnings are
+    logged, not fatal."""
+    records: list[Record] = []
 
-    check_training_records(cfg, iter_records(path), path, log)
-    return load_records(path)
+    def kept(items) -> Iterator[Item]:
+        for item in items:
+            if not isinstance(item, BadLine):
+                records.append(item)
+            yield item
 
-
-def check_training_records(cfg: Config, records, path: str, log=print) -> None:
-    from tuneforge.datatools.check import check_records
-    from tuneforge.datatools.views import Fields
-
-    fields = Fields(text=cfg.data.text_field, label=cfg.data.label_field,
-                    text_pair=cfg.data.text_pair_field or "text_pair")
-    report = check_records(records, cfg.stage, fields=fields, near_dup_threshold=None, path=path)
-    same = report.findings.pop("chosen_equals_rejected", None)  # the reward stage counts and drops these
+    report = check_records(kept(iter_records(path)), cfg.stage, fields=fields_of(cfg), near_dup_threshold=None,
+                           path=path)
+    same = report.findings.pop("chosen_equals_rejected", None)  # the preference builders count and drop these
     report.raise_for_errors()
     if same:
         log(f"data warning: {path}: {same.count} pairs with chosen == rejected are dropped; e.g. {same.examples[0]}")
     for line in report.warning_lines():
         log(f"data warning: {path}: {line}")
-
-
-def load_stage_examples(cfg: Config, tokenizer, path: str, log=print) -> tuple[list, dict]:
-    """The examples and stats summary the stage of `cfg` builds from `path` after the same data check
-    training runs (for validate and the example tests): LM samples, labelled texts, preference pairs or
-    RL prompts."""
-    from tuneforge.data.classify import label_set, load_cls_examples
-    from tuneforge.data.preference import load_pair_examples
-    from tuneforge.rl.prompts import load_prompt_examples
-
-    records = load_checked_records(cfg, path, log)
-    if cfg.stage == "classify":
-        examples, cls_stats = load_cls_examples(cfg, tokenizer, records, label_set(cfg, records))
-        return examples, cls_stats.summary()
-    if cfg.stage in ("reward", "dpo"):
-        pairs, pair_stats = load_pair_examples(cfg, tokenizer, records)
-        return pairs, pair_stats.summary()
-    if cfg.stage in ("ppo", "grpo"):
-        return load_prompt_examples(cfg, tokenizer, records)
-    examples, stats = load_examples(cfg, tokenizer, path, records)
-    return examples, stats.summary()
+    return records

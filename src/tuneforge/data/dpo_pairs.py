@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuneforge.config.schema import Config
-from tuneforge.data.dataset import over_length
-from tuneforge.data.formats import Messages
+from tuneforge.data.fields import Messages
 from tuneforge.data.load import Record
-from tuneforge.data.preference import PairStats, normalised, pair_field, to_conversation, use_template
+from tuneforge.data.overlength import over_length
+from tuneforge.data.preference import PairStats, pair_field, use_template
+from tuneforge.data.records import same_responses, to_conversation
 from tuneforge.data.templates import render
 from tuneforge.errors import DataError
 
@@ -31,10 +32,10 @@ class DpoExample:
 def _turns(cfg: Config, record: Record) -> tuple[Messages, dict, dict] | None:
     """(shared prompt messages, chosen turn, rejected turn); None when chosen == rejected (dropped)."""
     prompt = pair_field(record, "prompt", required=False)
-    chosen = to_conversation(prompt, pair_field(record, "chosen", required=True))
-    rejected = to_conversation(prompt, pair_field(record, "rejected", required=True))
-    if normalised(chosen) == normalised(rejected):
+    responses = [pair_field(record, key, required=True) for key in ("chosen", "rejected")]
+    if same_responses(prompt, *responses):
         return None
+    chosen, rejected = (to_conversation(prompt, r) for r in responses)
     if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
         raise DataError(f"{record.where}: 'chosen' and 'rejected' must end with an assistant turn")
     if chosen[:-1] != rejected[:-1]:
@@ -62,6 +63,9 @@ def to_example(cfg: Config, tokenizer, record: Record, templated: bool) -> DpoEx
         return None
     messages, chosen, rejected = turns
     if templated:
+        if not messages:  # a chat template cannot render an empty conversation's generation prompt
+            raise DataError(f"{record.where}: dpo needs a prompt to answer with a chat template: a 'prompt' field, "
+                            "turns before the last assistant turn of 'chosen' and 'rejected', or data.system_prompt")
         prompt_text = render(tokenizer, messages, add_generation_prompt=True)
         fulls = [render(tokenizer, [*messages, turn]) for turn in (chosen, rejected)]
     else:  # plain text as the reward stage joins it (data.preference.to_text)

@@ -1,6 +1,13 @@
-"""Read records from local JSONL / JSON / CSV / Parquet. Every error names the file and line (or row).
+"""The one reader of data files (JSONL / JSON / CSV / Parquet): records stream one at a time, a bad line
+becomes a `BadLine` (so a check can report every problem and memory does not grow with the file), and every
+location names the file and line (or row).
 
-    records = load_records("data/train.jsonl")   # -> list[Record]
+    for item in iter_records("data/train.jsonl"):   # Record | BadLine, in file order
+        ...
+    records = load_records("data/train.jsonl")      # list[Record]; DataError at the first bad line
+
+JSONL and CSV stream line by line, Parquet by row batches; a JSON array file is read whole (the format has
+no record boundaries to stream on).
 """
 
 from __future__ import annotations
@@ -8,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,29 +62,66 @@ def json_problem(exc: BaseException) -> str:
 @dataclass(frozen=True)
 class Record:
     data: dict[str, Any]
-    where: str  # "file:line" (JSONL/CSV) or "file:row N" (JSON/Parquet), for error messages
+    where: str  # "file:line" (JSONL/CSV) or "file: row N" (JSON/Parquet), for error messages
 
 
-def _jsonl(path: Path) -> list[Record]:
-    out = []
-    with path.open(encoding=ENCODING) as f:
-        for lineno, line in enumerate(f, 1):
+@dataclass(frozen=True)
+class BadLine:
+    where: str  # "file:line"
+    kind: str  # malformed_json | not_object | not_utf8 | bad_csv_row
+    message: str
+
+
+Item = Record | BadLine
+_LINE = re.compile(r"(?::| row )(\d+)$")
+
+
+def line_of(where: str) -> int:
+    """The line (JSONL/CSV) or row (JSON/Parquet) number at the end of a `where` string, else 0."""
+    m = _LINE.search(where)
+    return int(m.group(1)) if m else 0
+
+
+def where_template(first_where: str) -> Callable[[int], str]:
+    """Rebuild "file:N" (or "file: row N") for any N from one record's location: stores ints, not strings."""
+    if not _LINE.search(first_where):
+        return lambda n: first_where
+    return lambda n: _LINE.sub(lambda m: m.group().replace(m.group(1), str(n)), first_where)
+
+
+def _jsonl(path: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[Item]:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if on_bytes is not None:
+                on_bytes(len(raw))
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode(ENCODING if lineno == 1 else "utf-8")  # a byte-order mark only at the start
+            except UnicodeDecodeError as exc:
+                yield BadLine(where, "not_utf8", f"not UTF-8 text (byte {exc.start} of the line)")
+                continue
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except JSON_ERRORS as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({json_problem(exc)})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-            if lone_surrogate(line, obj):
-                raise DataError(f"{path}:{lineno}: {SURROGATE_PROBLEM}")
-            out.append(Record(obj, f"{path}:{lineno}"))
-    return out
+                yield BadLine(where, "malformed_json", f"malformed JSON: {json_problem(exc)}")
+                continue
+            if isinstance(obj, dict) and lone_surrogate(line, obj):
+                yield BadLine(where, "not_utf8", SURROGATE_PROBLEM)
+            elif isinstance(obj, dict):
+                yield Record(obj, where)
+            else:
+                yield BadLine(where, "not_object", f"expected a JSON object per line, got {type(obj).__name__}")
 
 
-def _json(path: Path) -> list[Record]:
-    text = path.read_text(encoding=ENCODING)
+def _json(path: Path, on_bytes=None) -> Iterator[Item]:
+    """The whole file at once (a JSON array has no record boundaries); a file that does not parse is a
+    DataError (exit 2), a row that is not an object a BadLine."""
+    try:
+        text = path.read_text(encoding=ENCODING)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
         obj = json.loads(text)
     except JSON_ERRORS as exc:
@@ -86,42 +131,46 @@ def _json(path: Path) -> list[Record]:
         obj = obj["data"]
     if not isinstance(obj, list):
         raise DataError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
-    out = []
     escapes = "\\ud800" if _SURROGATE_ESCAPE.search(text) else ""
     for i, item in enumerate(obj):
+        where = f"{path}: row {i}"
         if not isinstance(item, dict):
-            raise DataError(f"{path}: row {i}: expected an object, got {type(item).__name__}")
-        if lone_surrogate(escapes, item):
-            raise DataError(f"{path}: row {i}: {SURROGATE_PROBLEM}")
-        out.append(Record(item, f"{path}: row {i}"))
-    return out
+            yield BadLine(where, "not_object", f"expected an object, got {type(item).__name__}")
+        elif lone_surrogate(escapes, item):
+            yield BadLine(where, "not_utf8", SURROGATE_PROBLEM)
+        else:
+            yield Record(item, where)
 
 
-def _csv(path: Path) -> list[Record]:
-    out = []
+def _csv(path: Path, on_bytes=None) -> Iterator[Item]:
     with path.open(encoding=ENCODING, newline="") as f:
         reader = csv.DictReader(f)
         try:
-            if not reader.fieldnames:
-                return []
             for row in reader:
+                where = f"{path}:{reader.line_num}"
                 if None in row:
-                    raise DataError(f"{path}:{reader.line_num}: more values than the {len(reader.fieldnames)} "
-                                    "header columns")
-                out.append(Record(dict(row), f"{path}:{reader.line_num}"))
+                    yield BadLine(where, "bad_csv_row", f"more values than the {len(reader.fieldnames or [])} "
+                                                        "header columns")
+                else:
+                    yield Record(dict(row), where)
+        except UnicodeDecodeError as exc:  # CSV cannot resynchronise after a bad byte: stop here
+            yield BadLine(f"{path}:{reader.line_num + 1}", "not_utf8", f"not UTF-8 text (byte {exc.start}); "
+                                                                       "reading stopped")
         except csv.Error as exc:
-            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
-    return out
+            yield BadLine(f"{path}:{reader.line_num}", "bad_csv_row", f"CSV error ({exc}); reading stopped")
 
 
-def _parquet(path: Path) -> list[Record]:
+def _parquet(path: Path, on_bytes=None) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for a broken file
+    row = 0
+    try:  # pyarrow raises several types for a broken file, on opening or on a later batch
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for data in batch.to_pylist():
+                yield Record(data, f"{path}: row {row}")
+                row += 1
+    except Exception as exc:
         raise DataError(f"{path}: cannot read Parquet ({exc})") from None
-    return [Record(row, f"{path}: row {i}") for i, row in enumerate(rows)]
 
 
 READERS = {"jsonl": _jsonl, "json": _json, "csv": _csv, "parquet": _parquet}
@@ -137,13 +186,27 @@ def file_kind(path: Path) -> str:
     return kind
 
 
-def load_records(path: str | Path) -> list[Record]:
+def iter_records(path: str | Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[Item]:
+    """Records in file order. Raises DataError (exit 2) only when the file itself cannot be read.
+    `on_bytes(n)` is told how many bytes each JSONL line had (for a progress bar)."""
     path = Path(path)
     kind = file_kind(path)
     try:
-        records = READERS[kind](path)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    return READERS[kind](path, on_bytes)
+
+
+def load_records(path: str | Path) -> list[Record]:
+    """Every record of `path` in a list; the first bad line is a DataError naming it (the stages read through
+    data.dataset.load_checked_records instead, which reports every bad line at once)."""
+    records = []
+    for item in iter_records(path):
+        if isinstance(item, BadLine):
+            raise DataError(f"{item.where}: {item.message}")
+        records.append(item)
     if not records:
         raise DataError(f"{path}: the data set is empty")
     return records

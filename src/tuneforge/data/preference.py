@@ -1,4 +1,5 @@
-"""Pairwise preference data for the reward stage: `prompt` (optional) + `chosen` + `rejected` per record.
+"""Pairwise preference data as the reward stage scores it (data.dpo_pairs builds dpo's examples from the
+same records): `prompt` (optional) + `chosen` + `rejected` per record.
 
     {"prompt": "say hello", "chosen": "hello there", "rejected": "no"}                      # strings
     {"prompt": [{"role": "user", "content": "say hello"}], "chosen": "hello", "rejected": "no"}
@@ -15,15 +16,18 @@ teach nothing and are counted and dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from tuneforge.config.schema import Config
 from tuneforge.data.classify import ClsExample
-from tuneforge.data.dataset import over_length
-from tuneforge.data.formats import ROLES, Messages
+from tuneforge.data.fields import Issue, Messages, raise_first
 from tuneforge.data.load import Record
+from tuneforge.data.overlength import over_length
+from tuneforge.data.records import normalised, preference_part, same_responses, to_conversation
 from tuneforge.data.templates import apply_template, render
 from tuneforge.errors import DataError
+
+__all__ = ["PairExample", "PairStats", "encode", "load_pair_examples", "normalised", "pair_field",
+           "to_conversation", "to_text", "use_template"]
 
 
 @dataclass(frozen=True)
@@ -48,46 +52,13 @@ class PairStats:
                 "length_mean": round(sum(self.lengths) / len(self.lengths), 1) if self.lengths else 0}
 
 
-def _messages(value: list, where: str, key: str) -> Messages:
-    if not value:
-        raise DataError(f"{where}: field {key!r} is an empty message list")
-    out: Messages = []
-    for i, m in enumerate(value):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DataError(f"{where}: {key}[{i}] must be an object with string 'role' and 'content'")
-        if m["role"] not in ROLES:
-            raise DataError(f"{where}: {key}[{i}]: unknown role {m['role']!r}; expected one of {sorted(ROLES)}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
 def pair_field(record: Record, key: str, required: bool) -> str | Messages | None:
-    value: Any = record.data.get(key)
-    if value is None or (isinstance(value, float) and value != value):  # CSV/Parquet nulls
-        if required:
-            found = ", ".join(sorted(record.data)) or "none"
-            raise DataError(f"{record.where}: missing field {key!r} (preference rows need 'chosen' and "
-                            f"'rejected', optionally 'prompt'); fields found: {found}")
-        return None
-    if isinstance(value, str):
-        if required and not value.strip():
-            raise DataError(f"{record.where}: field {key!r} is empty")
-        return value
-    if isinstance(value, list):
-        return _messages(value, record.where, key)
-    raise DataError(f"{record.where}: field {key!r} must be a string or a list of {{role, content}} messages, "
-                    f"got {type(value).__name__}")
-
-
-def to_conversation(prompt: str | Messages | None, response: str | Messages) -> Messages:
-    """prompt + response as chat messages: a string prompt is the user turn, a string response the assistant's."""
-    before = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt or [])
-    after = [{"role": "assistant", "content": response}] if isinstance(response, str) else response
-    return before + after
-
-
-def normalised(messages: Messages) -> list[tuple[str, str]]:
-    return [(m["role"], " ".join(m["content"].split())) for m in messages]
+    """`prompt`, `chosen` or `rejected` of a preference record, as the preference validator reads it
+    (data.records.preference_part); a DataError naming the record when unusable."""
+    issues: list[Issue] = []
+    value = preference_part(record.data, key, issues, required)
+    raise_first(issues, record.where)
+    return value
 
 
 def to_text(tokenizer, prompt: str | Messages | None, response: str | Messages, templated: bool) -> str:
@@ -126,7 +97,7 @@ def load_pair_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[l
     for record in records:
         prompt = pair_field(record, "prompt", required=False)
         responses = [pair_field(record, key, required=True) for key in ("chosen", "rejected")]
-        if normalised(to_conversation(prompt, responses[0])) == normalised(to_conversation(prompt, responses[1])):
+        if same_responses(prompt, *responses):
             stats.dropped_identical += 1
             continue
         texts = [to_text(tokenizer, prompt, r, templated) for r in responses]

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from tuneforge.data.load import BadLine, Item, line_of, where_template
+from tuneforge.data.records import DEFAULT_FIELDS, Fields, View, view_record
 from tuneforge.datatools.dedup import DupIndex
-from tuneforge.datatools.read import BadLine, Item, line_of, where_template
-from tuneforge.datatools.views import DEFAULT_FIELDS, KINDS, Fields, View, view_record
 from tuneforge.errors import DataError
 from tuneforge.fsutil import save_figure_atomic
+from tuneforge.stage_info import STAGE_INFO
 
 ERRORS = {
     "not_utf8": "line is not UTF-8 text", "malformed_json": "line is not valid JSON",
@@ -144,10 +145,12 @@ def _token_stats(view: View, tokenizer, max_length: int | None) -> tuple[int, in
 def check_records(items: Iterable[Item], stage: str, *, tokenizer=None, max_length: int | None = None,
                   fields: Fields | None = None, near_dup_threshold: float | None = 0.85, num_perm: int = 32,
                   max_examples: int = 20, path: str | Path | None = None) -> CheckReport:
-    """Check every record; `items` may be `load_records(...)` or the stream from `iter_records(...)`.
+    """Check every record; `items` may be `load_records(...)` or the stream from `iter_records(...)`;
+    records are validated as `stage_info(stage).records` (data.records.view_record).
     `tokenizer` (with the chat template applied for sft) adds token statistics."""
-    if stage not in KINDS:
-        raise DataError(f"unknown stage {stage!r}; expected one of {', '.join(KINDS)}")
+    if stage not in STAGE_INFO:
+        raise DataError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_INFO)}")
+    kind = STAGE_INFO[stage].records
     report = CheckReport(str(path or ""), stage, max_examples=max_examples)
     index = DupIndex(near_dup_threshold, num_perm)
     lines, lengths, label_ids = array("I"), array("I"), {}
@@ -161,7 +164,7 @@ def check_records(items: Iterable[Item], stage: str, *, tokenizer=None, max_leng
             if isinstance(item, BadLine):
                 report.add(item.kind, item.where, item.message)
                 continue
-            view, issues = view_record(item.data, stage, fields or DEFAULT_FIELDS)
+            view, issues = view_record(item.data, kind, fields or DEFAULT_FIELDS)
             for issue in issues:
                 report.add(issue.kind, item.where, issue.message)
             if view is None:
@@ -203,8 +206,9 @@ def _duplicates(report: CheckReport, index: DupIndex, lines: array, where_of, ne
     exact = index.exact_duplicates()
     for j, i in sorted(exact.items()):
         if index.tag(i) != index.tag(j):
-            report.add("conflicting_label", where_of(lines[j]), f"same text as {where_of(lines[i])}, labelled "
-                                                                f"{names[index.tag(i)]!r} there, {names[index.tag(j)]!r} here")
+            there, here = names[index.tag(i)], names[index.tag(j)]
+            report.add("conflicting_label", where_of(lines[j]),
+                       f"same text as {where_of(lines[i])}, labelled {there!r} there, {here!r} here")
         else:
             report.add("duplicate", where_of(lines[j]), f"duplicate of {where_of(lines[i])}")
     if near:
@@ -214,7 +218,7 @@ def _duplicates(report: CheckReport, index: DupIndex, lines: array, where_of, ne
 
 
 def _labels(report: CheckReport) -> None:
-    if KINDS[report.stage] != "classify" or not report.labels:
+    if STAGE_INFO[report.stage].records != "classify" or not report.labels:
         return
     if len(report.labels) == 1:
         report.add("single_label", report.path, f"every record is labelled {next(iter(report.labels))!r}")
@@ -229,7 +233,7 @@ def _length_summary(lengths: np.ndarray, max_length: int | None, supervised: int
                            "min": int(lengths.min()), "max": int(lengths.max()), **pct, "total": int(total),
                            "max_length": max_length,
                            "over_max_length": int((lengths > max_length).sum()) if max_length else None}
-    if KINDS[stage] in ("sft", "pretrain"):
+    if STAGE_INFO[stage].records in ("sft", "pretrain"):
         out["supervised_tokens"] = int(supervised)
         out["supervised_share"] = round(supervised / total, 4) if total else 0.0
     return out

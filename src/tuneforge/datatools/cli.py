@@ -15,7 +15,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-STAGE_CHOICES = ("sft", "pretrain", "classify", "reward", "dpo")
+from tuneforge.stage_info import STAGE_INFO
+
+STAGE_CHOICES = tuple(STAGE_INFO)  # every stage; its record kind decides the checks
 
 
 @contextmanager
@@ -33,14 +35,14 @@ def _progress(path: str, label: str, enabled: bool):
 
 
 def _fields(args: argparse.Namespace):
-    from tuneforge.datatools.views import Fields
+    from tuneforge.data.records import Fields
 
     return Fields(text=args.text_field, label=args.label_field, text_pair=args.text_pair_field)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from tuneforge.data.load import iter_records
     from tuneforge.datatools.check import check_records, plot_lengths, to_markdown
-    from tuneforge.datatools.read import iter_records
     from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic, write_text_atomic
 
     tokenizer = None
@@ -49,7 +51,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         from tuneforge.models import load_tokenizer
 
         tokenizer = load_tokenizer(args.model)
-        if args.stage == "sft":
+        if STAGE_INFO[args.stage].chat_template:  # render chat records as that stage will
             apply_template(tokenizer, args.template)
     with _progress(args.file, "check", not args.no_progress) as on_bytes:
         report = check_records(iter_records(args.file, on_bytes), args.stage, tokenizer=tokenizer,

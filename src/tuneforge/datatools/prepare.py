@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from tuneforge.data.load import Record
+from tuneforge.data.load import BadLine, Record, iter_records, line_of, where_template
+from tuneforge.data.records import DEFAULT_FIELDS, Fields, view_record
 from tuneforge.datatools.dedup import DupIndex
 from tuneforge.datatools.pii import PLACEHOLDERS, scrub
-from tuneforge.datatools.read import BadLine, iter_records, line_of, where_template
 from tuneforge.datatools.transform import NotConvertible, convert, normalize_value, scrub_value
-from tuneforge.datatools.views import DEFAULT_FIELDS, KINDS, Fields, view_record
 from tuneforge.errors import ConfigError
 from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic, write_text_atomic
+from tuneforge.stage_info import STAGE_INFO
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _transform(record: Record, opts: PrepareOptions, stats: PrepareStats) -> tup
             stats.scrubbed_records += 1
             stats.pii.update(found)
             stats.example("pii", f"{record.where}: {_snippet(data)}", opts.examples)
-    view, issues = view_record(data, opts.stage, opts.fields)
+    view, issues = view_record(data, STAGE_INFO[opts.stage].records, opts.fields)
     if view is None:
         reason = issues[0].kind if issues else "invalid"
         stats.dropped[reason] += 1
@@ -127,9 +127,9 @@ def _check_output(input_path: Path, output: Path, overwrite: bool) -> None:
 def prepare(path: str | Path, output: str | Path, opts: PrepareOptions, overwrite: bool = False,
             on_bytes: Callable[[int], None] | None = None) -> PrepareStats:
     path, output = Path(path), Path(output)
-    if opts.stage not in KINDS:
-        raise ConfigError(f"--stage {opts.stage!r}: expected one of {', '.join(KINDS)}")
-    if opts.to and KINDS[opts.stage] != "sft":
+    if opts.stage not in STAGE_INFO:
+        raise ConfigError(f"--stage {opts.stage!r}: expected one of {', '.join(STAGE_INFO)}")
+    if opts.to and STAGE_INFO[opts.stage].records != "sft":
         raise ConfigError(f"--to converts sft formats; stage {opts.stage!r} has one format")
     if not 0 <= opts.val_ratio < 1:
         raise ConfigError(f"--val-ratio {opts.val_ratio}: expected a share in [0, 1)")
@@ -182,11 +182,12 @@ def _run(items, tmp: Path, opts: PrepareOptions) -> PrepareStats:
     label_arr = np.frombuffer(labels, dtype=np.int32) if index.n else np.empty(0, np.int32)
     held = _split(label_arr, ~drop, opts.val_ratio, opts.seed)
     _write_splits(tmp, scratch, drop, held, opts.val_ratio > 0, stats)
-    if KINDS[opts.stage] == "classify":
+    if STAGE_INFO[opts.stage].records == "classify":
         names = {v: k for k, v in label_ids.items()}
         for split, mask in (("train", ~drop & ~held), ("validation", held)):
             ids, counts = np.unique(label_arr[mask], return_counts=True)
-            stats.labels[split] = dict(sorted((str(names[i]), int(c)) for i, c in zip(ids.tolist(), counts.tolist(), strict=True)))
+            pairs = zip(ids.tolist(), counts.tolist(), strict=True)
+            stats.labels[split] = dict(sorted((str(names[i]), int(c)) for i, c in pairs))
     return stats
 
 
@@ -246,7 +247,7 @@ def render_card(path: Path, opts: PrepareOptions, stats: PrepareStats) -> str:
         lines += [f"| {n} | " + " | ".join(str(s.get(n, 0)) for s in stats.labels.values()) + " |" for n in names]
         lines.append("")
     if opts.val_ratio:
-        how = "stratified by label" if KINDS[opts.stage] == "classify" else "random"
+        how = "stratified by label" if STAGE_INFO[opts.stage].records == "classify" else "random"
         lines += [f"Validation split: {opts.val_ratio:.0%} of the kept records, {how}, seed {opts.seed}.", ""]
     if stats.examples:
         lines += ["## Examples (PII scrubbed)", ""]

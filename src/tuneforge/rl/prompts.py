@@ -1,7 +1,8 @@
 """Prompt data for the RL stages (ppo, grpo): rows with `prompt` (a string, or chat messages ending on a user
 turn) and any other columns, which reward functions receive by name (e.g. `answer` for exact_match).
 
-    examples, stats = load_prompt_examples(cfg, tokenizer, records)
+    examples, stats = build_prompt_examples(cfg, tokenizer, records)    # stats.summary(): counts
+    examples, summary = load_prompt_examples(cfg, tokenizer, records)    # the same, counts as a dict
 
 The policy continues `text`: the prompt rendered with the run's chat template plus the generation prompt
 (a string prompt is the user turn), or the plain string for a tokenizer without a template (data.template
@@ -14,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.config.schema import Config, SamplingConfig
-from tuneforge.data.dataset import over_length
-from tuneforge.data.formats import Messages
+from tuneforge.data.fields import Messages
 from tuneforge.data.load import Record
+from tuneforge.data.overlength import over_length
 from tuneforge.data.preference import use_template
+from tuneforge.data.records import require
 from tuneforge.data.templates import render
 from tuneforge.errors import DataError
+from tuneforge.stage_info import stage_info
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,23 @@ class PromptExample:
     where: str  # file:line
 
 
+@dataclass
+class PromptStats:
+    records: int = 0
+    examples: int = 0
+    truncated: int = 0
+    dropped_overlength: int = 0
+    templated: bool = False
+
+    def summary(self) -> dict:
+        return {"records": self.records, "examples": self.examples, "truncated": self.truncated,
+                "dropped_overlength": self.dropped_overlength, "dropped_no_supervised": 0, "format": "prompt",
+                "templated": self.templated}
+
+
 def sampling_of(cfg: Config) -> SamplingConfig:
-    """The stage's sampling block (ppo or grpo)."""
-    block = getattr(cfg, cfg.stage, None)
+    """The stage's sampling block (ppo: or grpo:)."""
+    block = getattr(cfg, stage_info(cfg.stage).block or "", None)
     if not isinstance(block, SamplingConfig):
         raise DataError(f"stage {cfg.stage!r} does not sample completions")
     return block
@@ -49,32 +66,41 @@ def to_prompt_text(tokenizer, prompt: str | Messages, templated: bool, system_pr
     return render(tokenizer, messages, add_generation_prompt=True)
 
 
-def load_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PromptExample], dict]:
-    """Rows already passed the data check (`tuneforge data check --stage ppo`); over-long prompts follow
-    training.overlength (truncate keeps the prompt's end, the part next to the answer)."""
+def build_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PromptExample], PromptStats]:
+    """Prompts as the policy continues them; over-long prompts follow training.overlength (truncate keeps the
+    prompt's end, the part next to the answer). Records are read with the prompt validator (the check
+    `tuneforge data check --stage ppo` runs), so an unchecked record is a DataError naming it."""
     templated = use_template(cfg, tokenizer)
-    budget = cfg.training.max_length - sampling_of(cfg).max_new_tokens
+    sampling = sampling_of(cfg)
+    budget = cfg.training.max_length - sampling.max_new_tokens
     if budget < 1:
         raise DataError(f"training.max_length ({cfg.training.max_length}) leaves no room for a prompt next to "
-                        f"{cfg.stage}.max_new_tokens ({sampling_of(cfg).max_new_tokens})")
+                        f"{cfg.stage}.max_new_tokens ({sampling.max_new_tokens})")
     examples: list[PromptExample] = []
-    stats = {"records": len(records), "examples": 0, "truncated": 0, "dropped_overlength": 0, "templated": templated}
+    stats = PromptStats(records=len(records), templated=templated)
     for record in records:
-        prompt = record.data["prompt"]
+        prompt = require(record, "prompt").parts["prompt"]
         text = to_prompt_text(tokenizer, prompt, templated, cfg.data.system_prompt)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as sft and generation tokenize
         action = over_length(len(ids), cfg, record.where, "prompt", budget,
                              f"training.max_length - {cfg.stage}.max_new_tokens")
         if action == "drop":
-            stats["dropped_overlength"] += 1
+            stats.dropped_overlength += 1
             continue
         if action == "truncate":
-            stats["truncated"] += 1
+            stats.truncated += 1
             ids = ids[-budget:]
             text = tokenizer.decode(ids)
         columns = {k: v for k, v in record.data.items() if k != "prompt"}
         examples.append(PromptExample(prompt, text, ids, columns, record.where))
-    stats["examples"] = len(examples)
+    stats.examples = len(examples)
     if not examples:
-        raise DataError(f"{cfg.data.train}: no usable prompts ({stats['dropped_overlength']} over max_length)")
+        where = records[0].where.rsplit(":", 1)[0] if records else cfg.data.train
+        raise DataError(f"{where}: no usable prompts ({stats.dropped_overlength} over max_length)")
     return examples, stats
+
+
+def load_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PromptExample], dict]:
+    """build_prompt_examples with the counts as a dict (what the ppo and grpo stages read today)."""
+    examples, stats = build_prompt_examples(cfg, tokenizer, records)
+    return examples, stats.summary()

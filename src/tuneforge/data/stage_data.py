@@ -1,0 +1,101 @@
+"""Every stage's examples, built one way for training, `tuneforge validate` and the example tests: the
+records are read once and checked (data.dataset.load_train_eval_records), then turned into examples by the
+builder the stage declares (`stage_info(stage).examples`). validate prints the counts of exactly this build.
+
+    data = load_stage_data(cfg, tokenizer, log)          # train + eval examples, metrics.json's data block
+    examples, stats = load_stage_examples(cfg, tokenizer, records)   # one record set; stats.summary()
+
+Builders: lm (sft / pretrain samples with labels), classify (labelled texts), scored_pairs (reward: chosen and
+rejected texts to score), dpo_pairs (prompt + response ids, as DPO trains on them), prompts (ppo / grpo).
+Every stats object's summary() has at least records, examples, truncated and dropped_overlength.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneforge.config.schema import Config
+from tuneforge.data.classify import ClsStats, label_set, load_cls_examples
+from tuneforge.data.dataset import load_examples, load_train_eval_records
+from tuneforge.data.dpo_pairs import load_dpo_examples
+from tuneforge.data.load import Record
+from tuneforge.data.preference import load_pair_examples
+from tuneforge.data.templates import apply_template
+from tuneforge.errors import DataError
+from tuneforge.rl.prompts import build_prompt_examples
+from tuneforge.stage_info import stage_info
+
+Builder = Callable[[Config, Any, list[Record], "list[str] | None"], tuple[list, Any]]
+
+
+def source_of(records: list[Record]) -> str:
+    """The file the records came from (their `where` without the line or row)."""
+    return re.sub(r"(:\d+|: row \d+)$", "", records[0].where) if records else "<no records>"
+
+
+def _lm(cfg: Config, tokenizer, records: list[Record], labels: list[str] | None) -> tuple[list, Any]:
+    if stage_info(cfg.stage).chat_template:  # sft renders the run's template (saved with the run)
+        apply_template(tokenizer, cfg.data.template)
+    return load_examples(cfg, tokenizer, source_of(records), records)
+
+
+def _classify(cfg: Config, tokenizer, records: list[Record], labels: list[str] | None) -> tuple[list, Any]:
+    return load_cls_examples(cfg, tokenizer, records, labels if labels is not None else label_set(cfg, records))
+
+
+EXAMPLE_BUILDERS: dict[str, Builder] = {
+    "lm": _lm,
+    "classify": _classify,
+    "scored_pairs": lambda cfg, tokenizer, records, labels: load_pair_examples(cfg, tokenizer, records),
+    "dpo_pairs": lambda cfg, tokenizer, records, labels: load_dpo_examples(cfg, tokenizer, records),
+    "prompts": lambda cfg, tokenizer, records, labels: build_prompt_examples(cfg, tokenizer, records),
+}
+
+
+def load_stage_examples(cfg: Config, tokenizer, records: list[Record],
+                        labels: list[str] | None = None) -> tuple[list, Any]:
+    """(examples, stats) of `records` as the stage of `cfg` trains on them. `labels` (classify): the label
+    order of the train set, for an eval set (default: data.labels, else the labels of `records`)."""
+    if not records:
+        raise DataError(f"{cfg.data.train}: no records to build {cfg.stage} examples from")
+    return EXAMPLE_BUILDERS[stage_info(cfg.stage).examples](cfg, tokenizer, records, labels)
+
+
+@dataclass
+class StageData:
+    train: list
+    eval: list
+    train_stats: Any
+    eval_stats: Any = None
+    labels: list[str] | None = None  # classify: the label order of the run
+    eval_records: list[Record] = field(default_factory=list)  # checked eval records (generation items use them)
+    summary: dict[str, dict] = field(default_factory=dict)  # metrics.json's `data` block: {"train": ..., "eval": ...}
+
+
+def load_stage_data(cfg: Config, tokenizer, log: Callable[[str], None] = print) -> StageData:
+    """Train and eval examples of a run: the checked records (eval held out of train by data.eval_split when
+    there is no eval file), eval cut to eval.max_samples, eval classified with the train labels."""
+    train_records, eval_records = load_train_eval_records(cfg, log)
+    train, train_stats = load_stage_examples(cfg, tokenizer, train_records)
+    labels = train_stats.labels if isinstance(train_stats, ClsStats) else None
+    data = StageData(train, [], train_stats, labels=labels, summary={"train": train_stats.summary()},
+                     eval_records=eval_records)
+    if eval_records:
+        data.eval, data.eval_stats = load_stage_examples(cfg, tokenizer, eval_records[: cfg.eval.max_samples], labels)
+        data.summary["eval"] = data.eval_stats.summary()
+    return data
+
+
+def counts_line(split: str, summary: dict) -> str:
+    """One line of counts for a split (what `tuneforge validate` prints and the stages log)."""
+    line = (f"{split}: {summary['examples']} examples from {summary['records']} records ({summary['format']}), "
+            f"{summary['truncated']} truncated, {summary['dropped_overlength']} dropped over length")
+    if summary.get("dropped_identical"):
+        line += f", {summary['dropped_identical']} dropped with chosen == rejected"
+    if "supervised_tokens" in summary:
+        line += (f", {summary['dropped_no_supervised']} without supervised tokens, "
+                 f"{summary['supervised_tokens']} supervised tokens")
+    return line
