@@ -66,12 +66,15 @@ STAGE_INFO: dict[str, StageInfo] = {
                           loss_unit="samples", metrics=("loss", "accuracy", "macro_f1")),
     "reward": StageInfo("reward", "scorer", "preference", "scored_pairs", chat_template=False, chainable=False,
                         loss_unit="pairs", metrics=("loss", "accuracy", "margin_mean")),
-    "dpo": StageInfo("dpo", "causal_lm", "preference", "dpo_pairs", chat_template=True, chainable=True, loss_unit="pairs",
-                     metrics=("loss", "reward_accuracy", "reward_margin"), block="dpo", distributed=False),
-    "ppo": StageInfo("ppo", "causal_lm", "prompt", "prompts", chat_template=True, chainable=True, loss_unit="tokens_generated",
-                     metrics=("reward_mean", "kl_mean"), block="ppo", distributed=False),
-    "grpo": StageInfo("grpo", "causal_lm", "prompt", "prompts", chat_template=True, chainable=True, loss_unit="completion_tokens",
-                      metrics=("reward_mean", "kl_mean"), block="grpo", distributed=False),
+    "dpo": StageInfo("dpo", "causal_lm", "preference", "dpo_pairs", chat_template=True, chainable=True,
+                     loss_unit="pairs", metrics=("loss", "reward_accuracy", "reward_margin"), block="dpo",
+                     distributed=False),
+    "ppo": StageInfo("ppo", "causal_lm", "prompt", "prompts", chat_template=True, chainable=True,
+                     loss_unit="tokens_generated", metrics=("reward_mean", "kl_mean"), block="ppo",
+                     distributed=False),
+    "grpo": StageInfo("grpo", "causal_lm", "prompt", "prompts", chat_template=True, chainable=True,
+                      loss_unit="completion_tokens", metrics=("reward_mean", "kl_mean"), block="grpo",
+                      distributed=False),
 }
 
 

@@ -142,7 +142,7 @@ def make_objective(config: str | Path, overrides: list[str], space: list[Param],
         log(f"trial {trial.number}: {params}")
         try:
             cfg = load_config(config, [*overrides, *to_overrides(params), f"output_dir={json.dumps(str(run_dir))}"])
-            STAGES[cfg.stage](cfg, on_eval=on_eval)
+            STAGES[cfg.stage].run(cfg, on_eval=on_eval)
             value = read_objective(run_dir, metric)
         except (optuna.TrialPruned, TrainingInterrupted, KeyboardInterrupt):
             raise

@@ -88,7 +88,7 @@ def _function_source(source: RewardSourceConfig, key: str) -> Source:
 
 def _run_source(source: RewardSourceConfig, key: str) -> Source:
     from tuneforge.data.preference import to_text, use_template
-    from tuneforge.stages.reward import load_reward_model
+    from tuneforge.rl.reward_model import load_reward_model
 
     scorer = load_reward_model(source.run)
     templated = use_template(scorer.cfg, scorer.tokenizer)

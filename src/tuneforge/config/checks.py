@@ -1,0 +1,26 @@
+"""Cross-key checks that the schema cannot express, run before anything loads or is written: the method x
+stage table, the stage's own constraints (from stage_info), optional packages a key needs.
+
+    check_config(cfg)      # ConfigError (exit 2) naming the key and what is allowed
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from tuneforge.config.schema import Config
+from tuneforge.errors import ConfigError
+from tuneforge.methods import check_compat
+from tuneforge.stage_info import stage_info
+
+
+def check_config(cfg: Config) -> None:
+    info = stage_info(cfg.stage)
+    check_compat(cfg.method.name, cfg.stage)
+    if "mlflow" in cfg.training.report_to and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("key 'training.report_to': mlflow is not installed; pip install 'tuneforge[mlflow]'")
+    if info.records != "pretrain" and cfg.training.overlength == "split":
+        raise ConfigError("key 'training.overlength': 'split' is for the pretrain stage; use truncate, drop or error")
+    if not info.distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"stage {cfg.stage!r} runs in one process; run it without --nproc / torchrun")

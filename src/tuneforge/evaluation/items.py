@@ -1,0 +1,60 @@
+"""The prompts a run generates for before and after training (report, generations.jsonl, tuneforge eval):
+for a chat-template stage, the conversation up to its last assistant turn (the reference is that turn); for
+pretraining, the first tokens of a document (the reference is how it goes on).
+
+    items = generation_items(cfg, tokenizer, records)   # [GenerationItem(prompt, reference, question)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.config.schema import Config
+from tuneforge.data.formats import detect_format, to_messages, to_text
+from tuneforge.data.load import Record
+from tuneforge.data.templates import render
+from tuneforge.stage_info import stage_info
+
+PROMPT_TOKENS = 24
+
+
+@dataclass
+class GenerationItem:
+    prompt: str  # exactly what the model sees (rendered with the run's template)
+    reference: str | None
+    question: str = ""  # what a person reads in the report: the last user turn, or the document's start
+
+
+def chat_items(cfg: Config, tokenizer, records: list[Record]) -> list[GenerationItem]:
+    """Prompt = the conversation up to its last assistant turn; reference = that turn."""
+    items = []
+    for record in records[: cfg.eval.generate_samples]:
+        fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(record, "sft")
+        messages = to_messages(record, fmt, cfg.data.system_prompt)
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        users = [m["content"] for m in messages[:last] if m["role"] == "user"]
+        items.append(GenerationItem(render(tokenizer, messages[:last], add_generation_prompt=True),
+                                    messages[last]["content"], users[-1] if users else ""))
+    return items
+
+
+def text_items(cfg: Config, tokenizer, records: list[Record]) -> list[GenerationItem]:
+    """Prompt = the first tokens of an eval document; reference = how the document goes on."""
+    items = []
+    for record in records[: cfg.eval.generate_samples]:
+        ids = tokenizer(to_text(record, cfg.data.text_field), add_special_tokens=False)["input_ids"]
+        cut = min(PROMPT_TOKENS, len(ids) // 2)
+        if cut == 0:
+            continue
+        prompt = tokenizer.decode(ids[:cut])
+        items.append(GenerationItem(prompt, tokenizer.decode(ids[cut:]), prompt))
+    return items
+
+
+def generation_items(cfg: Config, tokenizer, records: list[Record]) -> list[GenerationItem]:
+    """The items for the stage of `cfg`: chat rows for a chat-template stage, text for pretraining (a
+    classifier or scorer generates nothing)."""
+    info = stage_info(cfg.stage)
+    if not info.generates:
+        return []
+    return chat_items(cfg, tokenizer, records) if info.chat_template else text_items(cfg, tokenizer, records)
