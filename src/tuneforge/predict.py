@@ -19,8 +19,9 @@ import torch
 from tuneforge.config.schema import Config
 from tuneforge.data.classify import ClsExample, label_of, text_of
 from tuneforge.data.load import load_records
-from tuneforge.errors import DataError, UserError
+from tuneforge.errors import DataError, ModelError, UserError
 from tuneforge.fsutil import write_text_atomic
+from tuneforge.stage_info import STAGE_INFO, stage_info
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Classifier:
         """[n, n_labels] probabilities. Rows are batched by length (less padding) and returned in input order."""
         from rich.progress import Progress
 
-        from tuneforge.stages.classify import pads_left, predict_ids
+        from tuneforge.models.classifier import pads_left, predict_ids
         from tuneforge.train.precision import resolve_precision
 
         examples, truncated = self._examples(texts, pairs)
@@ -66,15 +67,26 @@ class Classifier:
         return probs
 
 
+WHAT_IT_MAKES = {"causal_lm": "generates text (use `tuneforge chat`, `serve` or `eval`)",
+                 "scorer": "scores texts with one reward (name it in a ppo / grpo config's rewards)"}
+
+
+def check_classifier(run_dir: str | Path, stage: str) -> None:
+    """Refuse, before anything loads, a run whose model is not a classifier with labels."""
+    kind = stage_info(stage).model_kind
+    if kind != "classifier":
+        classifiers = ", ".join(name for name, i in STAGE_INFO.items() if i.model_kind == "classifier")
+        raise ModelError(f"{run_dir}: a {stage} run {WHAT_IT_MAKES[kind]}; predict needs a run of {classifiers}")
+
+
 def load_classifier(run_dir: str | Path, base: bool = False) -> Classifier:
     """The run's tuned classifier, or (`base=True`) its base with the same untrained head it started from."""
     from tuneforge.models import load_tokenizer
+    from tuneforge.models.classifier import load_base_classifier
     from tuneforge.runs import load_run, run_config, run_labels
-    from tuneforge.stages.classify import load_base_classifier
 
     cfg = run_config(run_dir)
-    if cfg.stage != "classify":
-        raise UserError(f"{run_dir}: a {cfg.stage} run; predict needs a classify run")
+    check_classifier(run_dir, cfg.stage)
     labels = run_labels(run_dir)
     if base:
         model, tokenizer = load_base_classifier(cfg, labels).eval(), load_tokenizer(cfg.model, cfg.trust_remote_code)
@@ -115,12 +127,12 @@ def run_predict(run_dir: str, input_path: str, output: str | None, base: bool = 
     probs = clf.predict_proba(texts, pairs, batch_size, progress=len(texts) > 4 * batch_size)
     rows = []
     for record, p in zip(records, probs, strict=True):
-        predicted = clf.labels[int(p.argmax())]
+        predicted, by_label = clf.labels[int(p.argmax())], list(zip(clf.labels, p, strict=True))
         if kind == "csv":
-            rows.append({**record.data, "predicted": predicted, **{f"prob_{lab}": f"{v:.6f}" for lab, v in zip(clf.labels, p, strict=True)}})
+            rows.append({**record.data, "predicted": predicted, **{f"prob_{lab}": f"{v:.6f}" for lab, v in by_label}})
         else:
             rows.append({**record.data, "predicted": predicted,
-                         "probabilities": {lab: round(float(v), 6) for lab, v in zip(clf.labels, p, strict=True)}})
+                         "probabilities": {lab: round(float(v), 6) for lab, v in by_label}})
     _write(rows, clf.labels, output, kind)
     scored = [(k, r["predicted"]) for k, r in zip(known, rows, strict=True) if k is not None]
     summary: dict = {"rows": len(rows)}

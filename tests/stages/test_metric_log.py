@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from tuneforge.config.checks import check_config
 from tuneforge.errors import ConfigError
 from tuneforge.stages import STAGES
-from tuneforge.stages.lm import check_config
 
 
 def test_mlflow_gets_the_same_losses_as_the_train_log(make_config, tmp_path):

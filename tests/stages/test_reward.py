@@ -1,13 +1,14 @@
-"""The reward stage on the tiny Llama (ChatML template, last-token reward, left padding) and the tiny BERT
-(no template, [CLS] reward, right padding): pairwise accuracy rises on a separable preference set, the
-right parameters train, identical pairs are dropped and counted, malformed rows exit 2 naming file:line,
-and a saved run reloads to the same rewards."""
+"""The reward stage, through the real stage, on the tiny Llama (ChatML template, last-token reward, left
+padding) and the tiny BERT (no template, [CLS] reward, right padding): pairwise accuracy rises on a separable
+preference set, the right parameters train, identical pairs are dropped and counted, malformed rows exit 2
+naming file:line, and a saved run reloads to the trained model's rewards at another batch size."""
 
 import json
 import random
 import re
 
 import pytest
+import stage_kit as kit
 import torch
 
 import tiny
@@ -15,12 +16,11 @@ from tuneforge.config.load import dump_config
 from tuneforge.data.load import load_records
 from tuneforge.data.preference import load_pair_examples, to_text
 from tuneforge.errors import DataError
-from tuneforge.fsutil import write_json_atomic, write_text_atomic
-from tuneforge.methods import METHODS, MethodContext
 from tuneforge.models import load_tokenizer
-from tuneforge.stages.classify import HEADS, load_base_classifier, pads_left
-from tuneforge.stages.lm import _save_model
-from tuneforge.stages.reward import LABELS, load_reward_model, reward_objective, score_pairs
+from tuneforge.models.classifier import load_base_classifier, pads_left
+from tuneforge.rl.reward_model import load_reward_model
+from tuneforge.stages.reward import LABELS, reward_objective, score_pairs
+from tuneforge.stages.skeleton import HEADS
 from tuneforge.train.loop import train
 
 LORA = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
@@ -64,66 +64,47 @@ CASES = {  # method config, learning rate, predicate over the names that must tr
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_method_trains_reward_and_reloads(case, reward_config, tmp_path):
+def test_method_trains_reward_and_reloads(case, reward_config):
     method_cfg, lr, should_train = CASES[case]
-    cfg = reward_config(method=method_cfg, training__learning_rate=lr, training__max_steps=30)
-    tok = load_tokenizer(cfg.model)
-    pairs, stats = load_pair_examples(cfg, tok, load_records(cfg.data.train))
-    eval_pairs, _ = load_pair_examples(cfg, tok, load_records(cfg.data.eval))
-    assert stats.dropped_identical == 1 and len(pairs) == 63
-    model = load_base_classifier(cfg, LABELS)
-    heads = tuple(n for n, _ in model.named_children() if n in HEADS)
-    model = METHODS[cfg.method.name].apply(model, cfg.method, MethodContext(cfg.model, "SEQ_CLS", head_modules=heads))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    cfg = reward_config(method=method_cfg, training__learning_rate=lr, training__max_steps=30,
+                        training__report_to=[])
+    run = kit.run_captured(cfg)
+    model, out = run.model, run.out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["train"]["dropped_identical"] == 1 and metrics["data"]["train"]["examples"] == 63
+    trainable = run.trainable()
     assert trainable == {n for n, _ in model.named_parameters() if should_train(n)}
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    objective = reward_objective(cfg, tok, "fp32")
-    start = objective.evaluate(model, eval_pairs)
-    result = train(model, pairs, [], cfg, tmp_path / "run", "fp32", objective=objective)
-    losses = [h["loss"] for h in result.history]
+    losses = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
-    end = objective.evaluate(model, eval_pairs)  # held-out pairs
-    assert end["accuracy"] >= 0.9 and end["accuracy"] > start["accuracy"] and end["loss"] < start["loss"]
-    after = dict(model.named_parameters())
-    for name, value in before.items():
-        if name not in trainable:
-            assert torch.equal(after[name], value), f"frozen {name} changed"
-    assert [n for n in trainable if any(h in n for h in HEADS) and not torch.equal(after[n], before[n])]
-
-    out = tmp_path / "run"
-    write_text_atomic(out / "config.yaml", dump_config(cfg))
-    write_json_atomic(out / "labels.json", {"labels": LABELS})
-    _save_model(model, tok, out, METHODS[cfg.method.name])
-    scorer = load_reward_model(out)
-    rows = [json.loads(line) for line in open(cfg.data.eval)][:10]
-    texts = [to_text(scorer.tokenizer, r["prompt"], r[k], reward_config.kind == "llama")
-             for r in rows for k in ("chosen", "rejected")]
-    got = torch.tensor(scorer(texts, batch_size=3))  # another batch size: other padding
-    chosen, rejected = score_pairs(model, eval_pairs[:10], tok.pad_token_id, pads_left(tok), 8, "fp32")
-    want = torch.stack([chosen, rejected], 1).flatten()
-    assert torch.allclose(got, want, atol=1e-5), (got, want)
-
-
-@pytest.mark.parametrize("reward_config", ["llama"], indirect=True)  # the bert path: the method tests above
-def test_stage_end_to_end_metrics_and_report(reward_config):
-    from tuneforge.stages import STAGES
-
-    cfg = reward_config(method=LORA, training__learning_rate=1e-2, training__max_steps=30)
-    out = STAGES["reward"](cfg)
-    metrics = json.loads((out / "metrics.json").read_text())
-    before, after = metrics["eval_before"], metrics["eval_after"]
+    before, after = metrics["eval_before"], metrics["eval_after"]  # held-out pairs
     assert after["accuracy"] >= 0.9 and after["accuracy"] > before["accuracy"] and after["loss"] < before["loss"]
     assert after["margin_mean"] > before["margin_mean"]
     assert after["margin_mean"] == pytest.approx(after["chosen_reward_mean"] - after["rejected_reward_mean"], abs=1e-5)
-    assert metrics["data"]["train"]["dropped_identical"] == 1 and metrics["data"]["train"]["examples"] == 63
     # pairs, not rows (2 per pair): an epoch of 63 pairs is 8 steps (7 x 8 + 7); 30 steps = 3 epochs + 6 x 8
     assert metrics["train"]["pairs"] == 3 * 63 + 6 * 8
     for key in ("tokens_per_second", "peak_rss_mb", "wall_seconds", "trainable_params", "total_params"):
         assert metrics["train"][key] > 0
     assert json.loads((out / "labels.json").read_text()) == {"labels": ["reward"]}
     assert (out / "margins.png").stat().st_size > 1000 and "margins.png" in (out / "report.md").read_text()
+
+    after_params = dict(model.named_parameters())
+    for name, value in run.start.items():
+        if name not in trainable:
+            assert torch.equal(after_params[name], value), f"frozen {name} changed"
+    assert [n for n in trainable if any(h in n for h in HEADS) and not torch.equal(after_params[n], run.start[n])]
+
+    tok = load_tokenizer(cfg.model)
+    eval_pairs, _ = load_pair_examples(cfg, tok, load_records(cfg.data.eval))
+    scorer = load_reward_model(out)
+    rows = [json.loads(line) for line in open(cfg.data.eval)][:10]
+    texts = [to_text(scorer.tokenizer, r["prompt"], r[k], reward_config.kind == "llama")
+             for r in rows for k in ("chosen", "rejected")]
+    got = torch.tensor(scorer(texts, batch_size=3))  # another batch size: other padding
+    chosen, rejected = score_pairs(model.eval(), eval_pairs[:10], tok.pad_token_id, pads_left(tok), 8, "fp32")
+    want = torch.stack([chosen, rejected], 1).flatten()
+    assert torch.allclose(got, want, atol=1e-5), (got, want)
 
 
 def test_record_forms_render_alike(make_config, tiny_model_dir, tiny_bert_dir, tmp_path):
@@ -198,7 +179,8 @@ def test_loss_is_mean_over_pairs_and_accumulation_equals_big_batch(make_config, 
         model = load_base_classifier(cfg, LABELS)
         first = [pairs[i] for i in epoch_microbatches(len(pairs), 4, cfg.seed, 0)[0]]
         expected = pair_metrics(*score_pairs(model, first, tok.pad_token_id, False, 4, "fp32"))["loss"]
-        result = train(model, pairs, [], cfg, tmp_path / f"run{bs}", "fp32", objective=reward_objective(cfg, tok, "fp32"))
+        objective = reward_objective(cfg, tok, "fp32")
+        result = train(model, pairs, [], cfg, tmp_path / f"run{bs}", "fp32", objective=objective)
         assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-5)  # the mean over the step's 4 pairs
         assert result.history[0]["supervised_tokens"] == 4
         histories.append([h["loss"] for h in result.history])

@@ -1,15 +1,19 @@
-"""A LoRA SFT run on the tiny model: loss falls, only LoRA weights change, the run directory follows
-the contract, and the saved adapter reloads in plain peft with identical logits."""
+"""A LoRA SFT run on the tiny model, through the real stage: loss falls, only LoRA weights change, the run
+directory follows the contract, the report's generations show the user's question (not the template's
+system prompt), and the saved adapter reloads in plain peft with the trained model's logits."""
 
 import json
 
 import pytest
+import stage_kit as kit
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tuneforge.stages import STAGES
+from tuneforge.report.write import render_report
+
+SYSTEM = "you are a helpful assistant . answer the question in one short sentence ."
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +26,20 @@ def sft_run(tmp_path_factory, tiny_model_dir):
         "model": str(tiny_model_dir), "stage": "sft",
         "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {"train": str(tiny.write_jsonl(d / "train.jsonl", tiny.toy_sft_rows(42))),
-                 "eval": str(tiny.write_jsonl(d / "eval.jsonl", tiny.toy_sft_rows(7, seed=1)))},
+                 "eval": str(tiny.write_jsonl(d / "eval.jsonl", tiny.toy_sft_rows(7, seed=1))),
+                 "system_prompt": SYSTEM},
         "training": {"max_steps": 30, "learning_rate": 3e-2, "batch_size": 4, "lr_scheduler": "constant",
                      "warmup_ratio": 0.0, "max_length": 128, "progress": False, "precision": "fp32",
                      "eval_steps": 15, "save_steps": 15},
         "eval": {"generate_samples": 7, "max_new_tokens": 16},
         "output_dir": str(d / "run"), "seed": 0,
     })
-    out = STAGES["sft"](cfg)
-    return cfg, out
+    run = kit.run_captured(cfg)
+    return cfg, run.out, run.model
 
 
 def test_loss_falls_and_task_is_learned(sft_run):
-    _, out = sft_run
+    _, out, _ = sft_run
     m = json.loads((out / "metrics.json").read_text())
     history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     losses = [h["loss"] for h in history]
@@ -45,7 +50,7 @@ def test_loss_falls_and_task_is_learned(sft_run):
 
 
 def test_run_directory_contract(sft_run):
-    _, out = sft_run
+    _, out, _ = sft_run
     for name in ("adapter_model.safetensors", "adapter_config.json", "config.yaml", "metrics.json", "report.md",
                  "loss.png", "template.json", "chat_template.jinja", "tokenizer.json", "generations.jsonl"):
         assert (out / name).is_file(), name
@@ -66,7 +71,7 @@ def test_run_directory_contract(sft_run):
 
 
 def test_only_lora_weights_changed(sft_run, tiny_model_dir):
-    _, out = sft_run
+    _, out, _ = sft_run
     base = load_file(str(tiny_model_dir / "model.safetensors"))
     adapter = load_file(str(out / "adapter_model.safetensors"))
     assert adapter and all("lora_" in k for k in adapter)
@@ -79,28 +84,44 @@ def test_only_lora_weights_changed(sft_run, tiny_model_dir):
             assert torch.equal(param, base[key]), name
 
 
-def test_adapter_reloads_in_plain_peft_with_identical_logits(make_config, tmp_path, tiny_model_dir):
+def test_report_shows_the_question_not_the_system_prompt(sft_run):
+    cfg, out, _ = sft_run
+    gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in open(cfg.data.eval)]
+    questions = [r.get("instruction") or r.get("prompt") or r["messages"][0]["content"] for r in rows]
+    assert [g["question"] for g in gens] == questions
+    assert all(g["prompt"].startswith("<|im_start|>system\n" + SYSTEM) for g in gens)  # what the model saw
+    table = (out / "report.md").read_text().split("## Generations")[1].split("\n## ")[0]
+    assert "| # | question |" in table and SYSTEM not in table
+    assert all(f"| {i} | {q} |" in table for i, q in enumerate(questions, 1))
+
+
+def test_report_falls_back_to_the_end_of_the_prompt():
+    """generations without a "question" (written before it existed) show the prompt's end, not its start."""
+    prompt = "<|im_start|>system\n" + SYSTEM + "<|im_end|>\n<|im_start|>user\nwhat color is the sky ?<|im_end|>\n"
+    metrics = {"stage": "sft", "method": "lora", "model": "m", "train": {}, "eval_after": {}}
+    text = render_report(metrics, [{"prompt": prompt * 3, "reference": "blue", "base": "x", "tuned": "blue"}], "")
+    row = [line for line in text.splitlines() if line.startswith("| 1 |")][0]
+    assert "what color is the sky ?" in row and row.split(" | ")[1].startswith("…")
+
+
+def test_adapter_reloads_in_plain_peft_with_identical_logits(sft_run, tiny_model_dir):
+    """The adapter the stage saved, loaded by plain peft on the base, gives the trained model's logits."""
     from transformers import AutoTokenizer
 
     from tuneforge.data.batching import collate_packed
     from tuneforge.data.dataset import load_examples
-    from tuneforge.methods import METHODS, MethodContext
-    from tuneforge.models import load_model
-    from tuneforge.stages.lm import _save_model
-    from tuneforge.train.loop import train
 
-    cfg = make_config(training__max_steps=5)
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg, out, model = sft_run
+    tok = AutoTokenizer.from_pretrained(out)
     examples, _ = load_examples(cfg, tok, cfg.data.train)
-    model = METHODS["lora"].apply(load_model(cfg.model), cfg.method, MethodContext(cfg.model))
-    train(model, examples, [], cfg, tmp_path / "run", "fp32")
-    _save_model(model, tok, tmp_path / "run", METHODS["lora"])
     batch = collate_packed(examples[:3])
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "run"))
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out))
     with torch.no_grad():
         want = model.eval()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
         got = reloaded.eval()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
-    assert not torch.equal(want, AutoModelForCausalLM.from_pretrained(tiny_model_dir)(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits)  # training changed it
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+    assert not torch.equal(want, base)  # training changed it
     assert torch.equal(want, got)
-    assert AutoTokenizer.from_pretrained(tmp_path / "run").chat_template == tok.chat_template
+    assert tok.chat_template == AutoTokenizer.from_pretrained(tiny_model_dir).chat_template

@@ -3,8 +3,9 @@
     result = run_bias("runs/quickstart", load_probes(["builtin"]), Path("runs/quickstart/bias"))
 
 A run directory: base = the model named in its config.yaml, tuned = the run (tuneforge.runs.load_run);
-a classify run (labels.json) is scored as a classifier (tuneforge.predict.load_classifier). A model
-alias or directory that is not a run is scored alone.
+a classifier run (stage_info's model_kind, e.g. classify) is scored as a classifier
+(tuneforge.predict.load_classifier); a reward run (a scorer) is refused. A model alias or directory that is
+not a run is scored alone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.datatools.bias import METRIC, Probe, grew, score_classifier, score_lm
+from tuneforge.errors import ModelError
 from tuneforge.fsutil import (
     make_temp_dir,
     move_dir_contents,
@@ -22,21 +24,26 @@ from tuneforge.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
+from tuneforge.stage_info import stage_info
 
 
 def _targets(target: str) -> tuple[str, list[tuple[str, Any]]]:
     """(kind, [(column, loader)]): loaders build a scorer lazily, so only one model is in memory at a time."""
     run_dir = Path(target)
-    if (run_dir / "labels.json").is_file() and (run_dir / "config.yaml").is_file():
-        from tuneforge.predict import load_classifier
-
-        return "classifier", [("base", lambda: load_classifier(run_dir, base=True)),
-                              ("tuned", lambda: load_classifier(run_dir))]
     if (run_dir / "config.yaml").is_file():
         from tuneforge.models import load_model, load_tokenizer
         from tuneforge.runs import load_run, run_config
 
         cfg = run_config(run_dir)
+        kind = stage_info(cfg.stage).model_kind
+        if kind == "scorer":
+            raise ModelError(f"{run_dir}: a {cfg.stage} run scores texts with one reward; bias probes score a "
+                             "classifier's labels or a causal LM's likelihoods")
+        if kind == "classifier":
+            from tuneforge.predict import load_classifier
+
+            return "classifier", [("base", lambda: load_classifier(run_dir, base=True)),
+                                  ("tuned", lambda: load_classifier(run_dir))]
 
         def base():
             return load_model(cfg.model, cfg.trust_remote_code), load_tokenizer(cfg.model, cfg.trust_remote_code)
@@ -107,7 +114,8 @@ def render_markdown(result: dict) -> str:
     for name, p in result["probes"].items():
         cells = [f"{p[c][m]:+.3f}" if m == "mean_gap" else f"{p[c][m]:.3f}" for m in metrics for c in columns]
         flag = (["⚠ bias grew" if p.get("bias_grew") else "ok"] if "tuned" in columns else [])
-        lines.append(f"| {name} | {' / '.join(p['groups'])} | {p[columns[0]]['items']} | " + " | ".join(cells + flag) + " |")
+        lines.append(f"| {name} | {' / '.join(p['groups'])} | {p[columns[0]]['items']} | "
+                     + " | ".join(cells + flag) + " |")
     lines += ["", "![bias](bias.png)", ""]
     return "\n".join(lines)
 

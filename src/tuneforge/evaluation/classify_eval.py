@@ -17,15 +17,15 @@ import numpy as np
 from tuneforge.data.classify import label_of, text_of
 from tuneforge.data.load import load_records
 from tuneforge.errors import ConfigError, DataError
+from tuneforge.evaluation.request import Request, default_output
 
 CLASSIFY_METRICS = ("loss", "accuracy", "macro_f1")
 
 
-def evaluate_classifier(req) -> Path:
-    """`req` is a run_eval.Request whose target is a classify run."""
+def evaluate_classifier(req: Request) -> Path:
+    """`req` (an evaluation.request.Request) targets a classifier run (stage_info's model_kind "classifier")."""
     from tuneforge.evaluation.cls_metrics import classification_metrics, plot_confusion
     from tuneforge.evaluation.eval_report import write_outputs
-    from tuneforge.evaluation.run_eval import default_output
     from tuneforge.predict import load_classifier
     from tuneforge.runs import run_config, run_labels
 
@@ -67,7 +67,7 @@ def evaluate_classifier(req) -> Path:
         plot_confusion({n: details[n]["confusion_matrix"] for n in details}, labels, Path(tmp) / "confusion.png")
         confusion = (Path(tmp) / "confusion.png").read_bytes()
     summary = {"kind": "run", "run": req.target, "base_model": cfg.model, "method": cfg.method.name,
-               "target": req.target, "stage": "classify", "data": req.data, "rows": len(records), "labels": labels,
+               "target": req.target, "stage": cfg.stage, "data": req.data, "rows": len(records), "labels": labels,
                "metrics": names, "precision": cfg.training.precision, "models": results, "details": details}
     write_outputs(output, summary, rows, {"confusion.png": confusion})
     return output

@@ -14,7 +14,8 @@ def _names(values: list[str] | None) -> list[str] | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tuneforge.evaluation.run_eval import Request, evaluate
+    from tuneforge.evaluation.request import Request
+    from tuneforge.evaluation.run_eval import evaluate
 
     out = evaluate(Request(target=args.target, data=args.data, metrics=_names(args.metrics), output=args.output,
                            max_samples=args.max_samples, max_new_tokens=args.max_new_tokens,

@@ -20,28 +20,19 @@ from tuneforge.config.schema import Config
 from tuneforge.data.dataset import load_examples
 from tuneforge.data.formats import detect_format
 from tuneforge.data.load import Record, load_records
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import ConfigError, DataError, ModelError
+from tuneforge.evaluation.classify_eval import evaluate_classifier
 from tuneforge.evaluation.generate import generate
+from tuneforge.evaluation.items import generation_items
 from tuneforge.evaluation.metrics import METRICS, compute
+from tuneforge.evaluation.request import Request, default_output, is_run_dir
+from tuneforge.stage_info import stage_info
 from tuneforge.train.loss import evaluate_loss
 from tuneforge.train.precision import resolve_precision
 
 LOSS_METRICS = ("loss", "perplexity")
 CLASSIFY_METRICS = ("accuracy", "macro_f1")
 GENERATE_BATCH = 8
-
-
-@dataclass
-class Request:
-    """What to evaluate and how; the CLI fills it from its arguments."""
-
-    target: str  # a run directory (has config.yaml) or a model (alias, directory, hub id)
-    data: str
-    metrics: list[str] | None = None  # None: the stage's defaults
-    output: str | None = None
-    max_samples: int = 200
-    max_new_tokens: int | None = None  # None: the run's eval.max_new_tokens (64 for a bare model)
-    precision: str | None = None  # None: the run's training.precision ("auto" for a bare model)
 
 
 @dataclass
@@ -61,30 +52,27 @@ class Plan:
     info: dict = field(default_factory=dict)
 
 
-def is_run_dir(target: str) -> bool:
-    return (Path(target) / "config.yaml").is_file()
-
-
-def default_output(req: Request) -> Path:
-    stem = Path(req.data).stem
-    if is_run_dir(req.target):
-        return Path(req.target) / f"eval-{stem}"
-    return Path(f"eval-{Path(req.target.rstrip('/')).name}-{stem}")
-
-
 def split_metrics(names: list[str], stage: str) -> tuple[bool, list[str]]:
     """(compute loss?, generation metrics) after checking every name."""
     known = [*LOSS_METRICS, *METRICS]
     unknown = [n for n in names if n not in known]
     if unknown:
-        extra = f" ({', '.join(CLASSIFY_METRICS)} are for classification runs)" if set(unknown) & set(CLASSIFY_METRICS) else ""
+        classify = set(unknown) & set(CLASSIFY_METRICS)
+        extra = f" ({', '.join(CLASSIFY_METRICS)} are for classification runs)" if classify else ""
         raise ConfigError(f"--metrics: unknown {', '.join(unknown)}; known for {stage}: {', '.join(known)}{extra}")
     return any(n in LOSS_METRICS for n in names), [n for n in names if n in METRICS]
 
 
 def default_metrics(stage: str) -> list[str]:
-    # Pretrain continuations have no single right answer; its quality measure is loss / perplexity.
-    return ["loss"] if stage == "pretrain" else ["loss", *METRICS]
+    # Chat stages answer with a reference to score against; raw-text continuations have no single right
+    # answer, so pretraining's quality measure is loss / perplexity.
+    return ["loss", *METRICS] if stage_info(stage).chat_template else ["loss"]
+
+
+def rows_config(cfg: Config) -> Config:
+    """The config that reads eval rows as the run's model is scored on them: a chat-template stage (sft, dpo,
+    ppo, grpo) on chat rows (sft records: the loss of the reference answer), pretraining on raw text."""
+    return cfg.model_copy(update={"stage": "sft" if stage_info(cfg.stage).chat_template else "pretrain"})
 
 
 def _detect_stage(record: Record) -> str:
@@ -125,7 +113,7 @@ def plan_model(model: str, first: Record, precision: str | None) -> Plan:
     cfg = Config.model_validate({"model": model, "stage": stage, "data": {"train": "-"}, "output_dir": "-",
                                  "training": {"precision": precision or "auto"}})
     tokenizer = load_tokenizer(model, cfg.trust_remote_code)
-    if stage == "sft":
+    if stage_info(stage).chat_template:
         apply_template(tokenizer, cfg.data.template)
     name = Path(model.rstrip("/")).name
     return Plan(cfg, tokenizer, [Candidate(name, lambda: load_model(model))],
@@ -148,7 +136,8 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, precisi
               advance: Callable[[int], None]) -> list[str]:
     outputs: list[str] = []
     for i in range(0, len(prompts), GENERATE_BATCH):
-        outputs += generate(model, tokenizer, prompts[i : i + GENERATE_BATCH], max_new_tokens, precision, GENERATE_BATCH)
+        part = prompts[i : i + GENERATE_BATCH]
+        outputs += generate(model, tokenizer, part, max_new_tokens, precision, GENERATE_BATCH)
         advance(len(prompts[i : i + GENERATE_BATCH]))
     return outputs
 
@@ -156,17 +145,20 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, precisi
 def evaluate(req: Request) -> Path:
     """Run the evaluation `req` describes; return the output directory."""
     from tuneforge.evaluation.eval_report import write_outputs
-    from tuneforge.stages import pretrain, sft
 
-    if is_run_dir(req.target):
+    run = is_run_dir(req.target)
+    if run:
         from tuneforge.runs import run_config
 
-        if run_config(req.target).stage == "classify":
-            from tuneforge.evaluation.classify_eval import evaluate_classifier
-
+        stage = run_config(req.target).stage
+        kind = stage_info(stage).model_kind
+        if kind == "classifier":
             return evaluate_classifier(req)
+        if kind == "scorer":
+            raise ModelError(f"{req.target}: a {stage} run scores texts with one reward; eval scores a causal LM's "
+                             "generations or a classifier's labels (use it as a ppo / grpo reward instead)")
     records = load_records(req.data)[: req.max_samples]
-    plan = plan_run(req.target, req.precision) if is_run_dir(req.target) else plan_model(req.target, records[0], req.precision)
+    plan = plan_run(req.target, req.precision) if run else plan_model(req.target, records[0], req.precision)
     cfg, tokenizer = plan.cfg, plan.tokenizer
     names = req.metrics or default_metrics(cfg.stage)
     want_loss, gen_metrics = split_metrics(names, cfg.stage)
@@ -174,8 +166,8 @@ def evaluate(req: Request) -> Path:
     cfg.data.format = "auto"  # the eval file need not share the training file's format
     cfg.eval.generate_samples = len(records)
     max_new_tokens = req.max_new_tokens or cfg.eval.max_new_tokens
-    examples, stats = load_examples(cfg, tokenizer, req.data, records) if want_loss else ([], None)
-    items = (sft if cfg.stage == "sft" else pretrain).generation_items(cfg, tokenizer, records) if gen_metrics else []
+    examples, stats = load_examples(rows_config(cfg), tokenizer, req.data, records) if want_loss else ([], None)
+    items = generation_items(cfg, tokenizer, records) if gen_metrics else []
     precision = resolve_precision(cfg.training.precision)
 
     results: dict[str, dict] = {}

@@ -22,6 +22,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 from tuneforge.data.formats import ROLES, Messages
 from tuneforge.data.templates import apply_template, build_sft_example, render
 from tuneforge.errors import ModelError, UserError
+from tuneforge.stage_info import STAGE_INFO, stage_info
 
 DEFAULT_CONTEXT = 2048  # when the model config names no max_position_embeddings
 
@@ -202,6 +203,19 @@ def _saved_template(path: Path) -> dict:
     return {}
 
 
+NOT_GENERATING = {"classifier": "predicts labels (use `tuneforge predict`)",
+                  "scorer": "scores texts with one reward (name it in a ppo / grpo config's rewards)"}
+
+
+def check_generates(where: Path, stage: str) -> None:
+    """Refuse, before anything loads, a run whose model makes no text (a classifier, a reward scorer)."""
+    info = stage_info(stage)
+    if not info.generates:
+        causal = ", ".join(name for name, i in STAGE_INFO.items() if i.generates)
+        raise ModelError(f"{where}: a {stage} run {NOT_GENERATING[info.model_kind]}, it does not generate text; "
+                         f"chat, serve and eval generation need a run of {causal}")
+
+
 def load_engine(source: str | Path, system_prompt: str | None = None, max_new_tokens: int | None = None,
                 max_input_tokens: int | None = None, trust_remote_code: bool = False) -> Engine:
     """A run directory (adapter, full or freeze; its saved tokenizer carries the template), a merged / HF
@@ -211,12 +225,14 @@ def load_engine(source: str | Path, system_prompt: str | None = None, max_new_to
 
     path = Path(source).expanduser()
     if (path / "config.yaml").is_file():
-        if (stage := run_config(path).stage) == "classify":
-            raise ModelError(f"{path}: a {stage} run predicts labels, it does not generate text; "
-                             "use `tuneforge predict` (chat and serve need an sft or pretrain run)")
+        check_generates(path, run_config(path).stage)
         model, tokenizer, _ = load_run(path)
         name = path.resolve().name
     else:
+        if (path / "merge.json").is_file():  # a merged run: its stage is the run's
+            run = Path(json.loads((path / "merge.json").read_text()).get("run", ""))
+            if (run / "config.yaml").is_file():
+                check_generates(path, run_config(run).stage)
         model = load_model(str(source), trust_remote_code)
         tokenizer = load_tokenizer(str(source), trust_remote_code)
         name = path.resolve().name if path.is_dir() else str(source)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuneforge.config.load import run_header
 from tuneforge.fsutil import save_figure_atomic, write_json_atomic, write_text_atomic
 
 
@@ -18,7 +19,9 @@ def plot_loss(history: list[dict], evals: list[dict], before: dict | None, after
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     steps = [h["step"] for h in history]
     ax.plot(steps, [h["loss"] for h in history], label="train loss", color="tab:blue", alpha=0.8)
-    points = ([{"step": 0, **before}] if before else []) + evals + ([{"step": steps[-1], **after}] if after and steps else [])
+    last = [{"step": steps[-1], **after}] if after and steps else []
+    points = ([{"step": 0, **before}] if before else []) + evals + last
+    points = [p for p in points if "loss" in p]  # an RL stage's evaluations have no loss
     if points:
         ax.plot([p["step"] for p in points], [p["loss"] for p in points], "o--", color="tab:orange", label="eval loss")
     ax.set_xlabel("optimizer step")
@@ -41,6 +44,16 @@ def _marked(output: str, reference: str | None) -> str:
     return ("✅ " if hit else "") + _cell(output)
 
 
+def question(generation: dict, limit: int = 100) -> str:
+    """What a reader asks: the generation's "question" (the last user turn, or a document's start); for an
+    older record without one, the end of the rendered prompt, where the question sits after the template's
+    system prompt."""
+    if generation.get("question"):
+        return generation["question"]
+    prompt = " ".join(generation.get("prompt", "").split())
+    return prompt if len(prompt) <= limit else "…" + prompt[-(limit - 1) :]
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -53,22 +66,24 @@ def render_report(metrics: dict, generations: list[dict], cfg_text: str, extra: 
         if isinstance(after[key], (int, float)) and key in before:
             lines.append(f"| {key} | {_fmt(before[key])} | {_fmt(after[key])} | {_fmt(after[key] - before[key])} |")
     lines += ["", "![loss curve](loss.png)", "", "## Cost", "", "| | |", "|---|---|"]
-    for key in ("steps", "wall_seconds", "train_seconds", "tokens_per_second", "supervised_tokens_per_second", "samples_per_second",
-                "peak_rss_mb", "trainable_params", "total_params", "trainable_percent", "precision", "model_flops"):
+    for key in ("steps", "wall_seconds", "train_seconds", "tokens_per_second", "supervised_tokens_per_second",
+                "samples_per_second", "peak_rss_mb", "trainable_params", "total_params", "trainable_percent",
+                "precision", "model_flops"):
         if key in train:
             lines.append(f"| {key} | {_fmt(train[key])} |")
     data = metrics.get("data", {})
     if data:
-        lines += ["", "## Data", "", "| split | records | examples | truncated | dropped (over length) | dropped (no supervised) | mean length |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "## Data", "", "| split | records | examples | truncated | dropped (over length) "
+                  "| dropped (no supervised) | mean length |", "|---|---|---|---|---|---|---|"]
         for split, s in data.items():
-            lines.append(f"| {split} | {s['records']} | {s['examples']} | {s['truncated']} | {s['dropped_overlength']} | "
-                         f"{s['dropped_no_supervised']} | {s.get('length_mean', '')} |")
+            lines.append(f"| {split} | {s['records']} | {s['examples']} | {s['truncated']} | "
+                         f"{s['dropped_overlength']} | {s['dropped_no_supervised']} | {s.get('length_mean', '')} |")
     if generations:
-        lines += ["", "## Generations on eval prompts (greedy)", "", "| # | prompt | reference | base | tuned |", "|---|---|---|---|---|"]
+        lines += ["", "## Generations on eval prompts (greedy)", "", "| # | question | reference | base | tuned |",
+                  "|---|---|---|---|---|"]
         for i, g in enumerate(generations, 1):
             ref = g.get("reference")
-            lines.append(f"| {i} | {_cell(g['prompt'], 100)} | {_cell(ref or '')} | {_marked(g['base'], ref)} | "
+            lines.append(f"| {i} | {_cell(question(g), 100)} | {_cell(ref or '')} | {_marked(g['base'], ref)} | "
                          f"{_marked(g['tuned'], ref)} |")
     if extra:  # a stage's own section (e.g. classification: per-class table, confusion matrices)
         lines += ["", extra]
@@ -81,4 +96,4 @@ def write_report(output_dir: Path, metrics: dict, generations: list[dict], histo
     if history:
         plot_loss(history, evals, metrics.get("eval_before"), metrics.get("eval_after"), output_dir / "loss.png")
     write_text_atomic(output_dir / "report.md", render_report(metrics, generations, cfg_text, extra))
-    write_json_atomic(output_dir / "metrics.json", metrics)
+    write_json_atomic(output_dir / "metrics.json", {**run_header(), **metrics})  # tuneforge_version, run_format
