@@ -101,3 +101,52 @@ def count_redactions(before: Any, after: Any) -> int:
     if isinstance(before, list | tuple) and isinstance(after, list | tuple):
         return sum(count_redactions(b, a) for b, a in zip(before, after, strict=False))
     return int(before != after)
+
+
+# A child process (`tuneforge compare` runs each method as `tuneforge train FILE`) gets its config file with
+# secrets masked and the masked values here: [{"path": [...], "masked": "***", "value": "the secret"}, ...].
+SECRETS_ENV = "TUNEFORGE_CONFIG_SECRETS"
+
+
+def secret_leaves(raw: Any) -> list[dict[str, Any]]:
+    """Every leaf of a plain config structure that `redact_config` masks: its path, masked form and value."""
+    leaves: list[dict[str, Any]] = []
+
+    def walk(before: Any, after: Any, path: list) -> None:
+        if isinstance(before, dict) and isinstance(after, dict):
+            for k in before:
+                walk(before[k], after.get(k), [*path, k])
+        elif isinstance(before, list | tuple) and isinstance(after, list | tuple):
+            for i, (b, a) in enumerate(zip(before, after, strict=False)):
+                walk(b, a, [*path, i])
+        elif before != after:
+            leaves.append({"path": path, "masked": after, "value": before})
+
+    walk(raw, redact_config(raw), [])
+    return leaves
+
+
+def restore_secrets(raw: Any, leaves: list[dict[str, Any]]) -> int:
+    """Put each leaf's value back where `raw` still holds its masked form (nothing else is changed); return
+    how many were restored."""
+    restored = 0
+    for leaf in leaves if isinstance(leaves, list) else []:
+        path = leaf.get("path") if isinstance(leaf, dict) else None
+        if not isinstance(path, list) or not path:
+            continue
+        node = raw
+        for part in path[:-1]:
+            node = _child(node, part)
+        last = path[-1]
+        if _child(node, last, missing := object()) is not missing and node[last] == leaf.get("masked"):
+            node[last] = leaf.get("value")
+            restored += 1
+    return restored
+
+
+def _child(node: Any, part: Any, default: Any = None) -> Any:
+    if isinstance(node, dict):
+        return node.get(part, default)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return default

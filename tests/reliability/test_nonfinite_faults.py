@@ -181,3 +181,53 @@ def test_weights_turned_nonfinite_by_an_update_are_never_saved(runs, monkeypatch
     ckpts = runs.base_dir / "run" / "checkpoints"
     assert [p.name for p in list_checkpoints(ckpts)] == (["step-0000002"] if save_steps else [])
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".")] if ckpts.exists() else True
+
+
+def _hf_run(make_config, tmp_path, bad_steps: set[int]) -> tuple[list[float], int, list[int]]:
+    """(learning rate logged at each step, scheduler steps taken, skipped steps) of a 5-step HF Trainer run of
+    the tiny model under tuneforge's GuardCallback, the loss NaN on `bad_steps` (the bridge dpo / grpo use)."""
+    from transformers import Trainer, TrainingArguments
+
+    from tuneforge.data.templates import build_pretrain_examples
+    from tuneforge.models import load_model, load_tokenizer
+    from tuneforge.train import hf_bridge
+
+    cfg = make_config(stage="dpo", training__max_steps=5, training__lr_scheduler="linear", training__warmup_ratio=0.0,
+                      training__batch_size=2, training__learning_rate=1e-2, training__save_steps=None,
+                      output_dir=str(tmp_path / "hf"))
+    tok = load_tokenizer(cfg.model)
+    rows = [e.input_ids for t in ("the sky is blue .", "the grass is green .", "the sun is yellow .", "hi there")
+            for e in build_pretrain_examples(tok, t, 64, split=False)]
+
+    class Poisoned(Trainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            loss = super().compute_loss(model, inputs, *args, **kwargs)
+            return loss * float("nan") if self.state.global_step + 1 in bad_steps else loss
+
+    def collate(batch):
+        width = max(len(ids) for ids in batch)
+        ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids in batch])
+        labels = torch.tensor([ids + [-100] * (width - len(ids)) for ids in batch])
+        return {"input_ids": ids, "labels": labels, "attention_mask": (labels != -100).long()}
+
+    torch.manual_seed(0)
+    guard = hf_bridge.GuardCallback(cfg.training.max_bad_steps)
+    args = TrainingArguments(**hf_bridge.to_trainer_args(cfg, tmp_path / "hf", "fp32"), remove_unused_columns=False)
+    trainer = Poisoned(model=load_model(cfg.model), args=args, train_dataset=rows * 4, data_collator=collate,
+                       callbacks=[guard])
+    trainer.train()
+    guard.raise_if_stopped()
+    lrs = [h["lr"] for h in hf_bridge.history_of(trainer)]
+    return lrs, trainer.lr_scheduler.state_dict()["last_epoch"], guard.skipped
+
+
+def test_a_skipped_step_on_the_hf_bridge_does_not_advance_the_lr_schedule(make_config, tmp_path):
+    """As in tuneforge's loop: the schedule moves with applied updates only, so the steps after a skipped one
+    get the learning rates an uninterrupted run gives its steps (here linear decay over 5 steps)."""
+    with one_thread():
+        clean, clean_epoch, _ = _hf_run(make_config, tmp_path / "clean", set())
+        with pytest.warns(UserWarning, match="step 3: non-finite"):
+            lrs, epoch, skipped = _hf_run(make_config, tmp_path / "bad", {3})
+    assert skipped == [3] and len(lrs) == len(clean) == 5 and len(set(clean)) == 5  # the schedule decays
+    assert lrs == [clean[0], clean[1], clean[2], clean[2], clean[3]]  # step 3 left the schedule where it was
+    assert (clean_epoch, epoch) == (5, 4)

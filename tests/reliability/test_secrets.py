@@ -97,7 +97,8 @@ def test_a_real_run_writes_no_secret_anywhere(tmp_path, make_config, tiny_model_
     assert _leaks(store_file.read_bytes(), _all_secrets()) == []  # what the MLflow server stored
     expected = {"events.out.tfevents", "train_log.jsonl", "config.yaml", "metrics.json", "report.md", "state.json",
                 "README.md", "template.json"}  # (sft writes no report.html; eval's is covered by redact_text)
-    written = {p.name if not p.name.startswith("events.out.tfevents") else "events.out.tfevents" for p in out.rglob("*")}
+    written = {p.name if not p.name.startswith("events.out.tfevents") else "events.out.tfevents"
+               for p in out.rglob("*")}
     assert expected <= written  # the scan covered every kind of output the promise names
     scanned = [p for p in [*out.rglob("*"), *cwd.rglob("*"), store_file] if p.is_file()]
     print(f"\nSECRETS scanned {len(scanned)} files, {sum(p.stat().st_size for p in scanned)} bytes, "
@@ -121,7 +122,8 @@ def test_a_real_run_writes_no_secret_anywhere(tmp_path, make_config, tiny_model_
         if "lora_" not in name:
             assert torch.equal(param, base[name.replace(".base_layer", "")]), name
     generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    assert generate(model, tokenizer, [g["prompt"] for g in generations], 8, "fp32") == [g["tuned"] for g in generations]
+    tuned = generate(model, tokenizer, [g["prompt"] for g in generations], 8, "fp32")
+    assert tuned == [g["tuned"] for g in generations]
 
 
 def _ppo_config(tmp_path: Path, **training) -> Config:
@@ -238,3 +240,41 @@ def test_redact_text_and_config(env_secrets):
     raw = {"a": {"api_key": "x1", "n_tokens": 5, "list": [{"password": ["p", 3]}]}, "u": URI, "api_token": None}
     assert redact_config(raw) == {"a": {"api_key": REDACTED, "n_tokens": 5, "list": [{"password": [REDACTED, 3]}]},
                                   "u": f"https://alice:{REDACTED}@mlflow.example.com/", "api_token": None}
+
+
+def test_compare_writes_no_secret_and_hands_it_to_each_run_through_the_environment(tmp_path, monkeypatch):
+    """`tuneforge compare` writes OUTPUT-compare/<method>.yaml for each method's `tuneforge train` process:
+    masked like a run's config.yaml, the masked values passed in the child's environment, where load_config
+    puts them back (and only where the file holds their masked form)."""
+    import tuneforge.compare as compare_module
+    from tuneforge.secrets import SECRETS_ENV
+
+    started: list[tuple[list[str], dict]] = []
+
+    class Child:  # stands in for `python -m tuneforge train FILE`: records how it was started, then fails
+        def __init__(self, cmd, env, **_kwargs):
+            started.append((cmd, env))
+            self.stdout, self.returncode = iter(["error: stand-in\n"]), 1
+
+        def wait(self):
+            return 1
+
+    monkeypatch.setattr(compare_module.subprocess, "Popen", Child)
+    cfg = _ppo_config(tmp_path)
+    out = tmp_path / "out-compare"
+    rows = compare_module.compare(cfg, ["lora"], {}, out)
+    assert rows[0]["status"].startswith("failed") and len(started) == 1
+    assert _scan(out, _all_secrets()) == {}  # <method>.yaml, config.yaml, compare.json, compare.md, the log
+    (cmd, env), path = started[0], out / "lora.yaml"
+    assert cmd[-2:] == ["train", str(path)] and path.read_text().startswith("# Secrets redacted")
+    assert _leaks(" ".join(cmd).encode(), _all_secrets()) == []  # not on the command line either
+
+    masked = load_config(path)
+    assert masked.training.mlflow_tracking_uri == f"https://alice:{REDACTED}@mlflow.example.com/"
+    monkeypatch.setenv(SECRETS_ENV, env[SECRETS_ENV])  # what the child process sees
+    child = load_config(path)
+    assert child.training.mlflow_tracking_uri == URI
+    assert child.ppo.rewards[0].kwargs == KWARG_SECRETS
+    assert child.model_dump(exclude={"output_dir", "overwrite"}) == cfg.model_dump(exclude={"output_dir", "overwrite"})
+    # an override still wins over a restored value
+    assert load_config(path, ["training.mlflow_tracking_uri=file:///x"]).training.mlflow_tracking_uri == "file:///x"

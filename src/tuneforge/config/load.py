@@ -1,20 +1,51 @@
 """Load a YAML config, apply `dotted.key=value` overrides, validate, and explain every error by key and line.
 
+A run's saved config.yaml starts with `tuneforge_version` and `run_format` (RUN_FORMAT; metrics.json carries
+the same `run_header()`): a run written by a newer format is refused in one line, a key that was removed or
+renamed since (RETIRED_KEYS) is named with what replaced it. A local `model:` path is made absolute when
+loaded and saved, so a run chained from another loads from any working directory.
+
     cfg = load_config("examples/quickstart.yaml", ["training.max_steps=10"])
 """
 
 from __future__ import annotations
 
 import difflib
+import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tuneforge import __version__
 from tuneforge.config.schema import METHOD_CONFIGS, STAGE_BLOCKS, Config
 from tuneforge.errors import ConfigError
-from tuneforge.secrets import count_redactions, is_secret_key, redact_config, redact_text
+from tuneforge.secrets import (
+    SECRETS_ENV,
+    count_redactions,
+    is_secret_key,
+    redact_config,
+    redact_text,
+    restore_secrets,
+)
+
+# The format of a run directory's files (config.yaml, metrics.json): raise it when their meaning changes, so
+# an older tuneforge refuses a newer run in one line instead of misreading it.
+RUN_FORMAT = 1
+# Keys that existed once: dotted key -> (the key that replaced it, or None when the value has no new home;
+# what to do now). A config (an old run's config.yaml included) that still has one loads with a warning.
+RETIRED_KEYS: dict[str, tuple[str | None, str]] = {
+    "training.packing": (None, "packing is always on since tuneforge 0.1; training.pack_length sets the "
+                               "packed row length"),
+}
+
+
+def run_header() -> dict[str, object]:
+    """What every run file (config.yaml, metrics.json) starts with: the tuneforge version and RUN_FORMAT."""
+    return {"tuneforge_version": __version__, "run_format": RUN_FORMAT}
 
 
 def _line_map(node: yaml.Node, prefix: str = "") -> dict[str, int]:
@@ -116,6 +147,66 @@ def _shown(loc: tuple[Any, ...], value: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+def _check_header(raw: dict[str, Any], where: str) -> bool:
+    """Pop the run header; refuse a run format newer than this tuneforge reads. True for a saved run."""
+    version, fmt = raw.pop("tuneforge_version", None), raw.pop("run_format", None)
+    if fmt is None:
+        return False
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise ConfigError(f"{where}: key 'run_format': expected a positive integer (got {str(fmt)[:40]!r})")
+    if fmt > RUN_FORMAT:
+        raise ConfigError(f"{where}: written by tuneforge {str(version)[:40]} (run format {fmt}); tuneforge "
+                          f"{__version__} reads run formats up to {RUN_FORMAT}: upgrade tuneforge to use this run")
+    return True
+
+
+def _retire_keys(raw: dict[str, Any], where: str, lines: dict[str, int]) -> None:
+    """Drop (or move, for a renamed key) every RETIRED_KEYS entry in `raw`, each with one warning line."""
+    for dotted, (new, why) in RETIRED_KEYS.items():
+        *parents, key = dotted.split(".")
+        node: Any = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
+            continue
+        value = node.pop(key)
+        at = f"{where}:{lines[dotted]}" if dotted in lines else where
+        if new is not None and value is not None:
+            *new_parents, new_key = new.split(".")
+            target: Any = raw
+            for part in new_parents:
+                target = target.setdefault(part, {}) if isinstance(target, dict) else None
+            if isinstance(target, dict) and new_key not in target:
+                target[new_key] = value
+            warnings.warn(f"{at}: key {dotted!r} was renamed to {new!r} ({why}); read as {new!r}", stacklevel=3)
+        else:
+            warnings.warn(f"{at}: key {dotted!r} was removed ({why}); ignored", stacklevel=3)
+
+
+def _is_path(name: str) -> bool:
+    return name.startswith((".", "~", os.sep)) or "/" in name or os.sep in name
+
+
+def local_model_path(name: Any, config_path: Path | None = None) -> Any:
+    """`model:` as an absolute path when it names a local directory or file (relative to the working
+    directory; for a config saved before run formats, failing that, to a directory above the config file,
+    where that run was started from); anything else (an alias, a hub id, a missing path) as it is. A bare
+    name (no slash) stays as written: it may be an alias."""
+    if not isinstance(name, str) or not name or not _is_path(name):
+        return name
+    try:
+        path = Path(name).expanduser()
+        if path.exists():
+            return os.path.abspath(path)
+        if config_path is not None and not path.is_absolute():
+            for base in Path(os.path.abspath(config_path)).parents:
+                if (base / path).exists():
+                    return os.path.normpath(base / path)
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, ~nosuchuser: not a local path
+        pass
+    return name
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     try:
@@ -139,11 +230,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (model, stage, method, data, ...)")
+    if os.environ.get(SECRETS_ENV):  # a parent (compare) wrote this file masked and passed the secrets here
+        try:
+            restore_secrets(raw, json.loads(os.environ[SECRETS_ENV]))
+        except ValueError:
+            raise ConfigError(f"environment variable {SECRETS_ENV} is not valid JSON") from None
     raw = apply_overrides(raw, overrides or [])
+    try:
+        lines = _line_map(node) if node is not None else {}
+    except RecursionError:
+        raise ConfigError(f"{path}: a value is nested too deeply (or refers to itself through a YAML alias)") from None
+    saved_run = _check_header(raw, str(path))
+    _retire_keys(raw, str(path), lines)
+    if "model" in raw:
+        raw["model"] = local_model_path(raw["model"], None if saved_run else path)
     if isinstance(raw.get("method"), dict):
         raw["method"].setdefault("name", "lora")  # the default method, as when `method:` is absent
     try:
-        lines = _line_map(node) if node is not None else {}
         return Config.model_validate(raw)
     except RecursionError:
         raise ConfigError(f"{path}: a value is nested too deeply (or refers to itself through a YAML alias)") from None
@@ -157,8 +260,10 @@ REDACTED_HEADER = ("# Secrets redacted: values of keys named like token/key/secr
 
 
 def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML (saved as output_dir/config.yaml), secrets masked; it still loads."""
-    raw = cfg.model_dump(mode="json")
+    """The resolved config as YAML (saved as output_dir/config.yaml) after the run header, a local model
+    path made absolute, secrets masked; it still loads."""
+    raw = {**run_header(), **cfg.model_dump(mode="json")}
+    raw["model"] = local_model_path(raw["model"])
     for key in STAGE_BLOCKS.values():  # the blocks of other stages are absent, not null
         if raw.get(key) is None:
             raw.pop(key, None)

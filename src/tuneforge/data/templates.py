@@ -4,10 +4,20 @@ The tokenizer's chat template is used when it has one; otherwise the alpaca temp
 installed as the tokenizer's chat template, so training, the saved run and inference render alike.
 Labels: only assistant turns are supervised, each through its end-of-turn token (EOS), never the
 whitespace after it. Masking is by position, so EOS is labelled even when pad == eos.
+
+Control tokens (`<|im_start|>`, `<|im_end|>`, BOS/EOS, ...) are special only where the template writes them:
+inside a message's content (or a raw text) they are tokenized as plain text, so a user turn can never close
+itself and open a forged system turn. Contents are escaped before rendering (each control token becomes a
+placeholder), the rendered text is tokenized as before, and each placeholder is tokenized on its own with
+`split_special_tokens=True`. A conversation without control tokens in its contents tokenizes exactly as
+it did without this step. `special_tokens_in_text=True` (config `data.special_tokens_in_text`) keeps the old
+behaviour for training data that is meant to carry them.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tuneforge.data.formats import Messages
@@ -51,6 +61,86 @@ def render(tokenizer, messages: Messages, add_generation_prompt: bool = False) -
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+# -- control tokens in text --------------------------------------------------------------------------------
+_OPEN, _CLOSE = "\ue000", "\ue001"  # Unicode private-use characters: no template writes them
+_PLACEHOLDER = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
+# What control tokens look like when no tokenizer is at hand (data check without --model): ChatML / Llama 3 /
+# Phi `<|...|>`, SentencePiece `<s>` `</s>`, Gemma `<start_of_turn>` `<end_of_turn>`.
+_CONTROL_SHAPES = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?s>|<(?:start|end)_of_turn>")
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """The strings this tokenizer turns into special tokens (the template's control tokens, BOS/EOS, ...),
+    longest first."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    tokens = {t.content for t in decoder.values() if getattr(t, "special", False)}
+    tokens.update(getattr(tokenizer, "all_special_tokens", None) or [])
+    return sorted((t for t in tokens if isinstance(t, str) and t), key=lambda t: (-len(t), t))
+
+
+def find_control_tokens(text: str, tokens: Iterable[str] | None = None) -> list[str]:
+    """The distinct control tokens in `text`, in order of first appearance: `tokens` (a tokenizer's
+    `control_tokens`), or without them the usual shapes (`<|...|>`, `<s>`, `</s>`, ...). Pure; `data check`
+    reports rows where this is not empty."""
+    if not isinstance(text, str) or not text:
+        return []
+    if tokens is None:
+        pattern = _CONTROL_SHAPES
+    else:
+        tokens = sorted(set(tokens), key=len, reverse=True)
+        if not tokens:
+            return []
+        pattern = re.compile("|".join(map(re.escape, tokens)))
+    return list(dict.fromkeys(m.group(0) for m in pattern.finditer(text)))
+
+
+def escape_messages(messages: Messages, tokens: Iterable[str]) -> tuple[Messages, list[str]]:
+    """(messages with every control token of their contents replaced by a placeholder, the replaced strings).
+    Render the escaped messages, then `encode(tokenizer, text, pieces)`."""
+    pieces: list[str] = []
+    tokens = [*sorted(set(tokens), key=len, reverse=True), _OPEN, _CLOSE]  # a stray placeholder char too
+    pattern = re.compile("|".join(map(re.escape, tokens)))
+
+    def hide(match: re.Match) -> str:
+        pieces.append(match.group(0))
+        return f"{_OPEN}{len(pieces) - 1}{_CLOSE}"
+
+    out = [{**m, "content": pattern.sub(hide, m["content"])} if isinstance(m.get("content"), str) else m
+           for m in messages]
+    return out, pieces
+
+
+def encode(tokenizer, text: str, pieces: list[str] | tuple[str, ...] = ()) -> list[int]:
+    """Token ids of rendered text: the template's own control tokens special, each escaped piece (see
+    `escape_messages`) plain text."""
+    if not text:
+        return []
+    if not pieces:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids: list[int] = []
+    for k, part in enumerate(_PLACEHOLDER.split(text)):
+        if k % 2:
+            ids += tokenizer(pieces[int(part)], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        elif part:
+            ids += tokenizer(part, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def encode_text(tokenizer, text: str, special_tokens_in_text: bool = False) -> list[int]:
+    """Token ids of raw text (a pretrain document, a completion prompt): control tokens in it are plain text
+    unless `special_tokens_in_text`."""
+    if not text:
+        return []
+    split = not special_tokens_in_text and bool(find_control_tokens(text, control_tokens(tokenizer)))
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=split)["input_ids"]
+
+
+def _escaped(tokenizer, messages: Messages, special_tokens_in_text: bool) -> tuple[Messages, list[str]]:
+    if special_tokens_in_text:
+        return list(messages), []
+    return escape_messages(messages, control_tokens(tokenizer))
+
+
 def _segments(tokenizer, messages: Messages, where: str) -> list[tuple[str, bool]]:
     """Split the rendered conversation into (text, supervised) pieces, one per assistant turn boundary."""
     pieces: list[tuple[str, bool]] = []
@@ -75,13 +165,16 @@ def _segments(tokenizer, messages: Messages, where: str) -> list[tuple[str, bool
     return pieces
 
 
-def build_sft_example(tokenizer, messages: Messages, where: str = "<sample>") -> Example:
-    """Tokenize each piece on its own (the prompt tokenizes exactly as at inference) and label by position."""
+def build_sft_example(tokenizer, messages: Messages, where: str = "<sample>",
+                      special_tokens_in_text: bool = False) -> Example:
+    """Tokenize each piece on its own (the prompt tokenizes exactly as at inference) and label by position.
+    Control tokens inside contents are plain text unless `special_tokens_in_text`."""
     eos = tokenizer.eos_token_id
     input_ids: list[int] = []
     labels: list[int] = []
+    messages, pieces = _escaped(tokenizer, messages, special_tokens_in_text)
     for text, supervised in _segments(tokenizer, messages, where):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        ids = encode(tokenizer, text, pieces)
         if supervised:
             # Supervise through the last EOS of the turn; what the template puts after it ("\n") is not
             # something the model must generate. A template without EOS gets one appended after the turn.
@@ -96,9 +189,29 @@ def build_sft_example(tokenizer, messages: Messages, where: str = "<sample>") ->
     return Example(input_ids, labels)
 
 
-def build_pretrain_examples(tokenizer, text: str, max_length: int, split: bool) -> list[Example]:
-    """Raw text + EOS, every token supervised; with `split`, long documents become max_length chunks."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def build_prompt_ids(tokenizer, messages: Messages, where: str = "request",
+                     special_tokens_in_text: bool = False) -> list[int]:
+    """Token ids of the prompt for the next assistant turn, tokenized as training tokenized the same
+    conversation: the history through the last assistant turn by `build_sft_example`, the rest in one piece.
+    (Tokenizing the whole text at once can differ: SmolLM2 with the alpaca template merges the blank line
+    after EOS.) Control tokens inside contents are plain text unless `special_tokens_in_text`."""
+    escaped, pieces = _escaped(tokenizer, messages, special_tokens_in_text)
+    text = render(tokenizer, escaped, add_generation_prompt=True)
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    if last < 0:
+        return encode(tokenizer, text, pieces)
+    done = render(tokenizer, escaped[: last + 1])
+    if not text.startswith(done):
+        raise DataError(f"{where}: the chat template renders this conversation differently from its history")
+    history = build_sft_example(tokenizer, messages[: last + 1], where, special_tokens_in_text)
+    return history.input_ids + encode(tokenizer, text[len(done) :], pieces)
+
+
+def build_pretrain_examples(tokenizer, text: str, max_length: int, split: bool,
+                            special_tokens_in_text: bool = False) -> list[Example]:
+    """Raw text + EOS, every token supervised; with `split`, long documents become max_length chunks.
+    Control tokens in the text are plain text unless `special_tokens_in_text`."""
+    ids = encode_text(tokenizer, text, special_tokens_in_text) + [tokenizer.eos_token_id]
     bos = tokenizer.bos_token_id
     if bos is not None and getattr(tokenizer, "add_bos_token", False):
         ids = [bos, *ids]

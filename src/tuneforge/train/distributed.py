@@ -13,8 +13,6 @@ Rank 0 alone logs, evaluates and writes; the others wait at a barrier.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import torch
 import torch.distributed as dist
@@ -102,8 +100,26 @@ def shutdown() -> None:
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:
-    """`tuneforge train --nproc N ...`: re-run the same command under torchrun (torch's own launcher)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "tuneforge", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
-    return subprocess.call(cmd, env=env)
+    """`tuneforge train --nproc N ...`: re-run the same command under torch's launcher (what `torchrun
+    --standalone --nproc_per_node N -m tuneforge ...` does), in this process so that the exit code is the
+    ranks' own: 2 for a user error, 128+N after signal N, not torchrun's 1 for any failure."""
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "tuneforge", *argv])
+    # what torch.distributed.run.run does for --standalone (torch 2.13): one node, a local c10d rendezvous
+    args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
+    config, cmd, cmd_args = config_from_args(args)
+    try:
+        elastic_launch(config=config, entrypoint=cmd)(*cmd_args)
+    except ChildFailedError as exc:
+        _, failure = exc.get_first_failure()  # the first rank to fail; the others were stopped after it
+        return 128 - failure.exitcode if failure.exitcode < 0 else failure.exitcode  # -N: killed by signal N
+    except SignalException as exc:  # the launcher itself got SIGINT/SIGTERM; the ranks were stopped
+        return 128 + int(exc.sigval)
+    return 0

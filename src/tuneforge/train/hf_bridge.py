@@ -1,8 +1,9 @@
 """Run a transformers / TRL Trainer (DPOTrainer, GRPOTrainer) under tuneforge's run contract: our config
 mapped to TrainingArguments fields, SIGINT/SIGTERM -> checkpoint + TrainingInterrupted, non-finite steps
-skipped (never applied, never saved) and NonFiniteLoss after training.max_bad_steps in a row, checkpoints
-marked complete so resume=auto never picks a half-written one, scalars to TensorBoard / MLflow through
-tuneforge's metric log, and the per-step history read back from the trainer.
+skipped (never applied, never saved, the learning-rate schedule not advanced) and NonFiniteLoss after
+training.max_bad_steps in a row, checkpoints marked complete so resume=auto never picks a half-written one,
+scalars to TensorBoard / MLflow through tuneforge's metric log, and the per-step history read back from the
+trainer.
 
     guard = GuardCallback(cfg.training.max_bad_steps, guards=run_guards(cfg))
     trainer = DPOTrainer(model, args=DPOConfig(**to_trainer_args(cfg, out, precision), beta=...),
@@ -93,6 +94,7 @@ class GuardCallback(TrainerCallback):
         self.checkpoint: str | None = None
         self.nonfinite_stop = False
         self._previous: dict[int, object] = {}
+        self._schedule: tuple[dict, list[float]] | None = None  # the LR schedule before a skipped step
 
     def _handler(self, signum, _frame) -> None:
         self.signum = signum
@@ -110,13 +112,18 @@ class GuardCallback(TrainerCallback):
             signal.signal(s, h)
         self._previous.clear()
 
-    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if all(bool(torch.isfinite(p.grad).all()) for p in params):
             self.bad_steps = 0
             return
         for p in params:  # after clipping a NaN norm spreads to every gradient; drop them all
             p.grad = None
+        # the Trainer steps the schedule after every optimizer step (transformers 5.25 checks only accelerate's
+        # fp16-overflow flag): put it back in on_step_end, so a skipped step does not use up the schedule,
+        # as in tuneforge's own loop
+        if lr_scheduler is not None:
+            self._schedule = (lr_scheduler.state_dict(), [g["lr"] for g in optimizer.param_groups])
         step = state.global_step + 1
         self.bad_steps += 1
         self.skipped.append(step)
@@ -133,7 +140,13 @@ class GuardCallback(TrainerCallback):
             for entry in (logs, state.log_history[-1]):
                 entry.update(loss=float("nan"), skipped_nonfinite=True)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if self._schedule is not None and lr_scheduler is not None:
+            saved, lrs = self._schedule
+            lr_scheduler.load_state_dict(saved)
+            for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+        self._schedule = None
         if self.signum is not None and not self.nonfinite_stop:
             control.should_save = True
             control.should_training_stop = True

@@ -1,0 +1,37 @@
+"""`tuneforge train --nproc N`: a user error inside the ranks exits 2, as it does in one process (torchrun
+alone turns every failing rank into 1), and dotted overrides may come after `--nproc`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tuneforge.cli import build_parser, parse
+
+
+def test_overrides_may_follow_nproc():
+    args = parse(build_parser(), ["train", "c.yaml", "a.b=1", "--nproc", "2", "training.max_steps=3", "--debug"])
+    assert args.nproc == 2 and args.overrides == ["a.b=1", "training.max_steps=3"] and args.debug
+    with pytest.raises(SystemExit) as info:  # anything else left over is still refused, exit 2
+        parse(build_parser(), ["train", "c.yaml", "--nproc", "2", "stray"])
+    assert info.value.code == 2
+
+
+def _train(path, *argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return subprocess.run([sys.executable, "-m", "tuneforge", "train", str(path), *argv], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_user_error_in_the_ranks_exits_2(make_config, tmp_path):
+    """A bad override reaches both ranks (it came after --nproc); each stops with a config error, exit 2."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(make_config().model_dump(mode="json")))
+    proc = _train(path, "--nproc", "2", "training.max_steps=lots")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "key 'training.max_steps'" in proc.stderr and "unrecognized arguments" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
