@@ -165,13 +165,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return run_plan(args.plan_args)
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Like parse_args, but `dotted.key=value` overrides may also follow an option (`train C --nproc 2 k=v`):
+    argparse ends a positional list at the first option, so what is left over is taken as overrides."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["plan"]:  # plan has its own option parser (run_plan)
         args = argparse.Namespace(fn=cmd_plan, plan_args=[a for a in argv[1:] if a != "--debug"],
                                   debug="--debug" in argv)
     else:
-        args = build_parser().parse_args(argv)
+        args = parse(build_parser(), argv)
     _quiet_libraries()
     try:
         return args.fn(args)

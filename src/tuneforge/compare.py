@@ -17,10 +17,11 @@ from typing import Any
 
 import yaml
 
-from tuneforge.config.load import dump_config
+from tuneforge.config.load import REDACTED_HEADER, dump_config
 from tuneforge.config.schema import METHOD_CONFIGS, Config
 from tuneforge.errors import ConfigError
 from tuneforge.fsutil import write_json_atomic, write_text_atomic
+from tuneforge.secrets import SECRETS_ENV, redact_config, secret_leaves
 
 # Sensible starting points for short CPU runs; `--lr method=value` or the config's own method override them.
 DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 2e-4, "qlora": 2e-4, "ia3": 3e-3, "adapter": 1e-3,
@@ -64,10 +65,16 @@ def _row(name: str, run: Path, seconds: float) -> dict[str, Any]:
 
 
 def run_one(name: str, raw: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Train one method in its own process. Its config file has secrets masked, as train's saved config.yaml
+    does; the masked values reach the child through the environment (SECRETS_ENV), never the disk."""
     path = out / f"{name}.yaml"
-    write_text_atomic(path, yaml.safe_dump(raw, sort_keys=False))
+    leaves = secret_leaves(raw)
+    header = REDACTED_HEADER if leaves else ""
+    write_text_atomic(path, header + yaml.safe_dump(redact_config(raw), sort_keys=False))
     started = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k != SECRETS_ENV} | {"PYTHONUNBUFFERED": "1"}
+    if leaves:
+        env[SECRETS_ENV] = json.dumps(leaves)
     log_path = out / f"{name}.log"
     with log_path.open("w") as log:  # the run's own output goes to the terminal and to the log
         proc = subprocess.Popen([sys.executable, "-m", "tuneforge", "train", str(path)], env=env,
@@ -164,7 +171,7 @@ def compare(cfg: Config, methods: list[str], lr: dict[str, float], output: Path)
         row = run_one(name, method_config(cfg, name, lr, output), output)
         print(f"[{i}/{len(methods)}] {name}: {row['status']} in {row['wall_seconds']:.0f}s", flush=True)
         rows.append(row)
-        write_json_atomic(output / "compare.json", {"config": cfg.model_dump(mode="json"), "rows": rows})
+        write_json_atomic(output / "compare.json", {"config": redact_config(cfg.model_dump(mode="json")), "rows": rows})
     plot(rows, output / "compare.png")
     write_text_atomic(output / "compare.md", render_markdown(rows, cfg))
     return rows

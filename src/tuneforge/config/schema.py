@@ -89,6 +89,9 @@ class DataConfig(Strict):
     # auto: the tokenizer's chat template when it has one, else the alpaca prompt template.
     template: Literal["auto", "chat", "alpaca"] = "auto"
     system_prompt: str | None = None
+    # false: control tokens written in data fields (`<|im_end|>`, `<|im_start|>system`) are plain text, so a row
+    # cannot forge a turn; true: they become the template's special tokens (data meant to carry them).
+    special_tokens_in_text: bool = False
     # Pretrain and classify: text column name; sft ignores it.
     text_field: str = "text"
     # Classify: label column, optional second text (pairs), and the label order (default: sorted labels

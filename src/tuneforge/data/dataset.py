@@ -72,13 +72,15 @@ def records_to_examples(cfg: Config, tokenizer, records: list[Record], stats: Da
         stats.records += 1
         if pretrain:
             chunks = build_pretrain_examples(
-                tokenizer, to_text(record, cfg.data.text_field), max_length, split=policy == "split"
+                tokenizer, to_text(record, cfg.data.text_field), max_length, split=policy == "split",
+                special_tokens_in_text=cfg.data.special_tokens_in_text,
             )
             stats.split_chunks += max(0, len(chunks) - 1)
         else:
             fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(record, "sft")
             formats.add(fmt)
-            chunks = [build_sft_example(tokenizer, to_messages(record, fmt, cfg.data.system_prompt), record.where)]
+            chunks = [build_sft_example(tokenizer, to_messages(record, fmt, cfg.data.system_prompt), record.where,
+                                        cfg.data.special_tokens_in_text)]
         for example in chunks:
             fitted = _fit(example, cfg, record.where, stats)
             if fitted is None:

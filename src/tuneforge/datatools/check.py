@@ -24,6 +24,7 @@ import numpy as np
 
 from tuneforge.data.load import BadLine, Item, line_of, where_template
 from tuneforge.data.records import DEFAULT_FIELDS, Fields, View, view_record
+from tuneforge.data.templates import control_tokens, find_control_tokens
 from tuneforge.datatools.dedup import DupIndex
 from tuneforge.errors import DataError
 from tuneforge.fsutil import save_figure_atomic
@@ -46,6 +47,8 @@ WARNINGS = {
     "over_max_length": "longer than max_length tokens (truncated or dropped in training)",
     "no_supervised_tokens": "no supervised token left within max_length",
     "single_label": "only one label value", "rare_label": "a label with fewer than 2 records (cannot be split)",
+    "control_tokens": "text contains chat-template control tokens (plain text in training unless "
+                      "data.special_tokens_in_text=true)",
 }
 
 
@@ -156,6 +159,7 @@ def check_records(items: Iterable[Item], stage: str, *, tokenizer=None, max_leng
     lines, lengths, label_ids = array("I"), array("I"), {}
     supervised = total = 0
     where_of: Callable[[int], str] | None = None
+    controls = control_tokens(tokenizer) if tokenizer is not None else None  # None: the usual shapes
     with index:
         for item in items:
             report.records += 1
@@ -169,6 +173,8 @@ def check_records(items: Iterable[Item], stage: str, *, tokenizer=None, max_leng
                 report.add(issue.kind, item.where, issue.message)
             if view is None:
                 continue
+            if found := find_control_tokens(view.text, controls):
+                report.add("control_tokens", item.where, "contains " + ", ".join(found[:3]))
             if tokenizer is not None:
                 try:
                     n, n_sup, n_sup_kept = _token_stats(view, tokenizer, max_length)

@@ -2,8 +2,10 @@
 
 Prompts are built and tokenized exactly as training built them (the same `render` and, for earlier turns,
 the same per-segment tokenization as `build_sft_example`), so the model sees at inference the tokens it
-was trained on. One generation at a time (a lock); greedy unless a temperature is given; bounded input and
-output; text is streamed through a transformers streamer as it is decoded.
+was trained on. Control tokens a client writes into a message (`<|im_end|>`, `<|im_start|>system`) or a
+completion prompt are plain text, never the template's special tokens: a request cannot forge a turn.
+One generation at a time (a lock); greedy unless a temperature is given; bounded input and output; text is
+streamed through a transformers streamer as it is decoded.
 
     engine = load_engine("runs/quickstart"); engine.generate(engine.chat_prompt_ids(messages), Params(64))
 """
@@ -20,7 +22,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from tuneforge.data.formats import ROLES, Messages
-from tuneforge.data.templates import apply_template, build_sft_example, render
+from tuneforge.data.templates import apply_template, build_prompt_ids, encode_text, render
 from tuneforge.errors import ModelError, UserError
 from tuneforge.stage_info import STAGE_INFO, stage_info
 
@@ -106,36 +108,22 @@ class Engine:
         return render(self.tokenizer, self.with_system(messages), add_generation_prompt=True)
 
     def chat_prompt_ids(self, messages: Messages) -> list[int]:
-        """Token ids of the prompt for the next assistant turn, tokenized piece by piece as in training: the
-        history through the last assistant turn by `build_sft_example`, the rest in one piece. (Tokenizing the
-        whole text at once can differ: SmolLM2 with the alpaca template merges the blank line after EOS.)"""
+        """Token ids of the prompt for the next assistant turn, tokenized piece by piece as in training
+        (`build_prompt_ids`); control tokens inside the messages are plain text, always."""
         check_messages(messages)
-        messages = self.with_system(messages)
-        text = render(self.tokenizer, messages, add_generation_prompt=True)
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
-        if last < 0:
-            return self._encode(text)
-        history = messages[: last + 1]
-        done = render(self.tokenizer, history)
-        if not text.startswith(done):
-            raise RequestError("the chat template renders this conversation differently from its history",
-                               param="messages")
         try:
-            ids = build_sft_example(self.tokenizer, history, "request").input_ids
+            return build_prompt_ids(self.tokenizer, self.with_system(messages), "request")
         except UserError as exc:
             raise RequestError(str(exc), param="messages") from None
-        return ids + self._encode(text[len(done) :])
 
     def text_prompt_ids(self, text: str) -> list[int]:
-        """A raw completion prompt, tokenized with the tokenizer's own special tokens (e.g. BOS) as in pretrain."""
-        ids = self._encode(text)
+        """A raw completion prompt, tokenized with the tokenizer's own special tokens (e.g. BOS) as in pretrain;
+        control tokens inside the text are plain text, as pretrain data is by default."""
+        ids = encode_text(self.tokenizer, text)
         bos = self.tokenizer.bos_token_id
         if bos is not None and getattr(self.tokenizer, "add_bos_token", False) and ids[:1] != [bos]:
             ids = [bos, *ids]
         return ids
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     # -- generation ----------------------------------------------------------------------------------------
     def check(self, prompt_ids: list[int], max_new_tokens: int, param: str = "messages") -> None:
