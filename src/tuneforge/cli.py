@@ -3,8 +3,8 @@
     tuneforge train CONFIG.yaml [dotted.key=value ...] [--debug]
     tuneforge validate CONFIG.yaml [dotted.key=value ...]
     tuneforge merge RUN_DIR [--output DIR]
-    tuneforge plan --model MODEL [--method M] [--batch-size B --seq-len L --budget-gb G]
-    tuneforge compare CONFIG.yaml --methods full,lora,... [--lr full=5e-5]
+    tuneforge plan [CONFIG.yaml] [model=M method.name=lora method.r=8 training.batch_size=4 ...] [--budget-gb G]
+    tuneforge compare CONFIG.yaml [--methods full,lora,...] [--lr full=5e-5]
     tuneforge predict RUN_DIR --input FILE [--output FILE] [--base]
     tuneforge data check|prepare|bias ...        (tuneforge.datatools.cli)
     tuneforge chat RUN_DIR|MODEL [--system TEXT] [--max-tokens N]   (tuneforge.inference.cli)
@@ -85,19 +85,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tuneforge.compare import compare, parse_lr
+    from tuneforge.config.checks import check_config
     from tuneforge.config.load import load_config
-    from tuneforge.methods import check_compat
-    from tuneforge.stages.lm import check_config
+    from tuneforge.methods import METHODS, check_compat
 
     cfg = load_config(args.config, args.overrides)
     check_config(cfg)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.methods is None:  # every method the stage supports
+        methods = [name for name, method in METHODS.items() if cfg.stage in method.stages]
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for name in methods:  # the whole table is checked before the first run starts
         check_compat(name, cfg.stage)
     output = Path(args.output or f"{cfg.output_dir}-compare")
     rows = compare(cfg, methods, parse_lr(args.lr), output)
     failed = [r["method"] for r in rows if r["status"] != "ok"]
-    print(f"wrote {output}/compare.md, compare.json, compare.png" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(f"wrote {output}/compare.md, compare.json, compare.png"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 0 if not failed else 1
 
 
@@ -130,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
     sub.choices["train"].add_argument("--nproc", type=int, default=1, help="processes on this machine (data "
                                       "parallel; re-runs itself under torchrun; see docs/distributed.md)")
-    sub.add_parser("plan", help="estimate parameters and memory per method from a config, without loading weights",
-                   add_help=False)
+    sub.add_parser("plan", help="parameters and memory per method from a config (or model=... method.r=8 keys), "
+                   "without loading weights", add_help=False)
     p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into a standalone model, verified")
     p.add_argument("run_dir")
     p.add_argument("--output", help="default: RUN_DIR/merged")
@@ -141,12 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run several methods on the same data and budget; tabulate cost and gain")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides applied to every method")
-    p.add_argument("--methods", default="full,freeze,lora,qlora,ia3,adapter,prefix,prompt")
+    p.add_argument("--methods", help="comma-separated method names (default: every method in "
+                   "tuneforge.methods.METHODS that supports the config's stage)")
     p.add_argument("--lr", help="per-method learning rates, e.g. full=5e-5,prompt=3e-2")
     p.add_argument("--output", help="default: OUTPUT_DIR-compare")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("predict", help="label a CSV/JSONL file with a classify run (labels + probabilities, input order)")
+    p = sub.add_parser("predict",
+                       help="label a CSV/JSONL file with a classify run (labels + probabilities, input order)")
     p.add_argument("run_dir")
     p.add_argument("--input", required=True, help="CSV or JSONL with the run's text column(s)")
     p.add_argument("--output", help="CSV or JSONL file (by suffix); default: stdout in the input's format")

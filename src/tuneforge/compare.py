@@ -21,32 +21,35 @@ from tuneforge.config.load import REDACTED_HEADER, dump_config
 from tuneforge.config.schema import METHOD_CONFIGS, Config
 from tuneforge.errors import ConfigError
 from tuneforge.fsutil import write_json_atomic, write_text_atomic
+from tuneforge.methods import METHODS
 from tuneforge.secrets import SECRETS_ENV, redact_config, secret_leaves
 
-# Sensible starting points for short CPU runs; `--lr method=value` or the config's own method override them.
-DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 2e-4, "qlora": 2e-4, "ia3": 3e-3, "adapter": 1e-3,
-              "prefix": 1e-2, "prompt": 3e-2}
 STORED = {"adapter_model.safetensors", "bottleneck_adapter.safetensors", "model.safetensors"}
 
 
 def method_config(cfg: Config, name: str, lr: dict[str, float], out: Path) -> dict[str, Any]:
+    """The config for one method: the user's method options carry over to a method of the same kind (lora ->
+    qlora share LoraConfig); another method starts from its defaults and its own default learning rate
+    (`--lr method=value` overrides both)."""
     raw = cfg.model_dump(mode="json")
     if name != cfg.method.name:
-        lora_like = name in ("lora", "qlora") and cfg.method.name in ("lora", "qlora")
-        raw["method"] = {**raw["method"], "name": name} if lora_like else {"name": name}
+        new, old = METHOD_CONFIGS[name], type(cfg.method)
+        same_kind = issubclass(new, old) or issubclass(old, new)
+        raw["method"] = {**raw["method"], "name": name} if same_kind else {"name": name}
+        raw["training"]["learning_rate"] = METHODS[name].default_lr
     if name in lr:
         raw["training"]["learning_rate"] = lr[name]
-    elif name != cfg.method.name:
-        raw["training"]["learning_rate"] = DEFAULT_LR[name]
     raw["output_dir"] = str(out / name)
     raw["resume"], raw["overwrite"] = None, True
     return raw
 
 
 def stored_bytes(run: Path, metrics: dict) -> tuple[int, str]:
-    """What must be kept per task: the adapter file, or the whole model; for freeze, its trainable tensors."""
-    if metrics["method"] == "freeze":
-        return metrics["train"]["trainable_params"] * 4, "trainable tensors (fp32), computed"
+    """What must be kept per task: the adapter file, or the whole model; for a method that saves the whole
+    model but trains part of it (freeze), its trainable tensors."""
+    train = metrics["train"]
+    if METHODS[metrics["method"]].saves_whole_model and train["trainable_params"] < train["total_params"]:
+        return train["trainable_params"] * 4, "trainable tensors (fp32), computed"
     files = [p for p in run.iterdir() if p.name in STORED]
     return sum(p.stat().st_size for p in files), "+".join(p.name for p in files)
 

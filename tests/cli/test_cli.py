@@ -52,7 +52,7 @@ def test_malformed_data_exit_2_and_output_dir_untouched(tmp_path, make_config):
 def test_missing_model_dir(tmp_path, make_config):
     path = _config(tmp_path, make_config, model=str(tmp_path / "nope"))
     result = _run("train", str(path))
-    assert result.returncode == 2 and "no such directory" in result.stderr
+    assert result.returncode == 2 and "no such run or model directory" in result.stderr
 
 
 def test_non_empty_output_dir_is_refused(tmp_path, make_config):
@@ -83,10 +83,10 @@ def test_empty_data_file(tmp_path, make_config):
 
 
 def test_plan_through_the_cli():
-    result = _run("plan", "--model", "llama-2-7b", "--method", "lora", "--json")
+    result = _run("plan", "model=llama-2-7b", "method.name=lora", "--json")
     assert result.returncode == 0, result.stderr
     assert "4,194,304" in result.stdout or "4194304" in result.stdout
-    bad = _run("plan", "--model", "gpt-17")
+    bad = _run("plan", "model=gpt-17")
     assert bad.returncode == 2 and "unknown model 'gpt-17'" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -1,5 +1,6 @@
-"""merge: merged model == adapter model (reloaded from disk, fp32, 1e-4) for every mergeable method, and a
-clear refusal for the others. compare: a complete table on the tiny model, surviving a failing method."""
+"""merge: merged model == adapter model (reloaded from disk, fp32, 1e-4) for every mergeable method, a reward
+run included (reloaded as the scorer it is), and a clear refusal for the others. compare: a complete table on
+the tiny model, surviving a failing method; methods it switches to start from their own default rate."""
 
 import json
 import subprocess
@@ -8,10 +9,14 @@ import sys
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+import tiny
+from tuneforge import compare as compare_module
+from tuneforge.compare import method_config
 from tuneforge.errors import UserError
 from tuneforge.export.merge import _logits, merge
+from tuneforge.methods import METHODS
 from tuneforge.runs import load_run
 from tuneforge.stages import STAGES
 
@@ -31,6 +36,35 @@ def test_merge_equals_adapter(method, make_config, tmp_path):
     assert torch.allclose(_logits(model, tok, texts), _logits(merged, tok, texts), atol=1e-4, rtol=0)
     assert json.loads((out / "merge.json").read_text())["max_abs_logit_diff"] <= 1e-4
     assert not any("lora" in k or "ia3" in k for k in merged.state_dict())
+
+
+def test_merge_of_a_reward_lora_run_is_the_same_scorer(make_config, tmp_path):
+    """A reward run is a scorer: merge reloads it with its sequence-classification head, and the merged model's
+    scores equal the adapter model's (it used to be reloaded as a causal LM)."""
+    rows = [{"prompt": "what is it", "chosen": f"{w} thanks", "rejected": w} for w in tiny.FILLER * 2]
+    data = tiny.write_jsonl(tmp_path / "pairs.jsonl", rows)
+    run = STAGES["reward"](make_config(stage="reward", data__train=str(data), data__eval=None, training__max_steps=4,
+                                       training__learning_rate=1e-2, eval__before=False))
+    out = merge(run, tmp_path / "merged")
+    model, tok, _ = load_run(run)
+    merged = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32).eval()
+    texts = ["what is it fine thanks", "what is it the cat", "one two three"]
+    want, got = _logits(model, tok, texts), _logits(merged, tok, texts)
+    assert want.shape == (3, 1) and torch.allclose(want, got, atol=1e-4, rtol=0)
+    assert json.loads((out / "merge.json").read_text())["max_abs_logit_diff"] <= 1e-4
+    assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_compare_switches_methods_with_their_own_default_learning_rate(make_config, tmp_path):
+    cfg = make_config(method={"name": "lora", "r": 4, "target_modules": "all-linear"})
+    assert not hasattr(compare_module, "DEFAULT_LR")  # the methods carry their rate
+    for name in METHODS:
+        raw = method_config(cfg, name, {}, tmp_path)
+        want = cfg.training.learning_rate if name == "lora" else METHODS[name].default_lr
+        assert raw["training"]["learning_rate"] == want and raw["method"]["name"] == name
+    assert method_config(cfg, "qlora", {}, tmp_path)["method"]["r"] == 4  # same kind: the options carry over
+    assert method_config(cfg, "ia3", {}, tmp_path)["method"] == {"name": "ia3"}  # another kind: its defaults
+    assert method_config(cfg, "ia3", {"ia3": 1e-2}, tmp_path)["training"]["learning_rate"] == 1e-2
 
 
 @pytest.mark.parametrize("name", ["adapter", "prompt", "full"])

@@ -100,6 +100,16 @@ def test_unmergeable_method_is_refused_before_loading(method, make_config, tmp_p
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
 
+@pytest.mark.parametrize("stage", ["classify", "reward"])
+def test_a_run_that_does_not_generate_is_refused_before_loading(stage, make_config, tmp_path):
+    """Which stages export is the stage record's answer (a classifier or a scorer is no GGUF causal LM)."""
+    run = tmp_path / "run"
+    write_text_atomic(run / "config.yaml", dump_config(make_config(stage=stage)))
+    with pytest.raises(UserError, match=f"causal-LM runs \\(sft, pretrain, dpo, ppo, grpo\\), not stage '{stage}'"):
+        export_gguf(run, "f16")
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
 def test_cli_exit_codes(run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)  # in process: leave global warning state alone
     assert cli.main(["export", str(run), "--output", str(tmp_path / "x.bin")]) == 2

@@ -269,7 +269,7 @@ def test_archive_members_that_escape_are_refused(tmp_path, monkeypatch):
             archive.writestr("config.json", "{}")
             archive.writestr(member, "escaped")
         monkeypatch.setitem(model_load.ALIASES, "evil", model_load.Alias("evil_pkg", "model.zip", "pip install evil"))
-        monkeypatch.setattr(model_load, "_package_dir", lambda alias, name, w=wheel: w)
+        monkeypatch.setattr("tuneforge.models.hub._package_dir", lambda alias, name, w=wheel: w)
         with pytest.raises(ModelError, match="would extract outside"):
             model_load.resolve_model("evil")
         assert not list(tmp_path.rglob("*escaped.txt")), member

@@ -25,7 +25,7 @@ def _cfg(tmp_path, text=BASE):
 
 def test_loads_with_defaults(tmp_path):
     cfg = load_config(_cfg(tmp_path))
-    assert cfg.method.name == "lora" and cfg.method.target_modules == ["q_proj", "v_proj"]
+    assert cfg.method.name == "lora" and cfg.method.target_modules is None  # None: the architecture's default
     assert cfg.training.learning_rate == 1e-4 and cfg.training.precision == "auto"
 
 

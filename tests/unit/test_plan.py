@@ -1,5 +1,6 @@
-"""`tuneforge plan`: parameter counts against peft and known model totals, memory arithmetic, and the
-activation formula against what autograd really keeps (saved-tensor hooks) on a tiny Llama."""
+"""`tuneforge plan`: parameter counts (the real methods applied on the meta device) against peft and known
+model totals, the config-key command line, memory arithmetic, and the activation formula against what
+autograd really keeps (saved-tensor hooks) on a tiny Llama."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tuneforge.errors import UserError
+from tuneforge.config.schema import METHOD_CONFIGS
+from tuneforge.errors import ConfigError, UserError
+from tuneforge.methods import METHODS, MethodContext, count_params
 from tuneforge.plan import build_meta_model, estimate, load_arch_config, run_plan
 from tuneforge.plan.memory import NF4_BYTES_PER_PARAM
 
@@ -39,7 +42,8 @@ def test_llama2_7b_lora_reproduces_peft_published_count():
     r = estimate("llama-2-7b", "lora", batch_size=1, seq_len=8, r=8, target_modules=["q_proj", "v_proj"])
     assert peft_line(r["trainable_params"], r["total_params"]) == (
         "trainable params: 4,194,304 || all params: 6,742,609,920 || trainable%: 0.0622")
-    assert r["counted_by"] == "peft on meta device"
+    assert r["counted_by"] == "tuneforge's lora applied on the meta device"
+    assert r["method_params"]["target_modules"] == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN_TOTALS))
@@ -72,7 +76,7 @@ def test_local_directory_with_config_json(tiny_model_dir):
 
 def test_unknown_model_names_the_known_ones(tmp_path):
     with pytest.raises(UserError, match="llama-2-7b.*smollm2-135m") as err:
-        run_plan(["--model", "gpt-17"])
+        run_plan(["model=gpt-17"])
     assert err.value.exit_code == 2
     with pytest.raises(UserError, match="no config.json"):
         load_arch_config(str(tmp_path))
@@ -84,15 +88,15 @@ def _real_peft_counts(config: LlamaConfig, peft_config) -> tuple[int, int]:
     return model.get_nb_trainable_parameters()
 
 
-# method, estimate kwargs, the peft config tuneforge means, the analytic count from docs/plan.md
+# method, estimate kwargs (the config's keys), the peft config tuneforge means, the analytic count from docs/plan.md
 PEFT_CASES = [
     ("lora", {}, lambda: peft.LoraConfig(r=8, task_type="CAUSAL_LM"), L * 8 * ((H + H) + (H + KV))),
     ("lora", {"target_modules": "all-linear"}, lambda: peft.LoraConfig(r=8, target_modules="all-linear"),
      L * 8 * (2 * (H + H) + 2 * (H + KV) + 2 * (H + INTER) + (INTER + H))),
-    ("dora", {}, lambda: peft.LoraConfig(r=8, use_dora=True), L * (8 * ((H + H) + (H + KV)) + H + KV)),
+    ("lora", {"use_dora": True}, lambda: peft.LoraConfig(r=8, use_dora=True), L * (8 * ((H + H) + (H + KV)) + H + KV)),
     ("ia3", {}, lambda: peft.IA3Config(task_type="CAUSAL_LM"), L * (KV + KV + INTER)),  # k, v out; down_proj in
-    ("prefix", {}, lambda: peft.PrefixTuningConfig(num_virtual_tokens=20, task_type="CAUSAL_LM"), 20 * L * 2 * KV),
-    ("prompt", {}, lambda: peft.PromptTuningConfig(num_virtual_tokens=20, task_type="CAUSAL_LM"), 20 * H),
+    ("prefix", {}, lambda: peft.PrefixTuningConfig(num_virtual_tokens=16, task_type="CAUSAL_LM"), 16 * L * 2 * KV),
+    ("prompt", {}, lambda: peft.PromptTuningConfig(num_virtual_tokens=16, task_type="CAUSAL_LM"), 16 * H),
 ]
 
 
@@ -112,15 +116,28 @@ def test_qlora_trains_what_lora_trains_on_a_4bit_base():
     assert qlora["gib"]["weights"] < lora["gib"]["weights"] / 3
 
 
-@pytest.mark.parametrize("tied,n,expected", [(False, 1, 1 * (2 * H * H + 2 * H * KV + 3 * H * INTER + 2 * H) + VOCAB * H),
-                                             (True, 2, 2 * (2 * H * H + 2 * H * KV + 3 * H * INTER + 2 * H))])
-def test_freeze_trains_last_blocks_and_an_untied_head(tied, n, expected):
-    r = estimate(tiny_config(tied), "freeze", batch_size=1, seq_len=8, freeze_last_n=n)
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_counts_what_its_real_apply_trains_on_a_real_model(name):
+    """The meta-device count is what METHODS[name].apply does to a real (allocated) model: no second recipe."""
+    torch.manual_seed(0)
+    real = METHODS[name].apply(LlamaForCausalLM(tiny_config()), METHOD_CONFIGS[name](), MethodContext("unused"))
+    r = estimate(tiny_config(), name, batch_size=1, seq_len=8)
+    assert (r["trainable_params"], r["total_params"]) == count_params(real)
+    assert r["trainable_params"] > 0
+
+
+BLOCK = 2 * H * H + 2 * H * KV + 3 * H * INTER + 2 * H
+
+
+@pytest.mark.parametrize("tied,n,modules,expected", [(False, 1, [], BLOCK), (False, 1, ["lm_head"], BLOCK + VOCAB * H),
+                                                     (True, 2, [], 2 * BLOCK)])
+def test_freeze_trains_last_blocks_and_named_modules(tied, n, modules, expected):
+    r = estimate(tiny_config(tied), "freeze", batch_size=1, seq_len=8, last_n_layers=n, modules=modules)
     assert r["trainable_params"] == expected
 
 
 def test_adapter_is_two_bottlenecks_per_block():
-    r = estimate(tiny_config(), "adapter", batch_size=1, seq_len=8, adapter_size=16)
+    r = estimate(tiny_config(), "adapter", batch_size=1, seq_len=8, size=16)
     assert r["trainable_params"] == L * 2 * (H * 16 + 16 + 16 * H + H)
     assert r["total_params"] == r["base_params"] + r["trainable_params"]
 
@@ -156,22 +173,65 @@ def test_fits_against_budget(capsys):
     assert estimate("smollm2-135m", "lora", batch_size=1, seq_len=64, budget_gb=64)["fits"] is True
     assert estimate("llama-2-7b", "full", batch_size=1, seq_len=64, budget_gb=64)["fits"] is False
     assert estimate("llama-2-7b", "full", batch_size=1, seq_len=64)["fits"] is None
-    assert run_plan(["--model", "llama-2-7b", "--method", "full,qlora", "--budget-gb", "24", "--seq-len", "256",
-                     "--batch-size", "1", "--precision", "bf16", "--json"]) == 0
+    assert run_plan(["model=llama-2-7b", "method.name=full,qlora", "--budget-gb", "24", "training.max_length=256",
+                     "training.batch_size=1", "training.precision=bf16", "--json"]) == 0
     rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["full"]["fits"] is False and rows["qlora"]["fits"] is True
+    settings = rows["full"]["settings"]
+    assert (settings["precision"], settings["seq_len"], settings["batch_size"]) == ("bf16-mixed", 256, 1)
 
 
 def test_table_lists_every_method_and_unsupported_ones_say_why(capsys):
-    assert run_plan(["--model", "distilbert", "--batch-size", "2", "--seq-len", "32", "--budget-gb", "8"]) == 0
+    assert run_plan(["model=distilbert", "training.batch_size=2", "training.max_length=32", "--budget-gb", "8"]) == 0
     out = capsys.readouterr().out
-    for method in ("full", "freeze", "lora", "dora", "qlora", "ia3", "adapter", "prefix", "prompt"):
+    for method in METHODS:
         assert method in out
-    assert "prefix: prefix tuning needs a decoder" in out
-    with pytest.raises(UserError, match="prefix tuning needs a decoder"):
-        run_plan(["--model", "distilbert", "--method", "prefix"])
-    with pytest.raises(UserError, match="peft rejected"):
-        run_plan(["--model", "smollm2-135m", "--method", "lora", "--target-modules", "no_such_proj"])
+    # an encoder plans for classify: the compatibility table refuses what training would refuse
+    assert "prefix: method 'prefix' does not support stage 'classify'" in out
+    with pytest.raises(ConfigError, match="method 'prefix' does not support stage 'classify'"):
+        run_plan(["model=distilbert", "method.name=prefix"])
+    with pytest.raises(ConfigError, match="no_such_proj match no layer.*k_proj, lm_head, o_proj, q_proj"):
+        run_plan(["model=smollm2-135m", "method.name=lora", "method.target_modules=[no_such_proj]"])
+
+
+def _json_rows(capsys, argv: list[str]) -> dict[str, dict]:
+    assert run_plan([*argv, "--json"]) == 0
+    return {r["method"]: r for r in json.loads(capsys.readouterr().out)}
+
+
+def test_plan_takes_the_config_file_and_its_keys(tmp_path, capsys):
+    """`tuneforge plan CONFIG [key=value ...]` plans the config's own method; the same keys without a file
+    give the same figures; method.name=all or a list makes a table where each method takes the options it has."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: smollm2-135m-instruct\nstage: sft\nmethod: {name: lora, r: 16, target_modules: all-linear}\n"
+                   "data: {train: train.jsonl}\ntraining: {batch_size: 2, max_length: 128}\noutput_dir: runs/x\n")
+    from_file = _json_rows(capsys, [str(cfg), "training.precision=fp32"])
+    keys = _json_rows(capsys, ["model=smollm2-135m-instruct", "method.name=lora", "method.r=16",
+                               "method.target_modules=all-linear", "training.batch_size=2",
+                               "training.max_length=128", "training.precision=fp32"])
+    assert list(from_file) == ["lora"] and from_file == keys
+    assert from_file["lora"]["trainable_params"] == 30 * 16 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536))
+    table = _json_rows(capsys, [str(cfg), "method.name=lora,qlora,ia3"])
+    assert table["qlora"]["trainable_params"] == table["lora"]["trainable_params"]  # r 16 all-linear carried over
+    assert table["ia3"]["method_params"]["target_modules"] == ["down_proj", "k_proj", "v_proj"]  # its own defaults
+    with pytest.raises(ConfigError, match="unknown key 'methd'; did you mean 'method'"):
+        run_plan(["model=smollm2-135m", "methd.r=8"])
+    with pytest.raises(ConfigError, match="missing key 'model'"):
+        run_plan(["method.name=lora"])
+    with pytest.raises(ConfigError, match="method 'lora'.*method.r"):
+        run_plan(["model=smollm2-135m", "method.name=lora", "method.r=0"])
+
+
+def test_cli_plan_exit_codes(capsys, monkeypatch):
+    from tuneforge import cli
+
+    monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
+    assert cli.main(["plan", "model=minilm-l6", "stage=classify", "method.name=lora", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["method_params"]["target_modules"] == ["query", "value"]  # peft's BERT default, not q_proj/v_proj
+    assert row["settings"]["task"] == "SEQ_CLS"
+    assert cli.main(["plan", "model=minilm-l6", "method.name=lora", "method.target_modules=[q_proj]"]) == 2
+    assert "match no layer" in capsys.readouterr().err
 
 
 def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch: int, seq: int) -> int:
@@ -188,7 +248,8 @@ def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        seen[t.untyped_storage().data_ptr()] = max(seen.get(t.untyped_storage().data_ptr(), 0), t.untyped_storage().nbytes())
+        ptr = t.untyped_storage().data_ptr()
+        seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
         return t
 
     ids = torch.randint(0, config.vocab_size, (batch, seq))
@@ -206,7 +267,8 @@ def test_activation_formula_matches_saved_tensors(method, precision):
     config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=128, tie_word_embeddings=True)
     batch, seq = 2, 64
-    r = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision, freeze_last_n=1)
+    r = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision,
+                 **({"last_n_layers": 1} if method == "freeze" else {}))
     head_copy = 2 * 128 * 256 if precision != "fp32" else 0
     predicted = r["bytes"]["activations_layers"] + batch * seq * 4 * 128 + head_copy
     assert predicted == pytest.approx(_saved_tensor_bytes(config, method, precision, batch, seq), rel=0.1)

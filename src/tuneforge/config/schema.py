@@ -31,7 +31,9 @@ class LoraConfig(Strict):
     r: int = Field(8, ge=1)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    # None: per architecture (peft's mapping, e.g. Llama q_proj/v_proj, BERT query/value; else the attention's
+    # linear layers); a list of layer names; or all-linear.
+    target_modules: list[str] | Literal["all-linear"] | None = None
     bias: Literal["none", "all", "lora_only"] = "none"
     use_dora: bool = False
     use_rslora: bool = False
@@ -47,7 +49,8 @@ class QLoraConfig(LoraConfig):
 
 class IA3Config(Strict):
     name: Literal["ia3"] = "ia3"
-    target_modules: list[str] | None = Field(None, description="default: peft's per-architecture choice")
+    target_modules: list[str] | None = Field(None, description="default: peft's per-architecture choice, else the "
+                                             "attention's linear layers")
     feedforward_modules: list[str] | None = None
 
 

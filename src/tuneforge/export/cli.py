@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["gguf"], default="gguf", help="output format (gguf)")
     p.add_argument("--quant", choices=["f16", "q8_0"], default="f16", help="tensor type (default f16)")
     p.add_argument("--output", help="default: RUN_DIR/model-QUANT.gguf")
-    p.add_argument("--no-verify", action="store_true", help="check names, shapes and template only; skip reloading in runtimes and comparing logits")
+    p.add_argument("--no-verify", action="store_true", help="check names, shapes and template only; "
+                   "skip reloading in runtimes and comparing logits")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(fn=cmd_export)

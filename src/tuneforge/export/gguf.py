@@ -23,10 +23,12 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import ModelError, UserError
-from tuneforge.export.merge import _probe_inputs, merge
+from tuneforge.export.merge import merge
 from tuneforge.fsutil import make_temp_dir, write_json_atomic
 from tuneforge.methods import METHODS
+from tuneforge.models.verify import probe_inputs
 from tuneforge.runs import run_config
+from tuneforge.stage_info import STAGE_INFO, stage_info
 
 # Largest mean KL(merged || GGUF) per token, in nats. Measured (docs/eval_export.md) on SmolLM2-135M:
 # f16 3e-6 (transformers) / 1e-5 (llama.cpp), q8_0 2.5e-3 / 7e-3; the tiny random test model 1.3e-5 /
@@ -42,13 +44,15 @@ class ExportMismatch(UserError):
 def model_dir_for(run_dir: Path) -> Path:
     """A directory holding the whole tuned model: the run itself (full / freeze) or its verified merge."""
     cfg = run_config(run_dir)
-    if cfg.stage not in ("sft", "pretrain"):
-        raise UserError(f"{run_dir}: GGUF export is for causal-LM runs (sft, pretrain), not stage {cfg.stage!r}")
-    if cfg.method.name in ("full", "freeze"):
+    if not stage_info(cfg.stage).generates:
+        causal = ", ".join(name for name, info in STAGE_INFO.items() if info.generates)
+        raise UserError(f"{run_dir}: GGUF export is for causal-LM runs ({causal}), not stage {cfg.stage!r}")
+    method = METHODS[cfg.method.name]
+    if method.saves_whole_model:
         return run_dir
-    if not METHODS[cfg.method.name].mergeable:
+    if not method.mergeable:
         raise UserError(f"GGUF holds plain weights; method {cfg.method.name!r} cannot be merged into them: "
-                        f"{METHODS[cfg.method.name].why_not_mergeable}")
+                        f"{method.why_not_mergeable}")
     merged = run_dir / "merged"
     if (merged / "merge.json").is_file():
         return merged  # `tuneforge merge` already made and verified it
@@ -105,7 +109,8 @@ def check_file(reader, model, tokenizer, quant: str) -> dict:
     if tokens != tokenizer.convert_ids_to_tokens(list(range(len(tokens)))) or len(tokens) != len(tokenizer):
         problems.append(f"the vocabulary ({len(tokens)} tokens) differs from the run tokenizer's ({len(tokenizer)})")
     if field("tokenizer.ggml.eos_token_id") != tokenizer.eos_token_id:
-        problems.append(f"EOS id {field('tokenizer.ggml.eos_token_id')} differs from the run's {tokenizer.eos_token_id}")
+        problems.append(f"EOS id {field('tokenizer.ggml.eos_token_id')} differs from the run's "
+                        f"{tokenizer.eos_token_id}")
     if field("tokenizer.chat_template") != tokenizer.chat_template:
         problems.append("tokenizer.chat_template differs from the run's chat template")
     if problems:
@@ -194,7 +199,7 @@ def verify(path: Path, model_dir: Path, run_dir: Path, tokenizer, quant: str, ru
     report = check_file(gguf.GGUFReader(path), merged, tokenizer, quant)
     if not runtimes:
         return report
-    texts = _probe_inputs(run_dir, tokenizer)
+    texts = probe_inputs(run_dir)
     seqs = probe_sequences(merged, tokenizer, texts)
     want = _logits_of(merged, seqs)
     checks = {"llama_cpp": check_llama_cpp} if importlib.util.find_spec("llama_cpp") is not None else {}
@@ -203,8 +208,8 @@ def verify(path: Path, model_dir: Path, run_dir: Path, tokenizer, quant: str, ru
         print(f"verifying with {name} ...", flush=True)
         report[name] = check(path, tokenizer, texts, seqs, want, quant)
         if report[name]["mean_kl"] > KL_TOL[quant]:
-            raise ExportMismatch(f"{path}: {name} disagrees with the merged model: mean KL {report[name]['mean_kl']:.3g} "
-                                 f"nats/token > {KL_TOL[quant]} ({quant})")
+            raise ExportMismatch(f"{path}: {name} disagrees with the merged model: mean KL "
+                                 f"{report[name]['mean_kl']:.3g} nats/token > {KL_TOL[quant]} ({quant})")
     report["probe_prompts"] = len(texts)
     return report
 

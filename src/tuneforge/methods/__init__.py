@@ -1,5 +1,6 @@
-"""Methods decide which parameters train. METHODS maps a name to its `Method` (apply, stages, and the
-few facts other parts need); `check_compat` is the method x stage table, checked before a model loads.
+"""Methods decide which parameters train. METHODS maps a name to its `Method` (apply, stages, and what the
+rest of tuneforge needs: load, default learning rate, merging, saving); `check_compat` is the method x stage
+table, checked before a model loads.
 
     model = METHODS[cfg.method.name].apply(model, cfg.method, MethodContext(model_path))
 """
@@ -10,7 +11,7 @@ import torch.nn as nn
 
 from tuneforge.errors import ConfigError
 from tuneforge.methods import adapter, freeze, peft_methods
-from tuneforge.methods.base import Method, MethodContext
+from tuneforge.methods.base import LoadBase, Method, MethodContext
 
 LM = frozenset({"sft", "pretrain"})
 # Classification (and a reward model: one scalar output) trains a new head on top of the base: every
@@ -21,21 +22,27 @@ LM_AND_CLS = LM | {"classify", "reward"}
 RL_PEFT = frozenset({"dpo", "ppo", "grpo"})
 RL_COPY = frozenset({"dpo", "grpo"})
 
+# default_lr: starting points for short CPU runs (`tuneforge compare` uses them for the methods it switches to).
 METHODS: dict[str, Method] = {
-    "full": Method(freeze.apply_full, LM_AND_CLS | RL_COPY, why_not_mergeable="full fine-tuning already saves a whole model"),
-    "freeze": Method(freeze.apply_freeze, LM_AND_CLS | RL_COPY, why_not_mergeable="partial fine-tuning already saves a whole model"),
-    "lora": Method(peft_methods.apply_lora, LM_AND_CLS | RL_PEFT, mergeable=True, save=peft_methods.save_lora),
-    "qlora": Method(peft_methods.apply_qlora, LM | RL_PEFT, quantized_base=True, mergeable=True),
-    "ia3": Method(peft_methods.apply_ia3, LM_AND_CLS | RL_PEFT, mergeable=True),
-    "adapter": Method(adapter.apply_adapter, LM, save=adapter.save,
+    "full": Method(freeze.apply_full, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=5e-5, saves_whole_model=True,
+                   why_not_mergeable="full fine-tuning already saves a whole model"),
+    "freeze": Method(freeze.apply_freeze, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=1e-4,
+                     saves_whole_model=True, why_not_mergeable="partial fine-tuning already saves a whole model"),
+    "lora": Method(peft_methods.apply_lora, LM_AND_CLS | RL_PEFT, peft_methods.load_peft, default_lr=2e-4,
+                   mergeable=True, save=peft_methods.save_lora),
+    "qlora": Method(peft_methods.apply_qlora, LM | RL_PEFT, peft_methods.load_peft, default_lr=2e-4,
+                    quantized_base=True, mergeable=True),
+    "ia3": Method(peft_methods.apply_ia3, LM_AND_CLS | RL_PEFT, peft_methods.load_peft, default_lr=3e-3,
+                  mergeable=True),
+    "adapter": Method(adapter.apply_adapter, LM, adapter.load_run, default_lr=1e-3, save=adapter.save,
                       why_not_mergeable="a bottleneck adapter has a non-linearity; it cannot fold into a weight"),
-    "prefix": Method(peft_methods.apply_prefix, LM, packing=False,
+    "prefix": Method(peft_methods.apply_prefix, LM, peft_methods.load_peft, default_lr=1e-2, packing=False,
                      why_not_mergeable="prefix tuning adds key/value prefixes, not weight deltas"),
-    "prompt": Method(peft_methods.apply_prompt, LM_AND_CLS, packing=False,
+    "prompt": Method(peft_methods.apply_prompt, LM_AND_CLS, peft_methods.load_peft, default_lr=3e-2, packing=False,
                      why_not_mergeable="prompt tuning adds virtual input tokens, not weight deltas"),
 }
 
-__all__ = ["METHODS", "Method", "MethodContext", "check_compat", "count_params"]
+__all__ = ["METHODS", "LoadBase", "Method", "MethodContext", "check_compat", "count_params"]
 
 
 def check_compat(method: str, stage: str) -> None:

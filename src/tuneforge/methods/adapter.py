@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from tuneforge.config.schema import AdapterConfig
 from tuneforge.errors import ConfigError, ModelError
-from tuneforge.methods.base import MethodContext
+from tuneforge.methods.base import LoadBase, MethodContext
 
 WEIGHTS, CONFIG = "bottleneck_adapter.safetensors", "bottleneck_adapter.json"
 ATTENTION, MLP = ("self_attn", "attention", "attn"), ("mlp", "feed_forward", "ffn")
@@ -47,7 +47,8 @@ def _residual_hook(module: nn.Module, args, output):
 
 def _sublayers(model: nn.Module, where: str) -> list[nn.Module]:
     wanted = (ATTENTION if where in ("attention", "both") else ()) + (MLP if where in ("mlp", "both") else ())
-    found = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in wanted and name.split(".")[-2].isdigit()]
+    found = [m for name, m in model.named_modules()
+             if name.rsplit(".", 1)[-1] in wanted and name.split(".")[-2].isdigit()]
     if not found:
         raise ConfigError(f"method adapter: no {where} sub-layers found in {type(model).__name__}")
     return found
@@ -77,6 +78,13 @@ def save(model: nn.Module, directory: Path) -> None:
     save_file(adapter_state(model), str(directory / WEIGHTS))
     meta = {"method": "adapter", **model.bottleneck_config.model_dump(), "base_model": model.config.name_or_path}
     (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_run(load_base: LoadBase, run_dir: Path) -> nn.Module:
+    """A bottleneck-adapter run: its adapters on a freshly loaded base."""
+    if not (run_dir / CONFIG).is_file():  # before the base loads
+        raise ModelError(f"{run_dir}: no {CONFIG} (not a bottleneck-adapter run)")
+    return load(load_base(None), run_dir)
 
 
 def load(model: nn.Module, directory: str | Path) -> nn.Module:

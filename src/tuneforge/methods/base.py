@@ -1,5 +1,6 @@
-"""What a method is: how it changes a model, which stages it supports, and what the rest of tuneforge
-must know about it (batching, quantized loading, merging, saving)."""
+"""What a method is: how it changes a model, which stages it supports, how a run it trained loads back,
+and what the rest of tuneforge must know about it (batching, quantized loading, merging, saving, its
+starting learning rate), so nothing outside methods/ asks for a method by name."""
 
 from __future__ import annotations
 
@@ -20,14 +21,25 @@ class MethodContext:
     head_modules: tuple[str, ...] = ()
 
 
+# Loads a model with the class and options the run's stage needs (causal LM, or classifier with its labels):
+# `load_base(None)` is the run's base model, `load_base(path)` a directory that holds a whole model.
+LoadBase = Callable[[str | None], nn.Module]
+
+
 @dataclass(frozen=True)
 class Method:
     apply: Callable[[nn.Module, object, MethodContext], nn.Module]
     stages: frozenset[str]
+    # `load(load_base, run_dir)`: the model a finished run saved (adapter on its base, or the whole model).
+    load: Callable[[LoadBase, Path], nn.Module]
+    # A sensible starting learning rate for short runs (`tuneforge compare` uses it for methods it switches to).
+    default_lr: float
     # Prompt learning prepends virtual tokens per row, so samples cannot share a packed row.
     packing: bool = True
     quantized_base: bool = False  # load the base 4-bit NF4 (qlora)
     mergeable: bool = False  # `tuneforge merge` folds the adapter into the base
+    # The run directory is a whole model (full / freeze): nothing to merge, chain or export from but itself.
+    saves_whole_model: bool = False
     # How the run stores the result; default `model.save_pretrained` (peft adapter or full model).
     save: Callable[[nn.Module, Path], None] | None = None
     why_not_mergeable: str = ""

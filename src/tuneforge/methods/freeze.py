@@ -7,12 +7,13 @@ naming `lm_head` trains the shared matrix (said in the log line)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch.nn as nn
 
 from tuneforge.config.schema import FreezeConfig, FullConfig
 from tuneforge.errors import ConfigError
-from tuneforge.methods.base import MethodContext
+from tuneforge.methods.base import LoadBase, MethodContext
 
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.")
 
@@ -47,3 +48,8 @@ def apply_freeze(model: nn.Module, mcfg: FreezeConfig, ctx: MethodContext) -> nn
             f"modules={mcfg.modules}, patterns={mcfg.patterns})"
         )
     return model
+
+
+def load_whole(load_base: LoadBase, run_dir: Path) -> nn.Module:
+    """A full / freeze run directory is the whole model: loaded with the class its stage needs."""
+    return load_base(str(run_dir))

@@ -1,5 +1,6 @@
 """The methods peft implements: LoRA (with DoRA, rsLoRA, PiSSA/LoftQ/gaussian init), QLoRA, IA3,
-prefix tuning and prompt tuning. Each is `to_peft_config` (pure mapping) + `apply`."""
+prefix tuning and prompt tuning. Each is `to_peft_config` (pure mapping) + `apply`; `load_peft` reloads any
+of them from a run directory (safetensors only)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ import peft
 import torch.nn as nn
 
 from tuneforge.config.schema import IA3Config, LoraConfig, PrefixConfig, PromptConfig
-from tuneforge.methods.base import MethodContext
+from tuneforge.errors import ModelError
+from tuneforge.methods.base import LoadBase, MethodContext
+from tuneforge.methods.targets import ia3_targets, lora_targets
 
 _LORA_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}
 PISSA_INIT_ATTR = "tuneforge_pissa_init"
 
 
-def to_lora_config(mcfg: LoraConfig, ctx: MethodContext) -> peft.LoraConfig:
+def to_lora_config(mcfg: LoraConfig, ctx: MethodContext, targets: list[str] | str) -> peft.LoraConfig:
     return peft.LoraConfig(
         r=mcfg.r,
         lora_alpha=mcfg.alpha,
         lora_dropout=mcfg.dropout,
-        target_modules=mcfg.target_modules,
+        target_modules=targets,
         bias=mcfg.bias,
         use_dora=mcfg.use_dora,
         use_rslora=mcfg.use_rslora,
@@ -32,7 +35,8 @@ def to_lora_config(mcfg: LoraConfig, ctx: MethodContext) -> peft.LoraConfig:
 
 
 def apply_lora(model: nn.Module, mcfg: LoraConfig, ctx: MethodContext) -> nn.Module:
-    model = peft.get_peft_model(model, to_lora_config(mcfg, ctx))
+    targets = lora_targets(model, mcfg.target_modules, ctx.task_type)
+    model = peft.get_peft_model(model, to_lora_config(mcfg, ctx, targets))
     if mcfg.init == "pissa":
         # PiSSA moves the principal components out of the base weights into A/B. To save an adapter that
         # applies to the *original* base, peft needs the initial adapter at save time (peft 0.21).
@@ -57,13 +61,14 @@ def save_lora(model: nn.Module, directory: Path) -> None:
 def apply_qlora(model: nn.Module, mcfg: LoraConfig, ctx: MethodContext) -> nn.Module:
     # Casts norms to fp32 and makes inputs require grads; gradient checkpointing stays the user's choice
     # (peft turns it on by default, which costs ~40% speed on CPU for memory we rarely need).
+    targets = lora_targets(model, mcfg.target_modules, ctx.task_type)
     model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=ctx.gradient_checkpointing)
-    return peft.get_peft_model(model, to_lora_config(mcfg, ctx))
+    return peft.get_peft_model(model, to_lora_config(mcfg, ctx, targets))
 
 
 def apply_ia3(model: nn.Module, mcfg: IA3Config, ctx: MethodContext) -> nn.Module:
-    config = peft.IA3Config(target_modules=mcfg.target_modules, feedforward_modules=mcfg.feedforward_modules,
-                            task_type=ctx.task_type)
+    targets, feedforward = ia3_targets(model, mcfg.target_modules, mcfg.feedforward_modules)
+    config = peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=ctx.task_type)
     return peft.get_peft_model(model, config)
 
 
@@ -74,11 +79,28 @@ def apply_prefix(model: nn.Module, mcfg: PrefixConfig, ctx: MethodContext) -> nn
 
 
 def apply_prompt(model: nn.Module, mcfg: PromptConfig, ctx: MethodContext) -> nn.Module:
+    # The sizes given: peft 0.21 reads them from the config's dict, where DistilBERT spells them dim / n_layers.
+    sizes = {"token_dim": model.config.hidden_size, "num_layers": model.config.num_hidden_layers,
+             "num_attention_heads": model.config.num_attention_heads}
     if mcfg.init_text:
         config = peft.PromptTuningConfig(
             num_virtual_tokens=mcfg.num_virtual_tokens, prompt_tuning_init=peft.PromptTuningInit.TEXT,
             prompt_tuning_init_text=mcfg.init_text, tokenizer_name_or_path=ctx.model_path, task_type=ctx.task_type,
+            **sizes,
         )
     else:
-        config = peft.PromptTuningConfig(num_virtual_tokens=mcfg.num_virtual_tokens, task_type=ctx.task_type)
+        config = peft.PromptTuningConfig(num_virtual_tokens=mcfg.num_virtual_tokens, task_type=ctx.task_type, **sizes)
     return peft.get_peft_model(model, config)
+
+
+def load_peft(load_base: LoadBase, run_dir: Path) -> nn.Module:
+    """A peft adapter saved at the run's root, on a freshly loaded base. Only adapter_model.safetensors:
+    without it peft would fall back to a pickled adapter_model.bin, which can run code when loaded."""
+    from peft import PeftModel
+
+    if not (run_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{run_dir}: no adapter_config.json (the run did not finish?)")
+    if not (run_dir / "adapter_model.safetensors").is_file():
+        raise ModelError(f"{run_dir}: no adapter_model.safetensors; tuneforge does not load pickled adapters "
+                         "(adapter_model.bin can run code when loaded)")
+    return PeftModel.from_pretrained(load_base(None), str(run_dir))

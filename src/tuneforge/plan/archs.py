@@ -31,6 +31,7 @@ ARCHS: dict[str, tuple[str, ...]] = {
     "qwen2.5-7b": ("qwen2.5", "qwen/qwen2.5-7b"),
     "smollm2-135m": ("smollm2-135m-instruct", "huggingfacetb/smollm2-135m", "huggingfacetb/smollm2-135m-instruct"),
     "distilbert-base-uncased": ("distilbert", "distilbert/distilbert-base-uncased"),
+    "all-minilm-l6-v2": ("minilm-l6", "sentence-transformers/all-minilm-l6-v2"),
 }
 
 
@@ -84,7 +85,7 @@ class MetaModel:
     blocks: nn.ModuleList  # the repeated transformer blocks
 
 
-def _is_causal_lm(config: PretrainedConfig) -> bool:
+def is_causal_lm(config: PretrainedConfig) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -98,12 +99,13 @@ def find_blocks(model: nn.Module, n_layers: int) -> nn.ModuleList:
     raise UserError(f"cannot find the {n_layers} transformer blocks in {type(model).__name__}")
 
 
-def build_meta_model(config: PretrainedConfig) -> MetaModel:
+def build_meta_model(config: PretrainedConfig, classifier: bool | None = None) -> MetaModel:
     """Instantiate on the meta device: shapes and parameter counts without allocating any weight.
 
-    Decoders get their causal-LM class; encoders (e.g. DistilBERT) a sequence-classification head.
+    `classifier` None: decoders get their causal-LM class, encoders (e.g. DistilBERT) a sequence-classification
+    head; True gives any model a classification head (a classify / reward stage).
     """
-    causal = _is_causal_lm(config)
+    causal = is_causal_lm(config) if classifier is None else not classifier
     cls = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")

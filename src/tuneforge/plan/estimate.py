@@ -1,20 +1,38 @@
-"""`estimate(config, method, ...)`: parameters and training memory of one method, from a config only.
+"""`estimate(config, method, ...)`: parameters and training memory of one method, from a config only. The
+method options are the config's own keys (`r`, `alpha`, `target_modules`, `last_n_layers`, `size`,
+`num_virtual_tokens`, ...) with the config's defaults; the parameters come from applying the real method.
 
-    python -c "from tuneforge.plan import estimate, load_arch_config as l; print(estimate(l('smollm2-135m'), 'lora', batch_size=8, seq_len=256))"
+    estimate('smollm2-135m', 'lora', r=16, batch_size=8, seq_len=256)   # tuneforge.plan.estimate
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from pydantic import BaseModel, ValidationError
 from transformers import PretrainedConfig
 
-from tuneforge.errors import UserError
-from tuneforge.plan import memory as mem
+import tuneforge.plan.memory as mem
+from tuneforge.config.schema import METHOD_CONFIGS
+from tuneforge.errors import ConfigError, UserError
+from tuneforge.methods import METHODS
 from tuneforge.plan.archs import build_meta_model, load_arch_config
 from tuneforge.plan.params import Counts, count_params
 
-METHODS = ("full", "freeze", "lora", "dora", "qlora", "ia3", "adapter", "prefix", "prompt")
-LORA_DROPOUT = 0.05  # tuneforge's default `method.dropout`; dropout keeps a mask per adapted input
 DORA_TEMP_FACTOR = 1.5  # DoRA keeps weight-sized tensors per adapted module: ~1.5 elements/param measured
+Extra = Callable[[mem.Layout, Counts, mem.Precision], float]
+# Bytes per token a gradient-path layer keeps beyond the frozen layer, per adapter kind (whole-model methods
+# keep every Linear's input instead: mem.trained_layer). A method not listed adds nothing per token.
+ACTIVATION_EXTRA: dict[str, Extra] = {
+    "lora": lambda lay, c, p: mem.lora_extra(lay, p, c.resolved["target_modules"], c.resolved["r"],
+                                             c.resolved["dropout"]),
+    "ia3": lambda lay, c, p: mem.ia3_extra(lay, p, c.resolved["target_modules"], c.resolved["feedforward_modules"]),
+    # per adapter: its input (f) and the bottleneck before/after the activation
+    "adapter": lambda lay, c, p: 2 * (lay.hidden * p.residual + 2 * c.resolved["size"] * p.compute),
+    "prefix": lambda lay, c, p: 2 * lay.hidden * p.compute,  # cache concatenation copies keys/values: ~2h per token
+}
+ACTIVATION_EXTRA["qlora"] = ACTIVATION_EXTRA["lora"]
+LENGTHENS_SEQUENCE = {"prompt"}  # virtual tokens prepended to the input: every layer sees seq + p positions
 
 
 def resolve_precision(name: str) -> mem.Precision:
@@ -24,60 +42,65 @@ def resolve_precision(name: str) -> mem.Precision:
     return mem.PRECISIONS[key]
 
 
-def _layer_bytes(lay: mem.Layout, counts: Counts, method: str, p: mem.Precision, seq: int, opts: dict) -> float:
+def method_config(method: str | BaseModel, **params) -> BaseModel:
+    """The method's config (schema class, defaults filled) from its name and the config's own keys."""
+    if isinstance(method, BaseModel):
+        return method.model_copy(update=params) if params else method
+    if method not in METHODS:
+        raise ConfigError(f"key 'method.name': unknown method {method!r}; known: {', '.join(METHODS)}")
+    try:
+        return METHOD_CONFIGS[method].model_validate({**params, "name": method})
+    except ValidationError as exc:
+        problems = "; ".join(f"key 'method.{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"method {method!r}: {problems}") from None
+
+
+def _layer_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision, seq: int,
+                 attention: str) -> float:
     """Bytes per token one layer on the gradient path keeps for backward."""
-    attention = opts.get("attention", "sdpa")
-    if method in ("full", "freeze"):
+    if METHODS[mcfg.name].saves_whole_model:
         return mem.trained_layer(lay, p, seq, attention)
-    base = mem.frozen_layer(lay, p, seq, attention)
-    targets = counts.resolved.get("target_modules", [])
-    if method in ("lora", "dora", "qlora"):
-        dropout = opts.get("lora_dropout", LORA_DROPOUT)
-        return base + mem.lora_extra(lay, p, targets, counts.resolved["r"], dropout)
-    if method == "ia3":
-        return base + mem.ia3_extra(lay, p, targets, counts.resolved.get("feedforward_modules", []))
-    if method == "adapter":  # per adapter: its input (f) and the bottleneck before/after the activation
-        return base + 2 * (lay.hidden * p.residual + 2 * opts.get("adapter_size", 64) * p.compute)
-    if method == "prefix":  # cache concatenation copies the keys/values: measured ~2h per token
-        return base + 2 * lay.hidden * p.compute
-    return base  # prompt: the virtual tokens lengthen the sequence instead
+    extra = ACTIVATION_EXTRA.get(mcfg.name)
+    return mem.frozen_layer(lay, p, seq, attention) + (extra(lay, counts, p) if extra else 0.0)
 
 
-def _per_layer_constant(lay: mem.Layout, counts: Counts, method: str, p: mem.Precision) -> float:
+def _per_layer_constant(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision) -> float:
     """Token-independent bytes each gradient-path layer keeps: bf16 weight copies, DoRA temporaries."""
     total = 0.0
-    if p.autocast and method != "qlora":  # bitsandbytes dequantizes again in backward instead of keeping a copy
+    if p.autocast and not METHODS[mcfg.name].quantized_base:  # bitsandbytes dequantizes again in backward
         total += 2 * lay.block_linear_params
-    if method == "dora":
-        adapted = sum(i * o for n, (i, o) in lay.linears.items() if n in counts.resolved.get("target_modules", []))
+    if counts.resolved.get("use_dora"):
+        targets = counts.resolved.get("target_modules", [])
+        adapted = sum(i * o for n, (i, o) in lay.linears.items() if n in targets)
         total += DORA_TEMP_FACTOR * adapted * p.compute
     return total
 
 
-def activation_bytes(lay: mem.Layout, counts: Counts, method: str, p: mem.Precision, *,
-                     batch_size: int, seq_len: int, opts: dict) -> dict[str, float]:
-    seq = seq_len + (counts.resolved.get("num_virtual_tokens", 0) if method == "prompt" else 0)
+def activation_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision, *, batch_size: int,
+                     seq_len: int, gradient_checkpointing: bool = False, attention: str = "sdpa",
+                     supervised_fraction: float = 1.0) -> dict[str, float]:
+    seq = seq_len + (counts.resolved.get("num_virtual_tokens", 0) if mcfg.name in LENGTHENS_SEQUENCE else 0)
     tokens = batch_size * seq
-    per_layer = _layer_bytes(lay, counts, method, p, seq, opts)
-    const = _per_layer_constant(lay, counts, method, p)
-    if opts.get("gradient_checkpointing"):
+    per_layer = _layer_bytes(lay, counts, mcfg, p, seq, attention)
+    const = _per_layer_constant(lay, counts, mcfg, p)
+    if gradient_checkpointing:
         # Each checkpointed layer keeps only its input; backward recomputes one layer at a time.
         layers = counts.grad_blocks * lay.hidden * p.residual * tokens + per_layer * tokens + const
         const_total = const
     else:
         layers = counts.grad_blocks * (per_layer * tokens + const)
         const_total = counts.grad_blocks * const
-    logits_tokens = tokens * opts.get("supervised_fraction", 1.0)
+    logits_tokens = tokens * supervised_fraction
     head = logits_tokens * mem.head_per_token(lay, p) + (2 * lay.head_weight if p.autocast else 0)
     copies = const_total + (2 * lay.head_weight if p.autocast else 0)  # a subset of the two terms above
     return {"activations": layers + head, "activations_layers": layers, "activations_head": head,
             "activations_weight_copies": copies}
 
 
-def state_bytes(lay: mem.Layout, counts: Counts, method: str, p: mem.Precision) -> dict[str, float]:
+def state_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision) -> dict[str, float]:
     """Weights, gradients, AdamW states and the fp32 master copy (bf16-master only)."""
     added = counts.total - counts.base_total  # adapter parameters, fp32
-    if method == "qlora":
+    if METHODS[mcfg.name].quantized_base:
         quantized = lay.backbone_linear_params
         weights = quantized * mem.NF4_BYTES_PER_PARAM + (counts.base_total - quantized) * p.weight
     else:
@@ -92,40 +115,38 @@ def state_bytes(lay: mem.Layout, counts: Counts, method: str, p: mem.Precision) 
     }
 
 
-def estimate(config: PretrainedConfig | str, method: str, *, batch_size: int, seq_len: int,
-             precision: str = "fp32", budget_gb: float | None = None, **method_params) -> dict:
+def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_size: int, seq_len: int,
+             precision: str = "fp32", budget_gb: float | None = None, gradient_checkpointing: bool = False,
+             attention: str = "sdpa", supervised_fraction: float = 1.0, classifier: bool | None = None,
+             **method_params) -> dict:
     """Parameter counts and training memory (bytes and GiB) of `method` on `config`; no weights loaded.
 
-    config: a transformers config, or a name/directory for load_arch_config. precision: fp32,
-    bf16-mixed (alias bf16: tuneforge's autocast over fp32 weights) or bf16-master.
-    method_params: r, lora_alpha, lora_dropout, target_modules, freeze_last_n, adapter_size,
-    num_virtual_tokens, gradient_checkpointing, attention ("sdpa" | "eager"), supervised_fraction.
+    config: a transformers config, or a name/directory for load_arch_config. method: a method name (its
+    options as keyword arguments with the config's key names, e.g. r=16, target_modules="all-linear",
+    last_n_layers=2) or a method config object. precision: fp32, bf16-mixed (alias bf16: tuneforge's autocast
+    over fp32 weights) or bf16-master. classifier: a sequence-classification model (default: encoders).
     """
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    mcfg = method_config(method, **method_params)
     if isinstance(config, str):
         config = load_arch_config(config)
     p = resolve_precision(precision)
-    meta = build_meta_model(config)
+    meta = build_meta_model(config, classifier)
     lay = mem.layout(meta)  # before the method wraps the Linear layers
-    count_opts = {k: v for k, v in method_params.items()
-                  if k in ("r", "lora_alpha", "target_modules", "freeze_last_n", "adapter_size", "num_virtual_tokens")}
-    counts = count_params(meta, method, count_opts)
-    parts = {**state_bytes(lay, counts, method, p),
-             **activation_bytes(lay, counts, method, p, batch_size=batch_size, seq_len=seq_len, opts=method_params)}
+    counts = count_params(meta, mcfg)
+    parts = {**state_bytes(lay, counts, mcfg, p),
+             **activation_bytes(lay, counts, mcfg, p, batch_size=batch_size, seq_len=seq_len,
+                                gradient_checkpointing=gradient_checkpointing, attention=attention,
+                                supervised_fraction=supervised_fraction)}
     total = parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["master_weights"] + parts["activations"]
     gib = {k: mem.gib(v) for k, v in parts.items()}
     return {
-        "model": config.name_or_path, "method": method,
+        "model": config.name_or_path, "method": mcfg.name,
         "total_params": counts.total, "trainable_params": counts.trainable, "base_params": counts.base_total,
         "trainable_pct": 100 * counts.trainable / counts.total, "counted_by": counts.counted_by,
         "method_params": counts.resolved,
         "settings": {"batch_size": batch_size, "seq_len": seq_len, "precision": p.name,
-                     "gradient_checkpointing": bool(method_params.get("gradient_checkpointing")),
-                     "attention": method_params.get("attention", "sdpa"),
-                     "supervised_fraction": method_params.get("supervised_fraction", 1.0),
-                     **({"lora_dropout": method_params.get("lora_dropout", LORA_DROPOUT)}
-                        if method in ("lora", "dora", "qlora") else {})},
+                     "gradient_checkpointing": gradient_checkpointing, "attention": attention,
+                     "supervised_fraction": supervised_fraction, "task": meta.task},
         "bytes": {**{k: int(v) for k, v in parts.items()}, "total": int(total)},
         "gib": {**gib, "total": mem.gib(total)},
         "budget_gib": budget_gb, "fits": None if budget_gb is None else mem.gib(total) <= budget_gb,

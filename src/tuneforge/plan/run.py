@@ -1,62 +1,98 @@
-"""`run_plan(argv)`: the `tuneforge plan` command. Parses its own arguments, prints a rich table (or
-JSON with --json) of parameters and memory per method, and returns the exit code.
+"""`run_plan(argv)`: the `tuneforge plan` command. Takes the config's own keys: a config file and/or dotted
+overrides (`model=llama-3-8b method.name=qlora method.r=16 training.batch_size=4 training.max_length=2048`),
+prints a rich table (or JSON with --json) of parameters and memory per method, and returns the exit code.
+Without a config file and without method.name, every method is listed (method.name=all does the same).
 
-    python -c "import sys; from tuneforge.plan import run_plan; sys.exit(run_plan(['--model', 'llama-2-7b', '--method', 'lora']))"
+    run_plan(["model=llama-2-7b", "method.name=lora", "training.batch_size=1"])   # -> 0, prints the table
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import warnings
 
 import psutil
+from pydantic import ValidationError
 
-from tuneforge.errors import UserError
-from tuneforge.plan.archs import load_arch_config
-from tuneforge.plan.estimate import METHODS, estimate
+from tuneforge.config.load import apply_overrides, load_config
+from tuneforge.config.schema import METHOD_CONFIGS, Config, TrainingConfig
+from tuneforge.errors import ConfigError, UserError
+from tuneforge.methods import METHODS, check_compat
+from tuneforge.plan.archs import is_causal_lm, load_arch_config
+from tuneforge.plan.estimate import estimate
+from tuneforge.stage_info import stage_info
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge plan", description=(
         "Estimate trainable parameters and training memory per fine-tuning method from a model config "
-        "(no weights are loaded). Memory: weights, gradients, AdamW states, activations; GiB."))
-    p.add_argument("--model", required=True, help="shipped architecture (e.g. llama-2-7b, smollm2-135m, "
-                   "distilbert) or a local directory with config.json")
-    p.add_argument("--method", default="all", help=f"one or more of {','.join(METHODS)} (comma-separated), or all")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=1024, help="tokens per sample (default: training.max_length)")
+        "(no weights are loaded). Memory: weights, gradients, AdamW states, activations; GiB. Give a tuneforge "
+        "config file and/or its keys as dotted overrides: model=..., method.name=lora (or lora,qlora or all), "
+        "method.r=16, method.target_modules=all-linear, training.batch_size=4, training.max_length=2048, "
+        "training.precision=bf16, training.gradient_checkpointing=true, stage=classify."))
+    p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
+                   help="a config file and/or dotted.key=value overrides")
     p.add_argument("--budget-gb", type=float, default=None, help="memory budget in GiB (default: this machine's RAM)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "bf16-mixed", "bf16-master"],
-                   help="auto/bf16 = tuneforge's bf16 autocast over fp32 weights; bf16-master = bf16 weights "
-                   "and grads with an fp32 master copy")
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "bf16", "bf16-mixed", "bf16-master"],
+                   help="overrides training.precision; bf16 = tuneforge's bf16 autocast over fp32 weights, "
+                   "bf16-master = bf16 weights and grads with an fp32 master copy (not a training option)")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--supervised-fraction", type=float, default=1.0,
                    help="share of positions that get logits (tuneforge computes them for supervised tokens only)")
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
-    p.add_argument("--target-modules", nargs="+", default=None,
-                   help="LoRA/DoRA/QLoRA/IA3 targets (space- or comma-separated) or all-linear; default: peft's")
-    p.add_argument("--freeze-last-n", type=int, default=2, help="freeze: train the last N blocks")
-    p.add_argument("--adapter-size", type=int, default=64, help="adapter: bottleneck width")
-    p.add_argument("--num-virtual-tokens", type=int, default=20, help="prefix/prompt: virtual tokens")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
-def _targets(values: list[str] | None) -> list[str] | str | None:
-    if not values:
-        return None
-    names = [n for v in values for n in v.split(",") if n]
-    return "all-linear" if names == ["all-linear"] else names
+def _explain(exc: ValidationError, prefix: str) -> str:
+    return "; ".join(f"key '{prefix}{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
 
 
-def _methods(text: str) -> list[str]:
-    names = list(METHODS) if text == "all" else [m.strip().lower() for m in text.split(",") if m.strip()]
+def plan_settings(items: list[str]) -> tuple[dict, list[str]]:
+    """(settings, method names) from a config file and/or overrides; only the keys plan uses must be valid."""
+    files = [i for i in items if "=" not in i]
+    if len(files) > 1:
+        raise ConfigError(f"plan takes one config file, got {', '.join(files)}")
+    overrides = [i for i in items if "=" in i]
+    names = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].strip() == "method.name"), None)
+    several = names is not None and ("," in names or names == "all")
+    if several:  # a list of methods is plan's own: each row validates as its own method
+        overrides = [o for o in overrides if o.partition("=")[0].strip() != "method.name"]
+    if files:
+        cfg = load_config(files[0], overrides)
+        raw_method = {k: v for k, v in cfg.method.model_dump().items() if k != "name"}
+        settings = {"model": cfg.model, "stage": cfg.stage, "method": raw_method, "training": cfg.training}
+        return settings, (_names(names) if several else [cfg.method.name])
+    raw = apply_overrides({}, overrides)
+    for key in raw:
+        if key not in Config.model_fields:
+            guess = difflib.get_close_matches(key, list(Config.model_fields), n=1)
+            raise ConfigError(f"unknown key {key!r}" + (f"; did you mean {guess[0]!r}?" if guess else ""))
+    if "model" not in raw:
+        raise ConfigError("missing key 'model': give a config file or model=NAME (a shipped architecture such as "
+                          "llama-3-8b, smollm2-135m-instruct, minilm-l6, or a directory with config.json)")
+    method = raw.get("method") or {}
+    if not isinstance(method, dict):
+        raise ConfigError("key 'method': expected keys such as method.name=lora method.r=8")
+    try:
+        training = TrainingConfig.model_validate(raw.get("training") or {})
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, "training.")) from None
+    stage = raw.get("stage")
+    if stage is not None:
+        stage_info(str(stage))  # a ConfigError naming the known stages
+    return {"model": str(raw["model"]), "stage": stage, "training": training,
+            "method": {k: v for k, v in method.items() if k != "name"}}, _names(names)
+
+
+def _names(text: str | None) -> list[str]:
+    if text is None or text == "all":
+        return list(METHODS)
+    names = [m.strip() for m in str(text).split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown:
-        raise UserError(f"--method: unknown {', '.join(unknown)}; known: {', '.join(METHODS)} or all")
+        raise ConfigError(f"key 'method.name': unknown {', '.join(unknown)}; known: {', '.join(METHODS)} or all")
     return names
 
 
@@ -69,23 +105,30 @@ def _precision(name: str) -> str:
 
 
 def _estimates(args: argparse.Namespace) -> list[dict]:
-    config = load_arch_config(args.model)
+    settings, names = plan_settings(args.items)
+    config = load_arch_config(settings["model"])
+    training, options = settings["training"], settings["method"]
+    # no stage given: what the architecture is for (a decoder: sft; an encoder: classify)
+    stage = settings["stage"] or ("sft" if is_causal_lm(config) else "classify")
     budget = args.budget_gb if args.budget_gb is not None else psutil.virtual_memory().total / 2**30
-    names = _methods(args.method)
-    params = dict(batch_size=args.batch_size, seq_len=args.seq_len, precision=_precision(args.precision),
-                  budget_gb=budget, r=args.lora_r, lora_dropout=args.lora_dropout,
-                  target_modules=_targets(args.target_modules), freeze_last_n=args.freeze_last_n,
-                  adapter_size=args.adapter_size, num_virtual_tokens=args.num_virtual_tokens,
-                  gradient_checkpointing=args.gradient_checkpointing, attention=args.attention,
-                  supervised_fraction=args.supervised_fraction)
+    common = dict(batch_size=training.batch_size, seq_len=training.max_length, budget_gb=budget,
+                  precision=_precision(args.precision or training.precision),
+                  gradient_checkpointing=training.gradient_checkpointing, attention=args.attention,
+                  supervised_fraction=args.supervised_fraction,
+                  classifier=stage_info(stage).has_labels)
     rows = []
-    for method in names:
+    for name in names:
+        # one method: every option given must be its own; in a table a method takes the options when it has
+        # every one of them (r and alpha: lora and qlora; num_virtual_tokens: prefix and prompt), else its defaults
+        fits = len(names) == 1 or set(options) <= set(METHOD_CONFIGS[name].model_fields)
+        params = options if fits else {}
         try:
-            rows.append(estimate(config, method, **params))
+            check_compat(name, stage)
+            rows.append(estimate(config, name, **common, **params))
         except UserError as exc:
             if len(names) == 1:  # asked for this one method: an error; in a table of all, a row saying why
                 raise
-            rows.append({"method": method, "error": str(exc)})
+            rows.append({"method": name, "error": str(exc)})
     return rows
 
 
@@ -120,7 +163,7 @@ def _print_table(rows: list[dict]) -> None:
 
 def run_plan(argv: list[str]) -> int:
     """Parse `argv` (the arguments after `plan`), print the estimates, return 0. UserError -> exit 2 upstream."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # options and key=value items in any order
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft/transformers deprecation chatter on meta models
         rows = _estimates(args)

@@ -1,0 +1,73 @@
+"""Merge a loaded adapter model into plain weights and prove it: save, reload from disk, compare logits
+with the adapter model's (fp32, atol 1e-4). A difference fails loudly and leaves nothing behind. Used by
+`tuneforge merge` (tuneforge.export.merge) and by chaining (`model:` naming an earlier adapter run).
+
+    diff = merge_and_verify(model, tokenizer, dest, probe_inputs(run_dir), reload=lambda p: load(p))
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from tuneforge.errors import UserError
+from tuneforge.fsutil import make_temp_dir, write_json_atomic
+
+PROBE = ["The quick brown fox jumps over the lazy dog.", "Extract the order: Maria wants 3 lamps in Lisbon."]
+
+
+class MergeMismatch(UserError):
+    exit_code = 1
+
+
+def probe_inputs(run_dir: Path) -> list[str]:
+    """Prompts the run generated for (rendered with its template), else fixed text."""
+    gens = run_dir / "generations.jsonl"
+    if gens.is_file():
+        prompts = [json.loads(line)["prompt"] for line in gens.read_text().splitlines()[:4]]
+        if prompts:
+            return prompts
+    return PROBE
+
+
+@torch.no_grad()
+def logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    tokenizer.padding_side = side
+    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+    if out.dim() == 2:  # a sequence classifier: one row of label logits per text
+        return out
+    return out * enc["attention_mask"][..., None]  # padded positions do not count
+
+
+def merge_and_verify(model, tokenizer, dest: Path, texts: list[str], reload: Callable[[Path], torch.nn.Module],
+                     atol: float = 1e-4, copy: Iterable[Path] = (), report: dict | None = None) -> float:
+    """Fold `model`'s adapter into its base, save it with `tokenizer` (and the files in `copy`) to a
+    temporary directory, `reload` it from there (with the class the run's stage needs) and compare logits on
+    `texts`; within `atol` the directory is renamed to `dest` with merge.json (`report` + the difference)."""
+    want = logits(model, tokenizer, texts)
+    merged = model.merge_and_unload()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(dest.parent, f".{dest.name}.")
+    try:
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        for path in copy:  # e.g. template.json: chat/serve read the system prompt the run trained with
+            if path.is_file():
+                shutil.copy2(path, tmp / path.name)
+        reloaded = reload(tmp).eval()
+        diff = float((logits(reloaded, tokenizer, texts) - want).abs().max())
+        if diff > atol:
+            raise MergeMismatch(f"merged model differs from the adapter model: max |logit diff| {diff:.3g} > {atol}")
+        write_json_atomic(tmp / "merge.json", {**(report or {}), "max_abs_logit_diff": diff, "atol": atol,
+                                               "probe_prompts": len(texts)})
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return diff
