@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from tuneforge.config.checks import check_config
 from tuneforge.config.load import load_config
 from tuneforge.data.dataset import load_checked_records
 from tuneforge.data.stage_data import load_stage_examples
 from tuneforge.rl.rewards import load_rewards
-from tuneforge.stages.lm import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Other tools' configs live beside ours and are tested where they are used (lm-eval tasks, accelerate).

@@ -44,20 +44,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         return relaunch(args.nproc, ["train", args.config, *args.overrides, *(["--debug"] if args.debug else [])])
     cfg = load_config(args.config, args.overrides)
-    out = STAGES[cfg.stage](cfg)
+    out = STAGES[cfg.stage].run(cfg)
     if os.environ.get("RANK", "0") == "0":
-        print(f"done: {out} (metrics.json, report.md, adapter)")
+        print(f"done: {out}")  # the stage's last line named what it saved
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check the config and build the run's data as training will (the same checked reader, train / eval split
     and example builder: data.stage_data.load_stage_data), then print the counts of that build."""
+    from tuneforge.config.checks import check_config
     from tuneforge.config.load import load_config
     from tuneforge.data.stage_data import counts_line, load_stage_data
     from tuneforge.models import load_tokenizer
     from tuneforge.stage_info import stage_info
-    from tuneforge.stages.lm import check_config
 
     cfg = load_config(args.config, args.overrides)
     check_config(cfg)

@@ -2,6 +2,7 @@
 tuned == eval_after, same greedy generations, so the run's template and adapter are the ones used); the
 report is complete and self-contained; bad input exits 2 with a message naming what is wrong."""
 
+import html
 import json
 import re
 
@@ -55,7 +56,10 @@ def test_eval_reproduces_the_runs_before_and_after(run, tmp_path):
     assert f"Where the models differ ({differ} of 7 rows)" in page
     assert not re.search(r"(src|href)=\"(?!data:)", page) and "http" not in page.replace("http-equiv", "")
     assert page.count('src="data:image/png;base64,') == 1 and (out / "eval.png").read_bytes()[:4] == b"\x89PNG"
-    assert "<|im_start|>" not in page and "&lt;|im_start|&gt;" in page  # user text is escaped
+    assert "<|im_start|>" not in page  # nothing unescaped from the template
+    # the tables show what was asked (the last user turn), not the rendered prompt with its system prompt
+    assert all(r["question"] and r["question"] in r["prompt"] for r in rows)
+    assert "&lt;|im_start|&gt;" not in page and html.escape(rows[0]["question"]) in page
 
 
 def test_eval_of_one_model_and_of_pretrain_rows(tiny_model_dir, tmp_path):

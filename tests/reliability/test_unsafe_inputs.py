@@ -340,7 +340,7 @@ def test_hpo_trial_directories_stay_inside_the_study(tmp_path, monkeypatch):
         (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps({"eval_after": {"loss": 1.0}}))
         return Path(cfg.output_dir)
 
-    monkeypatch.setitem(stages.STAGES, "sft", fake_stage)
+    monkeypatch.setitem(stages.STAGES, "sft", stages.Stage(fake_stage, stages.STAGES["sft"].info))
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": "m", "stage": "sft", "data": {"train": "t.jsonl"}, "output_dir": "o"}))
     space = [Param("output_dir", "categorical", choices=(str(tmp_path / "elsewhere"), "../../escape"))]

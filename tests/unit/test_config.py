@@ -2,9 +2,9 @@
 
 import pytest
 
+from tuneforge.config.checks import check_config
 from tuneforge.config.load import load_config
 from tuneforge.errors import ConfigError
-from tuneforge.stages.lm import check_config
 
 BASE = """\
 model: smollm2-135m-instruct

@@ -18,7 +18,14 @@ from tuneforge.report import html as h
 
 LOWER_IS_BETTER = {"loss", "perplexity", "seconds"}
 NOT_SCORES = {"loss", "perplexity", "seconds", "supervised_tokens"}
-INPUT_KEYS = ("prompt", "reference", "text", "text_pair", "label")
+INPUT_KEYS = ("question", "prompt", "reference", "text", "text_pair", "label")
+
+
+def input_keys(rows: list[dict]) -> list[str]:
+    """The input columns the tables show: the question a person asked rather than the rendered prompt (whose
+    start is the template's system prompt, the same on every row) when the rows carry one."""
+    first = rows[0] if rows else {}
+    return [k for k in INPUT_KEYS if k in first and not (k == "prompt" and "question" in first)]
 
 
 def metric_names(models: dict[str, dict]) -> list[str]:
@@ -97,7 +104,7 @@ def render_markdown(summary: dict, rows: list[dict], images: list[str]) -> str:
         lines.append(line + " |")
     lines += ["", *(f"![{Path(name).stem}]({name})" for name in images), ""]
     shown = differing(rows, names)
-    keys = [k for k in INPUT_KEYS if rows and k in rows[0]]
+    keys = input_keys(rows)
     title = "Where the models differ" if len(names) == 2 else "Outputs"
     lines += [f"## {title} ({len(shown)} of {len(rows)} rows)", "",
               "| # | " + " | ".join(keys + names) + " |", "|---" * (len(keys) + len(names) + 1) + "|"]
@@ -119,7 +126,7 @@ def render_html(summary: dict, rows: list[dict], images: dict[str, bytes]) -> st
             cells.append(h.cell(text, f"num {cls}".strip()))
         table_rows.append(cells)
     shown = differing(rows, names)
-    keys = [k for k in INPUT_KEYS if rows and k in rows[0]]
+    keys = input_keys(rows)
     gen_rows = []
     for i, r in enumerate(shown, 1):
         ref = r.get("reference", r.get("label"))

@@ -191,7 +191,8 @@ def evaluate(req: Request) -> Path:
             del model
             gc.collect()
 
-    generations = [{"prompt": it.prompt, "reference": it.reference, **{n: outputs[n][k] for n in outputs}}
+    generations = [{"question": it.question, "prompt": it.prompt, "reference": it.reference,
+                    **{n: outputs[n][k] for n in outputs}}
                    for k, it in enumerate(items)]
     summary = {**plan.info, "target": req.target, "stage": cfg.stage, "data": req.data, "rows": len(records),
                "loss_samples": stats.summary() if stats else None, "generated": len(items),
