@@ -27,6 +27,8 @@ _QUERY_SECRET = re.compile(r"(?P<name>[?&;][^\s=&#]*?(?:token|key|secret|passwor
 _TOKEN_SHAPES = re.compile(r"\b(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|"
                            r"xox[abpr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})\b")
 _MIN_ENV_SECRET = 6  # shorter values would redact ordinary words
+# The shell's working directories: "pwd" is a secret word in a config key, but $PWD is every path under it
+_NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
 
 
 def key_words(name: str) -> list[str]:
@@ -44,7 +46,8 @@ def is_secret_key(name: Any) -> bool:
 def env_secrets(environ: dict[str, str] | None = None) -> list[str]:
     """Values of secret-named environment variables (HF_TOKEN, OPENAI_API_KEY, ...), longest first."""
     env = os.environ if environ is None else environ
-    values = {v for k, v in env.items() if is_secret_key(k) and len(v.strip()) >= _MIN_ENV_SECRET}
+    values = {v for k, v in env.items()
+              if k not in _NOT_SECRET_ENV and is_secret_key(k) and len(v.strip()) >= _MIN_ENV_SECRET}
     return sorted(values, key=len, reverse=True)
 
 

@@ -278,3 +278,18 @@ def test_compare_writes_no_secret_and_hands_it_to_each_run_through_the_environme
     assert child.model_dump(exclude={"output_dir", "overwrite"}) == cfg.model_dump(exclude={"output_dir", "overwrite"})
     # an override still wins over a restored value
     assert load_config(path, ["training.mlflow_tracking_uri=file:///x"]).training.mlflow_tracking_uri == "file:///x"
+
+
+def test_the_working_directory_is_not_a_secret(tmp_path, monkeypatch):
+    """$PWD / $OLDPWD hold paths, not passwords: masking them turned every path under the working directory
+    into '***' in saved configs, so the run could not be loaded again. A config key named pwd stays secret."""
+    from tuneforge.secrets import env_secrets, redact_config, redact_text
+
+    where = str(tmp_path / "project")
+    monkeypatch.setenv("PWD", where)
+    monkeypatch.setenv("OLDPWD", where + "-old")
+    monkeypatch.setenv("DB_PASSWORD", "hunter2-hunter2")
+    assert env_secrets() == ["hunter2-hunter2"]
+    assert redact_text(f"model: {where}/runs/sft") == f"model: {where}/runs/sft"
+    assert redact_config({"model": f"{where}/runs/sft", "pwd": "letmein"}) == {"model": f"{where}/runs/sft",
+                                                                             "pwd": "***"}
