@@ -30,7 +30,8 @@ WORDS = ("the a of to and in is it you that he was for on are with as his they b
          "came show every good me give our under name very through just form sentence great think say help low line "
          "differ turn cause much mean before move right boy old too same tell does set three want air well also play "
          "small end put home read hand port large spell add even land here must big high such follow act why ask men "
-         "change went light kind off need house picture try us again animal point mother world near build self earth").split()
+         "change went light kind off need house picture try us again animal point mother world near build self "
+         "earth").split()
 
 
 def _text(rng: random.Random, n: int) -> str:
@@ -134,8 +135,10 @@ def main() -> None:
                       f"peak RSS {r['peak_rss_mb']:7.1f} MB", flush=True)
             if label == "small" and not args.skip_baseline:
                 r = measure("baseline", path, work / "unused")
-                rows.append({"file": label, "mb": path.stat().st_size / 2**20, "lines": lines, "command": "baseline", **r})
-                print(f"  baseline (every record in a list, as load_records): peak RSS {r['peak_rss_mb']:7.1f} MB", flush=True)
+                rows.append({"file": label, "mb": path.stat().st_size / 2**20, "lines": lines, "command": "baseline",
+                             **r})
+                print(f"  baseline (every record in a list, as load_records): peak RSS {r['peak_rss_mb']:7.1f} MB",
+                      flush=True)
             if label == "big":
                 path.unlink()
     by = {(r["file"], r["command"]): r for r in rows}

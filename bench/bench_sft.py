@@ -97,7 +97,8 @@ def make_samples(n: int, seed: int) -> list[Sample]:
             resp = "\n".join(f"{i}. {_paragraph(r, r.randint(10, 35))}" for i in range(1, k + 1))
         elif kind == "rewrite":
             text = _paragraph(r, int(r.lognormvariate(math.log(60), 0.5)))
-            prompt = f"Rewrite the following paragraph about {topic} in a {r.choice(['formal', 'friendly', 'concise'])} tone.\n\n{text}"
+            prompt = (f"Rewrite the following paragraph about {topic} in a "
+                      f"{r.choice(['formal', 'friendly', 'concise'])} tone.\n\n{text}")
             resp = _paragraph(r, int(len(text.split()) * r.uniform(0.6, 1.1)))
         else:
             prompt = f"Write a detailed essay about {topic}, with an introduction, a body and a conclusion."
@@ -112,7 +113,8 @@ def chat(s: Sample) -> list[dict[str, str]]:
 
 def encode(tok: Any, s: Sample) -> tuple[list[int], int, int]:
     """(ids of the chat-rendered sample, first completion position, end of the completion through EOS)."""
-    prompt = tok(tok.apply_chat_template(chat(s)[:1], tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    prompt = tok(tok.apply_chat_template(chat(s)[:1], tokenize=False, add_generation_prompt=True),
+                 add_special_tokens=False)["input_ids"]
     ids = tok(tok.apply_chat_template(chat(s), tokenize=False), add_special_tokens=False)["input_ids"]
     assert ids[: len(prompt)] == prompt, "chat template does not render the prompt as a prefix"
     end = max(i + 1 for i, t in enumerate(ids) if t == tok.eos_token_id)
@@ -183,7 +185,8 @@ def recipe_seed(train: list[Sample], tok: Any, tmp: str, max_steps: int) -> Reci
     for s in train:
         enc = tok(tok.apply_chat_template(chat(s), tokenize=False), padding="max_length", max_length=MAX_LEN,
                   truncation=True, return_tensors="pt")
-        n_prompt = len(tok(tok.apply_chat_template(chat(s)[:1], tokenize=False, add_generation_prompt=True))["input_ids"])
+        n_prompt = len(tok(tok.apply_chat_template(chat(s)[:1], tokenize=False,
+                                                   add_generation_prompt=True))["input_ids"])
         ids, mask = enc["input_ids"][0], enc["attention_mask"][0]
         labels = ids.clone()
         labels[:n_prompt] = -100
@@ -207,9 +210,11 @@ def recipe_trl(train: list[Sample], tok: Any, tmp: str, max_steps: int) -> Recip
     args = SFTConfig(output_dir=tmp, per_device_train_batch_size=BATCH, learning_rate=LR, num_train_epochs=1,
                      max_steps=max_steps or -1, max_length=MAX_LEN, report_to="none", save_strategy="no",
                      use_cpu=True)  # without it, TRL's default bf16=True is refused on a machine with no GPU
-    trainer = SFTTrainer(model=_hf_model(), args=args, train_dataset=data, processing_class=tok, peft_config=_peft_lora())
-    settings = {**_fields(args, "gradient_checkpointing bf16 packing padding_free completion_only_loss assistant_only_loss "
-                                "loss_type lr_scheduler_type warmup_steps pad_to_multiple_of optim"),
+    trainer = SFTTrainer(model=_hf_model(), args=args, train_dataset=data, processing_class=tok,
+                         peft_config=_peft_lora())
+    settings = {**_fields(args, "gradient_checkpointing bf16 packing padding_free completion_only_loss "
+                                "assistant_only_loss loss_type lr_scheduler_type warmup_steps pad_to_multiple_of "
+                                "optim"),
                 **{f"resolved_{k}": v for k, v in _fields(trainer, "padding_free completion_only_loss").items()},
                 "matmul_dtype": "bf16" if args.bf16 else "fp32"}
     return trainer.model, trainer.train, settings
@@ -244,7 +249,8 @@ def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, max_steps: int) ->
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    model = method.apply(model, cfg.method, MethodContext(resolve_model(cfg.model), gradient_checkpointing=t.gradient_checkpointing))
+    model = method.apply(model, cfg.method,
+                         MethodContext(resolve_model(cfg.model), gradient_checkpointing=t.gradient_checkpointing))
     Path(cfg.output_dir).mkdir(parents=True)
     settings = {**_fields(t, "precision packing lr_scheduler warmup_ratio gradient_checkpointing"),
                 "resolved_precision": precision, "matmul_dtype": precision}
@@ -267,8 +273,10 @@ def run_child(args: argparse.Namespace) -> None:
         t0, cpu0 = time.perf_counter(), time.process_time()
         fit()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    non_emb = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n) - model.get_input_embeddings().weight.numel()
-    result = {"wall_s": wall, "cpu_s": cpu, "real_tokens": counter.real, "fed_tokens": counter.fed, "forwards": counter.calls,
+    non_emb = (sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+               - model.get_input_embeddings().weight.numel())
+    result = {"wall_s": wall, "cpu_s": cpu, "real_tokens": counter.real, "fed_tokens": counter.fed,
+              "forwards": counter.calls,
               "settings": settings, "eval_loss_base": base, "eval_loss": eval_loss(model, evals),
               "non_embedding_params": non_emb, "threads": torch.get_num_threads(),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -297,14 +305,16 @@ def data_stats(train: list[Sample]) -> dict:
     tok = AutoTokenizer.from_pretrained(resolve_model(MODEL))
     lens = sorted(len(tok(tok.apply_chat_template(chat(s), tokenize=False))["input_ids"]) for s in train)
     return {"samples": len(lens), "mean": round(statistics.mean(lens), 1), "p50": lens[len(lens) // 2],
-            "p99": lens[int(0.99 * (len(lens) - 1))], "max": lens[-1], "over_max_length": sum(x > MAX_LEN for x in lens)}
+            "p99": lens[int(0.99 * (len(lens) - 1))], "max": lens[-1],
+            "over_max_length": sum(x > MAX_LEN for x in lens)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train-samples", type=int, default=256)
     p.add_argument("--eval-samples", type=int, default=32)
-    p.add_argument("--max-steps", type=int, default=0, help="cap each recipe at this many optimizer steps (0: one epoch)")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="cap each recipe at this many optimizer steps (0: one epoch)")
     p.add_argument("--recipes", default="a,b,c")
     p.add_argument("--out", default="bench/results/sft.json")
     p.add_argument("--recipe", help=argparse.SUPPRESS)
@@ -321,7 +331,8 @@ def main() -> None:
         probe = gemm_peak(torch.float32, seconds=1.0)  # how loaded the (possibly shared) cores are right now
         peak["fp32"] = max(peak["fp32"], probe)
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            cmd = [sys.executable, __file__, "--recipe", r, "--child-out", f.name, "--train-samples", str(args.train_samples),
+            cmd = [sys.executable, __file__, "--recipe", r, "--child-out", f.name,
+                   "--train-samples", str(args.train_samples),
                    "--eval-samples", str(args.eval_samples), "--max-steps", str(args.max_steps)]
             print(f"== recipe {r} ({NAMES[r]}) ...", flush=True)
             proc = subprocess.run(cmd)
@@ -338,15 +349,16 @@ GOALS = {"speedup_c_vs_a": (">=", 3.0), "speedup_c_vs_b": (">=", 1.5), "eval_los
 def report(args: argparse.Namespace, stats: dict, peak: dict, results: dict[str, dict]) -> None:
     ok = {k: v for k, v in results.items() if "error" not in v}
     print(f"\ndata: {stats} (tokens incl. chat template; eval: {args.eval_samples} held-out samples)")
-    print(f"GEMM peak 2048x2048, {torch.get_num_threads()} threads: fp32 {peak['fp32'] / 1e9:.1f}, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")
+    print(f"GEMM peak 2048x2048, {torch.get_num_threads()} threads: "
+          f"fp32 {peak['fp32'] / 1e9:.1f}, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")
     for k, v in results.items():
         print(f"settings {k} {NAMES[k]}: " + ", ".join(f"{n}={x}" for n, x in v.get("settings", v).items()))
     print("\nMFU = 4 x non-embedding params x real tokens / wall / GEMM peak of the recipe's matmul dtype\n"
           "      (LoRA: frozen base, no weight gradients; gradient-checkpointing recomputation not counted)\n"
           "probe = fp32 GEMM GFLOP/s measured just before the recipe: well under the peak means shared cores\n"
           "cpu s = CPU seconds of the recipe process during the epoch; cores = cpu s / wall s (2 = had both cores)")
-    head = ("recipe                 wall s   cpu s  cores  real tok   fed tok  real tok/s  peak RSS MB  eval base  eval tuned"
-            "    MFU       probe")
+    head = ("recipe                 wall s   cpu s  cores  real tok   fed tok  real tok/s  peak RSS MB  eval base"
+            "  eval tuned    MFU       probe")
     print(head + "\n" + "-" * len(head))
     for k, v in results.items():
         if "error" in v:
@@ -355,8 +367,10 @@ def report(args: argparse.Namespace, stats: dict, peak: dict, results: dict[str,
         dtype = v["settings"]["matmul_dtype"]
         v["tokens_per_s"] = v["real_tokens"] / v["wall_s"]
         v["mfu"] = 4 * v["non_embedding_params"] * v["tokens_per_s"] / peak[dtype]
-        print(f"{k} {NAMES[k]:<18} {v['wall_s']:>8.1f} {v['cpu_s']:>7.0f} {v['cpu_s'] / v['wall_s']:>6.2f} {v['real_tokens']:>9} {v['fed_tokens']:>9} {v['tokens_per_s']:>11.1f}"
-              f" {v['peak_rss_mb']:>12.0f} {v['eval_loss_base']:>10.4f} {v['eval_loss']:>11.4f} {100 * v['mfu']:>5.1f}% {dtype}"
+        print(f"{k} {NAMES[k]:<18} {v['wall_s']:>8.1f} {v['cpu_s']:>7.0f} {v['cpu_s'] / v['wall_s']:>6.2f}"
+              f" {v['real_tokens']:>9} {v['fed_tokens']:>9} {v['tokens_per_s']:>11.1f}"
+              f" {v['peak_rss_mb']:>12.0f} {v['eval_loss_base']:>10.4f} {v['eval_loss']:>11.4f}"
+              f" {100 * v['mfu']:>5.1f}% {dtype}"
               f" {v['probe_fp32_gflops']:>7.0f}")
     ratios, goals = {}, {}
     for o in ("a", "b"):

@@ -36,7 +36,8 @@ def make_doc(rng: random.Random) -> str:
         f"Fault code {code} means {meaning}.",
         f"When {code} appears, first {action}.",
         f"If {code} returns within {rng.randint(2, 14)} days, check {rng.choice(PARTS)} as well.",
-        f"Log the brine temperature ({rng.randint(-5, 12)} C) and the flow rate ({rng.randint(8, 30)} l/min) before closing the ticket.",
+        f"Log the brine temperature ({rng.randint(-5, 12)} C) and the flow rate ({rng.randint(8, 30)} l/min) "
+        "before closing the ticket.",
     ]
     rng.shuffle(lines[2:4])
     return " ".join(lines)

@@ -73,7 +73,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     qs = questions(rng)
     n = len(qs)  # 289: split into disjoint groups
-    sft, prefs, prompts, held = qs[: n * 35 // 100], qs[n * 35 // 100 : n * 70 // 100], qs[n * 70 // 100 : n * 85 // 100], qs[n * 85 // 100 :]
+    sft, prefs, prompts, held = (qs[: n * 35 // 100], qs[n * 35 // 100 : n * 70 // 100],
+                                 qs[n * 70 // 100 : n * 85 // 100], qs[n * 85 // 100 :])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sft_rows = [{"instruction": q, "output": styled(a) if i % 2 == 0 else prose} for i, (q, a, prose) in enumerate(sft)]

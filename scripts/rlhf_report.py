@@ -34,8 +34,10 @@ def report(root: Path) -> str:
             ("reward model", "pairwise accuracy (held-out pairs)", reward["eval_before"]["accuracy"],
              reward["eval_after"]["accuracy"]),
             ("reward model", "mean margin", reward["eval_before"]["margin_mean"], reward["eval_after"]["margin_mean"]),
-            ("PPO", "mean reward (held-out prompts)", ppo["eval_before"]["reward_mean"], ppo["eval_after"]["reward_mean"]),
-            ("PPO", "KL to the SFT policy (nats per answer)", ppo["eval_before"]["kl_mean"], ppo["eval_after"]["kl_mean"]),
+            ("PPO", "mean reward (held-out prompts)", ppo["eval_before"]["reward_mean"],
+             ppo["eval_after"]["reward_mean"]),
+            ("PPO", "KL to the SFT policy (nats per answer)", ppo["eval_before"]["kl_mean"],
+             ppo["eval_after"]["kl_mean"]),
             ("PPO", "mean answer length (tokens)", ppo["eval_before"]["length_mean"], ppo["eval_after"]["length_mean"])]
     if style:
         rows.append(("PPO", "house-style rate (`Answer: ...`)", ppo["eval_before"]["rewards"][style[0]],

@@ -45,10 +45,12 @@ def test_example_config_validates(path, monkeypatch, tiny_tokenizer):
         assert cfg.model in OUTPUTS, f"{path.name}: model {cfg.model} is no example's output_dir"
 
 
-@pytest.mark.parametrize("script,folder", [("make_quickstart_data.py", "quickstart"), ("make_pretrain_data.py", "pretrain"),
+@pytest.mark.parametrize("script,folder", [("make_quickstart_data.py", "quickstart"),
+                                           ("make_pretrain_data.py", "pretrain"),
                                            ("make_sentiment_data.py", "sentiment"), ("make_rlhf_data.py", "rlhf")])
 def test_generators_reproduce_shipped_data(script, folder, tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
     shipped = sorted(p.name for p in (ROOT / "examples" / "data" / folder).glob("*.jsonl"))
     assert shipped and sorted(p.name for p in tmp_path.glob("*.jsonl")) == shipped
     for name in shipped:
@@ -87,7 +89,8 @@ def test_sentiment_rules_defeat_the_keyword_baseline():
     import make_sentiment_data as gen
 
     rows = [json.loads(x) for x in (ROOT / "examples/data/sentiment/eval.jsonl").read_text().splitlines()]
-    assert gen.keyword_label("The lid is great.") == "positive" and gen.keyword_label("The lid is not great.") == "positive"
+    assert (gen.keyword_label("The lid is great.") == "positive"
+            and gen.keyword_label("The lid is not great.") == "positive")
     assert 0.45 < gen.keyword_accuracy(ROOT / "examples/data/sentiment/eval.jsonl") < 0.7
     counts = {label: sum(r["label"] == label for r in rows) for label in ("negative", "neutral", "positive")}
     assert min(counts.values()) > 0.25 * len(rows)

@@ -51,8 +51,8 @@ def test_two_gloo_processes_reproduce_single_process_losses(make_config, tmp_pat
     # resume across processes: restart both ranks from the step-3 checkpoint; the curve is unchanged
     (out / "metrics.json").unlink()
     proc = subprocess.run([sys.executable, "-m", "tuneforge", "train", str(path),
-                           f"resume={out / 'checkpoints' / 'step-0000003'}", "--nproc", "2"], env=env, capture_output=True, text=True,
-                          timeout=300)
+                           f"resume={out / 'checkpoints' / 'step-0000003'}", "--nproc", "2"], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["train"]["resumed_from"].endswith("step-0000003")

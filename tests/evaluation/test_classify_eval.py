@@ -45,7 +45,8 @@ def test_classify_eval_reproduces_before_and_after(cls_run, tmp_path):
 
 
 def test_unknown_label_is_a_data_error_before_loading(cls_run, tmp_path):
-    bad = tiny.write_jsonl(tmp_path / "bad.jsonl", [{"text": "yes fine", "label": "pos"}, {"text": "no", "label": "meh"}])
+    bad = tiny.write_jsonl(tmp_path / "bad.jsonl",
+                           [{"text": "yes fine", "label": "pos"}, {"text": "no", "label": "meh"}])
     with pytest.raises(DataError, match=r"bad.jsonl:2: label 'meh' is not one of the run's labels"):
         evaluate(Request(str(cls_run), str(bad), output=str(tmp_path / "ev")))
     assert not (tmp_path / "ev").exists()

@@ -18,7 +18,8 @@ def test_rouge_l_is_lcs_f_measure():
 
 def test_bleu_brevity_penalty_when_all_ngrams_match():
     # every 1..4-gram of the 6-word prediction is in the 7-word reference: precisions 1, BP = exp(1 - 7/6)
-    assert bleu(["the cat sat on the mat"], ["the cat sat on the mat today"]) == pytest.approx(math.exp(-1 / 6), abs=1e-6)
+    assert bleu(["the cat sat on the mat"], ["the cat sat on the mat today"]) == pytest.approx(math.exp(-1 / 6),
+                                                                                                abs=1e-6)
 
 
 def test_identical_and_disjoint_bounds():

@@ -75,7 +75,8 @@ def test_inference_prompt_equals_training_prompt(template, make_config, tmp_path
     prompt = engine.chat_prompt([{"role": "user", "content": "hi"}])
     assert engine.template == template and engine.system_prompt == SYSTEM and SYSTEM in prompt
     # the tiny tokenizer's own template is ChatML: the alpaca run must not fall back to it
-    assert ("### Instruction:" in prompt) == (template == "alpaca") and ("<|im_start|>" in prompt) == (template == "chat")
+    assert (("### Instruction:" in prompt) == (template == "alpaca")
+            and ("<|im_start|>" in prompt) == (template == "chat"))
 
 
 @pytest.mark.real

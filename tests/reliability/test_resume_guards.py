@@ -135,6 +135,7 @@ def test_a_refused_resume_leaves_the_runs_config_as_it_was(make_config):
         out = STAGES["sft"](cfg)
     before = (out / "config.yaml").read_bytes()
     again = cfg.model_copy(update={"resume": "auto", "seed": 7})
-    with pytest.raises(ConfigError, match=r"checkpoint .*step-0000002 was saved by a different run \(seed changed: 0 -> 7\)"):
+    with pytest.raises(ConfigError,
+                       match=r"checkpoint .*step-0000002 was saved by a different run \(seed changed: 0 -> 7\)"):
         STAGES["sft"](again)
     assert (out / "config.yaml").read_bytes() == before

@@ -134,7 +134,8 @@ def test_sampling_is_seeded_cut_at_eos_and_logprobs_match_generate(rl_config, ti
     with torch.no_grad():
         out = model.generate(input_ids=ids, max_new_tokens=len(greedy.completion_ids), do_sample=False,
                              output_scores=True, return_dict_in_generate=True, pad_token_id=eos)
-    want = torch.stack([torch.log_softmax(sc[0], -1)[t] for sc, t in zip(out.scores, greedy.completion_ids, strict=True)])
+    want = torch.stack([torch.log_softmax(sc[0], -1)[t]
+                        for sc, t in zip(out.scores, greedy.completion_ids, strict=True)])
     got = logprobs_of(model, to_batch([greedy], eos))[0]
     assert torch.allclose(got, want, atol=1e-5)
 
@@ -183,7 +184,8 @@ def test_a_finished_run_chains_as_model(make_config, tmp_path, monkeypatch):
         assert torch.allclose(chained(ids).logits, adapter_model(ids).logits, atol=1e-4)
     assert load_tokenizer(str(run)).chat_template == tok.chat_template
     (tmp_path / "cls").mkdir()
-    (tmp_path / "cls" / "config.yaml").write_text((run / "config.yaml").read_text().replace("stage: sft", "stage: reward"))
+    (tmp_path / "cls" / "config.yaml").write_text(
+        (run / "config.yaml").read_text().replace("stage: sft", "stage: reward"))
     with pytest.raises(ModelError, match="a reward run is not a language model"):
         resolve_model(str(tmp_path / "cls"))
     assert json.loads((Path(merged) / "merge.json").read_text())["max_abs_logit_diff"] <= 1e-4

@@ -31,7 +31,8 @@ def test_loads_with_defaults(tmp_path):
 
 def test_unknown_key_did_you_mean_with_line(tmp_path):
     p = _cfg(tmp_path, BASE.replace("learning_rate", "learnin_rate"))
-    with pytest.raises(ConfigError, match=r"c\.yaml:6: unknown key 'training.learnin_rate'; did you mean 'training.learning_rate'"):
+    with pytest.raises(ConfigError,
+                       match=r"c\.yaml:6: unknown key 'training.learnin_rate'; did you mean 'training.learning_rate'"):
         load_config(p)
 
 

@@ -23,7 +23,8 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     keys = sorted({k for t in study.trials for k in t.params})
     rows = []
     for t in study.trials:
-        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
+                   if t.datetime_complete and t.datetime_start else None)
         rows.append({"trial": t.number, "state": t.state.name, "value": t.value,
                      "seconds": round(seconds, 1) if seconds is not None else None,
                      **{k: t.params.get(k) for k in keys}, "error": t.user_attrs.get("error", "")})

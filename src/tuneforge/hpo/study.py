@@ -181,7 +181,8 @@ def run_study(config: str | Path, space_file: str | Path, trials: int, study_dir
     study = optuna.create_study(
         storage=storage, study_name=study_name or Path(config).stem, direction=direction, load_if_exists=True,
         sampler=to_sampler(sampler, space, seed),  # seed None: workers sharing a storage sample differently
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune else optuna.pruners.NopPruner(),
+        pruner=(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune
+                else optuna.pruners.NopPruner()),
     )
     if study.direction.name.lower() != direction:
         raise ConfigError(f"--direction {direction}: study {study.study_name!r} in {storage} was created to "

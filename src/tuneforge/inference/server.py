@@ -120,7 +120,8 @@ class Gate:
         if scope["type"] == "http":
             headers = dict(scope["headers"])
             scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if self.want and not (scheme.lower() == "bearer" and hmac.compare_digest(_digest(token.strip()), self.want)):
+            if self.want and not (scheme.lower() == "bearer"
+                                  and hmac.compare_digest(_digest(token.strip()), self.want)):
                 await _error(401, "invalid or missing API key (expected 'Authorization: Bearer KEY')",
                              code="invalid_api_key")(scope, receive, send)
                 return
@@ -186,7 +187,8 @@ async def _stream(job: Job, rid: str, model: str, chat: bool, include_usage: boo
         while True:
             kind, value = await job.events.get()
             if kind == "text":
-                yield p.sse(p.chat_chunk(rid, model, {"content": value}) if chat else p.completion_chunk(rid, model, value))
+                yield p.sse(p.chat_chunk(rid, model, {"content": value}) if chat
+                            else p.completion_chunk(rid, model, value))
             elif kind == "done":
                 yield p.sse(p.chat_chunk(rid, model, {}, value.finish_reason) if chat
                             else p.completion_chunk(rid, model, "", value.finish_reason))
