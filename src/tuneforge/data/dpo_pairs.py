@@ -1,6 +1,8 @@
 """Preference records as DPO examples: the prompt tokenized exactly as chat / serve tokenize it (the run's
 chat template, or plain text for a tokenizer without one), each response through its end-of-turn EOS, over-length
-pairs by training.overlength (the prompt is cut from the left, the responses from the right).
+pairs by training.overlength (the prompt is cut from the left, the responses from the right). Control tokens
+written in the fields (`<|im_end|>`, ...) are plain text unless data.special_tokens_in_text, as in sft: the prompt
+tokenizes as chat / serve tokenize the same conversation, and a row cannot forge a turn.
 
     examples, stats = load_dpo_examples(cfg, tokenizer, records)
 """
@@ -15,7 +17,7 @@ from tuneforge.data.load import Record
 from tuneforge.data.overlength import over_length
 from tuneforge.data.preference import PairStats, pair_field, use_template
 from tuneforge.data.records import same_responses, to_conversation
-from tuneforge.data.templates import render
+from tuneforge.data.templates import control_tokens, encode, escape_messages, render
 from tuneforge.errors import DataError
 
 
@@ -29,53 +31,65 @@ class DpoExample:
         return {"prompt_ids": self.prompt_ids, "chosen_ids": self.chosen_ids, "rejected_ids": self.rejected_ids}
 
 
-def _turns(cfg: Config, record: Record) -> tuple[Messages, dict, dict] | None:
-    """(shared prompt messages, chosen turn, rejected turn); None when chosen == rejected (dropped)."""
-    prompt = pair_field(record, "prompt", required=False)
-    responses = [pair_field(record, key, required=True) for key in ("chosen", "rejected")]
-    if same_responses(prompt, *responses):
+def split_turns(prompt: str | Messages | None, chosen: str | Messages, rejected: str | Messages, where: str,
+                system_prompt: str | None = None) -> tuple[Messages, dict, dict] | None:
+    """(shared prompt messages, chosen turn, rejected turn) of a pair's fields; None when chosen == rejected
+    (dropped). `system_prompt` (data.system_prompt) goes first unless the prompt has its own."""
+    if same_responses(prompt, chosen, rejected):
         return None
-    chosen, rejected = (to_conversation(prompt, r) for r in responses)
+    chosen, rejected = (to_conversation(prompt, r) for r in (chosen, rejected))
     if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        raise DataError(f"{record.where}: 'chosen' and 'rejected' must end with an assistant turn")
+        raise DataError(f"{where}: 'chosen' and 'rejected' must end with an assistant turn")
     if chosen[:-1] != rejected[:-1]:
-        raise DataError(f"{record.where}: 'chosen' and 'rejected' must share every turn before their last one "
+        raise DataError(f"{where}: 'chosen' and 'rejected' must share every turn before their last one "
                         "(the prompt); only the final assistant turn may differ")
     messages = chosen[:-1]
-    if cfg.data.system_prompt and not (messages and messages[0]["role"] == "system"):
-        messages = [{"role": "system", "content": cfg.data.system_prompt}, *messages]
+    if system_prompt and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
     return messages, chosen[-1], rejected[-1]
 
 
-def _response_ids(tokenizer, prompt_text: str, full_text: str, where: str) -> list[int]:
+def _response_ids(tokenizer, prompt_text: str, full_text: str, where: str, pieces: list[str]) -> list[int]:
     if not full_text.startswith(prompt_text):
         raise DataError(f"{where}: the chat template renders the prompt differently inside the conversation, so "
                         "the response cannot be located; use data.template=alpaca or another template")
-    ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    ids = encode(tokenizer, full_text[len(prompt_text):], pieces)
     eos = tokenizer.eos_token_id
     cut = max((k + 1 for k, t in enumerate(ids) if t == eos), default=None)
     return ids[:cut] if cut else [*ids, eos]  # a template without EOS gets one, as in sft labels
 
 
-def to_example(cfg: Config, tokenizer, record: Record, templated: bool) -> DpoExample | None:
-    turns = _turns(cfg, record)
-    if turns is None:
-        return None
-    messages, chosen, rejected = turns
+def build_dpo_example(tokenizer, messages: Messages, chosen: dict, rejected: dict, templated: bool, where: str,
+                      special_tokens_in_text: bool = False) -> DpoExample:
+    """The prompt's ids, then each response's ids (they follow the prompt's exactly): the texts are rendered
+    with control tokens in the contents escaped, and each piece tokenized as sft tokenizes it."""
+    if templated and not messages:  # a chat template cannot render an empty conversation's generation prompt
+        raise DataError(f"{where}: dpo needs a prompt to answer with a chat template: a 'prompt' field, "
+                        "turns before the last assistant turn of 'chosen' and 'rejected', or data.system_prompt")
+    pieces: list[str] = []
+    if not special_tokens_in_text:
+        (*messages, chosen, rejected), pieces = escape_messages([*messages, chosen, rejected],
+                                                                control_tokens(tokenizer))
     if templated:
-        if not messages:  # a chat template cannot render an empty conversation's generation prompt
-            raise DataError(f"{record.where}: dpo needs a prompt to answer with a chat template: a 'prompt' field, "
-                            "turns before the last assistant turn of 'chosen' and 'rejected', or data.system_prompt")
         prompt_text = render(tokenizer, messages, add_generation_prompt=True)
         fulls = [render(tokenizer, [*messages, turn]) for turn in (chosen, rejected)]
     else:  # plain text as the reward stage joins it (data.preference.to_text)
         prompt_text = "".join(m["content"] + "\n\n" for m in messages)
         fulls = [prompt_text + turn["content"] for turn in (chosen, rejected)]
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
+    prompt_ids = encode(tokenizer, prompt_text, pieces)
     if not prompt_ids:  # the first response token needs a context to be predicted from
         prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-    c, r = (_response_ids(tokenizer, prompt_text, full, record.where) for full in fulls)
+    c, r = (_response_ids(tokenizer, prompt_text, full, where, pieces) for full in fulls)
     return DpoExample(prompt_ids, c, r)
+
+
+def to_example(cfg: Config, tokenizer, record: Record, templated: bool) -> DpoExample | None:
+    prompt = pair_field(record, "prompt", required=False)
+    responses = [pair_field(record, key, required=True) for key in ("chosen", "rejected")]
+    turns = split_turns(prompt, *responses, record.where, cfg.data.system_prompt)
+    if turns is None:
+        return None
+    return build_dpo_example(tokenizer, *turns, templated, record.where, cfg.data.special_tokens_in_text)
 
 
 def _fit(example: DpoExample, max_length: int) -> DpoExample:

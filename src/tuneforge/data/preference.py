@@ -10,7 +10,8 @@ same records): `prompt` (optional) + `chosen` + `rejected` per record.
 A tokenizer with a chat template (or data.template alpaca/chat) renders prompt + response as a
 conversation with the run's template, so the reward model sees what the policy will produce; otherwise
 the text is `prompt + "\\n\\n" + response`. Pairs whose chosen equals rejected (whitespace-normalised)
-teach nothing and are counted and dropped.
+teach nothing and are counted and dropped. Control tokens written in the fields (`<|im_end|>`, ...) are plain
+text unless data.special_tokens_in_text (`to_ids`), so a row cannot forge a turn of the scored conversation.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from tuneforge.data.fields import Issue, Messages, raise_first
 from tuneforge.data.load import Record
 from tuneforge.data.overlength import over_length
 from tuneforge.data.records import normalised, preference_part, same_responses, to_conversation
-from tuneforge.data.templates import apply_template, render
+from tuneforge.data.templates import apply_template, control_tokens, escape_messages, render
+from tuneforge.data.templates import encode as encode_pieces
 from tuneforge.errors import DataError
 
 __all__ = ["PairExample", "PairStats", "encode", "load_pair_examples", "normalised", "pair_field",
-           "to_conversation", "to_text", "use_template"]
+           "to_conversation", "to_ids", "to_text", "use_template"]
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,43 @@ def pair_field(record: Record, key: str, required: bool) -> str | Messages | Non
     return value
 
 
+def _join(tokenizer, messages: Messages, templated: bool) -> str:
+    if templated:
+        return render(tokenizer, messages)
+    return "\n\n".join(m["content"] for m in messages)
+
+
 def to_text(tokenizer, prompt: str | Messages | None, response: str | Messages, templated: bool) -> str:
     """The text the reward model scores; `templated`: render with the tokenizer's chat template."""
-    if templated:
-        return render(tokenizer, to_conversation(prompt, response))
-    parts = [m["content"] for m in to_conversation(prompt, response)]
-    return "\n\n".join(parts)
+    return _join(tokenizer, to_conversation(prompt, response), templated)
+
+
+def to_ids(tokenizer, prompt: str | Messages | None, response: str | Messages, templated: bool,
+           max_length: int | None = None, special_tokens_in_text: bool = False) -> list[int]:
+    """Token ids of `to_text`'s text as the reward stage trains on them and a reward run scores them: control
+    tokens inside the fields are plain text unless `special_tokens_in_text` (the template's own stay special);
+    over `max_length` cut from the left as `encode` does. A pair without control tokens: `encode(to_text(...))`."""
+    messages = to_conversation(prompt, response)
+    pieces: list[str] = []
+    if not special_tokens_in_text:
+        messages, pieces = escape_messages(messages, control_tokens(tokenizer))
+    text = _join(tokenizer, messages, templated)
+    if not pieces:
+        return encode(tokenizer, text, max_length)
+    before, after = _added_ids(tokenizer)
+    ids = encode_pieces(tokenizer, text, pieces)
+    if max_length is not None:
+        ids = ids[max(0, len(ids) + len(before) + len(after) - max_length) :]
+    return before + ids + after
+
+
+def _added_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's own call puts before and after a text (BOS; [CLS] ... [SEP])."""
+    probe = tokenizer("a")["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    extra = len(probe) - len(bare)
+    head = next((k for k in range(extra + 1) if probe[k : k + len(bare)] == bare), extra)
+    return probe[:head], probe[head + len(bare) :]
 
 
 def use_template(cfg: Config, tokenizer) -> bool:
@@ -100,14 +133,14 @@ def load_pair_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[l
         if same_responses(prompt, *responses):
             stats.dropped_identical += 1
             continue
-        texts = [to_text(tokenizer, prompt, r, templated) for r in responses]
-        ids = [encode(tokenizer, t, None) for t in texts]
+        special = cfg.data.special_tokens_in_text
+        ids = [to_ids(tokenizer, prompt, r, templated, None, special) for r in responses]
         action = over_length(max(map(len, ids)), cfg, record.where, "pair")
         if action == "drop":
             stats.dropped_overlength += 1
             continue
         if action == "truncate":
-            ids = [encode(tokenizer, t, max_length) for t in texts]
+            ids = [to_ids(tokenizer, prompt, r, templated, max_length, special) for r in responses]
             stats.truncated += 1
         stats.lengths += [len(i) for i in ids]
         pairs.append(PairExample(ClsExample(ids[0], None, 0), ClsExample(ids[1], None, 0)))

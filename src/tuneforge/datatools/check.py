@@ -119,38 +119,42 @@ class CheckReport:
         }
 
 
-def _token_stats(view: View, tokenizer, max_length: int | None) -> tuple[int, int, int]:
-    """(tokens, supervised tokens, supervised tokens within max_length) as the stage will build them."""
-    from tuneforge.data.templates import build_pretrain_examples, build_sft_example, render
+def _token_stats(view: View, tokenizer, max_length: int | None, stage: str, special: bool) -> tuple[int, int, int]:
+    """(tokens, supervised tokens, supervised tokens within max_length) as the stage's builder makes them, with
+    control tokens written in a row plain text unless `special` (data.special_tokens_in_text)."""
+    from tuneforge.data.dpo_pairs import build_dpo_example, split_turns
+    from tuneforge.data.preference import to_ids
+    from tuneforge.data.templates import build_pretrain_examples, build_sft_example
+    from tuneforge.rl.prompts import to_prompt_ids
 
     if view.messages is not None:
-        example = build_sft_example(tokenizer, view.messages)
+        example = build_sft_example(tokenizer, view.messages, special_tokens_in_text=special)
         kept = example.labels[:max_length] if max_length else example.labels
         return len(example.input_ids), example.n_supervised, sum(1 for x in kept if x != -100)
     if view.fmt == "text":
-        n = len(build_pretrain_examples(tokenizer, view.parts["text"], 0, split=False)[0].input_ids)
+        n = len(build_pretrain_examples(tokenizer, view.parts["text"], 0, False, special)[0].input_ids)
         return n, n, min(n, max_length or n)
     if view.fmt == "classify":
         n = len(tokenizer(view.parts["text"], view.parts["text_pair"])["input_ids"])
         return n, 0, 0
-
-    def flat(p: Any) -> str:
-        return p if isinstance(p, str) else render(tokenizer, p)
-
-    prompt = flat(view.parts["prompt"]) if view.parts["prompt"] else ""
+    parts, templated = view.parts, bool(getattr(tokenizer, "chat_template", None))  # as data.template auto
     if view.fmt == "prompt":
-        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"]), 0, 0
-    n = max(len(tokenizer(prompt + flat(view.parts[k]), add_special_tokens=False)["input_ids"])
-            for k in ("chosen", "rejected"))
-    return n, 0, 0
+        return len(to_prompt_ids(tokenizer, parts["prompt"], templated, None, special)), 0, 0
+    responses = parts["chosen"], parts["rejected"]
+    if STAGE_INFO[stage].examples == "dpo_pairs":  # the length dpo's over-length rule counts
+        pair = build_dpo_example(tokenizer, *split_turns(parts["prompt"], *responses, "row"), templated, "row", special)
+        return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids)), 0, 0
+    return max(len(to_ids(tokenizer, parts["prompt"], r, templated, None, special)) for r in responses), 0, 0
 
 
 def check_records(items: Iterable[Item], stage: str, *, tokenizer=None, max_length: int | None = None,
                   fields: Fields | None = None, near_dup_threshold: float | None = 0.85, num_perm: int = 32,
-                  max_examples: int = 20, path: str | Path | None = None) -> CheckReport:
+                  max_examples: int = 20, path: str | Path | None = None,
+                  special_tokens_in_text: bool = False) -> CheckReport:
     """Check every record; `items` may be `load_records(...)` or the stream from `iter_records(...)`;
     records are validated as `stage_info(stage).records` (data.records.view_record).
-    `tokenizer` (with the chat template applied for sft) adds token statistics."""
+    `tokenizer` (with the chat template applied for sft) adds token statistics, counted as the stage builds
+    examples (`special_tokens_in_text`: data.special_tokens_in_text)."""
     if stage not in STAGE_INFO:
         raise DataError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_INFO)}")
     kind = STAGE_INFO[stage].records
@@ -177,7 +181,7 @@ def check_records(items: Iterable[Item], stage: str, *, tokenizer=None, max_leng
                 report.add("control_tokens", item.where, "contains " + ", ".join(found[:3]))
             if tokenizer is not None:
                 try:
-                    n, n_sup, n_sup_kept = _token_stats(view, tokenizer, max_length)
+                    n, n_sup, n_sup_kept = _token_stats(view, tokenizer, max_length, stage, special_tokens_in_text)
                 except DataError as exc:
                     report.add("template_error", item.where, str(exc).split(": ", 1)[-1])
                     continue

@@ -2,17 +2,21 @@
 for a chat-template stage, the conversation up to its last assistant turn (the reference is that turn); for
 pretraining, the first tokens of a document (the reference is how it goes on).
 
-    items = generation_items(cfg, tokenizer, records)   # [GenerationItem(prompt, reference, question)]
+    items = generation_items(cfg, tokenizer, records)   # [GenerationItem(prompt, reference, question, prompt_ids)]
+
+`prompt_ids` are what the model is given: the ids training built for the same conversation or document
+(templates.build_prompt_ids / encode_text), so control tokens written in a row (`<|im_end|>`, ...) are plain text
+unless data.special_tokens_in_text, and a row's prompt cannot forge a turn; `prompt` is its text, for reading.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tuneforge.config.schema import Config
 from tuneforge.data.formats import detect_format, to_messages, to_text
 from tuneforge.data.load import Record
-from tuneforge.data.templates import render
+from tuneforge.data.templates import build_prompt_ids, encode_text, render
 from tuneforge.stage_info import stage_info
 
 PROMPT_TOKENS = 24
@@ -20,9 +24,10 @@ PROMPT_TOKENS = 24
 
 @dataclass
 class GenerationItem:
-    prompt: str  # exactly what the model sees (rendered with the run's template)
+    prompt: str  # the prompt's text (rendered with the run's template)
     reference: str | None
     question: str = ""  # what a person reads in the report: the last user turn, or the document's start
+    prompt_ids: list[int] = field(default_factory=list)  # exactly what the model sees, tokenized as in training
 
 
 def chat_items(cfg: Config, tokenizer, records: list[Record]) -> list[GenerationItem]:
@@ -33,21 +38,24 @@ def chat_items(cfg: Config, tokenizer, records: list[Record]) -> list[Generation
         messages = to_messages(record, fmt, cfg.data.system_prompt)
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         users = [m["content"] for m in messages[:last] if m["role"] == "user"]
+        ids = build_prompt_ids(tokenizer, messages[:last], record.where, cfg.data.special_tokens_in_text)
         items.append(GenerationItem(render(tokenizer, messages[:last], add_generation_prompt=True),
-                                    messages[last]["content"], users[-1] if users else ""))
+                                    messages[last]["content"], users[-1] if users else "", ids))
     return items
 
 
 def text_items(cfg: Config, tokenizer, records: list[Record]) -> list[GenerationItem]:
     """Prompt = the first tokens of an eval document; reference = how the document goes on."""
     items = []
-    for record in records[: cfg.eval.generate_samples]:
-        ids = tokenizer(to_text(record, cfg.data.text_field), add_special_tokens=False)["input_ids"]
+    adds_bos = tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False)
+    bos = [tokenizer.bos_token_id] if adds_bos else []
+    for record in records[: cfg.eval.generate_samples]:  # a document's ids as build_pretrain_examples builds them
+        ids = encode_text(tokenizer, to_text(record, cfg.data.text_field), cfg.data.special_tokens_in_text)
         cut = min(PROMPT_TOKENS, len(ids) // 2)
         if cut == 0:
             continue
         prompt = tokenizer.decode(ids[:cut])
-        items.append(GenerationItem(prompt, tokenizer.decode(ids[cut:]), prompt))
+        items.append(GenerationItem(prompt, tokenizer.decode(ids[cut:]), prompt, [*bos, *ids[:cut]]))
     return items
 
 

@@ -6,7 +6,9 @@ turn) and any other columns, which reward functions receive by name (e.g. `answe
 
 The policy continues `text`: the prompt rendered with the run's chat template plus the generation prompt
 (a string prompt is the user turn), or the plain string for a tokenizer without a template (data.template
-auto). The same template is saved with the run, so chat / serve render prompts as the policy saw them.
+auto). The same template is saved with the run, so chat / serve render prompts as the policy saw them, and
+`input_ids` are built as chat / serve build a prompt's ids (templates.build_prompt_ids): control tokens written in
+the prompt (`<|im_end|>`, ...) are plain text unless data.special_tokens_in_text, so a row cannot forge a turn.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tuneforge.data.load import Record
 from tuneforge.data.overlength import over_length
 from tuneforge.data.preference import use_template
 from tuneforge.data.records import require
-from tuneforge.data.templates import render
+from tuneforge.data.templates import build_prompt_ids, encode_text, render
 from tuneforge.errors import DataError
 from tuneforge.stage_info import stage_info
 
@@ -56,14 +58,27 @@ def sampling_of(cfg: Config) -> SamplingConfig:
     return block
 
 
+def _messages(prompt: str | Messages, system_prompt: str | None) -> Messages:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
 def to_prompt_text(tokenizer, prompt: str | Messages, templated: bool, system_prompt: str | None = None) -> str:
     """`system_prompt` (data.system_prompt) goes first unless the prompt has its own, as in sft."""
     if not templated:
         return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    if system_prompt and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    return render(tokenizer, messages, add_generation_prompt=True)
+    return render(tokenizer, _messages(prompt, system_prompt), add_generation_prompt=True)
+
+
+def to_prompt_ids(tokenizer, prompt: str | Messages, templated: bool, system_prompt: str | None = None,
+                  special_tokens_in_text: bool = False, where: str = "prompt") -> list[int]:
+    """The ids of `to_prompt_text`'s text as sft, chat and serve tokenize that conversation (plain text: as
+    pretrain does); control tokens inside the prompt are plain text unless `special_tokens_in_text`."""
+    if not templated:
+        return encode_text(tokenizer, to_prompt_text(tokenizer, prompt, False), special_tokens_in_text)
+    return build_prompt_ids(tokenizer, _messages(prompt, system_prompt), where, special_tokens_in_text)
 
 
 def build_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PromptExample], PromptStats]:
@@ -81,7 +96,8 @@ def build_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tupl
     for record in records:
         prompt = require(record, "prompt").parts["prompt"]
         text = to_prompt_text(tokenizer, prompt, templated, cfg.data.system_prompt)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as sft and generation tokenize
+        ids = to_prompt_ids(tokenizer, prompt, templated, cfg.data.system_prompt, cfg.data.special_tokens_in_text,
+                            record.where)
         action = over_length(len(ids), cfg, record.where, "prompt", budget,
                              f"training.max_length - {cfg.stage}.max_new_tokens")
         if action == "drop":

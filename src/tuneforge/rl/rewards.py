@@ -1,6 +1,6 @@
 """Reward sources for ppo / grpo, from the config's `rewards` list: a finished `reward` run (its scalar head
-scores prompt + completion rendered like its training pairs) or a Python function `module:function` with TRL's
-reward-function signature, so functions written for TRL work unchanged:
+scores prompt + completion rendered and tokenized like its training pairs) or a Python function
+`module:function` with TRL's reward-function signature, so functions written for TRL work unchanged:
 
     fn(prompts: list, completions: list[str], **columns) -> list[float]   # columns: the rows' other fields
 
@@ -87,15 +87,14 @@ def _function_source(source: RewardSourceConfig, key: str) -> Source:
 
 
 def _run_source(source: RewardSourceConfig, key: str) -> Source:
-    from tuneforge.data.preference import to_text, use_template
     from tuneforge.rl.reward_model import load_reward_model
 
     scorer = load_reward_model(source.run)
-    templated = use_template(scorer.cfg, scorer.tokenizer)
 
     def score(examples: list, completions: list[str]) -> list[float]:
-        texts = [to_text(scorer.tokenizer, e.prompt, c, templated) for e, c in zip(examples, completions, strict=True)]
-        return _checked(scorer(texts), len(completions), f"key {key!r}: reward run {source.run}")
+        # tokenized as the reward run tokenized its training pairs (its template, data.special_tokens_in_text)
+        values = scorer.score_pairs([e.prompt for e in examples], completions)
+        return _checked(values, len(completions), f"key {key!r}: reward run {source.run}")
 
     return Source(f"reward_run:{source.run}", source.weight, score)
 
