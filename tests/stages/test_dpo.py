@@ -2,8 +2,8 @@
 preference metrics rise; with LoRA the reference is the adapter-disabled policy (no second model) and scores
 exactly as the untouched base; full fine-tuning trains against TRL's frozen copy; this module's loss equals
 TRL's for every loss type; prompt tokens are not trained and each response ends on EOS; malformed rows exit 2
-naming file:line with nothing written; non-finite steps are skipped, then stop the run; SIGINT leaves a
-checkpoint that resumes to the uninterrupted run's losses; a saved run reloads and chains."""
+naming file:line with nothing written; SIGINT leaves a checkpoint that resumes to the uninterrupted run's losses;
+a saved run reloads and chains. Non-finite steps and weights: test_dpo_nonfinite.py."""
 
 import json
 import math
@@ -13,18 +13,17 @@ import signal
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 import tiny
 from tuneforge.config.load import dump_config
+from tuneforge.data.dpo_pairs import load_dpo_examples
 from tuneforge.data.load import load_records
 from tuneforge.data.templates import render
-from tuneforge.errors import DataError, NonFiniteLoss, TrainingInterrupted
+from tuneforge.errors import DataError, TrainingInterrupted
 from tuneforge.fsutil import write_text_atomic
 from tuneforge.methods import METHODS, MethodContext, count_params
 from tuneforge.models import load_model, load_tokenizer
-from tuneforge.stages import dpo
-from tuneforge.stages.lm import _save_model
+from tuneforge.stages import dpo, skeleton
 from tuneforge.train import hf_bridge
 
 LORA = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
@@ -56,6 +55,11 @@ def one_thread():
 
 @pytest.fixture
 def dpo_config(make_config, tmp_path):
+    return make_dpo_config(make_config, tmp_path)
+
+
+def make_dpo_config(make_config, tmp_path):
+    """A config factory: the tiny model on separable preference pairs (train 64, eval 32), overrides on top."""
     data = {"train": tiny.write_jsonl(tmp_path / "pref_train.jsonl", toy_pairs(64)),
             "eval": tiny.write_jsonl(tmp_path / "pref_eval.jsonl", toy_pairs(32, seed=1))}
 
@@ -71,8 +75,8 @@ def dpo_config(make_config, tmp_path):
 def setup(cfg, tmp_path):
     """(tokenizer, train examples, eval examples, base model) as the stage builds them."""
     tok = load_tokenizer(cfg.model)
-    train, _ = dpo.load_dpo_examples(cfg, tok, load_records(cfg.data.train))
-    evals, _ = dpo.load_dpo_examples(cfg, tok, load_records(cfg.data.eval))
+    train, _ = load_dpo_examples(cfg, tok, load_records(cfg.data.train))
+    evals, _ = load_dpo_examples(cfg, tok, load_records(cfg.data.eval))
     torch.manual_seed(cfg.seed)
     return tok, train, evals, load_model(cfg.model)
 
@@ -132,7 +136,7 @@ def test_lora_dpo_reference_is_the_disabled_adapter_and_reloads(dpo_config, tmp_
             assert torch.equal(now, value), f"frozen {name} changed"
     out = tmp_path / "run"
     write_text_atomic(out / "config.yaml", dump_config(cfg))
-    _save_model(model, tok, out, METHODS["lora"])
+    skeleton.save_model(model, tok, out, METHODS["lora"])
     from tuneforge.runs import load_run
 
     loaded, _, _ = load_run(out)
@@ -185,7 +189,7 @@ def test_prompt_not_trained_and_responses_end_on_eos(dpo_config, tmp_path):
     chat = {"chosen": [{"role": "user", "content": "say hello"}, {"role": "assistant", "content": "hello there"}],
             "rejected": [{"role": "user", "content": "say hello"}, {"role": "assistant", "content": "no"}]}
     path = tiny.write_jsonl(tmp_path / "two.jsonl", [row, chat])
-    (ex, ex_chat), _ = dpo.load_dpo_examples(cfg, tok, load_records(str(path)))
+    (ex, ex_chat), _ = load_dpo_examples(cfg, tok, load_records(str(path)))
     assert ex == ex_chat  # strings and chat messages render alike
     assert tok.decode(ex.prompt_ids) == render(tok, [{"role": "user", "content": "say hello"}], True)
     assert tok.decode(ex.chosen_ids) == "hello there<|im_end|>"  # through EOS, not the template's "\n" after it
@@ -217,56 +221,7 @@ def test_malformed_rows_exit_2_and_nothing_written(bad, message, dpo_config, tmp
     assert f"{path}:2: " in err and message in err, err
     assert not (tmp_path / "run").exists()
     with pytest.raises(DataError, match=f"{path}:2: "):
-        dpo.load_dpo_examples(cfg, load_tokenizer(cfg.model), load_records(str(path)))
-
-
-ORIGINAL_TRAINER = dpo._trainer_class
-
-
-def poisoned(steps: set[int]):
-    """A trainer class whose loss is NaN on the given optimizer steps (1-based)."""
-
-    def factory():
-        class Poisoned(ORIGINAL_TRAINER()):
-            def compute_loss(self, model, inputs, *args, **kwargs):
-                loss = super().compute_loss(model, inputs, *args, **kwargs)
-                return loss * float("nan") if self.state.global_step + 1 in steps else loss
-
-        return Poisoned
-
-    return factory
-
-
-def test_nonfinite_step_is_skipped(dpo_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(dpo, "_trainer_class", poisoned({3}))
-    cfg = dpo_config(method=LORA, training__max_steps=5)
-    tok, train, _, model = setup(cfg, tmp_path)
-    model = METHODS["lora"].apply(model, cfg.method, MethodContext(cfg.model))
-    seen = []
-
-    class Snapshot(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
-
-    trainer, guard = trainer_for(cfg, model, tok, train, tmp_path, Snapshot())
-    with pytest.warns(UserWarning, match="step 3: non-finite"):
-        trainer.train()
-    guard.raise_if_stopped()  # one bad step: no stop
-    assert guard.skipped == [3] and trainer.state.global_step == 5
-    same = [all(torch.equal(a[n], b[n]) for n in a) for a, b in zip(seen, seen[1:], strict=False)]
-    assert same == [False, True, False, False]  # step 3 changed nothing (weights and moments)
-    assert all(torch.isfinite(p).all() for p in seen[-1].values())
-    history = hf_bridge.history_of(trainer)
-    assert math.isnan(history[2]["loss"]) and all(math.isfinite(h["loss"]) for h in history[3:])
-
-
-def test_nonfinite_steps_stop_the_stage_with_nothing_saved(dpo_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(dpo, "_trainer_class", poisoned(set(range(1, 10))))
-    cfg = dpo_config(method=LORA, training__max_steps=8, training__max_bad_steps=3)
-    with pytest.warns(UserWarning), pytest.raises(NonFiniteLoss, match="3 non-finite steps"):
-        dpo.run(cfg)
-    out = tmp_path / "run"
-    assert not (out / "adapter_model.safetensors").exists() and not (out / "metrics.json").exists()
+        load_dpo_examples(cfg, load_tokenizer(cfg.model), load_records(str(path)))
 
 
 def test_sigint_saves_a_checkpoint_that_resumes_exactly(dpo_config, tmp_path):
@@ -321,3 +276,4 @@ def test_stage_writes_the_run_and_chains(dpo_config, tmp_path, monkeypatch):
     tok, _, evals, _ = setup(cfg, tmp_path)
     mean_chosen = float(logps(chained, evals)[0].mean())
     assert mean_chosen == pytest.approx(after["chosen_logp"], abs=1e-3)
+

@@ -15,9 +15,9 @@ import torch
 
 import tiny
 from tuneforge.config.load import dump_config
-from tuneforge.stages import grpo
+from tuneforge.stages import grpo, skeleton
 
-LOAD_POLICY = grpo.load_policy
+APPLY_METHOD = skeleton.apply_method
 WORD = "the"
 QUESTIONS = ["what color is the sky ?", "what is the capital of france ?", "say hello", "name a fish",
              "what color is the snow ?", "hi there", "say yes", "what is one and two ?"]
@@ -38,6 +38,25 @@ def not_numbers(prompts, completions, **_):
 
 def needs_answer(prompts, completions, answer, **_):
     return [float(a in c) for a, c in zip(answer, completions, strict=True)]
+
+
+def initial_policy(cfg):
+    """The policy as the stage builds it before training (the skeleton seeds before loading the base)."""
+    run = skeleton.begin(cfg, lambda _m: None)
+    return APPLY_METHOD(run, skeleton.load_base(run))[0]
+
+
+def capture_policy(monkeypatch) -> dict:
+    """{"model": the policy the stage trains}, once the stage has built it."""
+    seen = {}
+
+    def apply_method(run, model):
+        model, counts = APPLY_METHOD(run, model)
+        seen["model"] = model
+        return model, counts
+
+    monkeypatch.setattr(skeleton, "apply_method", apply_method)
+    return seen
 
 
 @pytest.fixture
@@ -65,8 +84,7 @@ def test_batch_arithmetic(grpo_config, tmp_path):
 
 def test_reward_rises_kl_bounded_lora_trains_and_reloads(grpo_config, monkeypatch):
     cfg = grpo_config(training__eval_steps=6)
-    seen, periodic = {}, []  # the stage's policy, to compare with a fresh copy of its start
-    monkeypatch.setattr(grpo, "load_policy", lambda c: seen.setdefault("model", LOAD_POLICY(c)))
+    seen, periodic = capture_policy(monkeypatch), []  # the stage's policy, to compare with a fresh copy of its start
     out = grpo.run(cfg, log=lambda _m: None, on_eval=lambda step, result: periodic.append((step, result)))
     metrics = json.loads((out / "metrics.json").read_text())
     before, after, train = metrics["eval_before"], metrics["eval_after"], metrics["train"]
@@ -94,8 +112,7 @@ def test_reward_rises_kl_bounded_lora_trains_and_reloads(grpo_config, monkeypatc
 
 def _check_weights(cfg, model, should_train) -> None:
     """The trainable set is what the method says; every trainable tensor moved, every frozen one did not."""
-    torch.manual_seed(cfg.seed)  # as the stage seeds before loading: the same initial adapter
-    initial = dict(LOAD_POLICY(cfg).named_parameters())
+    initial = dict(initial_policy(cfg).named_parameters())  # the same seed: the same initial adapter
     trained = dict(model.named_parameters())
     trainable = {n for n, p in trained.items() if p.requires_grad}
     assert trainable and trainable == {n for n in trained if should_train(n)} and set(trained) == set(initial)
@@ -133,8 +150,7 @@ def test_other_methods_train_the_right_weights_and_reload(case, grpo_config, mon
     method, should_train = METHOD_CASES[case]
     steps = 1 if case == "qlora" else 2  # bitsandbytes on CPU is slow; one step shows it trains and saves
     cfg = grpo_config(method=method, training__max_steps=steps, data__eval=None)
-    seen = {}
-    monkeypatch.setattr(grpo, "load_policy", lambda c: seen.setdefault("model", LOAD_POLICY(c)))
+    seen = capture_policy(monkeypatch)
     out = grpo.run(cfg, log=lambda _m: None)
     history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(history) == steps and all(math.isfinite(h["loss"]) and math.isfinite(h["kl"]) for h in history)
@@ -159,8 +175,7 @@ def _reward_run(make_config, tmp_path):
     """A finished reward run, built directly: the tiny Llama with a fresh (untrained, seeded) reward head."""
     from tuneforge.fsutil import write_json_atomic, write_text_atomic
     from tuneforge.models import load_tokenizer
-    from tuneforge.stages.classify import load_base_classifier
-    from tuneforge.stages.lm import _save_model
+    from tuneforge.models.classifier import load_base_classifier
     from tuneforge.stages.reward import LABELS
 
     out = tmp_path / "reward_run"
@@ -169,14 +184,14 @@ def _reward_run(make_config, tmp_path):
     model = load_base_classifier(cfg, LABELS)
     write_text_atomic(out / "config.yaml", dump_config(cfg))
     write_json_atomic(out / "labels.json", {"labels": LABELS})
-    _save_model(model, load_tokenizer(cfg.model), out)
+    skeleton.save_model(model, load_tokenizer(cfg.model), out)
     return out
 
 
 def test_reward_run_source_with_full_fine_tuning(grpo_config, make_config, tmp_path):
     from tuneforge.data.preference import to_text
+    from tuneforge.rl.reward_model import load_reward_model
     from tuneforge.runs import load_run
-    from tuneforge.stages.reward import load_reward_model
 
     run_dir = _reward_run(make_config, tmp_path)
     sources = [{"run": str(run_dir), "weight": 0.5}, {"function": "test_grpo:word_share"}]

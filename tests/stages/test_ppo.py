@@ -1,6 +1,7 @@
 """PPO: the math against hand-computed numbers, and the stage on the tiny Llama with a toy reward (digits
 in the completion): the reward rises while KL stays bounded, only the adapter and value head train, a KL
-runaway stops the run, a resumed run repeats the uninterrupted one, and the saved run reloads."""
+runaway stops the run, a resumed run repeats the uninterrupted one, and the saved run reloads. A signal in the
+middle of a rollout: test_ppo_signals.py; the reference of a PiSSA adapter: test_ppo_reference.py."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from tuneforge.rl.prompts import load_prompt_examples
 from tuneforge.rl.rewards import load_rewards
 from tuneforge.runs import load_run
 from tuneforge.stages import STAGES
-from tuneforge.stages import ppo as ppo_stage
 
 PROMPTS = ["say hello", "what color is the sky", "name a fish", "one two three", "what is the capital of france",
            "hi there", "say yes or no", "count to five"]
@@ -36,6 +36,11 @@ def digits(prompts, completions, **_):
 
 @pytest.fixture
 def ppo_config(make_config, tmp_path):
+    return make_ppo_config(make_config, tmp_path)
+
+
+def make_ppo_config(make_config, tmp_path):
+    """A config factory: the tiny model on PROMPTS (train and eval), rewarded by `digits`, overrides on top."""
     path = tiny.write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
 
     def make(ppo=None, **overrides):
@@ -186,32 +191,32 @@ def test_kl_runaway_stops_early_and_undoes_the_update(ppo_config):
         assert all(torch.equal(v, kept[f"model.{n.replace('.weight', '.default.weight')}"]) for n, v in adapter.items())
 
 
-def test_resume_after_signal_equals_uninterrupted(ppo_config, tmp_path, monkeypatch):
+def _same_run(straight, resumed) -> None:
+    """A resumed run's rollouts and saved adapter equal the uninterrupted run's."""
+    keys = ("reward_mean", "kl_mean", "kl_coef", "loss", "value_loss", "clip_fraction")
+    assert [[h[k] for k in keys] for h in _log(resumed)] == [[h[k] for k in keys] for h in _log(straight)]
+    a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_signal_equals_uninterrupted(ppo_config, tmp_path):
     def kwargs(name, **extra):
         return dict(ppo={"kl_horizon": 50}, training__max_steps=4, training__save_steps=2, data__eval=None,
                     output_dir=str(tmp_path / name), **extra)
 
     straight = STAGES["ppo"](ppo_config(**kwargs("straight")))
-    real_sample, calls = ppo_stage.sample, []
 
-    def sample_then_signal(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:  # during rollout 3, between checkpoints
+    def signal_at_3(step, _record):  # after rollout 3, between checkpoints
+        if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_sample(*args, **kw)
 
-    monkeypatch.setattr(ppo_stage, "sample", sample_then_signal)
     with pytest.raises(TrainingInterrupted) as info:
-        STAGES["ppo"](ppo_config(**kwargs("resumed")))
+        STAGES["ppo"](ppo_config(**kwargs("resumed")), on_eval=signal_at_3)
     assert info.value.checkpoint.endswith("step-0000003")
-    monkeypatch.setattr(ppo_stage, "sample", real_sample)
     resumed = STAGES["ppo"](ppo_config(**kwargs("resumed"), resume="auto"))
-    keys = ("reward_mean", "kl_mean", "kl_coef", "loss", "value_loss", "clip_fraction")
-    assert [[h[k] for k in keys] for h in _log(resumed)] == [[h[k] for k in keys] for h in _log(straight)]
+    _same_run(straight, resumed)
     assert _log(straight)[-1]["kl_coef"] != _log(straight)[0]["kl_coef"]  # the controller state mattered
     assert json.loads((resumed / "metrics.json").read_text())["train"]["resumed_from"].endswith("step-0000003")
-    a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (straight, resumed))
-    assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="resume_allow_changes"):  # another seed would not continue this run
         STAGES["ppo"](ppo_config(**kwargs("resumed"), resume="auto", seed=1))
 
@@ -254,3 +259,4 @@ def test_bad_config_fails_before_writing(ppo_config, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
         STAGES["ppo"](cfg)
     assert not (tmp_path / "run").exists()
+

@@ -1,19 +1,19 @@
-"""The report pieces the RL stages (ppo, grpo) share: the prompt format's name for template.json, an
-evaluation without its samples for metrics.json, a reward-and-KL plot, the table of sampled completions
-before and after, and writing it all.
+"""The report pieces the RL stages (ppo, grpo) share beside what the stage skeleton writes: the prompt
+format's name for template.json, an evaluation without its samples for metrics.json, a reward-and-KL plot,
+samples.jsonl and the report's table of sampled completions, before and after.
 
-    write_rl_report(out, metrics, history, before, after, cfg_text, section, plot=("rollouts.png", plot_fn))
+    write_samples(out, before["samples"], after["samples"])
+    section = "\n".join(["## PPO", *samples_table(before_samples, after_samples, questions, title)])
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from tuneforge.config.schema import Config
-from tuneforge.fsutil import save_figure_atomic, write_json_atomic, write_text_atomic
-from tuneforge.report.write import _cell, plot_loss, render_report
+from tuneforge.fsutil import save_figure_atomic, write_text_atomic
+from tuneforge.report.write import _cell
 
 
 def template_name(cfg: Config, tokenizer) -> str | None:
@@ -55,26 +55,18 @@ def plot_reward_kl(history: list[dict], path: Path, reward_key: str, kl_key: str
     save_figure_atomic(fig, path)
 
 
-def samples_table(before: dict, after: dict, questions: list[str], title: str) -> list[str]:
+def samples_table(before: list[dict], after: list[dict], questions: list[str], title: str) -> list[str]:
     """Markdown rows: each eval prompt's sampled completion and reward, before and after."""
-    rows = after.get("samples") or []
-    if not rows:
+    if not after:
         return []
     lines = [f"### {title}", "", "| # | prompt | before | reward | after | reward |", "|---|---|---|---|---|---|"]
-    for i, (prompt, b, a) in enumerate(zip(questions, before.get("samples") or [{}] * len(rows), rows, strict=False), 1):
+    for i, (prompt, b, a) in enumerate(zip(questions, before or [{}] * len(after), after, strict=False), 1):
         lines.append(f"| {i} | {_cell(prompt, 80)} | {_cell(b.get('completion', '-'))} | "
                      f"{b.get('reward', float('nan')):.3f} | {_cell(a['completion'])} | {a['reward']:.3f} |")
     return lines
 
 
-def write_rl_report(out: Path, metrics: dict, history: list[dict], before: dict, after: dict, cfg_text: str,
-                    section: str, plot: tuple[str, Callable[[list[dict], Path], None]]) -> None:
-    """loss.png and the stage's plot, samples.jsonl (before and after), report.md, metrics.json (last)."""
-    if history:
-        plot_loss(history, [], None, None, out / "loss.png")
-        plot[1](history, out / plot[0])
-    samples = [{"when": when, **s} for when, result in (("before", before), ("after", after))
-               for s in result.get("samples", [])]
+def write_samples(out: Path, before: list[dict], after: list[dict]) -> None:
+    """samples.jsonl: the sampled completions of the eval prompts, each marked "when": before / after."""
+    samples = [{"when": when, **s} for when, rows in (("before", before), ("after", after)) for s in rows]
     write_text_atomic(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
-    write_text_atomic(out / "report.md", render_report(metrics, [], cfg_text, section))
-    write_json_atomic(out / "metrics.json", metrics)

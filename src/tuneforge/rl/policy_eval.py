@@ -7,7 +7,8 @@ score the completions, and measure how far the policy moved from its reference.
 KL is the sampled estimate of KL(policy || reference) per completion: the sum over the completion's tokens of
 log p_policy - log p_reference, on the policy's own samples, averaged over samples (0 before training, when
 the policy is the reference). `reference` is a zero-argument context-manager factory under which `model`
-computes reference log-probs (peft: `model.disable_adapter`), or None when there is none.
+computes reference log-probs (the RL stages: rl.reference.InitialPolicy, the initial policy; a reloaded peft
+run: `model.disable_adapter`), or None when there is none.
 """
 
 from __future__ import annotations

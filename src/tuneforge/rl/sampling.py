@@ -2,6 +2,7 @@
 evaluation of ppo and grpo.
 
     samples = sample(model, tokenizer, examples, cfg.ppo, seed=7, batch_size=8, precision="bf16")
+    samples = sample(..., stop=stop_signal)    # Stopped within one generation step of a signal
     batch = to_batch(samples, tokenizer.pad_token_id)       # prompts left-padded, completions right-padded
     logp = logprobs_of(model, batch, temperature=1.0)      # [B, C] log-probs of the completion tokens
 
@@ -13,12 +14,34 @@ the attention mask, as in generation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tuneforge.config.schema import SamplingConfig
 from tuneforge.train.precision import autocast
+
+
+class Stopped(Exception):
+    """A stop was asked for (SIGINT / SIGTERM) while sampling or scoring: what was being built is abandoned."""
+
+
+def check_stop(stop: Callable[[], object] | None) -> None:
+    """Stopped if `stop()` says so (a signal arrived): called between the pieces of work a stop may cut."""
+    if stop is not None and stop():
+        raise Stopped
+
+
+class _StopWhen(StoppingCriteria):
+    """Ends generate after the token being generated when `stop()` says so (checked once per step)."""
+
+    def __init__(self, stop: Callable[[], object]) -> None:
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), bool(self.stop()), dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -49,12 +72,14 @@ def _cut(ids: list[int], eos_id: int | None) -> list[int]:
 
 @torch.no_grad()
 def sample(model, tokenizer, examples: list, sampling: SamplingConfig, *, seed: int | None, batch_size: int,
-           precision: str, greedy: bool = False) -> list[Sample]:
-    """One completion per example. `seed` makes the draw reproducible without touching the global RNG."""
+           precision: str, greedy: bool = False, stop: Callable[[], object] | None = None) -> list[Sample]:
+    """One completion per example. `seed` makes the draw reproducible without touching the global RNG. When
+    `stop()` turns true, generation ends after the current token and Stopped is raised (nothing is returned)."""
     was_training = model.training
     model.eval()  # no dropout while sampling
     out: list[Sample] = []
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    criteria = {"stopping_criteria": StoppingCriteriaList([_StopWhen(stop)])} if stop else {}
     try:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -69,9 +94,10 @@ def sample(model, tokenizer, examples: list, sampling: SamplingConfig, *, seed: 
                 extra = {} if greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p,
                                            "top_k": sampling.top_k}
                 with autocast(precision):
-                    generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
-                                               do_sample=not greedy, use_cache=True, pad_token_id=pad,
-                                               eos_token_id=eos, **extra)
+                    generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=not greedy,
+                                               max_new_tokens=sampling.max_new_tokens, use_cache=True,
+                                               pad_token_id=pad, eos_token_id=eos, **extra, **criteria)
+                check_stop(stop)
                 for p, row in zip(prompts, generated[:, width:].tolist(), strict=True):
                     completion = _cut(row, eos)
                     out.append(Sample(p, completion, tokenizer.decode(completion, skip_special_tokens=True)))

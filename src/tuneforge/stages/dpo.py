@@ -13,9 +13,6 @@ of policy and reference (not from TRL's logs): DPO loss, reward accuracy and mar
 
 from __future__ import annotations
 
-import json
-import os
-import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,30 +23,18 @@ import torch
 import torch.nn.functional as F
 from transformers import PrinterCallback, TrainerCallback
 
-from tuneforge.config.load import dump_config
+import tuneforge.stages.skeleton as skeleton
 from tuneforge.config.schema import Config, DpoConfig
-from tuneforge.data.dataset import load_train_eval_records
-from tuneforge.data.dpo_pairs import (  # noqa: F401 (the names stay importable from here)
-    DpoExample,
-    _fit,
-    _response_ids,
-    _turns,
-    load_dpo_examples,
-    to_example,
-)
+from tuneforge.data.dpo_pairs import DpoExample
 from tuneforge.data.preference import use_template
 from tuneforge.data.templates import ALPACA_TEMPLATE
 from tuneforge.errors import ConfigError
-from tuneforge.fsutil import write_json_atomic, write_text_atomic
-from tuneforge.methods import METHODS, MethodContext, count_params
-from tuneforge.models import load_model, load_tokenizer, resolve_model
-from tuneforge.report.write import write_report
-from tuneforge.stages.lm import _save_model, check_config, cost_metrics, prepare_output_dir_once
-from tuneforge.stages.reward import plot_margins
+from tuneforge.report.margins import plot_margins
 from tuneforge.train import hf_bridge
 from tuneforge.train.checkpoint import run_guards
+from tuneforge.train.cost import model_flops
 from tuneforge.train.loop import TrainResult
-from tuneforge.train.precision import autocast, resolve_precision
+from tuneforge.train.precision import autocast
 
 
 def _collate(examples: list[DpoExample]) -> dict:
@@ -155,7 +140,7 @@ def _trainer_class():
     from trl import DPOTrainer
 
     class PreTokenizedDPOTrainer(DPOTrainer):
-        """Rows arrive tokenized by load_dpo_examples (prompt_ids / chosen_ids / rejected_ids), so TRL 1.16's
+        """Rows arrive tokenized by data.dpo_pairs (prompt_ids / chosen_ids / rejected_ids), so TRL 1.16's
         own tokenization (which re-renders and appends EOS after the template's trailing newline) is skipped."""
 
         counter: _Counter | None = None
@@ -206,22 +191,6 @@ def reference_of(model, trainer):
     return model.disable_adapter, model
 
 
-def _eval_before(model, eval_examples: list[DpoExample], cfg: Config, out: Path, precision: str,
-                 log: Callable[[str], None]) -> tuple[dict, tuple[torch.Tensor, ...] | None]:
-    """The base (policy == reference) scored once and kept in eval_before.json, so a resumed run reports the
-    same base; its log-probs are the reference's for the periodic evaluations."""
-    if not eval_examples:
-        return {}, None
-    before_file = out / "eval_before.json"
-    if not before_file.is_file():
-        log("scoring the eval pairs with the base model ...")
-        base = response_logps(model, eval_examples, cfg.training.batch_size, precision)
-        write_json_atomic(before_file, {"metrics": dpo_metrics(base, base, cfg.dpo),
-                                        "logps": [t.tolist() for t in base]})
-    saved = json.loads(before_file.read_text())
-    return (saved["metrics"] if cfg.eval.before else {}), tuple(torch.tensor(v) for v in saved["logps"])
-
-
 def _section() -> str:
     return "\n".join(["## DPO", "", "Implicit reward r = beta * (log pi(response) - log ref(response)), summed over "
                       "the response tokens; the reference is the base model, so every margin is 0 before training. "
@@ -235,9 +204,6 @@ def _template_name(tokenizer, templated: bool) -> str | None:
 
 
 def check_dpo_config(cfg: Config) -> None:
-    check_config(cfg)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("stage 'dpo' runs in one process (TRL DPOTrainer); run it without --nproc / torchrun")
     if cfg.dpo.label_smoothing and cfg.dpo.loss_type != "sigmoid":
         raise ConfigError(f"key 'dpo.label_smoothing': applies to loss_type sigmoid (robust DPO), not "
                           f"{cfg.dpo.loss_type!r}; set it to 0")
@@ -245,82 +211,61 @@ def check_dpo_config(cfg: Config) -> None:
 
 def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[int, dict], None] | None = None) -> Path:
     """`on_eval(step, result)` sees every periodic evaluation (tuneforge hpo prunes from it)."""
-    wall_start = time.perf_counter()
+    run = skeleton.begin(cfg, log)  # (one process: stage_info says dpo is not distributed)
     check_dpo_config(cfg)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    train_records, eval_records = load_train_eval_records(cfg, log)
-    train_examples, train_stats = load_dpo_examples(cfg, tokenizer, train_records)
-    eval_examples, eval_stats = (load_dpo_examples(cfg, tokenizer, eval_records[: cfg.eval.max_samples])
-                                 if eval_records else ([], None))
-    template = _template_name(tokenizer, use_template(cfg, tokenizer))
-    data_stats = {"train": train_stats.summary(), **({"eval": eval_stats.summary()} if eval_stats else {})}
-    log(f"data: {len(train_examples)} train / {len(eval_examples)} eval pairs, template {template or 'none'} "
-        f"({train_stats.dropped_identical} identical dropped, {train_stats.truncated} truncated)")
-
+    data = skeleton.load_data(run)
+    template = _template_name(run.tokenizer, use_template(cfg, run.tokenizer))
+    run.log(f"template {template or 'none'}")
     resumed_from = hf_bridge.resume_checkpoint(cfg, Path(cfg.output_dir))  # a checkpoint of another run: refused
-    out = prepare_output_dir_once(cfg)  # nothing is written before every input above checked out
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    precision = resolve_precision(cfg.training.precision)
-    method = METHODS[cfg.method.name]
-    model = load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=method.quantized_base)
-    eval_before, base_logps = _eval_before(model, eval_examples, cfg, out, precision, log)
-    ctx = MethodContext(model_path=resolve_model(cfg.model), gradient_checkpointing=cfg.training.gradient_checkpointing)
-    model = method.apply(model, cfg.method, ctx)
-    trainable, total = count_params(model)
-    log(f"method {cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+    out = skeleton.open_output(run)
+    model = skeleton.load_base(run)
+    bs, precision = cfg.training.batch_size, run.precision
 
-    bs = cfg.training.batch_size
+    def base() -> tuple[dict, dict]:  # policy == reference: its log-probs are the reference's from now on
+        logps = response_logps(model, data.eval, bs, precision)
+        return dpo_metrics(logps, logps, cfg.dpo), {"logps": [t.tolist() for t in logps]}
+
+    before, details = skeleton.eval_before(run, base, required=True) if data.eval else ({}, {})
+    if data.eval and "logps" not in details:  # an eval_before.json of an older version (no details)
+        details = base()[1]
+    base_logps = tuple(torch.tensor(v) for v in details["logps"]) if data.eval else None
+    model, counts = skeleton.apply_method(run, model)
+
     counter = _Counter()
-    guard, metric_log = (hf_bridge.GuardCallback(cfg.training.max_bad_steps, run_guards(cfg)),
-                          hf_bridge.MetricLogCallback(cfg, out))
-    evaluate = (lambda: dpo_metrics(response_logps(model, eval_examples, bs, precision), base_logps, cfg.dpo)) \
-        if eval_examples else None
+    guard = hf_bridge.GuardCallback(cfg.training.max_bad_steps, run_guards(cfg))
+    metric_log = hf_bridge.MetricLogCallback(cfg, out)
+    evaluate = (lambda: dpo_metrics(response_logps(model, data.eval, bs, precision), base_logps, cfg.dpo)) \
+        if data.eval else None
     stats = _StepStats(counter, evaluate, cfg.training.eval_steps, metric_log, on_eval)
     callbacks = [stats, guard, metric_log]  # the guard after the evaluation (a signal there stops this step)
-    trainer = build_trainer(cfg, model, tokenizer, train_examples, out, precision, callbacks, counter)
+    trainer = build_trainer(cfg, model, run.tokenizer, data.train, out, precision, callbacks, counter)
     if resumed_from:
-        log(f"resuming from {resumed_from}")
+        run.log(f"resuming from {resumed_from}")
     trainer.train(resume_from_checkpoint=resumed_from)
     guard.raise_if_stopped()
 
-    eval_after, margins = {}, {}
-    if eval_examples:
-        log("scoring the eval pairs with the tuned model and the reference ...")
-        policy = response_logps(model, eval_examples, bs, precision)
+    after, section = {}, ""
+    if data.eval:
+        run.log("scoring the eval pairs with the tuned model and the reference ...")
+        policy = response_logps(model, data.eval, bs, precision)
         as_reference, reference = reference_of(model, trainer)
         with as_reference():
-            ref = response_logps(reference, eval_examples, bs, precision)
-        eval_after = dpo_metrics(policy, ref, cfg.dpo)
-        margins = {"tuned": (cfg.dpo.beta * ((policy[0] - ref[0]) - (policy[1] - ref[1]))).tolist()}
+            ref = response_logps(reference, data.eval, bs, precision)
+        after = dpo_metrics(policy, ref, cfg.dpo)
+        margins = (cfg.dpo.beta * ((policy[0] - ref[0]) - (policy[1] - ref[1]))).tolist()
+        plot_margins({"base (= reference)": [0.0] * len(data.eval), "tuned": margins}, out / "margins.png",
+                     "implicit reward margin, eval pairs")
+        section = _section()
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")  # only the trained adapter is the run's
-    _save_model(model, tokenizer, out, method)
-    write_json_atomic(out / "template.json", {"template": template, "chat_template": tokenizer.chat_template,
-                                              "system_prompt": cfg.data.system_prompt})
     history = [{**h, **stats.steps.get(h["step"], {})} for h in hf_bridge.history_of(trainer)]
-    write_text_atomic(out / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    metrics = {"model": cfg.model, "stage": cfg.stage, "method": cfg.method.name, "dpo": cfg.dpo.model_dump(),
-               "eval_before": eval_before or None, "eval_after": eval_after,
-               "train": _cost(trainer, stats, len(guard.skipped), wall_start, model, trainable, total, precision,
-                             resumed_from),
-               "evals": stats.evals, "data": data_stats}
-    extra = ""
-    if eval_after:
-        plot_margins({"base (= reference)": [0.0] * len(eval_examples), **margins}, out / "margins.png")
-        extra = _section()
-    write_report(out, metrics, [], history, stats.evals, dump_config(cfg), extra=extra)
-    return out
-
-
-def _cost(trainer, stats: _StepStats, skipped: int, wall_start: float, model, trainable: int, total: int,
-          precision: str, resumed_from: str | None) -> dict:
-    """metrics.json's `train` block for the steps this process ran (a resumed run counts from its checkpoint)."""
-    tokens, pairs = stats.counter.tokens, stats.counter.pairs
-    result = TrainResult(trainer.state.global_step, hf_bridge.history_of(trainer), stats.evals, tokens, pairs,
+    result = TrainResult(trainer.state.global_step, history, stats.evals, counter.tokens, counter.pairs,
                          sum(s["seconds"] for s in stats.steps.values()), resumed_from)
-    cost = cost_metrics(result, wall_start, model, trainable, total, precision, "pairs")
-    emb = model.get_input_embeddings().weight.numel()
-    cost["model_flops"] += 2.0 * (total - emb) * tokens  # plus the reference's forward pass
-    cost["nonfinite_steps_skipped"] = skipped
-    return cost
+    emb = model.get_input_embeddings().weight.numel()  # plus the reference's forward pass:
+    flops = model_flops(model, counter.tokens, *counts) + 2.0 * (counts[1] - emb) * counter.tokens
+    saved_template = {"template": template, "chat_template": run.tokenizer.chat_template,
+                      "system_prompt": cfg.data.system_prompt}
+    outcome = skeleton.Outcome(result, counts, before, after, data.summary, extra={"dpo": cfg.dpo.model_dump()},
+                               cost={"model_flops": flops, "nonfinite_steps_skipped": len(guard.skipped)},
+                               section=section, template=saved_template)
+    return skeleton.finish(run, model, outcome)

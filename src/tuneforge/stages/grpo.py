@@ -18,8 +18,8 @@ Choices, and why:
   (rewards/<name>/mean) beside the weighted total (reward). A row's other columns reach the function by name.
 - A reward source is called once on empty completions before anything is written: a missing column, a wrong
   count or a non-number is a config error (exit 2) naming grpo.rewards[i], not a crash mid-run.
-- The reference for evaluation is the initial policy, restored by swapping the trainable weights with a copy
-  taken before training (only the adapter for peft; every weight for full). It equals TRL's reference in every
+- The reference for evaluation is the initial policy (rl.reference: the trainable weights copied before
+  training and swapped in; only the adapter for peft, every weight for full). It equals TRL's reference in every
   case (TRL: a copy of the initial adapter for a peft model with beta > 0, a second model for full / freeze)
   and also exists when beta = 0, where TRL keeps none. Evaluation KL is per completion (sum over its tokens of
   log p - log p_ref on the policy's own samples); TRL's per-step `kl` is the mean per-token k3 estimate.
@@ -27,42 +27,24 @@ Choices, and why:
 
 from __future__ import annotations
 
-import contextlib
-import json
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from tuneforge.config.load import dump_config
+import tuneforge.stages.skeleton as skeleton
 from tuneforge.config.schema import Config
-from tuneforge.data.dataset import load_train_eval_records
-from tuneforge.errors import ConfigError, UserError
-from tuneforge.fsutil import write_json_atomic, write_text_atomic
-from tuneforge.methods import METHODS, MethodContext, count_params
-from tuneforge.models import load_model, load_tokenizer, resolve_model
-from tuneforge.report.rl import (
-    plot_reward_kl,
-    question,
-    samples_table,
-    summary,
-    template_name,
-    write_rl_report,
-)
+from tuneforge.report.rl import plot_reward_kl, question, samples_table, summary, template_name, write_samples
 from tuneforge.rl.policy_eval import evaluate_policy
-from tuneforge.rl.prompts import PromptExample, load_prompt_examples
+from tuneforge.rl.prompts import PromptExample
+from tuneforge.rl.reference import InitialPolicy
 from tuneforge.rl.rewards import Rewards, load_rewards
-from tuneforge.stages.lm import _save_model, check_config, cost_metrics, prepare_output_dir_once, start_ranks
-from tuneforge.train import distributed as ddp
 from tuneforge.train import hf_bridge as hf
 from tuneforge.train.checkpoint import run_guards
 from tuneforge.train.loop import TrainResult
-from tuneforge.train.precision import resolve_precision
 
 KEY = "grpo.rewards"
 
@@ -123,22 +105,6 @@ def check_rewards(rewards: Rewards, examples: list[PromptExample]) -> None:
     rewards.breakdown(rows, [""] * len(rows))
 
 
-@contextlib.contextmanager
-def initial_weights(model: torch.nn.Module, initial: dict[str, torch.Tensor]) -> Iterator[None]:
-    """`model` acts as the initial policy (the reference) inside the block."""
-    params = dict(model.named_parameters())
-    current = {name: params[name].detach().clone() for name in initial}
-    with torch.no_grad():
-        for name, value in initial.items():
-            params[name].copy_(value)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, value in current.items():
-                params[name].copy_(value)
-
-
 class EvalCallback(TrainerCallback):
     """Every training.eval_steps: evaluate the policy on the eval prompts; `on_eval` sees it (hpo prunes)."""
 
@@ -175,69 +141,44 @@ def plot_steps(history: list[dict], path: Path) -> None:
                    "KL to reference\n(per token, k3)")
 
 
-def _section(before: dict, after: dict, cfg: Config, questions: list[str]) -> str:
+def _section(before: list[dict], after: list[dict], cfg: Config, questions: list[str]) -> str:
     lines = ["## GRPO", "", "![reward and KL per step](rewards.png)", ""]
     title = f"Sampled completions on eval prompts (temperature {cfg.grpo.temperature}, seed {cfg.seed})"
     return "\n".join(lines + samples_table(before, after, questions, title))
 
 
-def load_policy(cfg: Config) -> torch.nn.Module:
-    method = METHODS[cfg.method.name]
-    model = load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=method.quantized_base)
-    ctx = MethodContext(model_path=resolve_model(cfg.model), gradient_checkpointing=cfg.training.gradient_checkpointing)
-    return method.apply(model, cfg.method, ctx)
-
-
 def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[int, dict], None] | None = None) -> Path:
-    wall_start = time.perf_counter()
-    log = start_ranks(log)
-    check_config(cfg)
-    if ddp.world_size() > 1:
-        raise ConfigError("stage grpo runs in one process (no --nproc / torchrun)")
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    run = skeleton.begin(cfg, log)  # (one process: stage_info says grpo is not distributed)
     rewards = load_rewards(cfg.grpo.rewards, KEY)  # imports functions, loads reward runs: fails before any write
-    train_records, eval_records = load_train_eval_records(cfg, log)
-    examples, train_stats = load_prompt_examples(cfg, tokenizer, train_records)
-    eval_examples, eval_stats = (load_prompt_examples(cfg, tokenizer, eval_records[: cfg.eval.max_samples])
-                                 if eval_records else ([], None))
-    check_rewards(rewards, examples)
+    data = skeleton.load_data(run)
+    check_rewards(rewards, data.train)
     resumed_from = hf.resume_checkpoint(cfg, Path(cfg.output_dir))  # a checkpoint of another run is refused here
-    data_stats = {split: {**stats, "dropped_no_supervised": 0} for split, stats in
-                  (("train", train_stats), ("eval", eval_stats)) if stats}
-    log(f"data: {len(examples)} train / {len(eval_examples)} eval prompts ({train_stats['truncated']} truncated); "
-        f"{cfg.training.batch_size} prompts x {cfg.grpo.num_generations} completions per micro-batch")
+    run.log(f"{cfg.training.batch_size} prompts x {cfg.grpo.num_generations} completions per micro-batch")
+    out = skeleton.open_output(run)
+    model, counts = skeleton.apply_method(run, skeleton.load_base(run))
+    reference = InitialPolicy(model)  # taken before a resume loads the checkpoint's weights
 
-    out = prepare_output_dir_once(cfg)  # nothing is written before every input above checked out
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    precision = resolve_precision(cfg.training.precision)
-    model = load_policy(cfg)
-    trainable, total = count_params(model)
-    log(f"method {cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
-    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    def evaluate(with_reference: bool = True) -> dict:  # before training the policy is the reference: KL 0
+        return evaluate_policy(model, run.tokenizer, data.eval, rewards, cfg.grpo, seed=cfg.seed,
+                               reference=reference if with_reference else None,
+                               batch_size=cfg.training.batch_size * cfg.grpo.num_generations, precision=run.precision)
 
-    def evaluate(reference: bool = True) -> dict:
-        ref = (lambda: initial_weights(model, initial)) if reference else None  # before training: KL is 0
-        return evaluate_policy(model, tokenizer, eval_examples, rewards, cfg.grpo, reference=ref, seed=cfg.seed,
-                               batch_size=cfg.training.batch_size * cfg.grpo.num_generations, precision=precision)
+    def initial() -> tuple[dict, dict]:
+        result = evaluate(with_reference=False)
+        return summary(result), {"samples": result["samples"]}
 
-    before_file = out / "eval_before.json"  # computed once, so a resumed run reports the same start
-    if cfg.eval.before and eval_examples and not before_file.is_file():
-        log("evaluating the initial policy ...")
-        write_json_atomic(before_file, evaluate(reference=False))
-    eval_before = json.loads(before_file.read_text()) if before_file.is_file() else {}
-
+    before, details = skeleton.eval_before(run, initial) if data.eval else ({}, {})
     counter, guard = Counter(), hf.GuardCallback(cfg.training.max_bad_steps, guards=run_guards(cfg))
-    evals = EvalCallback(evaluate, cfg.training.eval_steps if eval_examples else None, on_eval)
-    dataset = Dataset.from_dict({"prompt": [e.text for e in examples], "index": list(range(len(examples)))})
+    evals = EvalCallback(evaluate, cfg.training.eval_steps if data.eval else None, on_eval)
+    dataset = Dataset.from_dict({"prompt": [e.text for e in data.train], "index": list(range(len(data.train)))})
     callbacks = [evals, guard, hf.MetricLogCallback(cfg, out)]  # the order hf_bridge asks for
     trainer = PromptIdsTrainer(
-        model=model, args=to_grpo_config(cfg, out, precision), reward_funcs=to_reward_funcs(rewards, examples, counter),
-        train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks,
-        prompt_ids={e.text: e.input_ids for e in examples})
+        model=model, args=to_grpo_config(cfg, out, run.precision), train_dataset=dataset, callbacks=callbacks,
+        reward_funcs=to_reward_funcs(rewards, data.train, counter), processing_class=run.tokenizer,
+        prompt_ids={e.text: e.input_ids for e in data.train})
     trainer.remove_callback(PrinterCallback)  # with the progress bar off it prints every log dict to stdout
     if resumed_from:
-        log(f"resuming from {resumed_from}")
+        run.log(f"resuming from {resumed_from}")
     first_step = int(resumed_from.rsplit("-", 1)[1]) if resumed_from else 0
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resumed_from)
@@ -245,27 +186,20 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     guard.raise_if_stopped()
 
     history = [to_record(h, rewards.names) for h in hf.history_of(trainer)]
-    eval_after = evaluate() if eval_examples else {}
+    after = evaluate() if data.eval else {}
     if "ref" in getattr(model, "peft_config", {}):  # TRL's copy of the initial adapter (beta > 0): not ours to save
         model.delete_adapter("ref")
-    if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
-        raise UserError("refusing to save non-finite weights")
-    _save_model(model, tokenizer, out, METHODS[cfg.method.name])
-    write_json_atomic(out / "template.json", {"template": template_name(cfg, tokenizer),
-                                              "chat_template": tokenizer.chat_template, "system_prompt": cfg.data.system_prompt})
     result = TrainResult(trainer.state.global_step, history, evals.evals, counter.tokens, counter.completion_tokens,
                          train_seconds, resumed_from)
-    train_block = cost_metrics(result, wall_start, model, trainable, total, precision, "completion_tokens")
-    metrics = {
-        "model": cfg.model, "stage": cfg.stage, "method": cfg.method.name,
-        "eval_before": summary(eval_before), "eval_after": summary(eval_after),
-        "train": {**train_block, "seconds_per_step": train_seconds / max(trainer.state.global_step - first_step, 1),
-                  "skipped_steps": guard.skipped, "completions_per_step": cfg.training.batch_size
-                  * cfg.training.grad_accum * cfg.grpo.num_generations},
-        "evals": evals.evals,
-        "data": data_stats,
-    }
-    write_text_atomic(out / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    write_rl_report(out, metrics, history, eval_before, eval_after, dump_config(cfg),
-                    _section(eval_before, eval_after, cfg, [question(e) for e in eval_examples]), ("rewards.png", plot_steps))
-    return out
+    samples = details.get("samples") or [], after.get("samples") or []
+    write_samples(out, *samples)
+    if history:
+        plot_steps(history, out / "rewards.png")
+    cost = {"seconds_per_step": train_seconds / max(trainer.state.global_step - first_step, 1),
+            "skipped_steps": guard.skipped,
+            "completions_per_step": cfg.training.batch_size * cfg.training.grad_accum * cfg.grpo.num_generations}
+    template = {"template": template_name(cfg, run.tokenizer), "chat_template": run.tokenizer.chat_template,
+                "system_prompt": cfg.data.system_prompt}
+    outcome = skeleton.Outcome(result, counts, before, summary(after) or {}, data.summary, cost=cost, template=template,
+                               section=_section(*samples, cfg, [question(e) for e in data.eval]))
+    return skeleton.finish(run, model, outcome)

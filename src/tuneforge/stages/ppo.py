@@ -1,6 +1,6 @@
 """PPO (Ziegler et al. 2019; Ouyang et al. 2022), hand-written because TRL 1.x no longer ships a PPO trainer:
-a policy with a PEFT adapter, a value head on its trunk, a KL penalty to the frozen reference (the same
-model with the adapter disabled, no second copy), GAE and the clipped surrogate / value objectives.
+a policy with a PEFT adapter, a value head on its trunk, a KL penalty to the frozen reference (the initial
+policy, rl.reference), GAE and the clipped surrogate / value objectives.
 
     tuneforge train ppo.yaml            # stage: ppo; docs/ppo.md has a config and the algorithm
 
@@ -13,136 +13,78 @@ Design choices, and why:
   is not 1 before any update and the clip statistics mean nothing.
 - The value head is zero-initialised and trains with the policy in one AdamW (same LR); the value loss also
   reaches the shared trunk (its adapter), weighted by vf_coef.
+- The reference is the initial policy (a copy of the adapter swapped in), not the adapter disabled: the two
+  agree for an adapter that starts as the identity, and only the first is right for one that does not
+  (LoRA with PiSSA init, whose adapter-disabled model is the residual of the base).
 - KL runaway (a rollout's mean KL > ppo.max_kl): the update that produced the runaway policy is undone (the
   weights before it were kept in memory; not possible on the first rollout after a resume) and training
   stops with a warning; metrics.json says `stopped_early`.
+- SIGINT / SIGTERM: the rollout in progress is abandoned within one generation step (or scoring chunk, or
+  minibatch update, which is undone with the optimizer state), the last finished rollout is checkpointed and
+  resume=auto replays the abandoned one exactly (rollouts are seeded by their number).
 - training.grad_accum must be 1 (minibatch_size sets the update size) and the stage runs in one process.
 - `on_eval` (tuneforge hpo) sees each rollout's training record (reward_mean, kl_mean, ...).
-The pure math is in tuneforge/rl/ppo_math.py.
+The pure math is in tuneforge/rl/ppo_math.py, the rollout in tuneforge/rl/ppo_rollout.py.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import random
+import copy
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch import nn
-from transformers import get_scheduler
 
-from tuneforge.config.load import dump_config
+import tuneforge.stages.skeleton as skeleton
 from tuneforge.config.schema import Config
 from tuneforge.data.batching import epoch_microbatches
-from tuneforge.data.dataset import load_train_eval_records
-from tuneforge.errors import ConfigError, NonFiniteLoss, TrainingInterrupted, UserError
-from tuneforge.fsutil import write_json_atomic, write_text_atomic
-from tuneforge.methods import METHODS, MethodContext, count_params
-from tuneforge.models import load_model, load_tokenizer, resolve_model
-from tuneforge.report.rl import (
-    plot_reward_kl,
-    question,
-    samples_table,
-    summary,
-    template_name,
-    write_rl_report,
-)
+from tuneforge.errors import ConfigError, TrainingInterrupted
+from tuneforge.report.rl import plot_reward_kl, question, samples_table, summary, template_name, write_samples
 from tuneforge.rl import ppo_math as pm
 from tuneforge.rl.policy_eval import evaluate_policy
-from tuneforge.rl.prompts import PromptExample, load_prompt_examples
+from tuneforge.rl.ppo_rollout import (
+    PolicyWithValue,
+    Rollout,
+    collect_rollout,
+    disable_dropout,
+    plan_rollouts,
+    rollout_record,
+)
+from tuneforge.rl.prompts import PromptExample
+from tuneforge.rl.reference import put_weights, trainable_weights
 from tuneforge.rl.rewards import Rewards, load_rewards
-from tuneforge.rl.sampling import Sample, completion_logits, gather_logprobs, sample, to_batch
-from tuneforge.stages.lm import _save_model, check_config, cost_metrics, prepare_output_dir_once
+from tuneforge.rl.sampling import Stopped, check_stop, gather_logprobs, to_batch
 from tuneforge.train import checkpoint as ckpt
-from tuneforge.train import distributed as ddp
-from tuneforge.train.loop import TrainResult, resume_run, stop_on_signals
+from tuneforge.train.loop import (
+    TrainResult,
+    make_optimizer,
+    progress_bar,
+    resume_run,
+    save_on_signal,
+    skip_nonfinite,
+    stop_on_signals,
+)
 from tuneforge.train.metric_log import open_metric_log
-from tuneforge.train.precision import autocast, resolve_precision
+from tuneforge.train.precision import autocast
 
 
-class PolicyWithValue(nn.Module):
-    """The policy (a peft model) and its value head, as one module for the optimizer and checkpoints."""
-
-    def __init__(self, model: nn.Module, value_head: pm.ValueHead) -> None:
-        super().__init__()
-        self.model = model
-        self.value_head = value_head
-
-    def forward_completions(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, C, V] predicting each completion token, values [B, C] of the states before them)."""
-        logits, out = completion_logits(self.model, batch, output_hidden_states=True)
-        width = batch.completion_mask.shape[1]
-        return logits, self.value_head(out.hidden_states[-1][:, -(width + 1) : -1])
-
-
-@dataclass
-class Rollout:
-    samples: list[Sample]
-    scores: torch.Tensor  # [B] reward totals
-    parts: dict[str, torch.Tensor]  # per reward source
-    mask: torch.Tensor  # [B, C] real completion tokens
-    logp: torch.Tensor  # [B, C] policy (old) log-probs
-    values: torch.Tensor  # [B, C]
-    kl: torch.Tensor  # [B] sum over tokens of logp - logp_ref
-    advantages: torch.Tensor
-    returns: torch.Tensor
-
-
-@torch.no_grad()
-def score_tokens(policy: PolicyWithValue, samples: list[Sample], pad_id: int, temperature: float, precision: str,
-                 chunk: int) -> tuple[torch.Tensor, ...]:
-    """(mask, logp, logp_ref, values), each [B, C], computed `chunk` samples at a time."""
-    width = max(len(s.completion_ids) for s in samples)
-    mask = torch.tensor([[i < len(s.completion_ids) for i in range(width)] for s in samples])
-    logp, logp_ref, values = (torch.zeros(len(samples), width) for _ in range(3))
-    for i in range(0, len(samples), chunk):
-        batch = to_batch(samples[i : i + chunk], pad_id)
-        c = batch.completion_mask.shape[1]
-        with autocast(precision):
-            logits, v = policy.forward_completions(batch)
-            with policy.model.disable_adapter():  # the reference: the same weights without the adapter
-                ref_logits, _ = completion_logits(policy.model, batch)
-        logp[i : i + chunk, :c] = gather_logprobs(logits, batch, temperature)
-        logp_ref[i : i + chunk, :c] = gather_logprobs(ref_logits, batch, temperature)
-        values[i : i + chunk, :c] = v.float() * batch.completion_mask
-    return mask, logp, logp_ref, values
-
-
-def collect_rollout(policy: PolicyWithValue, tokenizer, examples: list[PromptExample], rewards: Rewards, cfg: Config,
-                    kl_coef: float, seed: int, precision: str) -> Rollout:
-    p = cfg.ppo
-    samples = sample(policy.model, tokenizer, examples, p, seed=seed, batch_size=cfg.training.batch_size,
-                     precision=precision)
-    parts = rewards.breakdown(examples, [s.completion for s in samples])
-    scores = rewards.combine(parts)
-    mask, logp, logp_ref, values = score_tokens(policy, samples, tokenizer.pad_token_id, p.temperature, precision,
-                                                p.minibatch_size)
-    token_rewards, kl = pm.token_rewards(logp, logp_ref, scores, mask, kl_coef)
-    advantages, returns = pm.gae(token_rewards, values, mask, p.gamma, p.lam)
-    if p.whiten_advantages:
-        advantages = pm.whiten(advantages, mask)
-    return Rollout(samples, scores, parts, mask, logp, values, kl, advantages, returns)
-
-
-def update_policy(policy: PolicyWithValue, rollout: Rollout, optimizer, params: list, cfg: Config, precision: str,
-                  state: ckpt.TrainState, generator: torch.Generator, pad_id: int) -> dict[str, float]:
-    """`ppo_epochs` passes over shuffled minibatches; a non-finite loss or gradient skips that update."""
+def update_policy(policy: PolicyWithValue, rollout: Rollout, optimizer, cfg: Config, precision: str,
+                  state: ckpt.TrainState, generator: torch.Generator, pad_id: int, ckpt_root: Path,
+                  stop: Callable[[], object] | None = None) -> dict[str, float]:
+    """`ppo_epochs` passes over shuffled minibatches; a non-finite loss or gradient skips that update
+    (train.loop.skip_nonfinite); a stop between minibatches raises Stopped (the caller undoes the updates)."""
     p, t = cfg.ppo, cfg.training
+    params = [q for group in optimizer.param_groups for q in group["params"]]
     n = len(rollout.samples)
     stats: dict[str, list[float]] = {}
     tokens = skipped = 0
     for _ in range(p.ppo_epochs):
         order = torch.randperm(n, generator=generator).tolist()
         for i in range(0, n, p.minibatch_size):
+            check_stop(stop)
             idx = order[i : i + p.minibatch_size]
             batch = to_batch([rollout.samples[j] for j in idx], pad_id)
             c, mask = batch.completion_mask.shape[1], batch.completion_mask
@@ -155,17 +97,11 @@ def update_policy(policy: PolicyWithValue, rollout: Rollout, optimizer, params: 
             loss = pg + p.vf_coef * vf
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
-            if not _finite(loss, grad_norm):
+            if not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
-                state.bad_steps += 1
-                state.skipped.append({"step": state.step + 1, "loss": str(float(loss.detach())),
-                                      "grad_norm": str(float(grad_norm))})
-                warnings.warn(f"rollout {state.step + 1}: non-finite loss/gradient ({float(loss.detach())}); update skipped",
-                              stacklevel=1)
-                if state.bad_steps >= t.max_bad_steps:
-                    raise NonFiniteLoss(f"{state.bad_steps} non-finite updates in a row (training.max_bad_steps); "
-                                        "stopped, nothing saved")
+                skip_nonfinite(state, float(loss.detach()), grad_norm, t.max_bad_steps, ckpt_root,
+                               step=state.step + 1, unit="rollout", counted="updates")
                 continue
             state.bad_steps = 0
             optimizer.step()
@@ -180,43 +116,6 @@ def update_policy(policy: PolicyWithValue, rollout: Rollout, optimizer, params: 
     return {**means, "tokens": tokens, "skipped_updates": skipped}
 
 
-def disable_dropout(model: nn.Module) -> None:
-    """p = 0 in every dropout module (as TRL's disable_dropout_in_model), whatever train / eval mode says."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
-def _finite(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-    return bool(torch.isfinite(loss.detach()) and torch.isfinite(grad_norm))
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]ppo"), BarColumn(), TextColumn("{task.completed}/{task.total} rollouts"),
-                    TextColumn("reward {task.fields[reward]:.3f}"), TextColumn("kl {task.fields[kl]:.3f}"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
-
-
-def rollout_record(step: int, rollout: Rollout, update: dict, kl_coef: float, kl_next: float, lr: float,
-                   seconds: dict[str, float]) -> dict:
-    """One line of train_log.jsonl."""
-    lengths = rollout.mask.sum(1).float()
-    record = {"step": step, "reward_mean": float(rollout.scores.mean()),
-              "reward_std": float(rollout.scores.std()) if len(rollout.scores) > 1 else 0.0,
-              "kl_mean": float(rollout.kl.mean()), "kl_coef": kl_coef, "kl_coef_next": kl_next,
-              "length_mean": float(lengths.mean()), "tokens_generated": int(lengths.sum()), "lr": lr, **update,
-              **{f"reward/{name}": float(v.mean()) for name, v in rollout.parts.items() if len(rollout.parts) > 1},
-              **seconds}
-    return record
-
-
-def plan_rollouts(cfg: Config, n_prompts: int) -> tuple[int, int]:
-    """(rollouts per pass over the prompts, total rollouts)."""
-    per_epoch = math.ceil(n_prompts / cfg.training.batch_size)
-    return per_epoch, cfg.training.max_steps or math.ceil(cfg.training.epochs * per_epoch)
-
-
 def train_ppo(policy: PolicyWithValue, tokenizer, examples: list[PromptExample], rewards: Rewards, cfg: Config,
               out: Path, precision: str, log: Callable[[str], None] = print,
               on_eval: Callable[[int, dict], None] | None = None) -> tuple[TrainResult, dict | None]:
@@ -224,10 +123,7 @@ def train_ppo(policy: PolicyWithValue, tokenizer, examples: list[PromptExample],
     across a resume."""
     t, p = cfg.training, cfg.ppo
     per_epoch, total = plan_rollouts(cfg, len(examples))
-    params = [q for q in policy.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    warmup = t.warmup_steps if t.warmup_steps is not None else int(round(t.warmup_ratio * total))
-    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    optimizer, scheduler = make_optimizer([q for q in policy.parameters() if q.requires_grad], cfg, total)
     ckpt_root = out / "checkpoints"
     guards = ckpt.run_guards(cfg)  # resume refuses a changed model, data, seed or LR (resume_allow_changes)
     resumed_from, state, changes = None, None, []
@@ -241,23 +137,37 @@ def train_ppo(policy: PolicyWithValue, tokenizer, examples: list[PromptExample],
     before_update: dict[str, torch.Tensor] | None = None
     stopped = None
     writer = open_metric_log(cfg, out, state.step + 1 if resumed_from else None)
-    with stop_on_signals() as stop_signal, _progress(t.progress) as bar, closing(writer):
+    bar = progress_bar(t.progress, "ppo", "rollouts", ("reward {task.fields[reward]:.3f}", "kl {task.fields[kl]:.3f}"))
+    with stop_on_signals() as stop_signal, bar, closing(writer):
         task = bar.add_task("ppo", total=total, completed=state.step, reward=float("nan"), kl=float("nan"))
         while state.step < total:
-            started = time.perf_counter()
+            started, rng_at_start = time.perf_counter(), torch.get_rng_state()
             epoch, k = divmod(state.step, per_epoch)
             chosen = [examples[i] for i in epoch_microbatches(len(examples), t.batch_size, cfg.seed, epoch)[k]]
             rollout_seed = cfg.seed * 1_000_003 + state.step + 1  # a resumed run draws the same completions
-            rollout = collect_rollout(policy, tokenizer, chosen, rewards, cfg, kl_ctl.coef, rollout_seed, precision)
-            kl_mean = float(rollout.kl.mean())
-            if p.max_kl is not None and kl_mean > p.max_kl:
-                stopped = _stop_runaway(policy, before_update, state, kl_mean, p.max_kl, log)
-                break
-            before_update = {n: q.detach().clone() for n, q in policy.named_parameters() if q.requires_grad}
-            collected = time.perf_counter()
-            generator = torch.Generator().manual_seed(rollout_seed)
-            update = update_policy(policy, rollout, optimizer, params, cfg, precision, state, generator,
-                                   tokenizer.pad_token_id)
+            undo = None  # what a stop during the update restores
+            try:
+                rollout = collect_rollout(policy, tokenizer, chosen, rewards, cfg, kl_ctl.coef, rollout_seed, precision,
+                                          stop=stop_signal)
+                kl_mean = float(rollout.kl.mean())
+                if p.max_kl is not None and kl_mean > p.max_kl:
+                    stopped = _stop_runaway(policy, before_update, state, kl_mean, p.max_kl, log)
+                    break
+                before_update = trainable_weights(policy)
+                undo = (copy.deepcopy(optimizer.state_dict()), state.bad_steps, len(state.skipped))
+                collected = time.perf_counter()
+                update = update_policy(policy, rollout, optimizer, cfg, precision, state,
+                                       torch.Generator().manual_seed(rollout_seed), tokenizer.pad_token_id, ckpt_root,
+                                       stop=stop_signal)
+            except Stopped:  # abandon this rollout: the checkpoint is the last finished one, resume replays it
+                if undo is not None:
+                    put_weights(policy, before_update)
+                    optimizer.load_state_dict(undo[0])
+                    state.bad_steps, state.skipped = undo[1], state.skipped[: undo[2]]
+                optimizer.zero_grad(set_to_none=True)
+                torch.set_rng_state(rng_at_start)
+                path = save_on_signal(ckpt_root, policy, optimizer, scheduler, state, t.save_total_limit, guards)
+                raise TrainingInterrupted(stop_signal(), str(path)) from None
             scheduler.step()
             coef = kl_ctl.coef
             kl_ctl.update(kl_mean, len(chosen))
@@ -289,10 +199,7 @@ def _stop_runaway(policy, before_update: dict | None, state: ckpt.TrainState, kl
                   log) -> dict:
     reverted = before_update is not None
     if reverted:  # the last update produced the runaway policy: keep the weights from before it
-        with torch.no_grad():
-            for name, q in policy.named_parameters():
-                if name in before_update:
-                    q.copy_(before_update[name])
+        put_weights(policy, before_update)
         state.history[-1]["reverted"] = True
     message = (f"rollout {state.step + 1}: mean KL to the reference {kl_mean:.3f} > ppo.max_kl {max_kl}; stopped "
                f"({'the last update undone' if reverted else 'no update of this process to undo'})")
@@ -302,11 +209,7 @@ def _stop_runaway(policy, before_update: dict | None, state: ckpt.TrainState, kl
             "updates_kept": state.step - 1 if reverted else state.step}
 
 
-def plot_rollouts(history: list[dict], path: Path) -> None:
-    plot_reward_kl(history, path, "reward_mean", "kl_mean", "rollout", "mean reward", "mean KL to reference (nats)")
-
-
-def _section(before: dict, after: dict, stopped: dict | None, questions: list[str]) -> str:
+def _section(before: list[dict], after: list[dict], stopped: dict | None, questions: list[str]) -> str:
     lines = ["## PPO", "", "![reward and KL per rollout](rollouts.png)", ""]
     if stopped:
         lines += [f"Stopped early at rollout {stopped['rollout']}: mean KL {stopped['kl_mean']:.3f} > "
@@ -315,78 +218,52 @@ def _section(before: dict, after: dict, stopped: dict | None, questions: list[st
 
 
 def check_ppo_config(cfg: Config) -> None:
-    check_config(cfg)
+    """Beyond config.checks (the method table; one process, as stage_info says)."""
     if cfg.training.grad_accum != 1:
         raise ConfigError("key 'training.grad_accum': stage ppo updates in ppo.minibatch_size completions; "
                           "set grad_accum to 1")
-    if ddp.world_size() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("stage ppo runs in one process (no --nproc / torchrun)")
 
 
-def _eval(policy: PolicyWithValue, tokenizer, examples: list, rewards: Rewards, cfg: Config, precision: str) -> dict:
-    return evaluate_policy(policy.model, tokenizer, examples, rewards, cfg.ppo, reference=policy.model.disable_adapter,
-                           seed=cfg.seed, batch_size=cfg.training.batch_size, precision=precision)
-
-
-def load_policy(cfg: Config) -> PolicyWithValue:
-    method = METHODS[cfg.method.name]
-    model = load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=method.quantized_base)
-    if cfg.training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    ctx = MethodContext(model_path=resolve_model(cfg.model), gradient_checkpointing=cfg.training.gradient_checkpointing)
-    model = method.apply(model, cfg.method, ctx)
-    return PolicyWithValue(model, pm.ValueHead(model.config.hidden_size))
+def load_policy(run: skeleton.StageRun) -> tuple[PolicyWithValue, tuple[int, int]]:
+    """The base with the method applied and a zero value head; its reference is this initial policy.
+    Returns it and the (trainable, total) parameters, value head included."""
+    model, (trainable, total) = skeleton.apply_method(run, skeleton.load_base(run))
+    policy = PolicyWithValue(model, pm.ValueHead(model.config.hidden_size))
+    head = sum(q.numel() for q in policy.value_head.parameters())
+    run.log(f"value head: {head:,} trainable parameters")
+    return policy, (trainable + head, total + head)
 
 
 def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[int, dict], None] | None = None) -> Path:
-    wall_start = time.perf_counter()
+    run = skeleton.begin(cfg, log)
     check_ppo_config(cfg)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     rewards = load_rewards(cfg.ppo.rewards, "ppo.rewards")  # a bad source fails before anything is written
-    train_records, eval_records = load_train_eval_records(cfg, log)
-    examples, train_stats = load_prompt_examples(cfg, tokenizer, train_records)
-    eval_examples, eval_stats = (load_prompt_examples(cfg, tokenizer, eval_records[: cfg.eval.max_samples])
-                                 if eval_records else ([], None))
-    data_stats = {split: {**stats, "dropped_no_supervised": 0} for split, stats in
-                  (("train", train_stats), ("eval", eval_stats)) if stats}
-    log(f"data: {len(examples)} train / {len(eval_examples)} eval prompts ({train_stats['truncated']} truncated)")
+    data = skeleton.load_data(run)
+    out = skeleton.open_output(run)
+    policy, counts = load_policy(run)
 
-    out = prepare_output_dir_once(cfg)  # nothing is written before every input above checked out
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    precision = resolve_precision(cfg.training.precision)
-    policy = load_policy(cfg)
-    trainable, total = count_params(policy.model)
-    head = sum(q.numel() for q in policy.value_head.parameters())
-    trainable, total = trainable + head, total + head
-    log(f"method {cfg.method.name} + value head: {trainable:,} trainable of {total:,} parameters")
+    def evaluate() -> dict:
+        return evaluate_policy(policy.model, run.tokenizer, data.eval, rewards, cfg.ppo, reference=policy.reference,
+                               seed=cfg.seed, batch_size=cfg.training.batch_size, precision=run.precision)
 
-    before_file = out / "eval_before.json"  # computed once, so a resumed run reports the same base
-    if cfg.eval.before and eval_examples and not before_file.is_file():
-        log("evaluating the initial policy ...")
-        write_json_atomic(before_file, _eval(policy, tokenizer, eval_examples, rewards, cfg, precision))
-    eval_before = json.loads(before_file.read_text()) if before_file.is_file() else {}
+    def initial() -> tuple[dict, dict]:
+        result = evaluate()  # the policy is its reference: KL 0
+        return summary(result), {"samples": result["samples"]}
 
-    result, stopped = train_ppo(policy, tokenizer, examples, rewards, cfg, out, precision, log, on_eval)
-    eval_after = _eval(policy, tokenizer, eval_examples, rewards, cfg, precision) if eval_examples else {}
-    if not all(torch.isfinite(q).all() for q in policy.parameters() if q.requires_grad):
-        raise UserError("refusing to save non-finite weights")
-    _save_model(policy.model, tokenizer, out, METHODS[cfg.method.name])
+    before, details = skeleton.eval_before(run, initial) if data.eval else ({}, {})
+    result, stopped = train_ppo(policy, run.tokenizer, data.train, rewards, cfg, out, run.precision, run.log, on_eval)
+    after = evaluate() if data.eval else {}
+    skeleton.check_finite(policy)  # the value head too, before it is saved beside the adapter
     pm.save_value_head(policy.value_head, out)
-    write_json_atomic(out / "template.json", {"template": template_name(cfg, tokenizer),
-                                              "chat_template": tokenizer.chat_template,
-                                              "system_prompt": cfg.data.system_prompt})
-    write_text_atomic(out / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
-    train_block = cost_metrics(result, wall_start, policy.model, trainable, total, precision, "tokens_generated")
-    metrics = {
-        "model": cfg.model, "stage": cfg.stage, "method": cfg.method.name,
-        "eval_before": summary(eval_before), "eval_after": summary(eval_after),
-        "train": {**train_block, "seconds_per_rollout": result.train_seconds / max(len(result.history), 1)},
-        "stopped_early": stopped,
-        "data": data_stats,
-    }
-    section = _section(eval_before, eval_after, metrics["stopped_early"], [question(e) for e in eval_examples])
-    write_rl_report(out, metrics, result.history, eval_before, eval_after, dump_config(cfg), section,
-                    ("rollouts.png", plot_rollouts))
-    return out
+    samples = details.get("samples") or [], after.get("samples") or []
+    write_samples(out, *samples)
+    if result.history:
+        plot_reward_kl(result.history, out / "rollouts.png", "reward_mean", "kl_mean", "rollout", "mean reward",
+                       "mean KL to reference (nats)")
+    template = {"template": template_name(cfg, run.tokenizer), "chat_template": run.tokenizer.chat_template,
+                "system_prompt": cfg.data.system_prompt}
+    outcome = skeleton.Outcome(
+        result, counts, before, summary(after) or {}, data.summary, extra={"stopped_early": stopped}, template=template,
+        cost={"seconds_per_rollout": result.train_seconds / max(len(result.history), 1)},
+        section=_section(*samples, stopped, [question(e) for e in data.eval]))
+    return skeleton.finish(run, policy.model, outcome)

@@ -27,6 +27,7 @@ from tuneforge.data.classify import ClsBatch, collate_cls
 from tuneforge.data.preference import PairExample
 from tuneforge.fsutil import write_json_atomic
 from tuneforge.models.classifier import forward_logits, pads_left
+from tuneforge.report.margins import plot_margins
 from tuneforge.train.loop import Objective, train
 from tuneforge.train.precision import autocast
 
@@ -83,26 +84,6 @@ def reward_objective(cfg: Config, tokenizer, precision: str) -> Objective:
 
     return Objective(collate=lambda pairs: [collate_pairs(pairs, pad_id, left)], loss_sum=loss_sum,
                      evaluate=evaluate)
-
-
-def plot_margins(margins: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    every = [v for values in margins.values() for v in values]
-    bins = np.linspace(min(every), max(every), 41) if every else 40  # shared bins: the runs compare bar by bar
-    for name, values in margins.items():
-        ax.hist(values, bins=bins, alpha=0.6, label=name)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set(xlabel="reward margin r(chosen) - r(rejected), eval pairs", ylabel="pairs")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _section(before: dict, after: dict) -> str:

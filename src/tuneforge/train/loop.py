@@ -109,19 +109,22 @@ def plan_steps(cfg: Config, n_examples: int) -> tuple[int, int]:
     return per_epoch, total
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[tps]:.0f} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
+def progress_bar(enabled: bool, label: str = "train", unit: str = "",
+                 fields: tuple[str, ...] = ("loss {task.fields[loss]:.4f}", "{task.fields[tps]:.0f} tok/s")
+                 ) -> Progress:
+    """On stderr: label, bar, done/total `unit`, the `fields` columns (over task.fields), elapsed time, ETA."""
+    count = "{task.completed}/{task.total}" + (f" {unit}" if unit else "")
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), TextColumn(count), *map(TextColumn, fields),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
+                    disable=not enabled)
+
+
+def make_optimizer(params: list, cfg: Config, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """(AdamW, training.lr_scheduler over `total_steps` optimizer steps after warmup_steps or warmup_ratio)."""
+    t = cfg.training
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    warmup = t.warmup_steps if t.warmup_steps is not None else int(round(t.warmup_ratio * total_steps))
+    return optimizer, get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 def _step_batches(objective: Objective, train_examples: list[Example], micro: list[list[int]]) -> list:
@@ -178,8 +181,8 @@ def _forward_backward(objective: Objective, model, batches: list, n_sup: int, pr
     return step_loss, None
 
 
-def _save_on_signal(ckpt_root: Path, model, optimizer, scheduler, state: ckpt.TrainState, keep: int,
-                    guards: dict) -> Path:
+def save_on_signal(ckpt_root: Path, model, optimizer, scheduler, state: ckpt.TrainState, keep: int,
+                   guards: dict) -> Path:
     """The checkpoint to stop with: the newest one if it is already at this step, else a new one."""
     existing = ckpt.list_checkpoints(ckpt_root)
     if existing and existing[-1].name == f"step-{state.step:07d}":
@@ -187,17 +190,21 @@ def _save_on_signal(ckpt_root: Path, model, optimizer, scheduler, state: ckpt.Tr
     return ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, keep, guards=guards)
 
 
-def _skip_step(state: ckpt.TrainState, step_loss: float, grad_norm: torch.Tensor, max_bad_steps: int,
-               ckpt_root: Path) -> None:
-    """A non-finite loss or gradient: no update; on record (warning, state.skipped); stop after too many."""
+def skip_nonfinite(state: ckpt.TrainState, step_loss: float, grad_norm: torch.Tensor, max_bad_steps: int,
+                   ckpt_root: Path, step: int | None = None, unit: str = "step", counted: str = "steps") -> None:
+    """A non-finite loss or gradient (the caller drops the gradients): warned, on record in state.skipped, NonFiniteLoss
+    after max_bad_steps in a row. `unit` `step` says where (ppo: rollout), `counted` what bad_steps counts (updates)."""
+    step = state.step if step is None else step
     state.bad_steps += 1
-    state.skipped.append({"step": state.step, "loss": str(step_loss), "grad_norm": str(float(grad_norm))})
-    warnings.warn(f"step {state.step}: non-finite loss/gradient (loss {step_loss}, grad norm {float(grad_norm)}); "
+    state.skipped.append({"step": step, "loss": str(step_loss), "grad_norm": str(float(grad_norm))})
+    warnings.warn(f"{unit} {step}: non-finite loss/gradient (loss {step_loss}, grad norm {float(grad_norm)}); "
                   f"update skipped ({state.bad_steps} in a row)", stacklevel=2)
     if state.bad_steps >= max_bad_steps:
         last = ckpt.list_checkpoints(ckpt_root)
+        first = state.skipped[-state.bad_steps]["step"] if len(state.skipped) >= state.bad_steps else (
+            step - state.bad_steps + 1)
         raise NonFiniteLoss(
-            f"{state.bad_steps} non-finite steps in a row (steps {state.step - state.bad_steps + 1}-{state.step}, "
+            f"{state.bad_steps} non-finite {counted} in a row ({unit}s {first}-{step}, "
             f"training.max_bad_steps={max_bad_steps}): stopped; no non-finite weights were saved"
             + (f"; the last checkpoint is {last[-1]}" if last else "")
             + ". Lower training.learning_rate, set training.max_grad_norm or check the data, then resume=auto")
@@ -212,23 +219,22 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     objective = objective or lm_objective(cfg, precision, packed)
     per_epoch, total_steps = plan_steps(cfg, len(train_examples))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    warmup = t.warmup_steps if t.warmup_steps is not None else int(round(t.warmup_ratio * total_steps))
-    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    optimizer, scheduler = make_optimizer(params, cfg, total_steps)
     ckpt_root = output_dir / "checkpoints"
     guards = ckpt.run_guards(cfg)
 
     state = ckpt.TrainState(step=0, bad_steps=0, history=[], tokens_seen=0, train_seconds=0.0)
     resumed_from, changes = None, []
     if cfg.resume:
-        resumed_from, restored, changes = resume_run(cfg, ckpt_root, guards, model, optimizer, scheduler, log, output_dir)
+        resumed_from, restored, changes = resume_run(cfg, ckpt_root, guards, model, optimizer, scheduler, log,
+                                                     output_dir)
         state = restored or state
 
     supervised_seen = sum(h["supervised_tokens"] for h in state.history)
     model.train()
     main = ddp.is_main()
     writer = open_metric_log(cfg, output_dir, state.step + 1 if resumed_from else None)
-    with stop_on_signals() as stop_signal, _progress(t.progress and main) as bar, closing(writer):
+    with stop_on_signals() as stop_signal, progress_bar(t.progress and main) as bar, closing(writer):
         task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total_steps:
             started, rng_at_start = time.perf_counter(), torch.get_rng_state()
@@ -244,7 +250,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
             if signum:
                 optimizer.zero_grad(set_to_none=True)
                 torch.set_rng_state(rng_at_start)  # resume replays this step exactly
-                path = _save_on_signal(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit, guards)
+                path = save_on_signal(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit, guards)
                 raise TrainingInterrupted(signum, str(path))
             ddp.sum_gradients(params)
             step_loss = ddp.sum_values(step_loss)[0] / n_sup
@@ -254,7 +260,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 writer.add_scalar("train/skipped_nonfinite", state.bad_steps + 1, state.step)
-                _skip_step(state, step_loss, grad_norm, t.max_bad_steps, ckpt_root)
+                skip_nonfinite(state, step_loss, grad_norm, t.max_bad_steps, ckpt_root)
             else:
                 state.bad_steps = 0
                 optimizer.step()
@@ -273,7 +279,8 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                     writer.add_scalar("train/tokens_per_second", n_tok / elapsed, state.step)
                 bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
             # a pending stop skips the periodic eval: it does not change training, and the save comes sooner
-            if finite and main and t.eval_steps and eval_examples and state.step % t.eval_steps == 0 and not stop_signal():
+            if (finite and main and t.eval_steps and eval_examples and state.step % t.eval_steps == 0
+                    and not stop_signal()):
                 result = objective.evaluate(model, eval_examples)
                 state.evals.append({"step": state.step, **result})
                 writer.add_scalar("eval/loss", result["loss"], state.step)
