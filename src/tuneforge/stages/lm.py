@@ -25,7 +25,7 @@ def _evaluate(run: skeleton.StageRun, model, examples: list, items: list[Generat
               ) -> tuple[dict, list[str]]:
     cfg, t = run.cfg, run.cfg.training
     result = evaluate_loss(model, examples, t.batch_size, run.precision, packed, t.pack_length) if examples else {}
-    outputs = generate(model, run.tokenizer, [i.prompt for i in items], cfg.eval.max_new_tokens,
+    outputs = generate(model, run.tokenizer, [i.prompt_ids for i in items], cfg.eval.max_new_tokens,
                        run.precision) if items else []
     if "exact_match" in run.info.metrics and items:
         result.update(compute(cfg.eval.metrics, outputs, [i.reference or "" for i in items]))
