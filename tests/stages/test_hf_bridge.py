@@ -10,7 +10,7 @@ import pytest
 
 from tuneforge.errors import ConfigError
 from tuneforge.train import hf_bridge
-from tuneforge.train.checkpoint import run_guards
+from tuneforge.train.guards import run_guards
 
 
 def test_trainer_args_override_trl_defaults(make_config, tmp_path):

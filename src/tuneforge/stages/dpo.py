@@ -31,8 +31,8 @@ from tuneforge.data.templates import ALPACA_TEMPLATE
 from tuneforge.errors import ConfigError
 from tuneforge.report.margins import plot_margins
 from tuneforge.train import hf_bridge
-from tuneforge.train.checkpoint import run_guards
 from tuneforge.train.cost import model_flops
+from tuneforge.train.guards import run_guards
 from tuneforge.train.loop import TrainResult
 from tuneforge.train.precision import autocast
 

@@ -43,7 +43,7 @@ from tuneforge.rl.prompts import PromptExample
 from tuneforge.rl.reference import InitialPolicy
 from tuneforge.rl.rewards import Rewards, load_rewards
 from tuneforge.train import hf_bridge as hf
-from tuneforge.train.checkpoint import run_guards
+from tuneforge.train.guards import run_guards
 from tuneforge.train.loop import TrainResult
 
 KEY = "grpo.rewards"

@@ -58,6 +58,7 @@ from tuneforge.rl.reference import put_weights, trainable_weights
 from tuneforge.rl.rewards import Rewards, load_rewards
 from tuneforge.rl.sampling import Stopped, check_stop, gather_logprobs, to_batch
 from tuneforge.train import checkpoint as ckpt
+from tuneforge.train.guards import run_guards
 from tuneforge.train.loop import (
     TrainResult,
     make_optimizer,
@@ -125,7 +126,7 @@ def train_ppo(policy: PolicyWithValue, tokenizer, examples: list[PromptExample],
     per_epoch, total = plan_rollouts(cfg, len(examples))
     optimizer, scheduler = make_optimizer([q for q in policy.parameters() if q.requires_grad], cfg, total)
     ckpt_root = out / "checkpoints"
-    guards = ckpt.run_guards(cfg)  # resume refuses a changed model, data, seed or LR (resume_allow_changes)
+    guards = run_guards(cfg)  # resume refuses a changed model, data, seed or LR (resume_allow_changes)
     resumed_from, state, changes = None, None, []
     if cfg.resume:
         resumed_from, state, changes = resume_run(cfg, ckpt_root, guards, policy, optimizer, scheduler, log, out)

@@ -40,8 +40,8 @@ from tuneforge.models.classifier import load_base_classifier
 from tuneforge.report.write import write_report
 from tuneforge.stage_info import StageInfo, stage_info
 from tuneforge.train import distributed as ddp
-from tuneforge.train.checkpoint import check_resume_config
 from tuneforge.train.cost import cost_block
+from tuneforge.train.guards import check_resume_config
 from tuneforge.train.loop import TrainResult
 from tuneforge.train.precision import resolve_precision
 

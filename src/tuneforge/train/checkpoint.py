@@ -2,11 +2,12 @@
 old ones are renamed away before they are deleted, so a killed process never leaves a half checkpoint under
 a `step-*` name. Auto-resume takes the newest complete, readable checkpoint and warns about any it skips;
 an explicitly named bad checkpoint is an error. Each checkpoint records what the run was (model and data
-fingerprints, seed, learning rate); resuming with any of them changed is refused unless
-`resume_allow_changes` names it. Only safetensors and JSON are written or read (no pickle).
+fingerprints, seed, learning rate: tuneforge.train.guards); resuming with any of them changed is refused
+unless `resume_allow_changes` names it. Only safetensors and JSON are written or read (no pickle).
 
     path = save_checkpoint(ckpt_root, model, optimizer, scheduler, state, keep=2, guards=run_guards(cfg))
-    path, loaded = find_resume("auto", ckpt_root); check_guards(loaded, run_guards(cfg), cfg.resume_allow_changes)
+    path, loaded = find_resume("auto", ckpt_root)
+    changes = check_guards(loaded, run_guards(cfg), cfg.resume_allow_changes, path)
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ MARKER = "COMPLETE"  # written last; holds each file's size and sha256, so any l
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
 UNREADABLE = (OSError, ValueError, KeyError, TypeError, SafetensorError)
 STEP_DIR = re.compile(r"step-(\d+)")
-GUARDED = ("model", "data", "seed", "learning_rate")
-EDGE = 1 << 20  # bytes hashed at each end of a weights file: cheap, and catches a different model of one size
 
 
 class CheckpointWriteError(UserError):
@@ -135,7 +134,8 @@ def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainSt
     weights = trainable_state(model)
     bad = [n for n, t in weights.items() if not torch.isfinite(t).all()]
     if bad:
-        raise NonFiniteLoss(f"refusing to save non-finite weights at step {state.step} ({len(bad)} tensors, e.g. {bad[0]})")
+        raise NonFiniteLoss(f"refusing to save non-finite weights at step {state.step} "
+                            f"({len(bad)} tensors, e.g. {bad[0]})")
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     meta = {"step": state.step, "bad_steps": state.bad_steps, "tokens_seen": state.tokens_seen,
             "train_seconds": state.train_seconds, "history": state.history, "skipped": state.skipped,
@@ -228,7 +228,8 @@ def _read(path: Path) -> dict[str, Any]:
     check_manifest(path)
     try:
         meta = json.loads((path / "state.json").read_text())
-        missing = [k for k in ("step", "bad_steps", "history", "tokens_seen", "optimizer", "scheduler") if k not in meta]
+        required = ("step", "bad_steps", "history", "tokens_seen", "optimizer", "scheduler")
+        missing = [k for k in required if k not in meta]
     except (OSError, ValueError, TypeError) as exc:
         raise ValueError(f"state.json: {exc}") from None
     if missing:
@@ -267,7 +268,8 @@ def restore(loaded: dict[str, Any], model, optimizer, scheduler) -> TrainState:
     reshaped = [n for n in saved if n in params and saved[n].shape != params[n].shape]
     if missing or unexpected or reshaped:
         raise ConfigError(f"the checkpoint does not match the model's trainable parameters (did the method or "
-                          f"model change?): missing {missing[:3]}, unexpected {unexpected[:3]}, shape differs {reshaped[:3]}")
+                          f"model change?): missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                          f"shape differs {reshaped[:3]}")
     with torch.no_grad():
         for name, value in saved.items():
             params[name].copy_(value)
@@ -277,90 +279,3 @@ def restore(loaded: dict[str, Any], model, optimizer, scheduler) -> TrainState:
     torch.set_rng_state(loaded["rng"])
     return TrainState(meta["step"], meta["bad_steps"], meta["history"], meta["tokens_seen"], meta["train_seconds"],
                       meta.get("skipped", []), meta.get("evals", []))
-
-
-def _hash_file(digest, path: Path, edge: int | None = None) -> None:
-    """The whole file, or (edge) its size and first/last `edge` bytes."""
-    with open(path, "rb") as f:
-        if edge is None:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-            return
-        size = os.fstat(f.fileno()).st_size
-        digest.update(f"{path.name}:{size}:".encode())
-        digest.update(f.read(edge))
-        if size > edge:
-            f.seek(max(edge, size - edge))
-            digest.update(f.read(edge))
-
-
-def run_guards(cfg) -> dict[str, Any]:
-    """What resume compares: the model (config, tokenizer and weight files; a hub id by name), the training
-    data (sha256 of the file's bytes), the seed and the learning rate."""
-    from tuneforge.models import resolve_model
-
-    resolved = Path(resolve_model(cfg.model))
-    model_digest = hashlib.sha256()
-    if resolved.is_dir():
-        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-            if (resolved / name).is_file():
-                _hash_file(model_digest, resolved / name)
-        for weights in sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin")):
-            _hash_file(model_digest, weights, EDGE)
-    else:
-        model_digest.update(str(resolved).encode())
-    data = Path(cfg.data.train)
-    data_digest = hashlib.sha256()
-    _hash_file(data_digest, data)
-    return {"model": {"name": cfg.model, "path": str(resolved), "sha256": model_digest.hexdigest()},
-            "data": {"path": str(data), "sha256": data_digest.hexdigest()},
-            "seed": cfg.seed, "learning_rate": cfg.training.learning_rate}
-
-
-def _compared(guards: dict[str, Any], key: str) -> tuple[Any, str]:
-    """(what must be equal, how to show it)."""
-    value = guards.get(key)
-    if isinstance(value, dict):
-        return value.get("sha256"), f"{value.get('name') or value.get('path')} (sha256 {str(value.get('sha256'))[:12]})"
-    return value, repr(value)
-
-
-def check_guards(loaded: dict[str, Any], current: dict[str, Any], allowed: Iterable[str], path: Path) -> list[dict]:
-    """The changes since the checkpoint was saved, each allowed by `resume_allow_changes`; a ConfigError
-    naming every other change (old -> new) and the override key."""
-    saved = loaded["meta"].get("guards")
-    if not saved:
-        warnings.warn(f"checkpoint {path} records no model/data fingerprints (saved before tuneforge checked "
-                      "them): a changed model, data, seed or learning rate cannot be detected", stacklevel=2)
-        return []
-    changes = []
-    for key in GUARDED:
-        (old, old_text), (new, new_text) = _compared(saved, key), _compared(current, key)
-        if key in saved and old != new:
-            changes.append({"key": key, "old": old_text, "new": new_text})
-    refused = [c for c in changes if c["key"] not in set(allowed)]
-    if refused:
-        what = "; ".join(f"{c['key']} changed: {c['old']} -> {c['new']}" for c in refused)
-        keys = ",".join(c["key"] for c in refused)
-        raise ConfigError(f"key 'resume': checkpoint {path} was saved by a different run ({what}). Resuming "
-                          f"would not continue that run; set resume_allow_changes=[{keys}] to resume anyway, or "
-                          f"use a new output_dir")
-    return changes
-
-
-def check_resume_config(saved_cfg, cfg, ckpt_root: Path) -> None:
-    """Before output_dir/config.yaml is rewritten for a resumed run: the guarded keys of the run's saved
-    config against the new one (a refused resume must leave the run's config as it was). The file contents
-    (model weights, data bytes) are compared later against the checkpoint's fingerprints."""
-    pairs = {"model": (saved_cfg.model, cfg.model), "data": (saved_cfg.data.train, cfg.data.train),
-             "seed": (saved_cfg.seed, cfg.seed),
-             "learning_rate": (saved_cfg.training.learning_rate, cfg.training.learning_rate)}
-    refused = [(key, old, new) for key, (old, new) in pairs.items() if old != new and key not in cfg.resume_allow_changes]
-    complete = sorted((p for p in ckpt_root.glob("*-*") if (p / MARKER).is_file()),
-                      key=lambda p: int(p.name.rsplit("-", 1)[1]) if p.name.rsplit("-", 1)[1].isdigit() else -1)
-    if refused and complete:  # our step-N and the HF Trainer's checkpoint-N both carry the marker
-        what = "; ".join(f"{key} changed: {old!r} -> {new!r}" for key, old, new in refused)
-        keys = ",".join(key for key, _, _ in refused)
-        raise ConfigError(f"key 'resume': checkpoint {complete[-1]} was saved by a different run ({what}). Resuming "
-                          f"would not continue that run; set resume_allow_changes=[{keys}] to resume anyway, or "
-                          f"use a new output_dir")

@@ -26,10 +26,11 @@ from transformers import TrainerCallback
 
 from tuneforge.config.schema import Config
 from tuneforge.errors import ConfigError, NonFiniteLoss, TrainingInterrupted
-from tuneforge.train.checkpoint import MARKER, check_guards, check_manifest, run_guards, write_manifest
+from tuneforge.train.checkpoint import MARKER, check_manifest, write_manifest
+from tuneforge.train.guards import check_guards, run_guards
 from tuneforge.train.metric_log import MetricLog, open_metric_log
 
-GUARDS = "tuneforge_guards.json"  # what the run was (train.checkpoint.run_guards), checked on resume
+GUARDS = "tuneforge_guards.json"  # what the run was (train.guards.run_guards), checked on resume
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 

@@ -1,12 +1,11 @@
 """The training loop: padding-free micro-batches, gradient accumulation normalised by supervised tokens,
 bf16 autocast, LR schedule, non-finite steps skipped, atomic checkpoints, exact resume guarded against
-a changed run (tuneforge.train.checkpoint), and a clean stop on SIGINT/SIGTERM. Small on purpose: every
-line of it is something the run contract promises (docs/reliability.md lists the tests that prove them).
+a changed run (tuneforge.train.checkpoint, .guards), and a clean stop on SIGINT/SIGTERM. Small on purpose:
+every line is something the run contract promises (docs/reliability.md lists the tests that prove them).
 
     result = train(model, train_examples, eval_examples, cfg, output_dir, precision)
     result = train(..., objective=Objective(collate, loss_sum, evaluate))   # another stage's loss
     result = train(..., on_eval=lambda step, result: ...)   # sees every periodic evaluation (hpo pruning)
-
 Under torchrun / accelerate launch (WORLD_SIZE > 1) each step's examples are split across ranks and the
 gradients summed (tuneforge.train.distributed); rank 0 alone logs, evaluates and saves.
 """
@@ -36,6 +35,7 @@ from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
 from tuneforge.fsutil import write_text_atomic
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import distributed as ddp
+from tuneforge.train import guards as guards_mod
 from tuneforge.train.loss import evaluate_loss, loss_sum
 from tuneforge.train.metric_log import open_metric_log
 from tuneforge.train.precision import autocast
@@ -147,7 +147,7 @@ def resume_run(cfg: Config, ckpt_root: Path, guards: dict, model, optimizer, sch
             warnings.warn(f"resume=auto: no usable checkpoint in {ckpt_root}; starting from step 0", stacklevel=2)
         return None, None, []
     path, loaded = found
-    changes = ckpt.check_guards(loaded, guards, cfg.resume_allow_changes, path)
+    changes = guards_mod.check_guards(loaded, guards, cfg.resume_allow_changes, path)
     state = ckpt.restore(loaded, model, optimizer, scheduler)
     if any(c["key"] == "learning_rate" for c in changes):  # allowed: the new rate takes over the schedule
         lr = cfg.training.learning_rate
@@ -221,7 +221,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, cfg, total_steps)
     ckpt_root = output_dir / "checkpoints"
-    guards = ckpt.run_guards(cfg)
+    guards = guards_mod.run_guards(cfg)
 
     state = ckpt.TrainState(step=0, bad_steps=0, history=[], tokens_seen=0, train_seconds=0.0)
     resumed_from, changes = None, []
