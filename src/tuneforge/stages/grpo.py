@@ -89,14 +89,23 @@ def to_reward_funcs(rewards: Rewards, examples: list[PromptExample], counter: Co
 
 
 class PromptIdsTrainer(GRPOTrainer):
-    """GRPOTrainer generating from the prompt ids rl.prompts made (module docstring)."""
+    """GRPOTrainer generating from the prompt ids rl.prompts made (module docstring), looked up by the row's
+    `index` column: two rows may render to the same text with different ids (a user turn holding control tokens
+    is escaped, a real turn is not), so the text cannot be the key."""
 
-    def __init__(self, *args, prompt_ids: dict[str, list[int]], **kwargs) -> None:
+    def __init__(self, *args, prompt_ids: list[list[int]], **kwargs) -> None:
         self._prompt_ids = prompt_ids
+        self._batch_rows: list[int] = []
         super().__init__(*args, **kwargs)
 
+    def _generate_and_score_completions(self, inputs):  # trl 1.16: the batch's rows, before prompts are tokenized
+        self._batch_rows = [int(x["index"]) for x in inputs]
+        return super()._generate_and_score_completions(inputs)
+
     def _tokenize_prompts(self, prompts: list):  # trl 1.16: (prompt_ids, images, multimodal_fields)
-        return [self._prompt_ids[p] for p in prompts], None, {}
+        if len(self._batch_rows) != len(prompts):
+            raise RuntimeError("GRPO prompts arrived without their rows' index (trl's batch layout changed?)")
+        return [self._prompt_ids[i] for i in self._batch_rows], None, {}
 
 
 def check_rewards(rewards: Rewards, examples: list[PromptExample]) -> None:
@@ -175,7 +184,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     trainer = PromptIdsTrainer(
         model=model, args=to_grpo_config(cfg, out, run.precision), train_dataset=dataset, callbacks=callbacks,
         reward_funcs=to_reward_funcs(rewards, data.train, counter), processing_class=run.tokenizer,
-        prompt_ids={e.text: e.input_ids for e in data.train})
+        prompt_ids=[e.input_ids for e in data.train])
     trainer.remove_callback(PrinterCallback)  # with the progress bar off it prints every log dict to stdout
     if resumed_from:
         run.log(f"resuming from {resumed_from}")
