@@ -103,4 +103,6 @@ def load_peft(load_base: LoadBase, run_dir: Path) -> nn.Module:
     if not (run_dir / "adapter_model.safetensors").is_file():
         raise ModelError(f"{run_dir}: no adapter_model.safetensors; tuneforge does not load pickled adapters "
                          "(adapter_model.bin can run code when loaded)")
-    return PeftModel.from_pretrained(load_base(None), str(run_dir))
+    # The adapter as it was trained and saved: TRL 1.16's DPO/GRPO trainers keep QLoRA adapters in bf16, and
+    # peft's default upcast to fp32 would make the reloaded run compute differently from the trained one.
+    return PeftModel.from_pretrained(load_base(None), str(run_dir), autocast_adapter_dtype=False)
