@@ -103,6 +103,16 @@ def load_peft(load_base: LoadBase, run_dir: Path) -> nn.Module:
     if not (run_dir / "adapter_model.safetensors").is_file():
         raise ModelError(f"{run_dir}: no adapter_model.safetensors; tuneforge does not load pickled adapters "
                          "(adapter_model.bin can run code when loaded)")
-    # The adapter as it was trained and saved: TRL 1.16's DPO/GRPO trainers keep QLoRA adapters in bf16, and
-    # peft's default upcast to fp32 would make the reloaded run compute differently from the trained one.
-    return PeftModel.from_pretrained(load_base(None), str(run_dir), autocast_adapter_dtype=False)
+    # The adapter in the dtype it was trained and saved in: TRL 1.16's DPO/GRPO trainers keep QLoRA adapters in
+    # bf16, and peft's default upcast to fp32 would make the reloaded run compute differently from the trained
+    # one; an fp32 adapter needs the upcast (peft would otherwise create it in a 4-bit base's bf16 compute dtype).
+    return PeftModel.from_pretrained(load_base(None), str(run_dir),
+                                     autocast_adapter_dtype=not _saved_in_half(run_dir / "adapter_model.safetensors"))
+
+
+def _saved_in_half(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        dtypes = {f.get_slice(name).get_dtype() for name in f.keys()}
+    return bool(dtypes) and dtypes <= {"BF16", "F16"}
