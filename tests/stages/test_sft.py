@@ -105,6 +105,20 @@ def test_report_falls_back_to_the_end_of_the_prompt():
     assert "what color is the sky ?" in row and row.split(" | ")[1].startswith("…")
 
 
+def test_long_questions_keep_the_end_that_tells_rows_apart():
+    """Alpaca rows share a long instruction and differ in their input, at the end of the question: a cut cell
+    keeps the start and the end, so every row reads differently."""
+    instruction = "Extract the order from the sentence as JSON with the keys name, item, quantity and city. "
+    gens = [{"question": instruction + f"{who} from {city} wants ten screws.", "reference": "", "base": "", "tuned": ""}
+            for who, city in (("Noah", "Krakow"), ("Ximena", "Amsterdam"))]
+    metrics = {"stage": "sft", "method": "lora", "model": "m", "train": {}, "eval_after": {}}
+    rows = [line for line in render_report(metrics, gens, "").splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    cells = [row.split(" | ")[1] for row in rows]
+    assert all(c.startswith("Extract the order") and "…" in c and len(c) <= 120 for c in cells)
+    assert cells[0].endswith("Noah from Krakow wants ten screws.")
+    assert cells[1].endswith("Ximena from Amsterdam wants ten screws.")
+
+
 def test_adapter_reloads_in_plain_peft_with_identical_logits(sft_run, tiny_model_dir):
     """The adapter the stage saved, loaded by plain peft on the base, gives the trained model's logits."""
     from transformers import AutoTokenizer

@@ -32,9 +32,13 @@ def plot_loss(history: list[dict], evals: list[dict], before: dict | None, after
     save_figure_atomic(fig, path)
 
 
-def _cell(text: str, limit: int = 160) -> str:
+def _cell(text: str, limit: int = 160, keep_end: int = 0) -> str:
+    """One table cell: whitespace collapsed, cut to `limit` characters; `keep_end` keeps that many characters of
+    the end too (a question's shared instruction comes first, what tells rows apart last)."""
     text = " ".join(text.split())
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) > limit:
+        head = limit - 1 - keep_end
+        text = text[:head] + "…" + (text[-keep_end:] if keep_end else "")
     return text.replace("|", "\\|") or "*(empty)*"
 
 
@@ -83,7 +87,8 @@ def render_report(metrics: dict, generations: list[dict], cfg_text: str, extra: 
                   "|---|---|---|---|---|"]
         for i, g in enumerate(generations, 1):
             ref = g.get("reference")
-            lines.append(f"| {i} | {_cell(question(g), 100)} | {_cell(ref or '')} | {_marked(g['base'], ref)} | "
+            asked = _cell(question(g), 120, keep_end=70)
+            lines.append(f"| {i} | {asked} | {_cell(ref or '')} | {_marked(g['base'], ref)} | "
                          f"{_marked(g['tuned'], ref)} |")
     if extra:  # a stage's own section (e.g. classification: per-class table, confusion matrices)
         lines += ["", extra]
