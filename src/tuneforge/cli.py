@@ -3,6 +3,7 @@
     tuneforge train CONFIG.yaml [dotted.key=value ...] [--debug]
     tuneforge validate CONFIG.yaml [dotted.key=value ...]
     tuneforge merge RUN_DIR [--output DIR]
+    tuneforge merge --combine RUN_A RUN_B ... --how linear|ties|dare_ties|... --weights 0.5,0.5 --output DIR
     tuneforge plan [CONFIG.yaml] [model=M method.name=lora method.r=8 training.batch_size=4 ...] [--budget-gb G]
     tuneforge compare CONFIG.yaml [--methods full,lora,...] [--lr full=5e-5]
     tuneforge predict RUN_DIR --input FILE [--output FILE] [--base]
@@ -75,8 +76,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    if args.combine:
+        from tuneforge.export.combine import combine, parse_weights
+
+        if args.run_dir or not args.output:
+            raise UserError("merge --combine RUN_A RUN_B ... takes its runs after --combine and needs --output DIR")
+        combine(args.combine, args.output, args.how, parse_weights(args.weights, len(args.combine)), args.density,
+                args.atol, args.seed)
+        return 0
     from tuneforge.export.merge import merge
 
+    if not args.run_dir:
+        raise UserError("merge: give RUN_DIR (or --combine RUN_A RUN_B ... --output DIR)")
     merge(args.run_dir, args.output, args.atol)
     return 0
 
@@ -137,9 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("plan", help="parameters and memory per method from a config (or model=... method.r=8 keys), "
                    "without loading weights", add_help=False)
     p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into a standalone model, verified")
-    p.add_argument("run_dir")
-    p.add_argument("--output", help="default: RUN_DIR/merged")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("--output", help="default: RUN_DIR/merged (required with --combine)")
     p.add_argument("--atol", type=float, default=1e-4, help="max |logit diff| merged vs adapter (fp32)")
+    p.add_argument("--combine", nargs="+", metavar="RUN", help="combine these LoRA runs (same base) into one model")
+    p.add_argument("--how", default="linear", help="peft add_weighted_adapter type: linear, cat, ties, dare_linear, "
+                   "dare_ties, svd, ... (default linear)")
+    p.add_argument("--weights", help="one per run, e.g. 0.5,0.5 (default: equal, summing to 1)")
+    p.add_argument("--density", type=float, help="fraction kept by ties / dare_* / magnitude_prune (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed for dare's random drop")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(fn=cmd_merge)
     p = sub.add_parser("compare", help="run several methods on the same data and budget; tabulate cost and gain")
