@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -214,7 +214,15 @@ class GrpoConfig(SamplingConfig):
     beta: float = Field(0.04, ge=0, description="KL penalty to the reference (0: no reference model)")
     epsilon: float = Field(0.2, gt=0, description="clip range of the probability ratio")
     num_iterations: int = Field(1, ge=1, description="optimisation passes per generated batch")
-    scale_rewards: bool = True
+    # TRL 1.16's loss formulations (GRPOConfig.loss_type; dapo is TRL's default); luspo runs at sequence level.
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = "dapo"
+    # Divide advantages by the std of the group, of the whole batch, or not at all; true / false mean group / none.
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+
+    @field_validator("scale_rewards", mode="before")
+    @classmethod
+    def _scale_rewards_bool(cls, value: Any) -> Any:
+        return {True: "group", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 STAGE_BLOCKS = {"dpo": "dpo", "ppo": "ppo", "grpo": "grpo"}  # stage -> its own config block

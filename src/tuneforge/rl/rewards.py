@@ -7,14 +7,17 @@ scores prompt + completion rendered and tokenized like its training pairs) or a 
     rewards = load_rewards(cfg.ppo.rewards, "ppo.rewards")
     totals = rewards(examples, completions)          # weighted sum per completion, a float32 tensor
 
-Built-in functions: `tuneforge.rl.rewards:exact_match` (column `answer`), `:contains` (kwargs text=...),
-`:regex` (kwargs pattern=...).
+Built-in functions (`{function: "tuneforge.rl.rewards:<name>", kwargs: {...}}`; docs/grpo.md lists them):
+exact_match (column `answer`), contains (text=...), regex (pattern=...), numeric_match (column=answer,
+tolerance=1e-6), length_penalty (target=..., unit=chars|words, per_unit=0.01, floor=-1.0), json_valid
+(required_keys=[...], strip_fences=false).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import json
 import math
 import re
 from collections.abc import Callable
@@ -47,6 +50,61 @@ def regex(prompts: list, completions: list[str], pattern: str, **_: Any) -> list
     """1.0 where `pattern` matches the completion (re.search; anchor with ^ / $ for a format check)."""
     compiled = re.compile(pattern, re.DOTALL)
     return [float(bool(compiled.search(c))) for c in completions]
+
+
+NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")  # 97, -3, 1,000, 2.5 (a trailing "." ends a sentence)
+
+
+def _number(text: Any) -> float | None:
+    found = NUMBER.findall(str(text))
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def numeric_match(prompts: list, completions: list[str], column: str = "answer", tolerance: float = 1e-6,
+                  **columns: Any) -> list[float]:
+    """1.0 where the last number in the completion is within `tolerance` (absolute) of the number in the row's
+    `column`; 0.0 otherwise, also for a completion without a number or a row whose answer is not a number."""
+    if column not in columns:
+        raise ValueError(f"numeric_match: the rows have no column {column!r} (kwargs column=...)")
+    out = []
+    for completion, answer in zip(completions, columns[column], strict=True):
+        got, want = _number(completion), _number(answer)
+        out.append(float(got is not None and want is not None and abs(got - want) <= tolerance))
+    return out
+
+
+def length_penalty(prompts: list, completions: list[str], target: int, unit: str = "chars", per_unit: float = 0.01,
+                   floor: float | None = -1.0, **_: Any) -> list[float]:
+    """-per_unit for every character (unit: chars) or whitespace-separated word (unit: words) beyond `target`;
+    0.0 up to the target; never below `floor` (None: no floor)."""
+    if unit not in ("chars", "words"):
+        raise ValueError(f"length_penalty: unit must be 'chars' or 'words', got {unit!r}")
+    out = []
+    for c in completions:
+        value = -per_unit * max(0, (len(c) if unit == "chars" else len(c.split())) - target)
+        out.append(max(value, floor) if floor is not None else value)
+    return [v + 0.0 for v in out]  # -0.0 -> 0.0
+
+
+FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.DOTALL)
+
+
+def json_valid(prompts: list, completions: list[str], required_keys: list[str] | None = None,
+               strip_fences: bool = False, **_: Any) -> list[float]:
+    """1.0 where the completion (surrounding whitespace ignored) parses as JSON; with `required_keys`, only a
+    JSON object holding every key counts. strip_fences: a ```json ... ``` fence around it is removed first."""
+    out = []
+    for c in completions:
+        text = c.strip()
+        fenced = FENCE.match(text) if strip_fences else None
+        try:
+            value = json.loads(fenced.group(1) if fenced else text)
+        except ValueError:
+            out.append(0.0)
+            continue
+        keys = required_keys or []
+        out.append(float(not keys or (isinstance(value, dict) and all(k in value for k in keys))))
+    return out
 
 
 @dataclass

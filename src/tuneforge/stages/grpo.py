@@ -56,7 +56,8 @@ def to_grpo_config(cfg: Config, out: Path, precision: str) -> GRPOConfig:
     args |= {"per_device_train_batch_size": completions, "per_device_eval_batch_size": completions}
     return GRPOConfig(
         **args, num_generations=g.num_generations, beta=g.beta, epsilon=g.epsilon, num_iterations=g.num_iterations,
-        scale_rewards="group" if g.scale_rewards else "none", max_completion_length=g.max_new_tokens,
+        loss_type=g.loss_type, scale_rewards=g.scale_rewards, max_completion_length=g.max_new_tokens,
+        importance_sampling_level="sequence" if g.loss_type == "luspo" else "token",  # luspo: the paper's setup
         temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, reward_weights=[s.weight for s in g.rewards],
         remove_unused_columns=False,  # the `index` column leads reward functions back to the prompt's row
         log_completions=False,
