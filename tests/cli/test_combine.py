@@ -141,3 +141,38 @@ def test_bad_arguments_exit_2(runs, run_cli, tmp_path, capsys):
     assert "--density applies to" in capsys.readouterr().err
     assert run_cli(["merge", "--combine", a, b]) == 2 and "needs --output" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_merge_example_data_and_report_script(tmp_path):
+    """The dates generator reproduces the shipped data (eval years held out), and the report script copies each
+    figure from eval.json / merge.json into the table."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, str(root / "scripts/make_dates_data.py"), "--out", str(tmp_path / "d")], check=True,
+                   capture_output=True)
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert (tmp_path / "d" / name).read_bytes() == (root / "examples/data/dates" / name).read_bytes()
+    years = {s: {json.loads(x)["output"][:4] for x in (root / "examples/data/dates" / f"{s}.jsonl").open()}
+             for s in ("train", "eval")}
+    assert not years["train"] & years["eval"]
+
+    def write_eval(name, models):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"models": models}))
+
+    for task in ("orders", "dates"):
+        for run in ("orders", "dates"):
+            write_eval(f"eval-{task}-{run}", {"base": {"exact_match": 0.0, "loss": 3.0},
+                                              "tuned": {"exact_match": 0.5 if task == run else 0.125, "loss": 1.0}})
+        write_eval(f"eval-{task}-ab", {"ab": {"exact_match": 0.25, "loss": 2.0}})
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "merge.json").write_text(json.dumps({"how": "ties", "weights": [0.5, 0.5], "density": 0.5,
+                                                            "max_abs_logit_diff": 2e-5}))
+    out = subprocess.run([sys.executable, str(root / "scripts/merge_report.py"), str(tmp_path)], check=True,
+                         capture_output=True, text=True).stdout
+    assert "| adapter orders | 0.500 | 1.000 | 0.125 | 1.000 |" in out
+    assert "| ab: ties 0.5,0.5, density 0.5 (verified: max logit diff 2.0e-05) | 0.250 | 2.000 | 0.250 | 2.000 |" in out
+    assert (tmp_path / "report.md").read_text() == out
