@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "parallel; re-runs itself under torchrun; see docs/distributed.md)")
     sub.add_parser("plan", help="parameters and memory per method from a config (or model=... method.r=8 keys), "
                    "without loading weights", add_help=False)
-    p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into a standalone model, verified")
+    p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into a standalone model, verified "
+                       "(--combine: several LoRA runs, docs/merge.md)")
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--output", help="default: RUN_DIR/merged (required with --combine)")
     p.add_argument("--atol", type=float, default=1e-4, help="max |logit diff| merged vs adapter (fp32)")
