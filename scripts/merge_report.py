@@ -3,8 +3,9 @@ adapter B and their combinations, copied from the `tuneforge eval` outputs (eval
 
     python scripts/merge_report.py [runs/merge]      # prints the markdown table; writes runs/merge/report.md
 
-Expects ROOT/eval-TASK-TARGET/eval.json for TASK in orders, dates and TARGET in orders, dates (adapter runs:
-base and tuned) and each combination directory (one model), as the commands in docs/merge.md write them.
+Expects ROOT/eval-TASK-TARGET/eval.json for TASK in orders, dates and TARGET the task's own adapter run (base
+and tuned; the other task's adapter is optional, "-" when absent) and each combination directory (one model),
+as the commands in docs/merge.md write them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def report(root: Path) -> str:
     rows: dict[str, dict[str, dict]] = {}  # model label -> task -> metrics
     for task in TASKS:
         for run in TASKS:  # an adapter run's eval holds the base model and the tuned one
-            models = list(_models(root / f"eval-{task}-{run}" / "eval.json").values())
+            path = root / f"eval-{task}-{run}" / "eval.json"
+            if run != task and not path.is_file():  # the other task's adapter on this task: optional
+                continue
+            models = list(_models(path).values())
             rows.setdefault("base (smollm2-135m-instruct)", {})[task] = models[0]
             rows.setdefault(f"adapter {run}", {})[task] = models[-1]
         for combo in combos:
@@ -48,7 +52,7 @@ def report(root: Path) -> str:
     head = " | ".join(f"{task} {m.replace('_', ' ')}" for task in TASKS for m in METRICS)
     lines = [f"| model | {head} |", "|---" * (1 + len(TASKS) * len(METRICS)) + "|"]
     for label, by_task in rows.items():
-        cells = [_cell(by_task[t].get(m)) for t in TASKS for m in METRICS]
+        cells = [_cell(by_task.get(t, {}).get(m)) for t in TASKS for m in METRICS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -176,3 +176,7 @@ def test_merge_example_data_and_report_script(tmp_path):
     assert "| adapter orders | 0.500 | 1.000 | 0.125 | 1.000 |" in out
     assert "| ab: ties 0.5,0.5, density 0.5 (verified: max logit diff 2.0e-05) | 0.250 | 2.000 | 0.250 | 2.000 |" in out
     assert (tmp_path / "report.md").read_text() == out
+    shutil.rmtree(tmp_path / "eval-dates-orders")  # the other task's adapter is optional
+    out = subprocess.run([sys.executable, str(root / "scripts/merge_report.py"), str(tmp_path)], check=True,
+                         capture_output=True, text=True).stdout
+    assert "| adapter orders | 0.500 | 1.000 | - | - |" in out and "| adapter dates | 0.125 | 1.000 | 0.500 |" in out
