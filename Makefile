@@ -38,8 +38,9 @@ rlhf: setup
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
 
+# without the embedded model's tests (`real`) and the slowest few (`slow`: several processes each)
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not real"
+	$(BIN)/python -m pytest -q -m "not real and not slow"
 
 bench: setup
 	$(BIN)/python bench/bench_sft.py

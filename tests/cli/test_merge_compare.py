@@ -3,8 +3,6 @@ run included (reloaded as the scorer it is), and a clear refusal for the others.
 the tiny model, surviving a failing method; methods it switches to start from their own default rate."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -76,14 +74,15 @@ def test_merge_refuses_methods_without_weight_deltas(name, make_config, tmp_path
     assert not (run / "merged").exists()
 
 
-def test_compare_table_survives_a_failing_method(make_config, tmp_path):
+@pytest.mark.slow  # three methods, each trained in its own process by compare itself
+def test_compare_table_survives_a_failing_method(make_config, tmp_path, run_cli, capsys):
     cfg = make_config(training__max_steps=4, eval__generate_samples=2, output_dir=str(tmp_path / "base"))
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    result = subprocess.run(
-        [sys.executable, "-m", "tuneforge", "compare", str(path), "--methods", "lora,full,prompt",
-         "--lr", "full=-1", "--output", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1, result.stderr  # one method failed; the others ran
+    code = run_cli(["compare", str(path), "--methods", "lora,full,prompt", "--lr", "full=-1",
+                    "--output", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err
+    assert code == 1, err  # one method failed; the others ran
     data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     rows = {r["method"]: r for r in data["rows"]}
     assert rows["full"]["status"].startswith("failed") and "learning_rate" in rows["full"]["status"]
@@ -97,9 +96,9 @@ def test_compare_table_survives_a_failing_method(make_config, tmp_path):
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
 
 
-def test_compare_rejects_unknown_method_before_running(make_config, tmp_path):
+def test_compare_rejects_unknown_method_before_running(make_config, tmp_path, run_cli, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(make_config().model_dump(mode="json")))
-    result = subprocess.run([sys.executable, "-m", "tuneforge", "compare", str(path), "--methods", "lora,lorra"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "unknown method 'lorra'" in result.stderr
+    assert run_cli(["compare", str(path), "--methods", "lora,lorra"]) == 2
+    assert "unknown method 'lorra'" in capsys.readouterr().err
+    assert not (tmp_path / "run-compare").exists()  # refused before anything ran or was written

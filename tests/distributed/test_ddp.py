@@ -2,9 +2,6 @@
 per-step losses agree within 1e-4 relative (fp32), and only rank 0 writes the run."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,19 +17,21 @@ def _losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_two_gloo_processes_reproduce_single_process_losses(make_config, tmp_path):
+@pytest.mark.slow  # two launches of two ranks, each rank a fresh process
+def test_two_gloo_processes_reproduce_single_process_losses(make_config, tmp_path, run_cli, capfd):
+    """The launcher (`tuneforge train --nproc 2`) runs in this process, as cli.main; the ranks are processes."""
     kwargs = dict(training__max_steps=6, training__grad_accum=2, training__batch_size=3, training__save_steps=3,
                   training__eval_steps=3, method__dropout=0.0, eval__before=False, eval__generate_samples=0)
     single = STAGES["sft"](make_config(output_dir=str(tmp_path / "single"), **kwargs))
     cfg = make_config(output_dir=str(tmp_path / "ddp"), **kwargs)
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    proc = subprocess.run([sys.executable, "-m", "tuneforge", "train", str(path), "--nproc", "2"], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    capfd.readouterr()
+    code = run_cli(["train", str(path), "--nproc", "2"])
+    captured = capfd.readouterr()
+    assert code == 0, captured.err[-3000:]
     out = tmp_path / "ddp"
-    assert proc.stdout.count("done:") == 1  # rank 0 alone reports
+    assert captured.out.count("done:") == 1  # rank 0 alone reports
 
     expected, got = _losses(single), _losses(out)
     assert len(got) == len(expected) == 6
@@ -50,10 +49,8 @@ def test_two_gloo_processes_reproduce_single_process_losses(make_config, tmp_pat
 
     # resume across processes: restart both ranks from the step-3 checkpoint; the curve is unchanged
     (out / "metrics.json").unlink()
-    proc = subprocess.run([sys.executable, "-m", "tuneforge", "train", str(path),
-                           f"resume={out / 'checkpoints' / 'step-0000003'}", "--nproc", "2"], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = run_cli(["train", str(path), f"resume={out / 'checkpoints' / 'step-0000003'}", "--nproc", "2"])
+    assert code == 0, capfd.readouterr().err[-3000:]
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["train"]["resumed_from"].endswith("step-0000003")
     assert _losses(out) == pytest.approx(expected, rel=RTOL)

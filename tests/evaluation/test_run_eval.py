@@ -10,27 +10,15 @@ import pytest
 
 import tiny
 from tuneforge import cli
-from tuneforge.config.schema import Config
 from tuneforge.errors import UserError
 from tuneforge.evaluation.run_eval import Request, evaluate
-from tuneforge.stages import STAGES
 
 
 @pytest.fixture(scope="module")
-def run(tiny_model_dir, tmp_path_factory):
-    """A short LoRA run whose before/after evaluation covers every eval row (7 prompts, 7 loss samples)."""
-    root = tmp_path_factory.mktemp("eval-run")
-    cfg = Config.model_validate({
-        "model": str(tiny_model_dir), "stage": "sft",
-        "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
-        "data": {"train": str(tiny.write_jsonl(root / "train.jsonl", tiny.toy_sft_rows(42))),
-                 "eval": str(tiny.write_jsonl(root / "eval.jsonl", tiny.toy_sft_rows(7, seed=1)))},
-        "training": {"max_steps": 20, "learning_rate": 3e-2, "batch_size": 4, "warmup_ratio": 0.0,
-                     "lr_scheduler": "constant", "max_length": 128, "progress": False, "precision": "fp32"},
-        "eval": {"generate_samples": 7, "max_new_tokens": 12},
-        "output_dir": str(root / "run"), "seed": 0,
-    })
-    return STAGES["sft"](cfg)
+def run(sft_run):
+    """The session's short LoRA run (tests/conftest.py): its before/after evaluation covers every eval row (7
+    prompts, 7 loss samples); read-only."""
+    return sft_run
 
 
 def test_eval_reproduces_the_runs_before_and_after(run, tmp_path):

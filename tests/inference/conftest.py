@@ -1,4 +1,4 @@
-"""Shared fixtures: one LoRA run on the tiny model (with a system prompt), its engine, and a uvicorn server
+"""Shared fixtures: the session's LoRA run on the tiny model (with a system prompt), its engine, and a uvicorn server
 in a thread on a free port."""
 
 from __future__ import annotations
@@ -11,28 +11,11 @@ from contextlib import contextmanager
 
 import pytest
 
-SYSTEM = "answer the question ."
-
 
 @pytest.fixture(scope="session")
-def served_run(tmp_path_factory, tiny_model_dir):
-    import tiny
-    from tuneforge.config.schema import Config
-    from tuneforge.stages import STAGES
-
-    d = tmp_path_factory.mktemp("served")
-    cfg = Config.model_validate({
-        "model": str(tiny_model_dir), "stage": "sft",
-        "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
-        "data": {"train": str(tiny.write_jsonl(d / "train.jsonl", tiny.toy_sft_rows(42))),
-                 "eval": str(tiny.write_jsonl(d / "eval.jsonl", tiny.toy_sft_rows(7, seed=1))),
-                 "system_prompt": SYSTEM},
-        "training": {"max_steps": 8, "learning_rate": 3e-2, "batch_size": 4, "lr_scheduler": "constant",
-                     "warmup_ratio": 0.0, "max_length": 128, "progress": False, "precision": "fp32"},
-        "eval": {"before": False, "generate_samples": 3, "max_new_tokens": 12},
-        "output_dir": str(d / "run"), "seed": 0,
-    })
-    return STAGES["sft"](cfg)
+def served_run(sft_run):
+    """The session's shared LoRA run (tests/conftest.py: sft_run, trained with a system prompt); read-only."""
+    return sft_run
 
 
 @pytest.fixture(scope="session")

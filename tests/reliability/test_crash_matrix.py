@@ -49,6 +49,7 @@ def test_reference_run_learns_and_its_checkpoint_reloads(runs):
         assert torch.equal(model(input_ids=probe).logits, reloaded(input_ids=probe).logits)
 
 
+@pytest.mark.slow  # a forked child killed at every checkpoint write
 def test_sigkill_at_every_checkpoint_write_then_resume_equals_uninterrupted(runs, record_property):
     reference, ref_model = runs.train("reference")
     ops = runs.in_child("recording", record=True)

@@ -3,10 +3,6 @@ alone turns every failing rank into 1), and dotted overrides may come after `--n
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import yaml
 
@@ -21,17 +17,13 @@ def test_overrides_may_follow_nproc():
     assert info.value.code == 2
 
 
-def _train(path, *argv: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    return subprocess.run([sys.executable, "-m", "tuneforge", "train", str(path), *argv], env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_a_user_error_in_the_ranks_exits_2(make_config, tmp_path):
-    """A bad override reaches both ranks (it came after --nproc); each stops with a config error, exit 2."""
+def test_a_user_error_in_the_ranks_exits_2(make_config, tmp_path, run_cli, capfd):
+    """A bad override reaches both ranks (it came after --nproc); each stops with a config error, exit 2. The
+    launcher (`tuneforge train --nproc`) runs in this process, as cli.main; the two ranks are real processes."""
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(make_config().model_dump(mode="json")))
-    proc = _train(path, "--nproc", "2", "training.max_steps=lots")
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "key 'training.max_steps'" in proc.stderr and "unrecognized arguments" not in proc.stderr
-    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
+    code = run_cli(["train", str(path), "--nproc", "2", "training.max_steps=lots"])
+    err = capfd.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "key 'training.max_steps'" in err and "unrecognized arguments" not in err
+    assert "Traceback" not in err and "ChildFailedError" not in err

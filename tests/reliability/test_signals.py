@@ -140,6 +140,7 @@ def test_second_signal_is_a_hard_stop(make_config, tmp_path, capfd, signum):
         assert _losses(out) == _losses(STAGES["sft"](ref_cfg))
 
 
+@pytest.mark.slow  # two fresh `python -m tuneforge` processes
 def test_sigint_to_the_real_cli_process_exits_130_then_resumes(make_config, tmp_path):
     """End to end through `python -m tuneforge` (its own interpreter, not a fork). The signal is sent once the
     first periodic checkpoint (step 3) exists, not after a fixed sleep: on a loaded machine a sleep may end

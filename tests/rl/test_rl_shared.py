@@ -166,13 +166,12 @@ def test_policy_eval_kl_is_zero_against_itself_and_positive_after_a_change(rl_co
     assert moved["kl_mean"] > 0.01
 
 
-def test_a_finished_run_chains_as_model(make_config, tmp_path, monkeypatch):
+def test_a_finished_run_chains_as_model(sft_run, tmp_path, monkeypatch):
     from tuneforge.models.load import resolve_model
     from tuneforge.runs import load_run
-    from tuneforge.stages import STAGES
 
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
-    run = STAGES["sft"](make_config(training__max_steps=3, eval__before=False, eval__generate_samples=0))
+    run = sft_run  # the session's LoRA sft run (tests/conftest.py), read-only
     merged = resolve_model(str(run))
     assert (tmp_path / "home" / "runs") in Path(merged).parents
     stamp = (Path(merged) / "config.json").stat().st_mtime_ns
