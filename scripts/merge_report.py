@@ -37,7 +37,8 @@ def _cell(value: object) -> str:
 
 def report(root: Path) -> str:
     combos = sorted(p.name for p in root.iterdir() if (p / "merge.json").is_file())
-    rows: dict[str, dict[str, dict]] = {}  # model label -> task -> metrics
+    rows: dict[str, dict[str, dict]] = {"base (smollm2-135m-instruct)": {}}  # model label -> task -> metrics
+    rows.update({f"adapter {run}": {} for run in TASKS})  # base, the adapters, then the combinations
     for task in TASKS:
         for run in TASKS:  # an adapter run's eval holds the base model and the tuned one
             path = root / f"eval-{task}-{run}" / "eval.json"
