@@ -11,7 +11,7 @@ own: its examples' objective, its metrics and its report section.
     before, details = eval_before(run, lambda: (metrics, details_to_keep))
     model, counts = apply_method(run, model)
     ...train...
-    finish(run, model, result, before=..., after=..., counts=counts, ...)
+    finish(run, model, Outcome(result, counts, before, after, data.summary, ...))
 
 Under torchrun every rank runs this flow; rank 0 alone evaluates and writes (`run.main`).
 """
