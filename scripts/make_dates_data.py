@@ -9,10 +9,9 @@ memorised.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-from pathlib import Path
+
+from make_quickstart_data import cli  # the generators' shared command line (scripts/ is on sys.path)
 
 INSTRUCTION = "Rewrite the date in ISO format (YYYY-MM-DD)."
 MONTHS = "January February March April May June July August September October November December".split()
@@ -43,22 +42,8 @@ def generate(n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dic
     return train, evals
 
 
-def write(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="examples/data/dates")
-    parser.add_argument("--train", type=int, default=400)
-    parser.add_argument("--eval", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    train, evals = generate(args.train, args.eval, args.seed)
-    write(train, Path(args.out) / "train.jsonl")
-    write(evals, Path(args.out) / "eval.jsonl")
-    print(f"wrote {len(train)} train and {len(evals)} eval rows to {args.out}")
+    cli(__doc__.splitlines()[0], generate, "examples/data/dates")
 
 
 if __name__ == "__main__":

@@ -86,17 +86,22 @@ def write(rows: list[dict], path: Path) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="examples/data/quickstart")
+def cli(description: str, generate_rows, default_out: str) -> None:
+    """The generators' shared command line: --out, --train, --eval, --seed; writes train.jsonl and eval.jsonl."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=default_out)
     parser.add_argument("--train", type=int, default=400)
     parser.add_argument("--eval", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    train, evals = generate(args.train, args.eval, args.seed)
+    train, evals = generate_rows(args.train, args.eval, args.seed)
     write(train, Path(args.out) / "train.jsonl")
     write(evals, Path(args.out) / "eval.jsonl")
     print(f"wrote {len(train)} train and {len(evals)} eval rows to {args.out}")
+
+
+def main() -> None:
+    cli(__doc__.splitlines()[0], generate, "examples/data/quickstart")
 
 
 if __name__ == "__main__":
