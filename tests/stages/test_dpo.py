@@ -44,15 +44,6 @@ def toy_pairs(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a CPU shared with other jobs: one thread is ~10x faster than two spinning ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def dpo_config(make_config, tmp_path):
     return make_dpo_config(make_config, tmp_path)

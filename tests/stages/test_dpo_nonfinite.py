@@ -19,15 +19,6 @@ def dpo_config(make_config, tmp_path):
     return make_dpo_config(make_config, tmp_path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a CPU shared with other jobs: one thread is ~10x faster than two spinning ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ORIGINAL_TRAINER = dpo._trainer_class
 
 
