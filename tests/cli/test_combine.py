@@ -131,6 +131,20 @@ def test_unequal_ranks_refused_for_linear_but_cat_combines(runs, tiny_model_dir,
     assert torch.allclose(_merged_logits(tmp_path / "cat", tokenizer), want, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("how", ["linear", "cat"])
+def test_rslora_runs_combine_at_their_own_scale(how, runs, tiny_model_dir, run_cli, tmp_path, capsys):
+    """peft's add_weighted_adapter folds each source's scaling into the weights and gives the combination
+    lora_alpha = r, which is scale 1 for plain LoRA but sqrt(r) for rsLoRA: weights 1,0 must still give run A."""
+    rs = {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear", "use_rslora": True}
+    a = _train(tmp_path, tiny_model_dir, "rs_a", tiny.toy_sft_rows(24), method=rs)
+    b = _train(tmp_path, tiny_model_dir, "rs_b", _count_rows(24), method=rs)
+    out = tmp_path / "rs_ab"
+    assert run_cli(["merge", "--combine", str(a), str(b), "--how", how, "--weights", "1,0",
+                    "--output", str(out)]) == 0, capsys.readouterr().err
+    want, tokenizer = _run_logits(a)
+    assert torch.allclose(_merged_logits(out, tokenizer), want, atol=1e-4, rtol=0)
+
+
 def test_bad_arguments_exit_2(runs, run_cli, tmp_path, capsys):
     a, b = str(runs["a"]), str(runs["b"])
     assert run_cli(["merge", "--combine", a, b, "--weights", "1", "--output", str(tmp_path / "x")]) == 2

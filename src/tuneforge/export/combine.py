@@ -81,6 +81,20 @@ def _check_same(facts: list[dict], how: str) -> None:
                                 f"({other[key]!r} vs {first[key]!r}){why}")
 
 
+def _unit_scale(model, name: str) -> None:
+    """add_weighted_adapter folds each source's scaling into the combined weights and sets lora_alpha = r, i.e.
+    scale 1 for plain LoRA; but it copies use_rslora from the first source, which makes the scale sqrt(r) and
+    the combination sqrt(r) times too strong. Undo that: scale 1 in every layer and in the saved config."""
+    config = model.peft_config[name]
+    if not config.use_rslora:
+        return
+    config.use_rslora = False
+    for module in model.modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict) and name in scaling:
+            scaling[name] = 1.0
+
+
 def combine(run_dirs: list[str | Path], output: str | Path, how: str = "linear", weights: list[float] | None = None,
             density: float | None = None, atol: float = 1e-4, seed: int = 0) -> Path:
     runs = [Path(r) for r in run_dirs]
@@ -112,6 +126,7 @@ def combine(run_dirs: list[str | Path], output: str | Path, how: str = "linear",
         model.base_model.add_weighted_adapter(names, weights, "combined", combination_type=how, density=density)
     except (ValueError, TypeError) as exc:
         raise UserError(f"peft cannot combine {', '.join(map(str, runs))} with --how {how}: {exc}") from None
+    _unit_scale(model, "combined")
     model.set_adapter("combined")
     model.eval()
     texts = list(dict.fromkeys(t for r in runs for t in probe_inputs(r)))  # each run's prompts, in order
