@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from tuneforge.config.schema import Config
 from tuneforge.data.formats import detect_format, to_messages, to_text
@@ -24,7 +26,7 @@ from tuneforge.errors import DataError
 from tuneforge.stage_info import stage_info
 
 __all__ = ["DataStats", "load_checked_records", "load_examples", "load_train_eval_records", "over_length",
-           "records_to_examples", "split_records"]
+           "record_examples", "records_to_examples", "split_records"]
 
 
 @dataclass
@@ -37,17 +39,20 @@ class DataStats:
     dropped_overlength: int = 0
     dropped_no_supervised: int = 0
     split_chunks: int = 0
-    tokens: int = 0
+    corpus_tokens: int = 0  # every token the records tokenized to, before the over-length policy
+    tokens: int = 0  # the tokens of the examples kept (what training can use)
     supervised_tokens: int = 0
-    lengths: list[int] = field(default_factory=list, repr=False)
+    lengths: list[int] | np.ndarray = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
-        d = asdict(self)
-        lengths = sorted(d.pop("lengths"))
-        if lengths:
-            d["length_mean"] = round(sum(lengths) / len(lengths), 1)
-            d["length_max"] = lengths[-1]
-            d["length_p95"] = lengths[int(0.95 * (len(lengths) - 1))]
+        lengths = np.sort(np.asarray(self.lengths, dtype=np.int64))
+        d = {k: v for k, v in asdict(replace(self, lengths=[])).items() if k != "lengths"}
+        if self.corpus_tokens:
+            d["corpus_tokens_used"] = round(self.tokens / self.corpus_tokens, 4)
+        if len(lengths):
+            d["length_mean"] = round(float(lengths.mean()), 1)
+            d["length_max"] = int(lengths[-1])
+            d["length_p95"] = int(lengths[int(0.95 * (len(lengths) - 1))])
         return d
 
 
@@ -63,35 +68,44 @@ def _fit(example: Example, cfg: Config, where: str, stats: DataStats) -> Example
     return Example(example.input_ids[:max_length], example.labels[:max_length])
 
 
-def records_to_examples(cfg: Config, tokenizer, records: list[Record], stats: DataStats) -> list[Example]:
+def record_examples(cfg: Config, tokenizer, record: Record, stats: DataStats, formats: set[str]) -> list[Example]:
+    """One record's samples as training sees them (over-length policy applied, unsupervised ones dropped),
+    counted in `stats`; the one builder of the in-memory and the cached (data.token_cache) paths."""
     max_length, policy = cfg.training.max_length, cfg.training.overlength
+    stats.records += 1
+    if stage_info(cfg.stage).records == "pretrain":
+        chunks = build_pretrain_examples(
+            tokenizer, to_text(record, cfg.data.text_field), max_length, split=policy == "split",
+            special_tokens_in_text=cfg.data.special_tokens_in_text,
+        )
+        stats.split_chunks += max(0, len(chunks) - 1)
+    else:
+        fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(record, "sft")
+        formats.add(fmt)
+        chunks = [build_sft_example(tokenizer, to_messages(record, fmt, cfg.data.system_prompt), record.where,
+                                    cfg.data.special_tokens_in_text)]
+    out: list[Example] = []
+    for example in chunks:
+        stats.corpus_tokens += len(example.input_ids)
+        fitted = _fit(example, cfg, record.where, stats)
+        if fitted is None:
+            continue
+        if fitted.n_supervised == 0:  # e.g. the prompt alone fills max_length
+            stats.dropped_no_supervised += 1
+            continue
+        out.append(fitted)
+        stats.tokens += len(fitted.input_ids)
+        stats.supervised_tokens += fitted.n_supervised
+    return out
+
+
+def records_to_examples(cfg: Config, tokenizer, records: list[Record], stats: DataStats) -> list[Example]:
     out: list[Example] = []
     formats: set[str] = set()
-    pretrain = stage_info(cfg.stage).records == "pretrain"
     for record in records:
-        stats.records += 1
-        if pretrain:
-            chunks = build_pretrain_examples(
-                tokenizer, to_text(record, cfg.data.text_field), max_length, split=policy == "split",
-                special_tokens_in_text=cfg.data.special_tokens_in_text,
-            )
-            stats.split_chunks += max(0, len(chunks) - 1)
-        else:
-            fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(record, "sft")
-            formats.add(fmt)
-            chunks = [build_sft_example(tokenizer, to_messages(record, fmt, cfg.data.system_prompt), record.where,
-                                        cfg.data.special_tokens_in_text)]
-        for example in chunks:
-            fitted = _fit(example, cfg, record.where, stats)
-            if fitted is None:
-                continue
-            if fitted.n_supervised == 0:  # e.g. the prompt alone fills max_length
-                stats.dropped_no_supervised += 1
-                continue
-            out.append(fitted)
-            stats.tokens += len(fitted.input_ids)
-            stats.supervised_tokens += fitted.n_supervised
-            stats.lengths.append(len(fitted.input_ids))
+        for example in record_examples(cfg, tokenizer, record, stats, formats):
+            out.append(example)
+            stats.lengths.append(len(example.input_ids))
     stats.examples = len(out)
     stats.format = "+".join(sorted(formats)) or "text"
     return out
