@@ -84,7 +84,9 @@ class TrainingConfig(Strict):
 
 class EvalConfig(Strict):
     before: bool = True
-    max_samples: int = Field(200, ge=1, description="eval-loss rows")
+    # None: every eval row is scored (loss, accuracy); a cap uses the first N and the run says "N of M".
+    max_samples: int | None = Field(None, ge=1, description="eval rows scored; null: all")
+    # The generated prompts' metrics (exact_match, token_f1) cover these rows only; the run says "N of M".
     generate_samples: int = Field(16, ge=0, description="prompts generated before/after for the report")
     max_new_tokens: int = Field(64, ge=1)
     metrics: list[Literal["exact_match", "token_f1"]] = Field(default_factory=lambda: ["exact_match", "token_f1"])

@@ -77,7 +77,8 @@ class StageData:
 
 def load_stage_data(cfg: Config, tokenizer, log: Callable[[str], None] = print) -> StageData:
     """Train and eval examples of a run: the checked records (eval held out of train by data.eval_split when
-    there is no eval file), eval cut to eval.max_samples, eval classified with the train labels."""
+    there is no eval file), eval cut to eval.max_samples (default all; a cap is logged), eval classified with the
+    train labels."""
     train_records, eval_records = load_train_eval_records(cfg, log)
     train, train_stats = load_stage_examples(cfg, tokenizer, train_records)
     labels = train_stats.labels if isinstance(train_stats, ClsStats) else None
@@ -85,8 +86,26 @@ def load_stage_data(cfg: Config, tokenizer, log: Callable[[str], None] = print) 
                      eval_records=eval_records)
     if eval_records:
         data.eval, data.eval_stats = load_stage_examples(cfg, tokenizer, eval_records[: cfg.eval.max_samples], labels)
-        data.summary["eval"] = data.eval_stats.summary()
+        data.summary["eval"] = data.eval_stats.summary() | eval_counts(cfg, len(eval_records), log)
     return data
+
+
+def eval_counts(cfg: Config, available: int, log: Callable[[str], None] = print) -> dict:
+    """How many of the `available` eval records are scored (eval.max_samples, default all) and how many are
+    generated for the task metrics (eval.generate_samples): metrics.json's data.eval keys, logged when a cap
+    leaves rows out, so a metric never silently covers fewer rows than the user gave."""
+    scored = min(available, cfg.eval.max_samples or available)
+    counts = {"records_available": available, "scored": f"{scored} of {available}"}
+    if scored < available:
+        log(f"eval: scoring {scored} of {available} eval rows (eval.max_samples={cfg.eval.max_samples}; "
+            "null scores all)")
+    if "exact_match" in stage_info(cfg.stage).metrics:  # the stages whose task metrics come from generations
+        generated = min(available, cfg.eval.generate_samples)
+        counts["generated"] = f"{generated} of {available}"
+        if 0 < generated < available:
+            log(f"eval: generation metrics ({', '.join(cfg.eval.metrics)}) on {generated} of {available} eval rows "
+                f"(eval.generate_samples={cfg.eval.generate_samples})")
+    return counts
 
 
 def counts_line(split: str, summary: dict) -> str:

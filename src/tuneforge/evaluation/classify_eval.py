@@ -17,7 +17,7 @@ import numpy as np
 from tuneforge.data.classify import label_of, text_of
 from tuneforge.data.load import load_records
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.evaluation.request import Request, default_output
+from tuneforge.evaluation.request import Request, default_output, first_rows
 
 CLASSIFY_METRICS = ("loss", "accuracy", "macro_f1")
 
@@ -35,7 +35,7 @@ def evaluate_classifier(req: Request) -> Path:
         raise ConfigError(f"--metrics: unknown {', '.join(unknown)}; known for classify: {', '.join(CLASSIFY_METRICS)}")
     cfg, labels = run_config(req.target), run_labels(req.target)
     d = cfg.data
-    records = load_records(req.data)[: req.max_samples]
+    records, counted = first_rows(load_records(req.data), req.max_samples)
     texts = [text_of(r, d.text_field, "data.text_field") for r in records]
     pairs = [text_of(r, d.text_pair_field, "data.text_pair_field") for r in records] if d.text_pair_field else None
     gold = []
@@ -67,7 +67,7 @@ def evaluate_classifier(req: Request) -> Path:
         plot_confusion({n: details[n]["confusion_matrix"] for n in details}, labels, Path(tmp) / "confusion.png")
         confusion = (Path(tmp) / "confusion.png").read_bytes()
     summary = {"kind": "run", "run": req.target, "base_model": cfg.model, "method": cfg.method.name,
-               "target": req.target, "stage": cfg.stage, "data": req.data, "rows": len(records), "labels": labels,
+               "target": req.target, "stage": cfg.stage, "data": req.data, **counted, "labels": labels,
                "metrics": names, "precision": cfg.training.precision, "models": results, "details": details}
     write_outputs(output, summary, rows, {"confusion.png": confusion})
     return output

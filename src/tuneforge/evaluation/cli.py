@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--metrics", nargs="+", help="loss perplexity exact_match token_f1 rouge_l bleu chrf "
                    "(classification: accuracy macro_f1); default: all that apply to the stage")
     p.add_argument("--output", help="default: RUN_DIR/eval-DATASTEM, or ./eval-MODEL-DATASTEM")
-    p.add_argument("--max-samples", type=int, default=200, help="use the first N rows (default 200)")
+    p.add_argument("--max-samples", type=int, help="use the first N rows (default: every row; the report says N of M)")
     p.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the run's training.precision")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

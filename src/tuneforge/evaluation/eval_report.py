@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from tuneforge.evaluation.metrics import normalize
+from tuneforge.evaluation.request import rows_note
 from tuneforge.fsutil import make_temp_dir, move_dir_contents
 from tuneforge.report import html as h
 
@@ -93,7 +94,7 @@ def render_markdown(summary: dict, rows: list[dict], images: list[str]) -> str:
     models = summary["models"]
     names = list(models)
     lines = [f"# tuneforge eval: {summary['target']}", "",
-             f"Data `{summary['data']}`: {summary['rows']} rows, stage {summary['stage']}, precision "
+             f"Data `{summary['data']}`: {rows_note(summary)}, stage {summary['stage']}, precision "
              f"{summary.get('precision', '-')}.", "", "| metric | " + " | ".join(names)
              + (" | change |" if len(names) == 2 else " |"), "|---" * (len(names) + 1 + (len(names) == 2)) + "|"]
     for m in metric_names(models):
@@ -136,7 +137,7 @@ def render_html(summary: dict, rows: list[dict], images: dict[str, bytes]) -> st
     title = "Where the models differ" if two else "Outputs"
     return h.page(f"tuneforge eval: {summary['target']}", [
         h.heading(f"tuneforge eval: {summary['target']}", 1),
-        h.paragraph(f"Data {summary['data']}: {summary['rows']} rows, stage {summary['stage']}, "
+        h.paragraph(f"Data {summary['data']}: {rows_note(summary)}, stage {summary['stage']}, "
                     f"precision {summary.get('precision', '-')}.", "meta"),
         h.heading("Metrics"), h.table(["metric", *names, *(["change"] if two else [])], table_rows),
         *(h.image(png, Path(name).stem) for name, png in images.items()),

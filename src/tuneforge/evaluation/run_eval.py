@@ -25,7 +25,7 @@ from tuneforge.evaluation.classify_eval import evaluate_classifier
 from tuneforge.evaluation.generate import generate
 from tuneforge.evaluation.items import generation_items
 from tuneforge.evaluation.metrics import METRICS, compute
-from tuneforge.evaluation.request import Request, default_output, is_run_dir
+from tuneforge.evaluation.request import Request, default_output, first_rows, is_run_dir
 from tuneforge.stage_info import stage_info
 from tuneforge.train.loss import evaluate_loss
 from tuneforge.train.precision import resolve_precision
@@ -157,7 +157,7 @@ def evaluate(req: Request) -> Path:
         if kind == "scorer":
             raise ModelError(f"{req.target}: a {stage} run scores texts with one reward; eval scores a causal LM's "
                              "generations or a classifier's labels (use it as a ppo / grpo reward instead)")
-    records = load_records(req.data)[: req.max_samples]
+    records, counted = first_rows(load_records(req.data), req.max_samples)
     plan = plan_run(req.target, req.precision) if run else plan_model(req.target, records[0], req.precision)
     cfg, tokenizer = plan.cfg, plan.tokenizer
     names = req.metrics or default_metrics(cfg.stage)
@@ -194,7 +194,7 @@ def evaluate(req: Request) -> Path:
     generations = [{"question": it.question, "prompt": it.prompt, "reference": it.reference,
                     **{n: outputs[n][k] for n in outputs}}
                    for k, it in enumerate(items)]
-    summary = {**plan.info, "target": req.target, "stage": cfg.stage, "data": req.data, "rows": len(records),
+    summary = {**plan.info, "target": req.target, "stage": cfg.stage, "data": req.data, **counted,
                "loss_samples": stats.summary() if stats else None, "generated": len(items),
                "metrics": names, "precision": precision, "max_new_tokens": max_new_tokens,
                "chat_template": getattr(tokenizer, "chat_template", None), "models": results}

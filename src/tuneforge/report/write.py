@@ -8,6 +8,7 @@ from typing import Any
 
 from tuneforge.config.load import run_header
 from tuneforge.fsutil import save_figure_atomic, write_json_atomic, write_text_atomic
+from tuneforge.report.learning import learning_lines
 
 
 def plot_loss(history: list[dict], evals: list[dict], before: dict | None, after: dict | None, path: Path) -> None:
@@ -62,6 +63,19 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def eval_rows_lines(eval_data: dict) -> list[str]:
+    """How many of the eval rows the metrics cover (eval.max_samples / eval.generate_samples caps)."""
+    lines = []
+    if "scored" in eval_data:
+        lines.append(f"Eval loss and metrics scored on {eval_data['scored']} eval rows"
+                     + ("" if eval_data["scored"].split(" of ")[0] == str(eval_data["records_available"])
+                        else " (eval.max_samples; null scores all)") + ".")
+    if "generated" in eval_data:
+        lines.append(f"Generation metrics (exact_match, token_f1) on {eval_data['generated']} eval rows "
+                     "(eval.generate_samples).")
+    return ["", *lines] if lines else []
+
+
 def render_report(metrics: dict, generations: list[dict], cfg_text: str, extra: str = "") -> str:
     before, after, train = metrics.get("eval_before") or {}, metrics.get("eval_after") or {}, metrics["train"]
     lines = [f"# tuneforge run: {metrics['stage']} / {metrics['method']} on {metrics['model']}", ""]
@@ -82,6 +96,8 @@ def render_report(metrics: dict, generations: list[dict], cfg_text: str, extra: 
         for split, s in data.items():
             lines.append(f"| {split} | {s['records']} | {s['examples']} | {s['truncated']} | "
                          f"{s['dropped_overlength']} | {s['dropped_no_supervised']} | {s.get('length_mean', '')} |")
+        lines += eval_rows_lines(data.get("eval") or {})
+    lines += learning_lines(metrics.get("learning"))
     if generations:
         lines += ["", "## Generations on eval prompts (greedy)", "", "| # | question | reference | base | tuned |",
                   "|---|---|---|---|---|"]

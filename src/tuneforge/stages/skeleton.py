@@ -37,6 +37,7 @@ from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic
 from tuneforge.methods import METHODS, Method, MethodContext, count_params
 from tuneforge.models import load_model, load_tokenizer, resolve_model
 from tuneforge.models.classifier import load_base_classifier
+from tuneforge.report.learning import verdict_for_run, warning_text
 from tuneforge.report.write import write_report
 from tuneforge.stage_info import StageInfo, stage_info
 from tuneforge.train import distributed as ddp
@@ -242,7 +243,10 @@ def finish(run: StageRun, model, outcome: Outcome) -> Path:
         "evals": outcome.result.evals,
         "data": outcome.data,
         "saved": saved,
+        "learning": verdict_for_run(cfg.training, run.info.metrics, history, outcome.result.evals, outcome.after),
     }
+    if metrics["learning"]["under_learned"]:
+        run.log(warning_text(metrics["learning"]))
     write_report(out, metrics, outcome.generations, history, outcome.result.evals, dump_config(cfg),
                  extra=outcome.section)
     run.log(f"saved {', '.join(saved)} (a {saved_kind(saved)}), metrics.json and report.md in {out}")

@@ -1,0 +1,131 @@
+"""Did the run learn what it could? At the end of a run, read the training-loss curve (train_log), the
+periodic evaluations and the gradient norms, and say so when the run stopped while still learning: the loss
+still high and still falling over the last part of the curve, or the eval metric still improving at the last
+evaluations. The verdict carries the numbers that led to it and what to change (more epochs, a higher rate, no
+clipping when the gradient norm sat above max_grad_norm on most steps). Pure: no I/O, no torch.
+
+    verdict = check_learning(history, evals, metric_names=("loss",), learning_rate=2e-4, epochs=3,
+                             max_grad_norm=1.0)
+    verdict["under_learned"], verdict["reasons"], verdict["suggestions"]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+TAIL = 1 / 3  # the last part of the curve whose slope is measured
+MIN_STEPS = 8  # fewer logged steps: too short to judge
+FALLING = 0.10  # the fitted line drops by >= 10% of the tail's mean level across the tail: still falling
+HIGH = 0.05  # a tail mean loss below this (nats per unit) counts as learned, whatever its slope
+EVAL_GAIN = 0.01  # an eval metric still improving: each of the last two evaluations gains this much (relative)
+CLIPPED = 0.5  # share of steps whose gradient norm exceeded max_grad_norm before it is called "most steps"
+
+
+def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of ys over xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+
+
+def loss_trend(history: list[dict]) -> dict | None:
+    """The tail of the training-loss curve: its mean level, fitted slope per step and the relative drop the fit
+    makes across the tail (None when the curve is too short)."""
+    points = [(h["step"], h["loss"]) for h in history
+              if isinstance(h.get("loss"), (int, float)) and math.isfinite(h["loss"])]
+    if len(points) < MIN_STEPS:
+        return None
+    tail = points[-max(4, round(len(points) * TAIL)):]
+    steps, losses = [s for s, _ in tail], [v for _, v in tail]
+    level = sum(losses) / len(losses)
+    slope = _slope(steps, losses)
+    drop = -slope * (steps[-1] - steps[0])
+    return {"first_loss": points[0][1], "tail_steps": [steps[0], steps[-1]], "tail_mean_loss": level,
+            "tail_slope_per_step": slope, "tail_relative_drop": drop / level if level > 0 else 0.0}
+
+
+def eval_trend(evals: list[dict], metric_names: Sequence[str]) -> dict | None:
+    """The first of `metric_names` the evaluations carry, at the last three evaluations, and whether it
+    improved at each of the last two by at least EVAL_GAIN (loss: lower is better; the others: higher)."""
+    for name in metric_names:
+        values = [e[name] for e in evals if isinstance(e.get(name), (int, float)) and math.isfinite(e[name])]
+        if len(values) < 3:
+            continue
+        last = values[-3:]
+        sign = -1.0 if name == "loss" else 1.0
+        gains = [sign * (b - a) / max(abs(a), 1e-8) for a, b in zip(last, last[1:], strict=False)]
+        return {"metric": name, "last_values": last, "still_improving": all(g >= EVAL_GAIN for g in gains)}
+    return None
+
+
+def clipping(history: list[dict], max_grad_norm: float | None) -> dict | None:
+    """Share of steps whose (pre-clip) gradient norm exceeded max_grad_norm, and the median norm."""
+    norms = sorted(h["grad_norm"] for h in history
+                   if isinstance(h.get("grad_norm"), (int, float)) and math.isfinite(h["grad_norm"]))
+    if not norms or max_grad_norm is None:
+        return None
+    share = sum(n > max_grad_norm for n in norms) / len(norms)
+    return {"max_grad_norm": max_grad_norm, "clipped_share": share, "median_grad_norm": norms[len(norms) // 2]}
+
+
+def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequence[str] = ("loss",),
+                   learning_rate: float | None = None, epochs: float | None = None,
+                   max_steps: int | None = None, max_grad_norm: float | None = None) -> dict:
+    """The verdict metrics.json keeps as `learning`: under_learned, the measured trends, the reasons (with
+    their numbers) and suggestions. `evals` are the periodic evaluations plus the final one, in step order."""
+    loss = loss_trend(history) if "loss" in metric_names else None
+    trend = eval_trend(evals, metric_names)
+    clip = clipping(history, max_grad_norm)
+    reasons = []
+    if loss and loss["tail_mean_loss"] >= HIGH and loss["tail_relative_drop"] >= FALLING:
+        a, b = loss["tail_steps"]
+        reasons.append(f"training loss still falling: {loss['tail_relative_drop']:.0%} drop across steps {a}-{b} "
+                       f"(slope {loss['tail_slope_per_step']:.3g}/step), still at {loss['tail_mean_loss']:.3f} "
+                       f"(started at {loss['first_loss']:.3f})")
+    if trend and trend["still_improving"]:
+        values = " -> ".join(f"{v:.4g}" for v in trend["last_values"])
+        reasons.append(f"eval {trend['metric']} still improving at the last evaluations: {values}")
+    suggestions = []
+    if reasons:
+        more = (f"training.max_steps={max_steps * 2}" if max_steps else
+                f"training.epochs={_fmt(epochs * 2)}" if epochs else "more epochs (or training.max_steps)")
+        suggestions.append(f"train longer: {more}")
+        rate = f"training.learning_rate={_fmt(learning_rate * 2)}" if learning_rate else "a higher learning rate"
+        suggestions.append(f"a higher rate: {rate}")
+        if clip and clip["clipped_share"] >= CLIPPED:
+            suggestions.append(f"no clipping: training.max_grad_norm=null (the gradient norm, median "
+                               f"{clip['median_grad_norm']:.3g}, was above {_fmt(max_grad_norm)} on "
+                               f"{clip['clipped_share']:.0%} of steps, so every such step was cut)")
+    return {"under_learned": bool(reasons), "reasons": reasons, "suggestions": suggestions,
+            "loss": loss, "eval": trend, "clipping": clip}
+
+
+def verdict_for_run(training, metric_names: Sequence[str], history: list[dict], evals: list[dict],
+                    after: dict | None) -> dict:
+    """check_learning for a finished run: `training` is its TrainingConfig, `after` the final evaluation
+    (counted as the last evaluation point)."""
+    points = [*evals, *([after] if after else [])]
+    return check_learning(history, points, metric_names=metric_names, learning_rate=training.learning_rate,
+                          epochs=training.epochs, max_steps=training.max_steps, max_grad_norm=training.max_grad_norm)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def learning_lines(verdict: dict | None) -> list[str]:
+    """report.md's section: the warning with its reasons and suggestions, or one line that the curve settled."""
+    if not verdict:
+        return []
+    if not verdict["under_learned"]:
+        return ["", "## Learning", "", "The training curve settled before the end of the run (no sign of "
+                "under-learning in the last third of the loss curve or the last evaluations)."]
+    return ["", "## Learning: this run stopped while still learning", "",
+            *(f"- {r}" for r in verdict["reasons"]), "", "Try:", *(f"- {s}" for s in verdict["suggestions"])]
+
+
+def warning_text(verdict: dict) -> str:
+    """The log line of an under-learned run."""
+    return ("warning: the run may have under-learned: " + "; ".join(verdict["reasons"])
+            + ". Try " + "; ".join(verdict["suggestions"]))

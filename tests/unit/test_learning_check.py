@@ -1,0 +1,74 @@
+"""The under-learning check (report/learning.py, issue 20 item 3) on hand-built curves: a curve that
+plateaued gets no warning, one still falling gets a warning with its numbers, one whose gradient norm sat
+above max_grad_norm on every step also suggests dropping the clip; an eval metric still rising warns too."""
+
+import math
+
+import pytest
+
+from tuneforge.report.learning import check_learning, learning_lines, warning_text
+
+
+def _curve(losses, grad_norm=0.5):
+    return [{"step": i + 1, "loss": v, "lr": 1e-3, "grad_norm": grad_norm} for i, v in enumerate(losses)]
+
+
+def _plateau(n=60):  # falls fast, then flat at 0.5 with batch noise
+    return [0.5 + 2.0 * math.exp(-i / 5) + 0.02 * (-1) ** i for i in range(n)]
+
+
+def _falling(n=60):  # still going down at the end: 2.5 -> 0.6, linear
+    return [2.5 - 1.9 * i / (n - 1) + 0.02 * (-1) ** i for i in range(n)]
+
+
+def test_a_curve_that_plateaued_gets_no_warning():
+    verdict = check_learning(_curve(_plateau()), [], learning_rate=2e-4, epochs=3, max_grad_norm=1.0)
+    assert verdict["under_learned"] is False and verdict["reasons"] == [] and verdict["suggestions"] == []
+    assert abs(verdict["loss"]["tail_relative_drop"]) < 0.05 and verdict["loss"]["tail_mean_loss"] == pytest.approx(
+        0.5, abs=0.02)
+    assert "settled" in "\n".join(learning_lines(verdict))
+
+
+def test_a_curve_still_falling_warns_with_its_numbers():
+    verdict = check_learning(_curve(_falling()), [], learning_rate=2e-4, epochs=3, max_grad_norm=1.0)
+    assert verdict["under_learned"] is True
+    loss = verdict["loss"]
+    assert loss["tail_steps"] == [41, 60] and loss["tail_slope_per_step"] == pytest.approx(-1.9 / 59, rel=0.05)
+    assert loss["tail_relative_drop"] > 0.5
+    reason = verdict["reasons"][0]
+    assert "still falling" in reason and "steps 41-60" in reason and f"{loss['tail_mean_loss']:.3f}" in reason
+    assert "training.epochs=6" in verdict["suggestions"][0]
+    assert "training.learning_rate=0.0004" in verdict["suggestions"][1]
+    assert not any("max_grad_norm" in s for s in verdict["suggestions"])  # norm 0.5 < 1.0: nothing was clipped
+    text = warning_text(verdict)
+    assert text.startswith("warning: the run may have under-learned") and "training.epochs=6" in text
+    section = "\n".join(learning_lines(verdict))
+    assert "stopped while still learning" in section and "steps 41-60" in section
+
+
+def test_clipped_every_step_suggests_no_clip():
+    verdict = check_learning(_curve(_falling(), grad_norm=1.6), [], learning_rate=1e-3, max_steps=60,
+                             max_grad_norm=1.0)
+    assert verdict["clipping"] == {"max_grad_norm": 1.0, "clipped_share": 1.0, "median_grad_norm": 1.6}
+    assert "training.max_steps=120" in verdict["suggestions"][0]
+    clip = verdict["suggestions"][-1]
+    assert "training.max_grad_norm=null" in clip and "100% of steps" in clip and "1.6" in clip
+    # clipped but the curve settled: nothing to say
+    assert check_learning(_curve(_plateau(), grad_norm=1.6), [], max_grad_norm=1.0)["suggestions"] == []
+
+
+def test_low_loss_or_short_curve_is_not_judged():
+    tiny_falling = [0.04 - 0.0006 * i for i in range(60)]  # falling, but already learned
+    assert check_learning(_curve(tiny_falling), [])["under_learned"] is False
+    assert check_learning(_curve(_falling(6)), [])["loss"] is None
+
+
+def test_eval_metric_still_rising_warns():
+    evals = [{"step": 10, "accuracy": 0.6}, {"step": 20, "accuracy": 0.7}, {"step": 30, "accuracy": 0.8}]
+    verdict = check_learning(_curve(_plateau()), evals, metric_names=("loss", "accuracy"))
+    assert verdict["under_learned"] is True and verdict["eval"]["metric"] == "accuracy"
+    assert "eval accuracy still improving" in verdict["reasons"][0] and "0.6 -> 0.7 -> 0.8" in verdict["reasons"][0]
+    flat = [{"step": 10, "accuracy": 0.8}, {"step": 20, "accuracy": 0.81}, {"step": 30, "accuracy": 0.805}]
+    assert check_learning(_curve(_plateau()), flat, metric_names=("accuracy",))["under_learned"] is False
+    losses = [{"step": s, "loss": v} for s, v in ((10, 1.0), (20, 0.8), (30, 0.6))]  # lower is better
+    assert check_learning([], losses)["eval"]["still_improving"] is True
