@@ -126,12 +126,16 @@ def load_examples(cfg: Config, tokenizer, path: str | Path,
     return examples, stats
 
 
+def held_out(n_records: int, share: float, seed: int) -> list[int]:
+    """The positions of the records data.eval_split holds out (seeded; the cached path splits by them too)."""
+    order = list(range(n_records))
+    random.Random(seed).shuffle(order)
+    return order[: max(1, int(round(share * n_records))) if share > 0 else 0]
+
+
 def split_records(records: list[Record], share: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Deterministic hold-out split for when no eval file is given."""
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(share * len(records)))) if share > 0 else 0
-    held = set(order[:n_eval])
+    held = set(held_out(len(records), share, seed))
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
@@ -157,12 +161,17 @@ def load_checked_records(cfg: Config, path: str | Path, log=print) -> list[Recor
                 records.append(item)
             yield item
 
-    report = check_records(kept(iter_records(path)), cfg.stage, fields=fields_of(cfg), near_dup_threshold=None,
-                           path=path)
+    check_stream(cfg, path, kept(iter_records(path)), log)
+    return records
+
+
+def check_stream(cfg: Config, path: str | Path, items: Iterator[Item], log=print) -> None:
+    """Run every item of `items` through the stage's check (data.token_cache streams its build through it):
+    every unusable record at once as a DataError, warnings logged."""
+    report = check_records(items, cfg.stage, fields=fields_of(cfg), near_dup_threshold=None, path=path)
     same = report.findings.pop("chosen_equals_rejected", None)  # the preference builders count and drop these
     report.raise_for_errors()
     if same:
         log(f"data warning: {path}: {same.count} pairs with chosen == rejected are dropped; e.g. {same.examples[0]}")
     for line in report.warning_lines():
         log(f"data warning: {path}: {line}")
-    return records

@@ -13,7 +13,7 @@ Every stats object's summary() has at least records, examples, truncated and dro
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from tuneforge.data.dpo_pairs import load_dpo_examples
 from tuneforge.data.load import Record
 from tuneforge.data.preference import load_pair_examples
 from tuneforge.data.templates import apply_template
+from tuneforge.data.token_cache import load_cached_train_eval
 from tuneforge.errors import DataError
 from tuneforge.rl.prompts import build_prompt_examples
 from tuneforge.stage_info import stage_info
@@ -66,7 +67,7 @@ def load_stage_examples(cfg: Config, tokenizer, records: list[Record],
 
 @dataclass
 class StageData:
-    train: list
+    train: Sequence  # a list, or data.token_cache.CachedExamples (sft / pretrain) read by index
     eval: list
     train_stats: Any
     eval_stats: Any = None
@@ -79,8 +80,13 @@ def load_stage_data(cfg: Config, tokenizer, log: Callable[[str], None] = print) 
     """Train and eval examples of a run: the checked records (eval held out of train by data.eval_split when
     there is no eval file), eval cut to eval.max_samples (default all; a cap is logged), eval classified with the
     train labels."""
-    train_records, eval_records = load_train_eval_records(cfg, log)
-    train, train_stats = load_stage_examples(cfg, tokenizer, train_records)
+    if stage_info(cfg.stage).examples == "lm":  # sft / pretrain: tokenized once into a memory-mapped cache
+        if stage_info(cfg.stage).chat_template:
+            apply_template(tokenizer, cfg.data.template)
+        train, train_stats, eval_records = load_cached_train_eval(cfg, tokenizer, log)
+    else:
+        train_records, eval_records = load_train_eval_records(cfg, log)
+        train, train_stats = load_stage_examples(cfg, tokenizer, train_records)
     labels = train_stats.labels if isinstance(train_stats, ClsStats) else None
     data = StageData(train, [], train_stats, labels=labels, summary={"train": train_stats.summary()},
                      eval_records=eval_records)

@@ -1,0 +1,107 @@
+"""The tokenized data cache (data.token_cache): sft / pretrain examples read from it equal the in-memory build,
+a second load reuses it without tokenizing (and says so), one changed byte of data, another tokenizer or
+another max_length rebuilds it, and a bad line deep in a 100k-row file is reported by line number with nothing
+left in the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tiny
+from tuneforge.config.schema import Config
+from tuneforge.data import token_cache
+from tuneforge.data.dataset import load_train_eval_records, records_to_examples
+from tuneforge.data.stage_data import load_stage_data, load_stage_examples
+from tuneforge.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _pretrain_rows(n: int = 6) -> list[dict]:
+    return [{"text": f"the {k} is {v} . " * (5 + 7 * i)} for i, (k, v) in enumerate(list(tiny.COLORS.items()) * n)]
+
+
+def _cfg(tiny_model_dir, train: Path, stage: str = "sft", **training) -> Config:
+    return Config.model_validate({
+        "model": str(tiny_model_dir), "stage": stage, "data": {"train": str(train)},
+        "training": {"max_length": 48, "progress": False, **training}, "output_dir": "unused"})
+
+
+def _in_memory(cfg, tokenizer):
+    train_records, eval_records = load_train_eval_records(cfg, log=lambda _m: None)
+    train, stats = load_stage_examples(cfg, tokenizer, train_records)
+    return train, stats, eval_records
+
+
+@pytest.mark.parametrize("stage, overlength, eval_split", [("sft", "truncate", 0.0), ("sft", "drop", 0.2),
+                                                           ("pretrain", "split", 0.0), ("pretrain", "truncate", 0.25)])
+def test_cached_examples_equal_the_in_memory_build(tmp_path, tiny_model_dir, tiny_tokenizer, stage, overlength,
+                                                   eval_split):
+    rows = tiny.toy_sft_rows(30) if stage == "sft" else _pretrain_rows()
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = _cfg(tiny_model_dir, train, stage, overlength=overlength, max_length=34 if stage == "sft" else 48)
+    cfg.data.eval_split = eval_split
+    data = load_stage_data(cfg, tiny_tokenizer, log=lambda _m: None)
+    assert isinstance(data.train, token_cache.CachedExamples)
+    expected, stats, eval_records = _in_memory(cfg, tiny_tokenizer)
+    assert list(data.train) == expected
+    assert [data.train[i] for i in (0, -1)] == [expected[0], expected[-1]]
+    assert [r.where for r in data.eval_records] == [r.where for r in eval_records]
+    summary, want = data.summary["train"], stats.summary()
+    for key in ("records", "examples", "tokens", "supervised_tokens", "length_mean", "length_max", "format"):
+        assert summary[key] == want[key], key
+    if not eval_split:
+        assert summary == want
+
+
+def test_a_second_load_reuses_the_cache_and_a_change_rebuilds_it(tmp_path, tiny_model_dir, tiny_tokenizer,
+                                                                 monkeypatch):
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", _pretrain_rows())
+    cfg = _cfg(tiny_model_dir, train, "pretrain")
+    logs: list[str] = []
+    first = load_stage_data(cfg, tiny_tokenizer, log=logs.append)
+    assert any(line.startswith("data cache: built") for line in logs)
+
+    built = []
+    real_build = token_cache.build_cache
+    monkeypatch.setattr(token_cache, "build_cache", lambda *a, **k: (built.append(1), real_build(*a, **k)))
+    logs.clear()
+    again = load_stage_data(cfg, tiny_tokenizer, log=logs.append)
+    assert not built and any(line.startswith("data cache: reused") for line in logs)
+    assert list(again.train) == list(first.train) and again.summary == first.summary
+
+    def rebuilt(config, tokenizer=tiny_tokenizer) -> bool:
+        before = len(built)
+        load_stage_data(config, tokenizer, log=lambda _m: None)
+        return len(built) == before + 1
+
+    raw = bytearray(train.read_bytes())
+    raw[raw.index(b"sky") + 1] = ord("x")  # one byte: "sky" -> "sxy"
+    train.write_bytes(bytes(raw))
+    assert rebuilt(cfg)
+    assert rebuilt(_cfg(tiny_model_dir, train, "pretrain", max_length=40))
+    tiny_tokenizer.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    assert rebuilt(cfg, tiny_tokenizer)
+    assert not rebuilt(cfg, tiny_tokenizer)  # and that one is kept too
+    assert len(list((tmp_path / "home" / "data").iterdir())) == 4
+
+
+def test_a_bad_line_in_a_100k_row_file_is_reported_by_line_and_nothing_is_cached(tmp_path, tiny_model_dir,
+                                                                                   tiny_tokenizer):
+    path = tmp_path / "big.jsonl"
+    good = json.dumps({"text": "the sky is blue ."}) + "\n"
+    lines = [good] * 100_000
+    lines[6] = '{"text": "the sky is\n'  # line 7: malformed JSON
+    lines[97_530] = json.dumps({"txt": "no text field"}) + "\n"  # line 97,531: the field is missing
+    path.write_text("".join(lines))
+    with pytest.raises(DataError) as err:
+        load_stage_data(_cfg(tiny_model_dir, path, "pretrain"), tiny_tokenizer, log=lambda _m: None)
+    assert f"{path}:7" in str(err.value) and f"{path}:97531" in str(err.value)
+    assert not any((tmp_path / "home" / "data").iterdir())  # the temporary build was removed
