@@ -105,3 +105,17 @@ def test_a_bad_line_in_a_100k_row_file_is_reported_by_line_and_nothing_is_cached
         load_stage_data(_cfg(tiny_model_dir, path, "pretrain"), tiny_tokenizer, log=lambda _m: None)
     assert f"{path}:7" in str(err.value) and f"{path}:97531" in str(err.value)
     assert not any((tmp_path / "home" / "data").iterdir())  # the temporary build was removed
+
+
+def test_pretrain_splits_by_default_so_every_corpus_token_is_used(tmp_path, tiny_model_dir, tiny_tokenizer):
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", _pretrain_rows(2))
+    assert _cfg(tiny_model_dir, train, "sft").training.overlength == "truncate"
+    assert _cfg(tiny_model_dir, train, "pretrain", overlength="truncate").training.overlength == "truncate"
+    cfg = _cfg(tiny_model_dir, train, "pretrain")
+    assert cfg.training.overlength == "split"
+    summary = load_stage_data(cfg, tiny_tokenizer, log=lambda _m: None).summary["train"]
+    assert summary["split_chunks"] > 0 and summary["truncated"] == 0
+    assert summary["tokens"] == summary["corpus_tokens"] and summary["corpus_tokens_used"] == 1.0
+    cut = load_stage_data(_cfg(tiny_model_dir, train, "pretrain", overlength="truncate"), tiny_tokenizer,
+                          log=lambda _m: None).summary["train"]
+    assert cut["corpus_tokens"] == summary["corpus_tokens"] and cut["tokens"] < cut["corpus_tokens"]

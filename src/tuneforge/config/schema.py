@@ -26,6 +26,7 @@ from tuneforge.config.stage_schema import (  # noqa: F401
     SamplingConfig,
 )
 from tuneforge.config.strict import Strict
+from tuneforge.stage_info import STAGE_INFO
 
 
 class DataConfig(Strict):
@@ -58,8 +59,9 @@ class TrainingConfig(Strict):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=8)
-    # split: pretrain only, long documents become max_length chunks.
-    overlength: Literal["truncate", "drop", "error", "split"] = "truncate"
+    # split: pretrain only, long documents become max_length chunks. Default (null): split for pretrain, so
+    # every token of a long document trains; truncate for every other stage.
+    overlength: Literal["truncate", "drop", "error", "split"] | None = None
     # Padding-free packing: a micro-batch's samples share rows of at most pack_length tokens, position ids
     # restarting per sample (prefix/prompt tuning use padded rows instead).
     pack_length: int = Field(512, ge=8)
@@ -125,4 +127,11 @@ class Config(Strict):
         if self.stage in ("ppo", "grpo") and getattr(self, self.stage) is None:
             raise ValueError(f"stage {self.stage!r} needs a {self.stage!r} block with its rewards, e.g. "
                              f"{self.stage}: {{rewards: [{{run: runs/reward}}]}}")
+        return self
+
+    @model_validator(mode="after")
+    def _overlength_default(self) -> Config:
+        if self.training.overlength is None:  # pretrain: every token of a long document trains
+            info = STAGE_INFO.get(self.stage)
+            self.training.overlength = "split" if info and info.records == "pretrain" else "truncate"
         return self

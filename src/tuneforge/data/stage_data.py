@@ -118,6 +118,8 @@ def counts_line(split: str, summary: dict) -> str:
     """One line of counts for a split (what `tuneforge validate` prints and the stages log)."""
     line = (f"{split}: {summary['examples']} examples from {summary['records']} records ({summary['format']}), "
             f"{summary['truncated']} truncated, {summary['dropped_overlength']} dropped over length")
+    if summary.get("corpus_tokens"):
+        line += f", {summary['tokens']:,} of {summary['corpus_tokens']:,} corpus tokens used"
     if summary.get("dropped_identical"):
         line += f", {summary['dropped_identical']} dropped with chosen == rejected"
     if "supervised_tokens" in summary:

@@ -1,5 +1,6 @@
 """Continued pre-training on raw text (domain adaptation): every token is supervised, EOS after each
-document, long documents split into max_length chunks with `training.overlength=split`.
+document, long documents split into max_length chunks (`training.overlength` defaults to split for pretrain,
+so every token of the corpus trains; metrics.json's data.train says corpus_tokens and tokens used).
 
     tuneforge train examples/pretrain.yaml
 """
