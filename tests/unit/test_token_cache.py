@@ -13,7 +13,7 @@ import pytest
 import tiny
 from tuneforge.config.schema import Config
 from tuneforge.data import token_cache
-from tuneforge.data.dataset import load_train_eval_records, records_to_examples
+from tuneforge.data.dataset import load_train_eval_records
 from tuneforge.data.stage_data import load_stage_data, load_stage_examples
 from tuneforge.errors import DataError
 

@@ -6,8 +6,11 @@ No pad token is ever fed to the model, so every token counted is a real one.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tuneforge.data.templates import IGNORE, Example
@@ -93,12 +96,44 @@ def collate(examples: list[Example], packed: bool = True, pack_length: int = 512
     return [collate_padded(examples)]
 
 
-def epoch_microbatches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+class MicroBatches(Sequence):
+    """One epoch's micro-batches (lists of sample indices), cut on demand from one permutation held as a numpy
+    array: 4 bytes per sample, so a corpus of millions of sequences never becomes Python lists of ints."""
+
+    def __init__(self, order: np.ndarray, batch_size: int):
+        self.order, self.batch_size = order, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return self.order[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded permutation of one epoch (the same torch.randperm as ever, so resumed runs keep their order),
+    computed once per epoch instead of at every step; int32 when it fits."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_examples, generator=g).numpy()
+    order = order.astype(np.int32) if n_examples < 2**31 else order
+    order.flags.writeable = False  # shared by every caller of this epoch
+    return order
+
+
+def epoch_microbatches(n_examples: int, batch_size: int, seed: int, epoch: int) -> MicroBatches:
     """Shuffled sample indices for one epoch, cut into micro-batches. Deterministic in (seed, epoch),
     so a resumed run walks the same order from the same position."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n_examples, generator=g).tolist()
-    return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
+    return MicroBatches(epoch_order(n_examples, seed, epoch), batch_size)
 
 
 def sequential_microbatches(n_examples: int, batch_size: int) -> list[list[int]]:
