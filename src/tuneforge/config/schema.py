@@ -33,8 +33,9 @@ class DataConfig(Strict):
     train: str
     eval: str | None = None
     format: Literal["auto", "alpaca", "prompt_completion", "messages", "text"] = "auto"
-    # auto: the tokenizer's chat template when it has one, else the alpaca prompt template.
-    template: Literal["auto", "chat", "alpaca"] = "auto"
+    # auto: the tokenizer's chat template when it has one, else the alpaca prompt template; chatml_tools: built-in
+    # Hermes-style tool calling in ChatML (docs/tools.md), for models whose template cannot render tools.
+    template: Literal["auto", "chat", "alpaca", "chatml_tools"] = "auto"
     system_prompt: str | None = None
     # false: control tokens written in data fields (`<|im_end|>`, `<|im_start|>system`) are plain text, so a row
     # cannot forge a turn; true: they become the template's special tokens (data meant to carry them).
@@ -91,7 +92,8 @@ class EvalConfig(Strict):
     # The generated prompts' metrics (exact_match, token_f1) cover these rows only; the run says "N of M".
     generate_samples: int = Field(16, ge=0, description="prompts generated before/after for the report")
     max_new_tokens: int = Field(64, ge=1)
-    metrics: list[Literal["exact_match", "token_f1"]] = Field(default_factory=lambda: ["exact_match", "token_f1"])
+    metrics: list[Literal["exact_match", "token_f1", "tool_call_match"]] = Field(
+        default_factory=lambda: ["exact_match", "token_f1"])
 
 
 STAGE_BLOCKS = {"dpo": "dpo", "ppo": "ppo", "grpo": "grpo"}  # stage -> its own config block

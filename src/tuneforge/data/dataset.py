@@ -21,6 +21,7 @@ from tuneforge.data.load import BadLine, Item, Record, iter_records, load_record
 from tuneforge.data.overlength import over_length
 from tuneforge.data.records import fields_of
 from tuneforge.data.templates import Example, build_pretrain_examples, build_sft_example
+from tuneforge.data.tools import row_tools
 from tuneforge.datatools.check import check_records
 from tuneforge.errors import DataError
 from tuneforge.stage_info import stage_info
@@ -83,7 +84,7 @@ def record_examples(cfg: Config, tokenizer, record: Record, stats: DataStats, fo
         fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(record, "sft")
         formats.add(fmt)
         chunks = [build_sft_example(tokenizer, to_messages(record, fmt, cfg.data.system_prompt), record.where,
-                                    cfg.data.special_tokens_in_text)]
+                                    cfg.data.special_tokens_in_text, row_tools(record.data))]
     out: list[Example] = []
     for example in chunks:
         stats.corpus_tokens += len(example.input_ids)

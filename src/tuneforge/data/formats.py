@@ -3,7 +3,7 @@ pretrain -> text. The checks are data.fields' (the ones `tuneforge data check` r
 
     alpaca              {"instruction", "input"?, "output"}
     prompt_completion   {"prompt", "completion"}
-    messages            {"messages": [{"role", "content"}, ...]}
+    messages            {"messages": [{"role", "content"}, ...], "tools"?} (tool calls: data.tools)
     text                {"text"} (pretrain)
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tuneforge.data.fields import ROLES, Issue, Messages, check_messages, raise_first, string_field
 from tuneforge.data.load import Record
+from tuneforge.data.tools import is_tool_row, tool_messages
 from tuneforge.errors import DataError
 
 __all__ = ["FIELDS", "ROLES", "Messages", "detect_format", "find_format", "sft_messages", "to_messages", "to_text"]
@@ -51,6 +52,8 @@ def detect_format(record: Record, kind: str = "sft", text_field: str = "text") -
 def sft_messages(data: dict, fmt: str, issues: list[Issue]) -> Messages | None:
     """An sft record of format `fmt` as chat messages; None (with every issue appended) when unusable."""
     if fmt == "messages":
+        if is_tool_row(data):  # tools, tool_calls, tool results: data.tools validates them
+            return tool_messages(data, issues)[0]
         return check_messages(data.get("messages"), "messages", issues)
     if fmt not in ("alpaca", "prompt_completion"):
         issues.append(Issue("unknown_format", f"format {fmt!r} is not an sft format"))

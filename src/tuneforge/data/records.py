@@ -23,6 +23,7 @@ from tuneforge.data.fields import Issue, Messages, check_messages, label_field, 
 from tuneforge.data.formats import find_format, sft_messages
 from tuneforge.data.load import Record
 
+from tuneforge.data.tools import row_tools
 
 @dataclass(frozen=True)
 class Fields:
@@ -76,8 +77,10 @@ def _sft(data: dict, fields: Fields, issues: list[Issue]) -> View | None:
     messages = sft_messages(data, fmt, issues) if fmt else None
     if messages is None:
         return None
-    return View(fmt, json.dumps(messages, ensure_ascii=False), "\n".join(m["content"] for m in messages),
-                messages=messages)
+    tools = row_tools(data)  # a tool row's function list, rendered with the messages
+    key = json.dumps([tools, messages] if tools else messages, ensure_ascii=False)
+    return View(fmt, key, "\n".join(m["content"] for m in messages), messages=messages,
+                parts={"tools": tools} if tools else {})
 
 
 def _pretrain(data: dict, fields: Fields, issues: list[Issue]) -> View | None:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tuneforge.data.formats import Messages
+from tuneforge.data.tools import CHATML_TOOLS_TEMPLATE, require_tool_template
 from tuneforge.errors import DataError
 
 IGNORE = -100
@@ -48,7 +49,11 @@ class Example:
 
 
 def apply_template(tokenizer, template: str) -> str:
-    """Make sure the tokenizer has the chat template we train with; return its name ('chat' or 'alpaca')."""
+    """Make sure the tokenizer has the chat template we train with; return its name ('chat', 'alpaca' or
+    'chatml_tools': Hermes-style tool calls in ChatML, for models whose own template cannot render tools)."""
+    if template == "chatml_tools":
+        tokenizer.chat_template = CHATML_TOOLS_TEMPLATE
+        return "chatml_tools"
     if template == "chat" and not tokenizer.chat_template:
         raise DataError("data.template is 'chat' but the tokenizer has no chat template; use 'alpaca' or 'auto'")
     if template == "alpaca" or (template == "auto" and not tokenizer.chat_template):
@@ -57,8 +62,14 @@ def apply_template(tokenizer, template: str) -> str:
     return "chat"
 
 
-def render(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def render(tokenizer, messages: Messages, add_generation_prompt: bool = False, tools: list | None = None) -> str:
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **extra)
+
+
+def uses_tools(messages: Messages, tools: list | None) -> bool:
+    return bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
 
 
 # -- control tokens in text --------------------------------------------------------------------------------
@@ -107,7 +118,20 @@ def escape_messages(messages: Messages, tokens: Iterable[str]) -> tuple[Messages
 
     out = [{**m, "content": pattern.sub(hide, m["content"])} if isinstance(m.get("content"), str) else m
            for m in messages]
+    out = [{**m, "tool_calls": _hide_strings(m["tool_calls"], pattern, hide)} if m.get("tool_calls") else m
+           for m in out]
     return out, pieces
+
+
+def _hide_strings(value, pattern: re.Pattern, hide):
+    """`value` (tool calls, a function list) with control tokens in every string, keys included, hidden."""
+    if isinstance(value, str):
+        return pattern.sub(hide, value)
+    if isinstance(value, dict):
+        return {_hide_strings(k, pattern, hide): _hide_strings(v, pattern, hide) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_strings(v, pattern, hide) for v in value]
+    return value
 
 
 def encode(tokenizer, text: str, pieces: list[str] | tuple[str, ...] = ()) -> list[int]:
@@ -135,21 +159,27 @@ def encode_text(tokenizer, text: str, special_tokens_in_text: bool = False) -> l
     return tokenizer(text, add_special_tokens=False, split_special_tokens=split)["input_ids"]
 
 
-def _escaped(tokenizer, messages: Messages, special_tokens_in_text: bool) -> tuple[Messages, list[str]]:
+def _escaped(tokenizer, messages: Messages, special_tokens_in_text: bool,
+             tools: list | None = None) -> tuple[Messages, list | None, list[str]]:
     if special_tokens_in_text:
-        return list(messages), []
-    return escape_messages(messages, control_tokens(tokenizer))
+        return list(messages), tools, []
+    # the tools go through as a fake message's tool_calls, so their placeholders number after the messages'
+    escaped, pieces = escape_messages([*messages, {"role": "tools", "tool_calls": tools}], control_tokens(tokenizer))
+    return escaped[:-1], escaped[-1].get("tool_calls"), pieces
 
 
-def _segments(tokenizer, messages: Messages, where: str) -> list[tuple[str, bool]]:
-    """Split the rendered conversation into (text, supervised) pieces, one per assistant turn boundary."""
+def _segments(tokenizer, messages: Messages, where: str, tools: list | None = None) -> list[tuple[str, bool]]:
+    """Split the rendered conversation into (text, supervised) pieces, one per assistant turn boundary. Tool
+    results and the function list fall in the unsupervised pieces; an assistant's calls are supervised."""
+    if uses_tools(messages, tools):
+        require_tool_template(tokenizer, where)
     pieces: list[tuple[str, bool]] = []
     done = ""
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
-        through = render(tokenizer, messages[: i + 1])
+        prompt = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        through = render(tokenizer, messages[: i + 1], tools=tools)
         if not (prompt.startswith(done) and through.startswith(prompt)):
             raise DataError(
                 f"{where}: the chat template does not render conversations prefix by prefix, so assistant "
@@ -157,7 +187,7 @@ def _segments(tokenizer, messages: Messages, where: str) -> list[tuple[str, bool
             )
         pieces += [(prompt[len(done) :], False), (through[len(prompt) :], True)]
         done = through
-    full = render(tokenizer, messages)
+    full = render(tokenizer, messages, tools=tools)
     if not full.startswith(done):
         raise DataError(f"{where}: the chat template renders the full conversation differently from its prefixes")
     if full[len(done) :]:
@@ -166,14 +196,15 @@ def _segments(tokenizer, messages: Messages, where: str) -> list[tuple[str, bool
 
 
 def build_sft_example(tokenizer, messages: Messages, where: str = "<sample>",
-                      special_tokens_in_text: bool = False) -> Example:
+                      special_tokens_in_text: bool = False, tools: list | None = None) -> Example:
     """Tokenize each piece on its own (the prompt tokenizes exactly as at inference) and label by position.
-    Control tokens inside contents are plain text unless `special_tokens_in_text`."""
+    Control tokens inside contents are plain text unless `special_tokens_in_text`. `tools`: the row's
+    function list (data.tools), rendered by the template; a template that cannot render tools is a DataError."""
     eos = tokenizer.eos_token_id
     input_ids: list[int] = []
     labels: list[int] = []
-    messages, pieces = _escaped(tokenizer, messages, special_tokens_in_text)
-    for text, supervised in _segments(tokenizer, messages, where):
+    messages, tools, pieces = _escaped(tokenizer, messages, special_tokens_in_text, tools)
+    for text, supervised in _segments(tokenizer, messages, where, tools):
         ids = encode(tokenizer, text, pieces)
         if supervised:
             # Supervise through the last EOS of the turn; what the template puts after it ("\n") is not
@@ -190,20 +221,22 @@ def build_sft_example(tokenizer, messages: Messages, where: str = "<sample>",
 
 
 def build_prompt_ids(tokenizer, messages: Messages, where: str = "request",
-                     special_tokens_in_text: bool = False) -> list[int]:
+                     special_tokens_in_text: bool = False, tools: list | None = None) -> list[int]:
     """Token ids of the prompt for the next assistant turn, tokenized as training tokenized the same
     conversation: the history through the last assistant turn by `build_sft_example`, the rest in one piece.
     (Tokenizing the whole text at once can differ: SmolLM2 with the alpaca template merges the blank line
     after EOS.) Control tokens inside contents are plain text unless `special_tokens_in_text`."""
-    escaped, pieces = _escaped(tokenizer, messages, special_tokens_in_text)
-    text = render(tokenizer, escaped, add_generation_prompt=True)
+    if uses_tools(messages, tools):
+        require_tool_template(tokenizer, where)
+    escaped, escaped_tools, pieces = _escaped(tokenizer, messages, special_tokens_in_text, tools)
+    text = render(tokenizer, escaped, add_generation_prompt=True, tools=escaped_tools)
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     if last < 0:
         return encode(tokenizer, text, pieces)
-    done = render(tokenizer, escaped[: last + 1])
+    done = render(tokenizer, escaped[: last + 1], tools=escaped_tools)
     if not text.startswith(done):
         raise DataError(f"{where}: the chat template renders this conversation differently from its history")
-    history = build_sft_example(tokenizer, messages[: last + 1], where, special_tokens_in_text)
+    history = build_sft_example(tokenizer, messages[: last + 1], where, special_tokens_in_text, tools)
     return history.input_ids + encode(tokenizer, text[len(done) :], pieces)
 
 

@@ -39,8 +39,9 @@ ERRORS = {
     "turn_order": "chat turns out of order", "no_assistant": "a conversation has no assistant turn",
     "bad_label": "a label is neither a string nor an integer",
     "chosen_equals_rejected": "chosen and rejected are identical", "template_error": "the chat template fails",
-    "empty_file": "the file has no records",
-}
+    "empty_file": "the file has no records", "bad_tools": "tools is not a function list", "unknown_tool":
+    "a call to a function not in tools", "bad_tool_call": "a malformed tool call", "bad_arguments": "call arguments "
+    "are not a JSON object", "orphan_tool_result": "a tool message with no call before it"}
 WARNINGS = {
     "duplicate": "exact duplicate of an earlier record", "near_duplicate": "near-duplicate of an earlier record",
     "conflicting_label": "same text as an earlier record, different label",
@@ -128,7 +129,7 @@ def _token_stats(view: View, tokenizer, max_length: int | None, stage: str, spec
     from tuneforge.rl.prompts import to_prompt_ids
 
     if view.messages is not None:
-        example = build_sft_example(tokenizer, view.messages, special_tokens_in_text=special)
+        example = build_sft_example(tokenizer, view.messages, "", special, view.parts.get("tools"))
         kept = example.labels[:max_length] if max_length else example.labels
         return len(example.input_ids), example.n_supervised, sum(1 for x in kept if x != -100)
     if view.fmt == "text":

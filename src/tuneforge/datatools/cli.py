@@ -126,7 +126,8 @@ def register(sub) -> None:
     p = dsub.add_parser("check", help="report every problem in a data file (exit 0 clean, 1 problems, 2 unreadable)")
     _common(p)
     p.add_argument("--model", help="tokenizer for length statistics: alias, local directory or hub id")
-    p.add_argument("--template", choices=("auto", "chat", "alpaca"), default="auto", help="sft prompt template")
+    p.add_argument("--template", choices=("auto", "chat", "alpaca", "chatml_tools"), default="auto",
+                   help="sft prompt template")
     p.add_argument("--max-length", type=int, help="count samples longer than this many tokens")
     p.add_argument("--max-listed", type=int, default=20, help="locations listed per kind of problem (0: all)")
     p.add_argument("--out", help="write check.md, check.json and lengths.png here")

@@ -17,6 +17,7 @@ from tuneforge.config.schema import Config
 from tuneforge.data.formats import detect_format, to_messages, to_text
 from tuneforge.data.load import Record
 from tuneforge.data.templates import build_prompt_ids, encode_text, render
+from tuneforge.data.tools import reference_text, row_tools
 from tuneforge.stage_info import stage_info
 
 PROMPT_TOKENS = 24
@@ -38,9 +39,10 @@ def chat_items(cfg: Config, tokenizer, records: list[Record]) -> list[Generation
         messages = to_messages(record, fmt, cfg.data.system_prompt)
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         users = [m["content"] for m in messages[:last] if m["role"] == "user"]
-        ids = build_prompt_ids(tokenizer, messages[:last], record.where, cfg.data.special_tokens_in_text)
-        items.append(GenerationItem(render(tokenizer, messages[:last], add_generation_prompt=True),
-                                    messages[last]["content"], users[-1] if users else "", ids))
+        tools = row_tools(record.data)  # a tool row: the reference is the answer's text and its calls
+        ids = build_prompt_ids(tokenizer, messages[:last], record.where, cfg.data.special_tokens_in_text, tools)
+        items.append(GenerationItem(render(tokenizer, messages[:last], add_generation_prompt=True, tools=tools),
+                                    reference_text(messages[last]), users[-1] if users else "", ids))
     return items
 
 

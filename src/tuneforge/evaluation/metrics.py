@@ -72,9 +72,22 @@ def chrf(predictions: list[str], references: list[str]) -> float:
     return sacrebleu.corpus_chrf(predictions, [references]).score / 100
 
 
+def tool_call_match(predictions: list[str], references: list[str]) -> float:
+    """Share of rows whose generation makes exactly the reference's tool calls: the same function names with
+    equal parsed arguments, in order (`<tool_call>{"name", "arguments"}</tool_call>` blocks, data.tools). Where
+    the reference makes no call, the generation must make none and equal it (as exact_match)."""
+    from tuneforge.data.tools import same_calls
+
+    if not references:
+        return 0.0
+    return sum(same_calls(p, r) for p, r in zip(predictions, references, strict=True)) / len(references)
+
+
 METRICS: dict[str, Callable[[list[str], list[str]], float]] = {
     "exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l, "bleu": bleu, "chrf": chrf,
+    "tool_call_match": tool_call_match,
 }
+OPT_IN = ("tool_call_match",)  # only where asked for (--metrics, eval.metrics): it means nothing on plain chat rows
 
 
 def compute(names: list[str], predictions: list[str], references: list[str]) -> dict[str, float]:

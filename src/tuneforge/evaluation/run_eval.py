@@ -24,7 +24,7 @@ from tuneforge.errors import ConfigError, DataError, ModelError
 from tuneforge.evaluation.classify_eval import evaluate_classifier
 from tuneforge.evaluation.generate import generate
 from tuneforge.evaluation.items import generation_items
-from tuneforge.evaluation.metrics import METRICS, compute
+from tuneforge.evaluation.metrics import METRICS, OPT_IN, compute
 from tuneforge.evaluation.request import Request, default_output, first_rows, is_run_dir
 from tuneforge.stage_info import stage_info
 from tuneforge.train.loss import evaluate_loss
@@ -66,7 +66,7 @@ def split_metrics(names: list[str], stage: str) -> tuple[bool, list[str]]:
 def default_metrics(stage: str) -> list[str]:
     # Chat stages answer with a reference to score against; raw-text continuations have no single right
     # answer, so pretraining's quality measure is loss / perplexity.
-    return ["loss", *METRICS] if stage_info(stage).chat_template else ["loss"]
+    return ["loss", *(m for m in METRICS if m not in OPT_IN)] if stage_info(stage).chat_template else ["loss"]
 
 
 def rows_config(cfg: Config) -> Config:
