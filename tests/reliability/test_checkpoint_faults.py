@@ -75,7 +75,7 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
-def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(runs, case):
+def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(runs, case, tally):
     reference, ref_model = runs.train("reference")
     out = runs.base_dir / case.replace(" ", "_").replace(",", "")
     shutil.copytree(runs.base_dir / "reference", out)
@@ -93,9 +93,10 @@ def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(runs, case):
     assert losses(result) == losses(reference)
     assert all(torch.equal(v, trainable(model)[n]) for n, v in trainable(ref_model).items())
     assert find_resume(str(latest), out / "checkpoints")  # saved again, whole
+    tally("damaged checkpoints", faults=1, resumed=1)
 
 
-def test_random_damage_is_always_detected(runs, record_property):
+def test_random_damage_is_always_detected(runs, record_property, tally):
     """Seeded fuzz: truncate to a random length, flip a random byte, or empty one random file of the newest
     checkpoint; auto-resume must skip it (warning) and take the previous one, every time."""
     runs.train("reference")
@@ -123,6 +124,7 @@ def test_random_damage_is_always_detected(runs, record_property):
         tried += 1
     record_property("damaged_checkpoints_tried", tried)
     print(f"random damage: {tried} damaged checkpoints, all detected")
+    tally("damaged checkpoints", faults=tried)
 
 
 def _ops_of_second_save(runs):
@@ -132,7 +134,7 @@ def _ops_of_second_save(runs):
     return inj.ops, first_of_second
 
 
-def test_disk_full_at_every_write_keeps_the_previous_checkpoint(runs):
+def test_disk_full_at_every_write_keeps_the_previous_checkpoint(runs, tally):
     reference, ref_model = runs.train("reference")
     ops, start = _ops_of_second_save(runs)
     writes = [i for i in range(start, len(ops)) if ops[i]["kind"] in ("mkdir", "save_file", "write_text", "fsync")
@@ -162,19 +164,21 @@ def test_disk_full_at_every_write_keeps_the_previous_checkpoint(runs):
         with pytest.warns(UserWarning, match="step-0000006 is complete but .* could not be synced"):
             result, _ = runs.train(out.name)
     assert losses(result) == losses(reference) and find_resume("auto", out / "checkpoints")[0].name == "step-0000006"
+    tally("failing writes", faults=len(writes) + 1, resumed=len(writes))  # + the failed directory sync
 
 
 @pytest.mark.parametrize(("err", "text"), [(errno.EDQUOT, "disk full"), (errno.EROFS, "Read-only file system")])
-def test_other_write_errors_name_the_cause_and_the_first_save_says_no_earlier(runs, err, text):
+def test_other_write_errors_name_the_cause_and_the_first_save_says_no_earlier(runs, err, text, tally):
     out = runs.base_dir / "run"
     error = OSError(err, text if err == errno.EROFS else "Disk quota exceeded", str(out / "x"))
     with Injector(out / "checkpoints", kill_at=2, error=error).installed():
         with pytest.raises(CheckpointWriteError, match=f"{text}.*there is no earlier checkpoint"):
             runs.train("run")
     assert not list((out / "checkpoints").iterdir())
+    tally("failing writes", faults=1)
 
 
-def test_cli_reports_disk_full_with_exit_code_74(runs, capsys):
+def test_cli_reports_disk_full_with_exit_code_74(runs, capsys, tally):
     cfg = runs.config("cli", eval__before=False, eval__generate_samples=0)
     path = runs.base_dir / "cli.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -186,3 +190,4 @@ def test_cli_reports_disk_full_with_exit_code_74(runs, capsys):
     assert code == 74 and "error: could not save checkpoint" in err and "disk full" in err, err
     assert "Traceback" not in err and [p.name for p in ckpts.iterdir()] == ["step-0000003"]
     assert not (runs.base_dir / "cli" / "metrics.json").exists()
+    tally("failing writes", faults=1)

@@ -31,7 +31,7 @@ def runs(make_config, tmp_path):
                    training__save_total_limit=1, training__grad_accum=2)
 
 
-def test_reference_run_learns_and_its_checkpoint_reloads(runs):
+def test_reference_run_learns_and_its_checkpoint_reloads(runs, tally):
     result, model = runs.train("reference")
     assert all(torch.isfinite(torch.tensor(losses(result))))
     assert losses(result)[-1] < losses(result)[0]
@@ -47,10 +47,11 @@ def test_reference_run_learns_and_its_checkpoint_reloads(runs):
     model.eval(), reloaded.eval()
     with torch.no_grad():
         assert torch.equal(model(input_ids=probe).logits, reloaded(input_ids=probe).logits)
+    tally("crash kills and tears", resumed=1)
 
 
 @pytest.mark.slow  # a forked child killed at every checkpoint write
-def test_sigkill_at_every_checkpoint_write_then_resume_equals_uninterrupted(runs, record_property):
+def test_sigkill_at_every_checkpoint_write_then_resume_equals_uninterrupted(runs, record_property, tally):
     reference, ref_model = runs.train("reference")
     ops = runs.in_child("recording", record=True)
     kinds = {op["kind"] for op in ops}
@@ -82,13 +83,14 @@ def test_sigkill_at_every_checkpoint_write_then_resume_equals_uninterrupted(runs
           f"{len(problems)} problems")
     assert not problems, "\n".join(map(str, problems))
     assert len(faults) >= 40 and resumed == len(faults)
+    tally("crash kills and tears", faults=len(faults), resumed=resumed)
 
 
 def os_killed(status: int) -> bool:
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
-def test_killed_again_while_resuming_resumes_exactly(runs):
+def test_killed_again_while_resuming_resumes_exactly(runs, tally):
     """A second crash while the resumed run saves, which first removes the leftover of the first crash
     (a torn temp dir of the step-6 save)."""
     reference, ref_model = runs.train("reference")
@@ -112,3 +114,4 @@ def test_killed_again_while_resuming_resumes_exactly(runs):
         assert losses(result) == losses(reference), (name, second_ops[j])
         assert all(torch.equal(v, trainable(model)[n]) for n, v in trainable(ref_model).items()), name
     print(f"second crash: {len(faults)} faults injected into resumed runs, {len(faults)} runs resumed")
+    tally("crash kills and tears", faults=1 + len(faults), resumed=len(faults))  # the first crash, then each second

@@ -129,7 +129,7 @@ def test_bad_steps_apart_do_not_stop_training(runs, monkeypatch):
     assert [s["step"] for s in result.skipped_steps] == [2, 4, 6] and result.steps == 6
 
 
-def test_bad_step_count_survives_a_resume(runs, monkeypatch):
+def test_bad_step_count_survives_a_resume(runs, monkeypatch, tally):
     """Steps 3-4 bad, SIGTERM during step 4: the checkpoint says 2 in a row; after resume, step 5 is the 3rd."""
     real, calls = loop.loss_sum, []
 
@@ -147,6 +147,7 @@ def test_bad_step_count_survives_a_resume(runs, monkeypatch):
     _poison_loss(monkeypatch, {1})  # the resumed run's first step (step 5) is bad too
     with pytest.warns(UserWarning), pytest.raises(NonFiniteLoss, match="3 non-finite steps in a row .steps 3-5"):
         runs.train("run", training__max_bad_steps=3, resume="auto")
+    tally("non-finite steps", resumed=1)
 
 
 def test_save_checkpoint_refuses_nonfinite_weights(runs):

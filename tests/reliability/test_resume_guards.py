@@ -50,7 +50,7 @@ def _changed(runs, key: str) -> dict:
 
 
 @pytest.mark.parametrize("key", ["model", "data", "seed", "learning_rate"])
-def test_a_changed_run_is_refused_unless_allowed(runs, key):
+def test_a_changed_run_is_refused_unless_allowed(runs, key, tally):
     out = _interrupted(runs, f"changed-{key}")
     change = _changed(runs, key)
     with pytest.raises(ConfigError) as info:
@@ -70,9 +70,10 @@ def test_a_changed_run_is_refused_unless_allowed(runs, key):
     if key == "learning_rate":  # the new rate takes over the same schedule from step 4 on
         ref = runs.reference[0].history
         assert [h["lr"] for h in result.history[3:]] == pytest.approx([h["lr"] * 0.01 / 3e-2 for h in ref[3:]])
+    tally("resume guards", resumed=1)
 
 
-def test_an_unchanged_run_and_a_moved_copy_resume_exactly(runs):
+def test_an_unchanged_run_and_a_moved_copy_resume_exactly(runs, tally):
     out = _interrupted(runs, "same")
     model_copy, data_copy = runs.base_dir / "model-copy", runs.base_dir / "data-copy.jsonl"
     shutil.copytree(runs.config("x").model, model_copy)
@@ -82,6 +83,7 @@ def test_an_unchanged_run_and_a_moved_copy_resume_exactly(runs):
     assert all(torch.equal(v, trainable(model)[n]) for n, v in trainable(runs.reference[1]).items())
     [record] = [json.loads(x) for x in (out / "resume_log.jsonl").read_text().splitlines()]
     assert record["changes"] == [] and record["guards_checked"]
+    tally("resume guards", resumed=1)
 
 
 def test_every_refused_change_is_named_and_one_allowance_is_not_enough(runs):
@@ -95,7 +97,7 @@ def test_every_refused_change_is_named_and_one_allowance_is_not_enough(runs):
     assert "seed changed" not in str(info.value)
 
 
-def test_a_checkpoint_without_fingerprints_resumes_with_a_warning(runs):
+def test_a_checkpoint_without_fingerprints_resumes_with_a_warning(runs, tally):
     out = _interrupted(runs, "old")
     ckpt = list_checkpoints(out / "checkpoints")[-1]
     state = json.loads((ckpt / "state.json").read_text())
@@ -106,9 +108,10 @@ def test_a_checkpoint_without_fingerprints_resumes_with_a_warning(runs):
         result, _ = runs.train(out.name, resume="auto", seed=7)  # a change nobody can see
     assert result.resumed_from == str(ckpt)
     assert json.loads((out / "resume_log.jsonl").read_text())["guards_checked"] is False
+    tally("resume guards", resumed=1)
 
 
-def test_cli_refuses_with_exit_2_and_allows_with_the_override(runs, capfd):
+def test_cli_refuses_with_exit_2_and_allows_with_the_override(runs, capfd, tally):
     cfg = runs.config("cli", eval__before=False, eval__generate_samples=0)
     path = runs.base_dir / "cli.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -124,6 +127,7 @@ def test_cli_refuses_with_exit_2_and_allows_with_the_override(runs, capfd):
     assert code == 0 and "resume: learning_rate changed since step-0000003: 0.03 -> 0.01" in out
     metrics = json.loads((runs.base_dir / "cli" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 6 and metrics["train"]["resumed_from"].endswith("step-0000003")
+    tally("resume guards", resumed=1)
 
 
 def test_a_refused_resume_leaves_the_runs_config_as_it_was(make_config):

@@ -88,7 +88,7 @@ def _run_cli_child(path: Path, flag: Path, at_call: int, hold: float, signals: l
     (signal.SIGINT, 2, 5, 2),  # first micro-batch of step 3: abandoned, step-2 is the checkpoint
 ])
 def test_signal_mid_step_checkpoints_within_grace_and_resumes_exactly(make_config, tmp_path, capfd, signum, accum,
-                                                                     at_call, expect_step):
+                                                                     at_call, expect_step, tally):
     with one_thread():
         cfg, path = _config(make_config, tmp_path, "run", training__grad_accum=accum)
         ref_cfg, _ = _config(make_config, tmp_path, "reference", training__grad_accum=accum)
@@ -108,9 +108,10 @@ def test_signal_mid_step_checkpoints_within_grace_and_resumes_exactly(make_confi
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["train"]["resumed_from"] == str(latest)
     print(f"signal {signum}: checkpoint {latest.name}, exit {128 + signum} {grace:.2f} s after the signal")
+    tally("signals", faults=1, resumed=1)
 
 
-def test_signal_during_a_save_lets_it_finish(make_config, tmp_path, capfd):
+def test_signal_during_a_save_lets_it_finish(make_config, tmp_path, capfd, tally):
     with one_thread():
         cfg, path = _config(make_config, tmp_path, "run")
         ref_cfg, _ = _config(make_config, tmp_path, "reference")
@@ -121,10 +122,11 @@ def test_signal_during_a_save_lets_it_finish(make_config, tmp_path, capfd):
         assert grace < GRACE
         out = STAGES["sft"](cfg.model_copy(update={"resume": "auto"}))
         assert _losses(out) == reference
+    tally("signals", faults=1, resumed=1)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_second_signal_is_a_hard_stop(make_config, tmp_path, capfd, signum):
+def test_second_signal_is_a_hard_stop(make_config, tmp_path, capfd, signum, tally):
     with one_thread():
         cfg, path = _config(make_config, tmp_path, "run")
         status, _ = _run_cli_child(path, tmp_path / "flag", 5, 5.0, [signum, signum])
@@ -138,10 +140,11 @@ def test_second_signal_is_a_hard_stop(make_config, tmp_path, capfd, signum):
         ref_cfg, _ = _config(make_config, tmp_path, "reference")
         out = STAGES["sft"](cfg.model_copy(update={"resume": "auto"}))
         assert _losses(out) == _losses(STAGES["sft"](ref_cfg))
+    tally("signals", faults=1, resumed=1)
 
 
 @pytest.mark.slow  # two fresh `python -m tuneforge` processes
-def test_sigint_to_the_real_cli_process_exits_130_then_resumes(make_config, tmp_path):
+def test_sigint_to_the_real_cli_process_exits_130_then_resumes(make_config, tmp_path, tally):
     """End to end through `python -m tuneforge` (its own interpreter, not a fork). The signal is sent once the
     first periodic checkpoint (step 3) exists, not after a fixed sleep: on a loaded machine a sleep may end
     before the first step or after the last."""
@@ -150,7 +153,8 @@ def test_sigint_to_the_real_cli_process_exits_130_then_resumes(make_config, tmp_
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     # one thread: on a shared 2-core box two OpenMP threads per process make each tiny step 10x slower
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    path_ = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path_, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tuneforge", "train", str(path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpts = tmp_path / "run" / "checkpoints"
@@ -182,3 +186,4 @@ def test_sigint_to_the_real_cli_process_exits_130_then_resumes(make_config, tmp_
     assert metrics["train"]["final_loss"] < _losses(tmp_path / "run")[0]
     print(f"real process: SIGINT at step {step}, checkpoint complete {saved:.2f} s and exit 130 {grace:.2f} s "
           "after the signal")
+    tally("signals", faults=1, resumed=1)
