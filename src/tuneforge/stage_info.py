@@ -17,7 +17,7 @@ from typing import Literal
 from tuneforge.errors import ConfigError
 
 ModelKind = Literal["causal_lm", "classifier", "scorer"]
-RecordKind = Literal["sft", "pretrain", "classify", "preference", "prompt"]
+RecordKind = Literal["sft", "pretrain", "classify", "preference", "prompt", "kto"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,13 @@ STAGE_INFO: dict[str, StageInfo] = {
     "dpo": StageInfo("dpo", "causal_lm", "preference", "dpo_pairs", chat_template=True, chainable=True,
                      loss_unit="pairs", metrics=("loss", "reward_accuracy", "reward_margin"), block="dpo",
                      distributed=False),
+    # The preference objectives beyond dpo (stages/preference.py; TRL's KTO, ORPO and CPO trainers): kto reads
+    # unpaired rows (prompt, completion, label true / false); orpo, simpo and cpo dpo's pairs, without a reference.
+    "kto": StageInfo("kto", "causal_lm", "kto", "kto_rows", chat_template=True, chainable=True, loss_unit="rows",
+                     metrics=("loss", "reward_accuracy", "reward_margin", "kl"), block="kto", distributed=False),
+    **{name: StageInfo(name, "causal_lm", "preference", "dpo_pairs", chat_template=True, chainable=True,
+                       loss_unit="pairs", metrics=("loss", "reward_accuracy", "reward_margin"), block=name,
+                       distributed=False) for name in ("orpo", "simpo", "cpo")},
     "ppo": StageInfo("ppo", "causal_lm", "prompt", "prompts", chat_template=True, chainable=True,
                      loss_unit="tokens_generated", metrics=("reward_mean", "kl_mean"), block="ppo",
                      distributed=False),

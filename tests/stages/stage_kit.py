@@ -147,6 +147,8 @@ def preference_pairs(n: int, seed: int = 0) -> list[dict]:
 
 
 def write_files(root: Path) -> dict[str, Path]:
+    from tuneforge.data.kto_rows import kto_rows_of_pairs
+
     w = tiny.write_jsonl
     sft = tiny.toy_sft_rows(BATCH)
     return {
@@ -156,6 +158,7 @@ def write_files(root: Path) -> dict[str, Path]:
         "classify_eval": w(root / "cls_eval.jsonl", tiny.toy_cls_rows(6, seed=1)),
         "preference": w(root / "pairs.jsonl", preference_pairs(BATCH)),
         "prompt": w(root / "prompts.jsonl", [{"prompt": q} for q in QUESTIONS[:BATCH]]),
+        "kto": w(root / "kto.jsonl", kto_rows_of_pairs(preference_pairs(BATCH // 2))),  # chosen true, rejected false
     }
 
 

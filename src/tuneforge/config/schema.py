@@ -19,11 +19,15 @@ from tuneforge.config.method_schema import (  # noqa: F401  (re-exported: the sc
     QLoraConfig,
 )
 from tuneforge.config.stage_schema import (  # noqa: F401
+    CpoConfig,
     DpoConfig,
     GrpoConfig,
+    KtoConfig,
+    OrpoConfig,
     PpoConfig,
     RewardSourceConfig,
     SamplingConfig,
+    SimpoConfig,
 )
 from tuneforge.config.strict import Strict
 from tuneforge.stage_info import STAGE_INFO
@@ -96,12 +100,15 @@ class EvalConfig(Strict):
         default_factory=lambda: ["exact_match", "token_f1"])
 
 
-STAGE_BLOCKS = {"dpo": "dpo", "ppo": "ppo", "grpo": "grpo"}  # stage -> its own config block
+STAGE_BLOCKS = {"dpo": "dpo", "ppo": "ppo", "grpo": "grpo",  # stage -> its own config block
+                "kto": "kto", "orpo": "orpo", "simpo": "simpo", "cpo": "cpo"}
+# Blocks with defaults for every key: the stage gets one when the config has none.
+_DEFAULT_BLOCKS = {"dpo": DpoConfig, "kto": KtoConfig, "orpo": OrpoConfig, "simpo": SimpoConfig, "cpo": CpoConfig}
 
 
 class Config(Strict):
     model: str
-    stage: Literal["sft", "pretrain", "classify", "reward", "dpo", "ppo", "grpo"]
+    stage: Literal["sft", "pretrain", "classify", "reward", "dpo", "ppo", "grpo", "kto", "orpo", "simpo", "cpo"]
     method: MethodConfig = Field(default_factory=LoraConfig)
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -118,14 +125,18 @@ class Config(Strict):
     dpo: DpoConfig | None = None
     ppo: PpoConfig | None = None
     grpo: GrpoConfig | None = None
+    kto: KtoConfig | None = None
+    orpo: OrpoConfig | None = None
+    simpo: SimpoConfig | None = None
+    cpo: CpoConfig | None = None
 
     @model_validator(mode="after")
     def _stage_block(self) -> Config:
         for stage, key in STAGE_BLOCKS.items():
             if getattr(self, key) is not None and self.stage != stage:
                 raise ValueError(f"key {key!r} is for stage {stage!r} (this config has stage {self.stage!r})")
-        if self.stage == "dpo" and self.dpo is None:
-            self.dpo = DpoConfig()
+        if self.stage in _DEFAULT_BLOCKS and getattr(self, self.stage) is None:
+            setattr(self, self.stage, _DEFAULT_BLOCKS[self.stage]())
         if self.stage in ("ppo", "grpo") and getattr(self, self.stage) is None:
             raise ValueError(f"stage {self.stage!r} needs a {self.stage!r} block with its rewards, e.g. "
                              f"{self.stage}: {{rewards: [{{run: runs/reward}}]}}")

@@ -1,4 +1,5 @@
-"""The blocks of the preference and RL stages (`dpo:`, `ppo:`, `grpo:`) and their reward sources."""
+"""The blocks of the preference and RL stages (`dpo:`, `kto:`, `orpo:`, `simpo:`, `cpo:`, `ppo:`, `grpo:`) and
+their reward sources."""
 
 from __future__ import annotations
 
@@ -36,6 +37,38 @@ class DpoConfig(Strict):
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+
+
+class KtoConfig(Strict):
+    """Kahneman-Tversky optimisation (TRL KTOTrainer) on unpaired rows: prompt, completion, label true / false.
+    The reference is the adapter-disabled base under PEFT, a frozen copy with full / freeze (as dpo)."""
+
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0, description="loss weight of label-true rows")
+    undesirable_weight: float = Field(1.0, gt=0, description="loss weight of label-false rows")
+
+
+class OrpoConfig(Strict):
+    """Odds-ratio preference optimisation (TRL ORPOTrainer): the chosen response's NLL plus beta times the
+    log-odds-ratio loss of length-averaged log-probs; no reference model."""
+
+    beta: float = Field(0.1, gt=0, description="weight of the odds-ratio term (lambda in the paper)")
+
+
+class SimpoConfig(Strict):
+    """SimPO (TRL CPOTrainer, loss_type simpo): -log sigmoid(beta * (avg logp chosen - avg logp rejected) - gamma),
+    length-normalised and reference-free."""
+
+    beta: float = Field(2.0, gt=0)
+    gamma: float = Field(0.5, ge=0, description="target reward margin (the paper's gamma)")
+
+
+class CpoConfig(Strict):
+    """Contrastive preference optimisation (TRL CPOTrainer, loss_type sigmoid): -log sigmoid(beta * (logp chosen -
+    logp rejected)) on summed log-probs plus cpo_alpha times the chosen response's NLL; no reference model."""
+
+    beta: float = Field(0.1, gt=0)
+    cpo_alpha: float = Field(1.0, ge=0, description="weight of the chosen response's NLL (behaviour cloning)")
 
 
 class SamplingConfig(Strict):

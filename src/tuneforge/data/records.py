@@ -7,8 +7,9 @@ every stage runs before training and the example builders all call these.
     view = require(record, "prompt")      # the view, or a DataError naming record.where and the first issue
 
 sft: alpaca / prompt_completion / messages; pretrain: text; classify: text, label, text_pair?; preference
-(reward, dpo): prompt?, chosen, rejected, strings or chat messages; prompt (ppo, grpo): a string or chat
-messages ending on a user turn (other fields go to reward functions).
+(reward, dpo, orpo, simpo, cpo): prompt?, chosen, rejected, strings or chat messages; prompt (ppo, grpo): a
+string or chat messages ending on a user turn (other fields go to reward functions); kto: prompt?, completion,
+label true / false.
 """
 
 from __future__ import annotations
@@ -124,6 +125,26 @@ def _preference(data: dict, fields: Fields, issues: list[Issue]) -> View | None:
     return View("preference", json.dumps(parts, ensure_ascii=False), "\n".join(flat), parts=parts)
 
 
+def _kto(data: dict, fields: Fields, issues: list[Issue]) -> View | None:
+    """A kto row: prompt?, completion (a string or messages with an assistant turn), a boolean label."""
+    prompt = preference_part(data, "prompt", issues, required=False)
+    completion = preference_part(data, "completion", issues, required=True)
+    label = data.get(fields.label)
+    if missing(label):
+        issues.append(Issue("missing_field", f"missing field {fields.label!r} (true: a desirable completion, "
+                                             "false: an undesirable one)"))
+    elif not isinstance(label, bool):
+        issues.append(Issue("wrong_type", f"field {fields.label!r} must be true or false (a JSON boolean), "
+                                          f"got {type(label).__name__} {label!r}"))
+    if issues or completion is None:
+        return None
+    messages = to_conversation(prompt, completion)  # data check counts its tokens as sft renders it
+    parts = {"prompt": prompt, "completion": completion, "label": label}
+    key = json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False)  # a label conflict shows
+    return View("kto", key, "\n".join(m["content"] for m in messages), label=str(label).lower(), messages=messages,
+                parts=parts)
+
+
 def _prompt(data: dict, fields: Fields, issues: list[Issue]) -> View | None:
     """A prompt the policy completes: a string, or messages whose last turn is the user's."""
     value = data.get("prompt")
@@ -150,6 +171,7 @@ def _canonical(value: str | Messages) -> str:
 
 VALIDATORS: dict[str, Callable[[dict, Fields, list[Issue]], View | None]] = {
     "sft": _sft, "pretrain": _pretrain, "classify": _classify, "preference": _preference, "prompt": _prompt,
+    "kto": _kto,
 }
 
 

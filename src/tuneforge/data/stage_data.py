@@ -21,6 +21,7 @@ from tuneforge.config.schema import Config
 from tuneforge.data.classify import ClsStats, label_set, load_cls_examples
 from tuneforge.data.dataset import load_examples, load_train_eval_records
 from tuneforge.data.dpo_pairs import load_dpo_examples
+from tuneforge.data.kto_rows import load_kto_examples
 from tuneforge.data.load import Record
 from tuneforge.data.preference import load_pair_examples
 from tuneforge.data.templates import apply_template
@@ -53,6 +54,7 @@ EXAMPLE_BUILDERS: dict[str, Builder] = {
     "scored_pairs": lambda cfg, tokenizer, records, labels: load_pair_examples(cfg, tokenizer, records),
     "dpo_pairs": lambda cfg, tokenizer, records, labels: load_dpo_examples(cfg, tokenizer, records),
     "prompts": lambda cfg, tokenizer, records, labels: build_prompt_examples(cfg, tokenizer, records),
+    "kto_rows": lambda cfg, tokenizer, records, labels: load_kto_examples(cfg, tokenizer, records),
 }
 
 

@@ -19,8 +19,10 @@ LM = frozenset({"sft", "pretrain"})
 LM_AND_CLS = LM | {"classify", "reward"}
 # Preference / RL stages need a reference model. PEFT methods get it for free (the adapter disabled);
 # full / freeze get a frozen copy from TRL (dpo, grpo); tuneforge's own PPO supports only the adapter case.
-RL_PEFT = frozenset({"dpo", "ppo", "grpo"})
-RL_COPY = frozenset({"dpo", "grpo"})
+# kto has dpo's reference; orpo / simpo / cpo need none, and take the same methods.
+PREFERENCE = frozenset({"kto", "orpo", "simpo", "cpo"})
+RL_PEFT = frozenset({"dpo", "ppo", "grpo"}) | PREFERENCE
+RL_COPY = frozenset({"dpo", "grpo"}) | PREFERENCE
 
 # default_lr: starting points for short CPU runs (`tuneforge compare` uses them for the methods it switches to).
 METHODS: dict[str, Method] = {

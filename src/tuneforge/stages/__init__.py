@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneforge.stage_info import STAGE_INFO, StageInfo
-from tuneforge.stages import classify, dpo, grpo, ppo, pretrain, reward, sft
+from tuneforge.stages import classify, dpo, grpo, ppo, preference, pretrain, reward, sft
 
 
 @dataclass(frozen=True)
@@ -25,5 +25,6 @@ class Stage:
 
 
 _RUNS = {"sft": sft.run, "pretrain": pretrain.run, "classify": classify.run, "reward": reward.run, "dpo": dpo.run,
-         "ppo": ppo.run, "grpo": grpo.run}
+         "ppo": ppo.run, "grpo": grpo.run,
+         "kto": preference.run, "orpo": preference.run, "simpo": preference.run, "cpo": preference.run}
 STAGES: dict[str, Stage] = {name: Stage(_RUNS[name], info) for name, info in STAGE_INFO.items()}

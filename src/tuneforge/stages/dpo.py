@@ -13,10 +13,7 @@ of policy and reference (not from TRL's logs): DPO loss, reward accuracy and mar
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,43 +24,17 @@ import tuneforge.stages.skeleton as skeleton
 from tuneforge.config.schema import Config, DpoConfig
 from tuneforge.data.dpo_pairs import DpoExample
 from tuneforge.data.preference import use_template
-from tuneforge.data.templates import ALPACA_TEMPLATE
 from tuneforge.errors import ConfigError
 from tuneforge.report.margins import plot_margins
 from tuneforge.train import hf_bridge
 from tuneforge.train.cost import model_flops
 from tuneforge.train.guards import run_guards
 from tuneforge.train.loop import TrainResult
-from tuneforge.train.precision import autocast
-
-
-def _collate(examples: list[DpoExample]) -> dict:
-    """TRL's own collator: the batch layout training sees ([chosen..., rejected...], right padding)."""
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
-
-    return DataCollatorForPreference(pad_token_id=0)([e.row() for e in examples])
-
-
-@torch.no_grad()
-def response_logps(model, examples: list[DpoExample], batch_size: int, precision: str) -> tuple[torch.Tensor, ...]:
-    """(chosen, rejected, chosen_tokens, rejected_tokens), each [n]: summed log-probs of each response's tokens
-    given the prompt, and the response lengths. Padding and prompt positions are not counted."""
-    was_training = model.training
-    model.eval()
-    columns: list[list[torch.Tensor]] = [[], [], [], []]
-    for i in range(0, len(examples), batch_size):
-        batch = _collate(examples[i : i + batch_size])
-        with autocast(precision):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        mask = batch["completion_mask"][:, 1:].bool()  # position t predicts token t + 1
-        picked = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)  # a softmax only where a response token is
-        token_logps = picked.gather(-1, batch["input_ids"][:, 1:][mask].unsqueeze(-1)).squeeze(-1)
-        rows = torch.arange(mask.size(0)).unsqueeze(1).expand_as(mask)[mask]
-        summed = torch.zeros(mask.size(0)).index_add_(0, rows, token_logps)
-        for column, part in zip(columns, (*summed.chunk(2), *mask.sum(1).chunk(2)), strict=True):
-            column.append(part)  # the batch is [chosen..., rejected...]
-    model.train(was_training)
-    return tuple(torch.cat(c) for c in columns)
+from tuneforge.train.preference import Counter as _Counter
+from tuneforge.train.preference import StepStats as _StepStats
+from tuneforge.train.preference import collate_pairs as _collate  # noqa: F401  (the tests build TRL batches)
+from tuneforge.train.preference import reference_of, response_logps
+from tuneforge.train.preference import template_name as _template_name
 
 
 def dpo_loss(delta: torch.Tensor, chosen_avg_delta: torch.Tensor, dcfg: DpoConfig) -> torch.Tensor:
@@ -95,45 +66,6 @@ def dpo_metrics(policy: tuple[torch.Tensor, ...], reference: tuple[torch.Tensor,
             "chosen_reward": float(chosen_reward.mean()), "rejected_reward": float(rejected_reward.mean()),
             "logp_accuracy": float((pc > pr).float().mean()),
             "chosen_logp": float(pc.mean()), "rejected_logp": float(pr.mean()), "pairs": int(pc.numel())}
-
-
-@dataclass
-class _Counter:
-    """Real (attention-mask) tokens and pairs of the batches training consumed (counted in training_step: the
-    dataloader looks one batch ahead, so counting in the collator would overcount)."""
-
-    tokens: int = 0
-    pairs: int = 0
-
-
-class _StepStats(TrainerCallback):
-    """Real tokens, pairs and seconds of each optimizer step (batches are fetched after the previous step
-    ended), and the periodic evaluation (training.eval_steps) with this module's metrics."""
-
-    def __init__(self, counter: _Counter, evaluate: Callable[[], dict] | None, eval_steps: int | None,
-                 metric_log: hf_bridge.MetricLogCallback, on_eval: Callable[[int, dict], None] | None) -> None:
-        self.counter, self.evaluate, self.eval_steps = counter, evaluate, eval_steps
-        self.metric_log, self.on_eval = metric_log, on_eval
-        self.steps: dict[int, dict] = {}
-        self.evals: list[dict] = []
-        self._mark = (time.perf_counter(), 0, 0)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._mark = (time.perf_counter(), self.counter.tokens, self.counter.pairs)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        started, tokens, pairs = self._mark
-        self.steps[state.global_step] = {"tokens": self.counter.tokens - tokens, "pairs": self.counter.pairs - pairs,
-                                         "seconds": time.perf_counter() - started}
-        if self.evaluate and self.eval_steps and state.global_step % self.eval_steps == 0:
-            result = self.evaluate()
-            self.evals.append({"step": state.global_step, **result})
-            for key, value in result.items():
-                if self.metric_log.writer is not None:
-                    self.metric_log.writer.add_scalar(f"eval/{key}", value, state.global_step)
-            if self.on_eval:
-                self.on_eval(state.global_step, result)
-        self._mark = (time.perf_counter(), self.counter.tokens, self.counter.pairs)  # evaluation is not training
 
 
 def _trainer_class():
@@ -180,27 +112,12 @@ def build_trainer(cfg: Config, model, tokenizer, examples: list[DpoExample], out
     return trainer
 
 
-def reference_of(model, trainer):
-    """(context-manager factory, module): under the context, the module scores as the reference."""
-    if trainer.ref_model is not None:
-        return nullcontext, trainer.ref_model
-    if "ref" in model.peft_config:
-        from trl.trainer.utils import use_adapter
-
-        return (lambda: use_adapter(model, "ref")), model
-    return model.disable_adapter, model
-
-
 def _section() -> str:
     return "\n".join(["## DPO", "", "Implicit reward r = beta * (log pi(response) - log ref(response)), summed over "
                       "the response tokens; the reference is the base model, so every margin is 0 before training. "
                       "reward_accuracy: share of eval pairs with r(chosen) > r(rejected); logp_accuracy: share where "
                       "the policy itself gives the chosen response the higher log-probability.", "",
                       "![implicit reward margins on the eval pairs](margins.png)"])
-
-
-def _template_name(tokenizer, templated: bool) -> str | None:
-    return ("alpaca" if tokenizer.chat_template == ALPACA_TEMPLATE else "chat") if templated else None
 
 
 def check_dpo_config(cfg: Config) -> None:

@@ -1,0 +1,134 @@
+"""What the preference stages (dpo, kto, orpo, simpo, cpo) share around TRL's trainers: response log-probs
+scored as training batches them (the before / after metrics are computed from these, not from TRL's logs), the
+real-token counter and the per-step stats / periodic-evaluation callback, and the template name saved with a run.
+
+    chosen, rejected, n_chosen, n_rejected = response_logps(model, pairs, batch_size, precision)
+    logps, n_tokens = completion_logps(model, rows, batch_size, precision)       # kto rows
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import TrainerCallback
+
+from tuneforge.data.templates import ALPACA_TEMPLATE
+from tuneforge.train import hf_bridge
+from tuneforge.train.precision import autocast
+
+
+def collate_pairs(examples: list) -> dict:
+    """TRL's own DPO collator: the batch layout training sees ([chosen..., rejected...], right padding)."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    return DataCollatorForPreference(pad_token_id=0)([e.row() for e in examples])
+
+
+def _collate_completions(sequences: list[tuple[list[int], list[int]]]) -> dict:
+    """(prompt ids, completion ids) rows, right-padded, with the completion's positions marked."""
+    width = max(len(p) + len(c) for p, c in sequences)
+    ids = torch.zeros(len(sequences), width, dtype=torch.long)
+    attention, completion = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, (p, c) in enumerate(sequences):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        attention[i, : len(p) + len(c)] = 1
+        completion[i, len(p) : len(p) + len(c)] = 1
+    return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion}
+
+
+def _summed_logps(model, batch: dict, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probs of the completion tokens, their count) per row; a softmax only where they are."""
+    with autocast(precision):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    mask = batch["completion_mask"][:, 1:].bool()  # position t predicts token t + 1
+    picked = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
+    token_logps = picked.gather(-1, batch["input_ids"][:, 1:][mask].unsqueeze(-1)).squeeze(-1)
+    rows = torch.arange(mask.size(0)).unsqueeze(1).expand_as(mask)[mask]
+    return torch.zeros(mask.size(0)).index_add_(0, rows, token_logps), mask.sum(1)
+
+
+@torch.no_grad()
+def response_logps(model, examples: list, batch_size: int, precision: str) -> tuple[torch.Tensor, ...]:
+    """(chosen, rejected, chosen_tokens, rejected_tokens), each [n], of DpoExample pairs: summed log-probs of
+    each response's tokens given the prompt, and the response lengths. Padding and prompt positions are not
+    counted."""
+    was_training = model.training
+    model.eval()
+    columns: list[list[torch.Tensor]] = [[], [], [], []]
+    for i in range(0, len(examples), batch_size):
+        summed, counts = _summed_logps(model, collate_pairs(examples[i : i + batch_size]), precision)
+        for column, part in zip(columns, (*summed.chunk(2), *counts.chunk(2)), strict=True):
+            column.append(part)  # the batch is [chosen..., rejected...]
+    model.train(was_training)
+    return tuple(torch.cat(c) for c in columns)
+
+
+@torch.no_grad()
+def completion_logps(model, sequences: list[tuple[list[int], list[int]]], batch_size: int,
+                     precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probs, token counts), each [n], of each (prompt ids, completion ids) row's completion."""
+    was_training = model.training
+    model.eval()
+    parts = [_summed_logps(model, _collate_completions(sequences[i : i + batch_size]), precision)
+             for i in range(0, len(sequences), batch_size)]
+    model.train(was_training)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@dataclass
+class Counter:
+    """Real (attention-mask) tokens and examples of the batches training consumed (counted in training_step: the
+    dataloader looks one batch ahead, so counting in the collator would overcount)."""
+
+    tokens: int = 0
+    pairs: int = 0
+
+
+class StepStats(TrainerCallback):
+    """Real tokens, pairs and seconds of each optimizer step (batches are fetched after the previous step
+    ended), and the periodic evaluation (training.eval_steps) with the stage's own metrics."""
+
+    def __init__(self, counter: Counter, evaluate: Callable[[], dict] | None, eval_steps: int | None,
+                 metric_log: hf_bridge.MetricLogCallback, on_eval: Callable[[int, dict], None] | None) -> None:
+        self.counter, self.evaluate, self.eval_steps = counter, evaluate, eval_steps
+        self.metric_log, self.on_eval = metric_log, on_eval
+        self.steps: dict[int, dict] = {}
+        self.evals: list[dict] = []
+        self._mark = (time.perf_counter(), 0, 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._mark = (time.perf_counter(), self.counter.tokens, self.counter.pairs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        started, tokens, pairs = self._mark
+        self.steps[state.global_step] = {"tokens": self.counter.tokens - tokens, "pairs": self.counter.pairs - pairs,
+                                         "seconds": time.perf_counter() - started}
+        if self.evaluate and self.eval_steps and state.global_step % self.eval_steps == 0:
+            result = self.evaluate()
+            self.evals.append({"step": state.global_step, **result})
+            for key, value in result.items():
+                if self.metric_log.writer is not None and isinstance(value, (int, float)):
+                    self.metric_log.writer.add_scalar(f"eval/{key}", value, state.global_step)
+            if self.on_eval:
+                self.on_eval(state.global_step, result)
+        self._mark = (time.perf_counter(), self.counter.tokens, self.counter.pairs)  # evaluation is not training
+
+
+def reference_of(model, trainer):
+    """(context-manager factory, module): under the context, the module scores as the reference."""
+    if trainer.ref_model is not None:
+        return nullcontext, trainer.ref_model
+    if "ref" in model.peft_config:
+        from trl.trainer.utils import use_adapter
+
+        return (lambda: use_adapter(model, "ref")), model
+    return model.disable_adapter, model
+
+
+def template_name(tokenizer, templated: bool) -> str | None:
+    return ("alpaca" if tokenizer.chat_template == ALPACA_TEMPLATE else "chat") if templated else None
