@@ -22,5 +22,12 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("key 'training.report_to': mlflow is not installed; pip install 'tuneforge[mlflow]'")
     if info.records != "pretrain" and cfg.training.overlength == "split":
         raise ConfigError("key 'training.overlength': 'split' is for the pretrain stage; use truncate, drop or error")
+    for key in ("train", "eval"):  # several sources: the lm stages (their examples come from data.token_cache)
+        value = getattr(cfg.data, key)
+        if isinstance(value, list) and (info.examples != "lm" or not value):
+            raise ConfigError(f"key 'data.{key}': a list of sources is for sft and pretrain (and needs at least "
+                              f"one); stage {cfg.stage!r} takes one file")
+    if isinstance(cfg.data.train, list) and cfg.data.eval_split > 0 and not cfg.data.eval:
+        raise ConfigError("key 'data.eval_split': with several train sources, give data.eval instead")
     if not info.distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(f"stage {cfg.stage!r} runs in one process; run it without --nproc / torchrun")

@@ -33,9 +33,24 @@ from tuneforge.config.strict import Strict
 from tuneforge.stage_info import STAGE_INFO
 
 
+class DataSource(Strict):
+    """One file of a mix (data.train / data.eval as a list); a plain string in the list is {path: it}."""
+
+    path: str
+    weight: float = Field(1.0, gt=0, description="share of the mix: weight / sum of weights (train only)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, value):
+        return {"path": value} if isinstance(value, str) else value
+
+
 class DataConfig(Strict):
-    train: str
-    eval: str | None = None
+    # One file, or several sources mixed by weight ([{path: a.jsonl, weight: 0.7}, {path: b.jsonl, weight: 0.3}]):
+    # sft / pretrain; each source is checked and cached on its own, the mix is seeded (data.mixing).
+    train: str | list[DataSource]
+    # Several eval files: each one's loss is reported beside the loss over all of them.
+    eval: str | list[DataSource] | None = None
     format: Literal["auto", "alpaca", "prompt_completion", "messages", "text"] = "auto"
     # auto: the tokenizer's chat template when it has one, else the alpaca prompt template; chatml_tools: built-in
     # Hermes-style tool calling in ChatML (docs/tools.md), for models whose template cannot render tools.

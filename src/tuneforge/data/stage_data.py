@@ -23,6 +23,7 @@ from tuneforge.data.dataset import load_examples, load_train_eval_records
 from tuneforge.data.dpo_pairs import load_dpo_examples
 from tuneforge.data.kto_rows import load_kto_examples
 from tuneforge.data.load import Record
+from tuneforge.data.mixing import load_eval_sources, load_mixed_train, merge_stats
 from tuneforge.data.preference import load_pair_examples
 from tuneforge.data.templates import apply_template
 from tuneforge.data.token_cache import load_cached_train_eval
@@ -75,6 +76,7 @@ class StageData:
     eval_stats: Any = None
     labels: list[str] | None = None  # classify: the label order of the run
     eval_records: list[Record] = field(default_factory=list)  # checked eval records (generation items use them)
+    eval_sources: dict[str, list] = field(default_factory=dict)  # several eval files: each one's examples by name
     summary: dict[str, dict] = field(default_factory=dict)  # metrics.json's `data` block: {"train": ..., "eval": ...}
 
 
@@ -82,17 +84,31 @@ def load_stage_data(cfg: Config, tokenizer, log: Callable[[str], None] = print) 
     """Train and eval examples of a run: the checked records (eval held out of train by data.eval_split when
     there is no eval file), eval cut to eval.max_samples (default all; a cap is logged), eval classified with the
     train labels."""
+    sources: list[dict] = []  # several train sources: what each contributes
     if stage_info(cfg.stage).examples == "lm":  # sft / pretrain: tokenized once into a memory-mapped cache
         if stage_info(cfg.stage).chat_template:
             apply_template(tokenizer, cfg.data.template)
-        train, train_stats, eval_records = load_cached_train_eval(cfg, tokenizer, log)
+        if isinstance(cfg.data.train, list):  # several sources, mixed by weight
+            train, train_stats, sources = load_mixed_train(cfg, tokenizer, log)
+            eval_records = []
+        else:
+            train, train_stats, eval_records = load_cached_train_eval(cfg, tokenizer, log)
     else:
         train_records, eval_records = load_train_eval_records(cfg, log)
         train, train_stats = load_stage_examples(cfg, tokenizer, train_records)
     labels = train_stats.labels if isinstance(train_stats, ClsStats) else None
     data = StageData(train, [], train_stats, labels=labels, summary={"train": train_stats.summary()},
                      eval_records=eval_records)
-    if eval_records:
+    if sources:
+        data.summary["train"]["sources"] = sources
+    if isinstance(cfg.data.eval, list):  # each eval source scored on its own too (its loss in metrics.json)
+        data.eval_sources, by_name, data.eval_records = load_eval_sources(
+            cfg, tokenizer, lambda records: load_stage_examples(cfg, tokenizer, records, labels), log)
+        data.eval = [example for examples in data.eval_sources.values() for example in examples]
+        data.eval_stats = merge_stats(list(by_name.values()), " + ".join(by_name))
+        data.summary["eval"] = data.eval_stats.summary() | {
+            "sources": {name: stats.summary() for name, stats in by_name.items()}}
+    elif eval_records:
         data.eval, data.eval_stats = load_stage_examples(cfg, tokenizer, eval_records[: cfg.eval.max_samples], labels)
         data.summary["eval"] = data.eval_stats.summary() | eval_counts(cfg, len(eval_records), log)
     return data

@@ -113,6 +113,13 @@ class CachedExamples(Sequence):
         lengths = self.reader.lengths()
         return lengths if self.index is None else lengths[self.index]
 
+    def supervised(self) -> np.ndarray:
+        """Supervised tokens of each example (reads the whole mask once)."""
+        r = self.reader
+        counts = (self.reader.lengths() if r.mask_array is None
+                  else np.add.reduceat(np.asarray(r.mask_array, dtype=np.int64), r.offsets[:-1]))
+        return counts if self.index is None else counts[self.index]
+
 
 def _progress(path: Path, enabled: bool) -> Progress:
     return Progress(TextColumn(f"[bold]tokenizing {path.name}"), BarColumn(), DownloadColumn(),
@@ -231,9 +238,9 @@ def load_cached_train_eval(cfg: Config, tokenizer, log: Callable[[str], None] = 
     the eval set is small and generation items need their text. With eval_split, the train stats' counts of
     examples and tokens are the train part's; the over-length counts (truncated, dropped) the whole file's."""
     train, stats, n_records = load_cached_examples(cfg, tokenizer, cfg.data.train, log)
-    if cfg.data.eval:
+    if isinstance(cfg.data.eval, str):
         return train, stats, load_checked_records(cfg, cfg.data.eval, log)
-    if cfg.data.eval_split <= 0:
+    if cfg.data.eval_split <= 0 or cfg.data.eval:  # several eval sources: data.mixing reads them
         return train, stats, []
     held = np.array(sorted(held_out(n_records, cfg.data.eval_split, cfg.seed)), dtype=np.int64)
     reader = train.reader
@@ -244,9 +251,5 @@ def load_cached_train_eval(cfg: Config, tokenizer, log: Callable[[str], None] = 
     stats.lengths = lengths[index]
     stats.tokens = int(stats.lengths.sum())
     stats.corpus_tokens -= int(lengths.sum()) - stats.tokens  # the held records' (exact unless they were cut)
-    if reader.mask_array is not None:
-        per_example = np.add.reduceat(np.asarray(reader.mask_array, dtype=np.int64), reader.offsets[:-1])
-        stats.supervised_tokens = int(per_example[index].sum())
-    else:
-        stats.supervised_tokens = stats.tokens
+    stats.supervised_tokens = int(train.supervised().sum())
     return train, stats, records_at(cfg.data.train, held.tolist())

@@ -76,6 +76,22 @@ def eval_rows_lines(eval_data: dict) -> list[str]:
     return ["", *lines] if lines else []
 
 
+def corpus_lines(data: dict) -> list[str]:
+    """How much of the corpus the training examples hold, and each mixed source's part (metrics.json's data)."""
+    train = data.get("train") or {}
+    lines = []
+    if train.get("sources"):
+        lines.append(f"Training mix of {train['tokens']:,} tokens (sources repeated or subsampled by weight) from "
+                     f"{train['corpus_tokens']:,} corpus tokens:")
+    elif train.get("corpus_tokens"):
+        lines.append(f"Training examples hold {train['tokens']:,} of the {train['corpus_tokens']:,} tokens the "
+                     f"training data tokenized to ({train['truncated']} samples truncated).")
+    for s in train.get("sources") or []:
+        lines.append(f"- {s['path']}: weight {s['weight']}, {s['in_mix']:,} sequences ({100 * s['share']:.1f}%), "
+                     f"{s['tokens_in_mix']:,} tokens in the mix, {s.get('tokens_trained', 0):,} trained")
+    return ["", *lines] if lines else []
+
+
 def render_report(metrics: dict, generations: list[dict], cfg_text: str, extra: str = "") -> str:
     before, after, train = metrics.get("eval_before") or {}, metrics.get("eval_after") or {}, metrics["train"]
     lines = [f"# tuneforge run: {metrics['stage']} / {metrics['method']} on {metrics['model']}", ""]
@@ -96,7 +112,7 @@ def render_report(metrics: dict, generations: list[dict], cfg_text: str, extra: 
         for split, s in data.items():
             lines.append(f"| {split} | {s['records']} | {s['examples']} | {s['truncated']} | "
                          f"{s['dropped_overlength']} | {s['dropped_no_supervised']} | {s.get('length_mean', '')} |")
-        lines += eval_rows_lines(data.get("eval") or {})
+        lines += eval_rows_lines(data.get("eval") or {}) + corpus_lines(data)
     lines += learning_lines(metrics.get("learning"))
     if generations:
         lines += ["", "## Generations on eval prompts (greedy)", "", "| # | question | reference | base | tuned |",

@@ -13,18 +13,21 @@ from pathlib import Path
 
 import tuneforge.stages.skeleton as skeleton
 from tuneforge.config.schema import Config
+from tuneforge.data.mixing import MixedExamples, tokens_by_source
 from tuneforge.data.templates import apply_template
 from tuneforge.evaluation.generate import generate
 from tuneforge.evaluation.items import GenerationItem, generation_items
 from tuneforge.evaluation.metrics import compute
-from tuneforge.train.loop import train
+from tuneforge.train.loop import plan_steps, train
 from tuneforge.train.loss import evaluate_loss
 
 
-def _evaluate(run: skeleton.StageRun, model, examples: list, items: list[GenerationItem], packed: bool
-              ) -> tuple[dict, list[str]]:
+def _evaluate(run: skeleton.StageRun, model, examples: list, items: list[GenerationItem], packed: bool,
+              sources: dict[str, list] | None = None) -> tuple[dict, list[str]]:
     cfg, t = run.cfg, run.cfg.training
     result = evaluate_loss(model, examples, t.batch_size, run.precision, packed, t.pack_length) if examples else {}
+    for name, mine in (sources or {}).items():  # several eval files: each one's loss too
+        result[f"loss/{name}"] = evaluate_loss(model, mine, t.batch_size, run.precision, packed, t.pack_length)["loss"]
     outputs = generate(model, run.tokenizer, [i.prompt_ids for i in items], cfg.eval.max_new_tokens,
                        run.precision) if items else []
     if "exact_match" in run.info.metrics and items:
@@ -43,16 +46,21 @@ def run_lm(cfg: Config, log: Callable[[str], None] = print, *,
     model = skeleton.load_base(run)
 
     def base() -> tuple[dict, dict]:
-        metrics, outputs = _evaluate(run, model, data.eval, items, True)
+        metrics, outputs = _evaluate(run, model, data.eval, items, True, data.eval_sources)
         return metrics, {"generations": outputs}
 
     before, details = skeleton.eval_before(run, base)
     model, counts = skeleton.apply_method(run, model)
     result = train(model, data.train, data.eval, cfg, run.out, run.precision, log=run.log,
                    packed=run.method.packing, on_eval=on_eval)
+    if isinstance(data.train, MixedExamples):  # what each source trained, walked as the loop walked the mix
+        trained = tokens_by_source(data.train, result.steps, plan_steps(cfg, len(data.train))[0],
+                                   cfg.training.batch_size, cfg.training.grad_accum, cfg.seed)
+        for source, tokens in zip(data.summary["train"]["sources"], trained, strict=True):
+            source["tokens_trained"] = tokens
     after, generations = {}, []
     if run.main:
-        after, tuned = _evaluate(run, model, data.eval, items, run.method.packing)
+        after, tuned = _evaluate(run, model, data.eval, items, run.method.packing, data.eval_sources)
         base_outputs = details.get("generations") or [""] * len(items)
         generations = [{"prompt": i.prompt, "question": i.question, "reference": i.reference, "base": b, "tuned": t}
                        for i, b, t in zip(items, base_outputs, tuned, strict=True)]

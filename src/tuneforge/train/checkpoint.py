@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from tuneforge.errors import ConfigError, NonFiniteLoss, UserError
 from tuneforge.fsutil import make_temp_dir
+from tuneforge.train import fsdp
 
 MARKER = "COMPLETE"  # written last; holds each file's size and sha256, so any later damage is detected
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
@@ -61,15 +62,16 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     tensors = {}
     for idx, state in sd["state"].items():
         for key, value in state.items():
-            tensors[f"{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{idx}.{key}"] = fsdp.full(value) if torch.is_tensor(value) else torch.tensor(value)
     return {k: v.contiguous() for k, v in tensors.items()}, {"param_groups": sd["param_groups"]}
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     for name, value in tensors.items():
         idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
+        state.setdefault(int(idx), {})[key] = fsdp.like(value, params[int(idx)])  # a shard under FSDP
     groups = meta["param_groups"]
     for g in groups:
         if "betas" in g:
@@ -78,7 +80,14 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """Whole tensors, also under FSDP (then an all-gather: every rank calls it)."""
+    return {n: fsdp.full(p.detach()).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def gather_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict, dict]:
+    """(trainable weights, optimizer tensors, optimizer meta), whole: under FSDP every rank calls this and
+    rank 0 passes the result to save_checkpoint(tensors=...). The files are those of a one-process run."""
+    return (trainable_state(model), *_optimizer_tensors(optimizer))
 
 
 def _fsync(path: Path) -> None:
@@ -128,15 +137,15 @@ def _write_error(exc: OSError, final: Path) -> CheckpointWriteError:
 
 
 def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, keep: int, *,
-                    guards: dict[str, Any] | None = None) -> Path:
-    """`guards` (run_guards(cfg)) is what check_guards compares on resume; without it resume warns."""
+                    guards: dict[str, Any] | None = None, tensors: tuple[dict, dict, dict] | None = None) -> Path:
+    """`guards` (run_guards(cfg)) is what check_guards compares on resume; without it resume warns.
+    `tensors`: gather_state's result, when the state had to be gathered from every rank (FSDP)."""
     final = ckpt_root / f"step-{state.step:07d}"
-    weights = trainable_state(model)
+    weights, opt_tensors, opt_meta = tensors or gather_state(model, optimizer)
     bad = [n for n, t in weights.items() if not torch.isfinite(t).all()]
     if bad:
         raise NonFiniteLoss(f"refusing to save non-finite weights at step {state.step} "
                             f"({len(bad)} tensors, e.g. {bad[0]})")
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     meta = {"step": state.step, "bad_steps": state.bad_steps, "tokens_seen": state.tokens_seen,
             "train_seconds": state.train_seconds, "history": state.history, "skipped": state.skipped,
             "evals": state.evals, "optimizer": opt_meta, "guards": guards,
@@ -272,7 +281,7 @@ def restore(loaded: dict[str, Any], model, optimizer, scheduler) -> TrainState:
                           f"shape differs {reshaped[:3]}")
     with torch.no_grad():
         for name, value in saved.items():
-            params[name].copy_(value)
+            params[name].copy_(fsdp.like(value, params[name]))  # this rank's shard under FSDP
     meta = loaded["meta"]
     _restore_optimizer(optimizer, loaded["optimizer"], meta["optimizer"])
     scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})

@@ -41,6 +41,8 @@ def cost_block(result: TrainResult, wall_start: float, model, counts: tuple[int,
         "model_flops": model_flops(model, result.tokens_seen, trainable, total),
         "resumed_from": result.resumed_from,
         "world_size": ddp.world_size(),  # processes that shared each step (torchrun / accelerate launch)
+        # ddp | fsdp | none, and the parameter / optimizer-state bytes each rank held while training
+        "sharding": result.sharding,
         "resume_changes": result.resume_changes,  # what resume_allow_changes let through, if anything
         "skipped_steps": result.skipped_steps,  # non-finite steps whose update was skipped
     }

@@ -84,6 +84,15 @@ def sum_gradients(params: list[torch.nn.Parameter]) -> None:
         offset += n
 
 
+def gather_object(obj) -> list:
+    """Every rank's value of a picklable object, in rank order, on every rank."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj):
     """Rank 0's value of a picklable object on every rank (e.g. the checkpoint path a signal produced)."""
     if world_size() == 1:

@@ -52,11 +52,15 @@ def run_guards(cfg) -> dict[str, Any]:
             _hash_file(model_digest, weights, EDGE)
     else:
         model_digest.update(str(resolved).encode())
-    data = Path(cfg.data.train)
+    sources = [cfg.data.train] if isinstance(cfg.data.train, str) else cfg.data.train  # several: a mix
     data_digest = hashlib.sha256()
-    _hash_file(data_digest, data)
+    for source in sources:
+        if not isinstance(source, str):  # the mix's weights are part of the data it trains on
+            data_digest.update(f"{source.weight!r}:".encode())
+        _hash_file(data_digest, Path(getattr(source, "path", source)))
+    data = ", ".join(str(getattr(s, "path", s)) for s in sources)
     return {"model": {"name": cfg.model, "path": str(resolved), "sha256": model_digest.hexdigest()},
-            "data": {"path": str(data), "sha256": data_digest.hexdigest()},
+            "data": {"path": data, "sha256": data_digest.hexdigest()},
             "seed": cfg.seed, "learning_rate": cfg.training.learning_rate}
 
 
