@@ -29,14 +29,15 @@ STORED = {"adapter_model.safetensors", "bottleneck_adapter.safetensors", "model.
 
 def method_config(cfg: Config, name: str, lr: dict[str, float], out: Path) -> dict[str, Any]:
     """The config for one method: the user's method options carry over to a method of the same kind (lora ->
-    qlora share LoraConfig); another method starts from its defaults and its own default learning rate
-    (`--lr method=value` overrides both)."""
+    qlora share LoraConfig); another method starts from its defaults and trains at its own default learning
+    rate (training.learning_rate left null: the run picks the method's default_lr and records it); the config's
+    rate is the rate of the config's own method; `--lr method=value` fixes any method's rate."""
     raw = cfg.model_dump(mode="json")
     if name != cfg.method.name:
         new, old = METHOD_CONFIGS[name], type(cfg.method)
         same_kind = issubclass(new, old) or issubclass(old, new)
         raw["method"] = {**raw["method"], "name": name} if same_kind else {"name": name}
-        raw["training"]["learning_rate"] = METHODS[name].default_lr
+        raw["training"]["learning_rate"] = None  # the run uses METHODS[name].default_lr and says so
     if name in lr:
         raw["training"]["learning_rate"] = lr[name]
     raw["output_dir"] = str(out / name)
@@ -64,7 +65,16 @@ def _row(name: str, run: Path, seconds: float) -> dict[str, Any]:
         "peak_rss_mb": train["peak_rss_mb"], "wall_seconds": seconds, "tokens_per_second": train["tokens_per_second"],
         "eval_loss_before": before.get("loss"), "eval_loss_after": after.get("loss"),
         "exact_match_before": before.get("exact_match"), "exact_match_after": after.get("exact_match"),
+        **_recipe_cells(metrics.get("recipe") or {}),
     }
+
+
+def _recipe_cells(recipe: dict) -> dict[str, Any]:
+    """The learning rate and epochs a method's run used, and where they came from (config, method default,
+    data size)."""
+    lr, epochs = recipe.get("learning_rate") or {}, recipe.get("epochs") or {}
+    return {"learning_rate": lr.get("value"), "learning_rate_source": lr.get("source"),
+            "epochs": epochs.get("value"), "epochs_source": epochs.get("source")}
 
 
 def run_one(name: str, raw: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -104,19 +114,23 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def render_markdown(rows: list[dict], cfg: Config) -> str:
-    head = ("| method | status | trainable | % | stored per task (MB) | peak RSS (MB) | wall (s) | tokens/s | "
-            "eval loss before -> after | exact match before -> after |")
+    head = ("| method | status | learning rate | trainable | % | stored per task (MB) | peak RSS (MB) | wall (s) | "
+            "tokens/s | eval loss before -> after | exact match before -> after |")
+    budget = cfg.training.max_steps or (f"{cfg.training.epochs} epochs" if cfg.training.epochs
+                                        else "epochs sized to the data")
     lines = [f"# tuneforge compare: {cfg.stage} on {cfg.model}", "",
              f"Same data ({cfg.data.train}), seed {cfg.seed}, step budget "
-             f"{cfg.training.max_steps or f'{cfg.training.epochs} epochs'}, batch {cfg.training.batch_size}.", "",
+             f"{budget}, batch {cfg.training.batch_size}. Each method trains at its own default learning rate "
+             "unless the config (for its own method) or --lr fixed one.", "",
              head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['method']} | {r['status']} |" + " - |" * 8)
+            lines.append(f"| {r['method']} | {r['status']} |" + " - |" * 9)
             continue
         lines.append(
-            f"| {r['method']} | ok | {_fmt(r['trainable_params'])} | {_fmt(r['trainable_percent'], 4)} | "
-            f"{_fmt(r['stored_mb'], 2)} | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['wall_seconds'], 1)} | "
+            f"| {r['method']} | ok | {_lr_cell(r)} | {_fmt(r['trainable_params'])} | "
+            f"{_fmt(r['trainable_percent'], 4)} | {_fmt(r['stored_mb'], 2)} | {_fmt(r['peak_rss_mb'], 0)} | "
+            f"{_fmt(r['wall_seconds'], 1)} | "
             f"{_fmt(r['tokens_per_second'], 0)} | {_fmt(r['eval_loss_before'])} -> {_fmt(r['eval_loss_after'])} | "
             f"{_fmt(r['exact_match_before'], 2)} -> {_fmt(r['exact_match_after'], 2)} |"
         )
@@ -124,6 +138,12 @@ def render_markdown(rows: list[dict], cfg: Config) -> str:
               "Stored per task: the adapter file, or the whole model for full fine-tuning; for freeze, the "
               "trainable tensors' size (fp32). Wall time includes model load and before/after evaluation.", ""]
     return "\n".join(lines)
+
+
+def _lr_cell(row: dict) -> str:
+    if row.get("learning_rate") is None:
+        return "-"
+    return f"{row['learning_rate']:g} ({row.get('learning_rate_source') or '?'})"
 
 
 def plot(rows: list[dict], path: Path) -> None:

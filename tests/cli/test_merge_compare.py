@@ -58,7 +58,7 @@ def test_compare_switches_methods_with_their_own_default_learning_rate(make_conf
     assert not hasattr(compare_module, "DEFAULT_LR")  # the methods carry their rate
     for name in METHODS:
         raw = method_config(cfg, name, {}, tmp_path)
-        want = cfg.training.learning_rate if name == "lora" else METHODS[name].default_lr
+        want = cfg.training.learning_rate if name == "lora" else None  # None: the run takes the method's default_lr
         assert raw["training"]["learning_rate"] == want and raw["method"]["name"] == name
     assert method_config(cfg, "qlora", {}, tmp_path)["method"]["r"] == 4  # same kind: the options carry over
     assert method_config(cfg, "ia3", {}, tmp_path)["method"] == {"name": "ia3"}  # another kind: its defaults
@@ -91,8 +91,11 @@ def test_compare_table_survives_a_failing_method(make_config, tmp_path, run_cli,
         assert r["status"] == "ok" and r["trainable_params"] > 0 and r["stored_mb"] > 0 and r["peak_rss_mb"] > 0
         assert r["eval_loss_after"] < r["eval_loss_before"]
     assert rows["lora"]["trainable_percent"] > rows["prompt"]["trainable_percent"]
+    assert (rows["lora"]["learning_rate"], rows["lora"]["learning_rate_source"]) == (3e-2, "config")
+    assert (rows["prompt"]["learning_rate"], rows["prompt"]["learning_rate_source"]) == (
+        METHODS["prompt"].default_lr, "method default")
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| lora | ok |" in md and "| full | failed" in md
+    assert "| lora | ok | 0.03 (config) |" in md and "| full | failed" in md
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
 
 

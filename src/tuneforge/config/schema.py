@@ -71,8 +71,10 @@ class DataConfig(Strict):
 
 class TrainingConfig(Strict):
     max_steps: int | None = Field(None, ge=1)
-    epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(2e-4, gt=0)
+    # null: chosen from the data (train.recipe: ~150 optimizer steps for a small set, one pass over a large one)
+    epochs: float | None = Field(None, gt=0)
+    # null: the method's default rate (methods carry default_lr); the run logs and records which rate and why
+    learning_rate: float | None = Field(None, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     warmup_steps: int | None = Field(None, ge=0)

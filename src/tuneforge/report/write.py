@@ -63,6 +63,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def recipe_lines(recipe: dict | None) -> list[str]:
+    """The learning rate and epochs the run used, and why (given, the method's default, sized to the data)."""
+    if not recipe:
+        return []
+    lines = ["", "## Recipe", "", "| key | value | why |", "|---|---|---|"]
+    for key in ("learning_rate", "epochs"):
+        if key in recipe:
+            lines.append(f"| training.{key} | {recipe[key]['value']:g} | {recipe[key]['why']} |")
+    return lines
+
+
 def eval_rows_lines(eval_data: dict) -> list[str]:
     """How many of the eval rows the metrics cover (eval.max_samples / eval.generate_samples caps)."""
     lines = []
@@ -113,7 +124,7 @@ def render_report(metrics: dict, generations: list[dict], cfg_text: str, extra: 
             lines.append(f"| {split} | {s['records']} | {s['examples']} | {s['truncated']} | "
                          f"{s['dropped_overlength']} | {s['dropped_no_supervised']} | {s.get('length_mean', '')} |")
         lines += eval_rows_lines(data.get("eval") or {}) + corpus_lines(data)
-    lines += learning_lines(metrics.get("learning"))
+    lines += recipe_lines(metrics.get("recipe")) + learning_lines(metrics.get("learning"))
     if generations:
         lines += ["", "## Generations on eval prompts (greedy)", "", "| # | question | reference | base | tuned |",
                   "|---|---|---|---|---|"]

@@ -45,6 +45,7 @@ from tuneforge.train.cost import cost_block
 from tuneforge.train.guards import check_resume_config
 from tuneforge.train.loop import TrainResult
 from tuneforge.train.precision import resolve_precision
+from tuneforge.train.recipe import apply_recipe
 
 HEADS = ("classifier", "score")  # the new head's module name in transformers' *ForSequenceClassification
 
@@ -61,6 +62,7 @@ class StageRun:
     wall_start: float = field(default_factory=time.perf_counter)
     out: Path | None = None
     precision: str = "fp32"
+    recipe: dict = field(default_factory=dict)  # what train.recipe chose for the keys the config left open
 
     @property
     def main(self) -> bool:
@@ -83,10 +85,12 @@ def begin(cfg: Config, log: Callable[[str], None] = print) -> StageRun:
 def load_data(run: StageRun) -> StageData:
     """Checked train / eval records (eval held out of train by data.eval_split when there is no eval file),
     read once, through the stage's example builder: the same calls `tuneforge validate` makes.
-    data.train / data.eval are the examples, data.summary metrics.json's data block."""
+    data.train / data.eval are the examples, data.summary metrics.json's data block. The keys the config left
+    open (learning rate, epochs) are then chosen from the method and the data (train.recipe)."""
     data = load_stage_data(run.cfg, run.tokenizer, run.log)
     for split in data.summary:
         run.log("data: " + counts_line(split, data.summary[split]))
+    run.recipe = apply_recipe(run.cfg, len(data.train), run.log, ddp.world_size())  # before config.yaml is written
     return data
 
 
@@ -243,6 +247,7 @@ def finish(run: StageRun, model, outcome: Outcome) -> Path:
         "evals": outcome.result.evals,
         "data": outcome.data,
         "saved": saved,
+        "recipe": run.recipe,
         "learning": verdict_for_run(cfg.training, run.info.metrics, history, outcome.result.evals, outcome.after),
     }
     if metrics["learning"]["under_learned"]:

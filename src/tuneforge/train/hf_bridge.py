@@ -29,6 +29,7 @@ from tuneforge.errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from tuneforge.train.checkpoint import MARKER, check_manifest, write_manifest
 from tuneforge.train.guards import check_guards, run_guards
 from tuneforge.train.metric_log import MetricLog, open_metric_log
+from tuneforge.train.recipe import rate_and_epochs
 
 GUARDS = "tuneforge_guards.json"  # what the run was (train.guards.run_guards), checked on resume
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -39,13 +40,14 @@ def to_trainer_args(cfg: Config, out: Path, precision: str) -> dict:
     TRL's own defaults differ from tuneforge's (bf16 on, gradient checkpointing on, lr 1e-6), so every
     field that matters is set here."""
     t = cfg.training
+    learning_rate, epochs = rate_and_epochs(cfg)  # the stage has applied the recipe; a direct caller may not
     warmup = t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio  # a float < 1 is a ratio (5.x)
     scheduler = "constant_with_warmup" if t.lr_scheduler == "constant" and warmup else t.lr_scheduler
     return {
         "output_dir": str(out / "checkpoints"),
         "max_steps": t.max_steps or -1,
-        "num_train_epochs": t.epochs,
-        "learning_rate": t.learning_rate,
+        "num_train_epochs": epochs,
+        "learning_rate": learning_rate,
         "lr_scheduler_type": scheduler,
         "warmup_steps": warmup,
         "per_device_train_batch_size": t.batch_size,

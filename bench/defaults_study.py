@@ -1,0 +1,246 @@
+"""The defaults study (issue 20): tuneforge on tasks of different kinds, over a small grid of the settings a user
+does not see (schedule + warmup, max_grad_norm, LoRA dropout, weight decay, learning rate around the method's
+default, epochs around the recipe's), each run through the public API (`STAGES[stage].run(cfg)`), each setting's
+held-out metric per task, its rank on each task and its mean rank across tasks, written to docs/defaults.md.
+
+    python bench/defaults_study.py                      # 4 tasks x 11 settings x 3 seeds (the embedded models)
+    python bench/defaults_study.py --seeds 0            # one seed
+    python bench/defaults_study.py --quick              # CI subset (~3 min on an idle 2-core machine)
+    python bench/defaults_study.py --quick --tasks quickstart --settings defaults,constant --lm-model DIR --out X.md
+
+Tasks (held-out metric): facts (pycountry's ISO 3166 table: country -> alpha-3 code, asked in another wording at
+eval; exact match), quickstart (sentence -> JSON, eval names/items/cities unseen; exact match), pretrain (a domain
+corpus, held-out eval loss), classify (3-way sentiment with the embedded MiniLM encoder; accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import make_pretrain_data  # noqa: E402
+import make_quickstart_data  # noqa: E402
+import make_sentiment_data  # noqa: E402
+
+FACT_Q = "What is the ISO 3166 alpha-3 code of {name}?"
+FACT_EVAL_Q = "Give the three-letter ISO country code for {name}."
+
+
+@dataclass
+class Task:
+    stage: str
+    kind: str  # "lm" (the causal LM) or "cls" (the encoder)
+    metric: str
+    higher_is_better: bool
+    make: Callable[[bool, int], tuple[list[dict], list[dict]]]  # (quick, seed) -> (train rows, eval rows)
+    method: str = "lora"
+
+
+def _chat(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def make_facts(quick: bool, seed: int) -> tuple[list[dict], list[dict]]:
+    import pycountry  # a public table shipped on PyPI (pip install pycountry; the `bench` extra)
+
+    countries = sorted(pycountry.countries, key=lambda c: c.alpha_3)
+    random.Random(seed).shuffle(countries)
+    chosen = countries[: 16 if quick else 64]
+    train = [_chat(FACT_Q.format(name=c.name), c.alpha_3) for c in chosen]
+    evals = [_chat(FACT_EVAL_Q.format(name=c.name), c.alpha_3) for c in chosen]  # the facts, asked otherwise
+    return train, evals
+
+
+def make_quickstart(quick: bool, seed: int) -> tuple[list[dict], list[dict]]:
+    return make_quickstart_data.generate(32 if quick else 128, 8 if quick else 32, seed)
+
+
+def make_pretrain(quick: bool, seed: int) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(seed)
+    docs = [{"text": make_pretrain_data.make_doc(rng)} for _ in range(48 if quick else 240)]
+    return docs[: -16], docs[-16:]
+
+
+def make_classify(quick: bool, seed: int) -> tuple[list[dict], list[dict]]:
+    rng, s = random.Random(seed), make_sentiment_data
+    n_train, n_eval = (64, 32) if quick else (400, 150)
+    return ([s.review(rng, s.TRAIN_PRODUCTS) for _ in range(n_train)],
+            [s.review(rng, s.EVAL_PRODUCTS) for _ in range(n_eval)])
+
+
+TASKS = {
+    "facts": Task("sft", "lm", "exact_match", True, make_facts),
+    "quickstart": Task("sft", "lm", "exact_match", True, make_quickstart),
+    "pretrain": Task("pretrain", "lm", "loss", False, make_pretrain),
+    "classify": Task("classify", "cls", "accuracy", True, make_classify),
+}
+# One factor at a time around what ships, plus the issue's combination. "lr xK" / "epochs xK" scale the
+# method's default rate / the recipe's epochs.
+SETTINGS = {
+    "defaults": {},
+    "constant": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0},
+    "no-clip": {"training.max_grad_norm": None},
+    "dropout-0": {"method.dropout": 0.0},
+    "wd-0.01": {"training.weight_decay": 0.01},
+    "lr x0.5": {"lr_scale": 0.5},
+    "lr x2": {"lr_scale": 2.0},
+    "lr x4": {"lr_scale": 4.0},
+    "epochs x0.5": {"epochs_scale": 0.5},
+    "epochs x2": {"epochs_scale": 2.0},
+    "constant+no-clip+dropout-0": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,
+                                   "training.max_grad_norm": None, "method.dropout": 0.0},
+}
+QUICK = {"tasks": ["facts", "classify"], "settings": ["defaults", "constant+no-clip+dropout-0"], "seeds": [0]}
+
+
+def _write(rows: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def build_config(task: Task, setting: dict, model: str, train: Path, evals: Path, n_eval: int, out: Path,
+                 seed: int):
+    """The run's Config: only model, stage, method and data given (plus what the setting changes), as a user
+    who trusts the defaults would write it."""
+    from tuneforge.config.schema import Config
+    from tuneforge.methods import METHODS
+    from tuneforge.train.recipe import choose
+
+    raw = {"model": model, "stage": task.stage, "method": {"name": task.method},
+           "data": {"train": str(train), "eval": str(evals)},
+           "training": {"progress": False, "report_to": []},
+           "eval": {"before": False, "generate_samples": n_eval, "max_new_tokens": 48},
+           "output_dir": str(out), "seed": seed}
+    for key, value in setting.items():
+        if key == "lr_scale":
+            raw["training"]["learning_rate"] = METHODS[task.method].default_lr * value
+        elif key != "epochs_scale":
+            block, name = key.split(".")
+            raw[block][name] = value
+    cfg = Config.model_validate(raw)
+    if "epochs_scale" in setting:  # around what the recipe picks for this data
+        n_train = sum(1 for _ in open(train, encoding="utf-8"))
+        cfg.training.epochs = choose(cfg, n_train)["epochs"]["value"] * setting["epochs_scale"]
+    return cfg
+
+
+def run_one(task: Task, setting: dict, model: str, seed: int, work: Path, quick: bool) -> dict:
+    from tuneforge.stages import STAGES
+
+    train_rows, eval_rows = task.make(quick, seed)
+    run_dir = Path(tempfile.mkdtemp(dir=work))
+    train, evals = _write(train_rows, run_dir / "train.jsonl"), _write(eval_rows, run_dir / "eval.jsonl")
+    cfg = build_config(task, setting, model, train, evals, len(eval_rows), run_dir / "run", seed)
+    started = time.perf_counter()
+    out = STAGES[task.stage].run(cfg, lambda _msg: None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"value": metrics["eval_after"][task.metric], "seconds": time.perf_counter() - started,
+            "steps": metrics["train"]["steps"], "learning_rate": metrics["recipe"]["learning_rate"]["value"],
+            "epochs": metrics["recipe"]["epochs"]["value"], "under_learned": metrics["learning"]["under_learned"]}
+
+
+def rank(values: dict[str, float], higher_is_better: bool) -> dict[str, float]:
+    """Rank 1 = best; ties share the mean of their ranks."""
+    order = sorted(values, key=lambda k: -values[k] if higher_is_better else values[k])
+    ranks: dict[str, float] = {}
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i : j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def table(results: dict, tasks: list[str], settings: list[str]) -> tuple[list[str], dict[str, float]]:
+    """Markdown rows: each setting's mean metric per task over seeds (rank on that task), mean rank, sorted by it."""
+    means = {t: {s: statistics.mean(r["value"] for r in results[t][s]) for s in settings} for t in tasks}
+    ranks = {t: rank(means[t], TASKS[t].higher_is_better) for t in tasks}
+    mean_rank = {s: statistics.mean(ranks[t][s] for t in tasks) for s in settings}
+    head = "| setting | " + " | ".join(f"{t} ({TASKS[t].metric}{'' if TASKS[t].higher_is_better else ', lower'})"
+                                       for t in tasks) + " | mean rank |"
+    lines = [head, "|---" * (len(tasks) + 2) + "|"]
+    for s in sorted(settings, key=lambda k: (mean_rank[k], k)):
+        cells = []
+        for t in tasks:
+            vals = [r["value"] for r in results[t][s]]
+            spread = f" ±{statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
+            cells.append(f"{means[t][s]:.3f}{spread} ({ranks[t][s]:g})")
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {mean_rank[s]:.2f} |")
+    return lines, mean_rank
+
+
+def render(results: dict, tasks: list[str], settings: list[str], seeds: list[int], command: str, models: dict,
+           wall: float) -> str:
+    lines, mean_rank = table(results, tasks, settings)
+    runs = [r for t in tasks for s in settings for r in results[t][s]]
+    recipe = {t: results[t][settings[0]][0] for t in tasks}
+    out = ["# Defaults study", "", "Written by `bench/defaults_study.py` from its own runs; regenerate with:", "",
+           "```", command, "```", "",
+           f"{len(tasks)} tasks x {len(settings)} settings x {len(seeds)} seed(s) = {len(runs)} runs, "
+           f"{wall / 60:.1f} min on {platform.machine()} ({os.cpu_count()} CPUs; machine load not controlled). "
+           f"Models: {models['lm']} (causal LM), {models['cls']} (encoder). Each run gives only model, stage, "
+           "method (LoRA, default options) and data; the setting changes what its name says. Cells: the held-out "
+           "metric (mean over seeds ± stdev) and its rank on that task (1 = best); rows sorted by mean rank.", "",
+           *lines, "",
+           "Recipe of the first setting (learning rate, epochs, optimizer steps): " + "; ".join(
+               f"{t}: {recipe[t]['learning_rate']:g}, {recipe[t]['epochs']:g}, {recipe[t]['steps']}" for t in tasks)
+           + ".", "",
+           f"Best by mean rank: **{min(mean_rank, key=lambda k: (mean_rank[k], k))}**.", ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data, 2 tasks x 2 settings x 1 seed")
+    parser.add_argument("--tasks", help=f"comma list of {', '.join(TASKS)}")
+    parser.add_argument("--settings", help="comma list of setting names (default: all)")
+    parser.add_argument("--seeds", help="comma list of seeds (default 0,1,2; --quick: 0)")
+    parser.add_argument("--lm-model", default="smollm2-135m-instruct")
+    parser.add_argument("--cls-model", default="minilm-l6")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "defaults.md"))
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "defaults_study.json"),
+                        help="every run's figures (the table is computed from them)")
+    args = parser.parse_args(argv)
+    tasks = args.tasks.split(",") if args.tasks else (QUICK["tasks"] if args.quick else list(TASKS))
+    settings = args.settings.split(",") if args.settings else (QUICK["settings"] if args.quick else list(SETTINGS))
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else (QUICK["seeds"] if args.quick else [0, 1, 2])
+    models = {"lm": args.lm_model, "cls": args.cls_model}
+    started = time.perf_counter()
+    results: dict = {t: {s: [] for s in settings} for t in tasks}
+    with tempfile.TemporaryDirectory(prefix="defaults-study-") as work:
+        for t in tasks:
+            for s in settings:
+                for seed in seeds:
+                    r = run_one(TASKS[t], SETTINGS[s], models[TASKS[t].kind], seed, Path(work), args.quick)
+                    results[t][s].append(r)
+                    print(f"{t:10s} {s:28s} seed {seed}: {TASKS[t].metric} {r['value']:.4f} "
+                          f"({r['steps']} steps, {r['seconds']:.0f}s)", flush=True)
+    command = "python bench/defaults_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(results, tasks, settings, seeds, command.strip(), models, time.perf_counter() - started))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"command": command, "models": models, "results": results}, indent=1))
+    print(f"wrote {out} and {args.json}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The recipe a run trains with when the config leaves it open. training.learning_rate null: the method's own
+default rate (each method carries `default_lr`). training.epochs null: enough passes over a small data set to
+learn it, about TARGET_STEPS optimizer steps (at most MAX_EPOCHS passes), and one pass over a corpus that gives
+TARGET_STEPS steps or more by itself. Explicit keys always win. What was chosen and why goes to the log and to
+metrics.json's `recipe` block.
+
+    recipe = apply_recipe(cfg, n_train_examples, log)   # fills cfg.training in place; returns the recipe block
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from tuneforge.config.schema import Config
+from tuneforge.methods import METHODS
+from tuneforge.stage_info import stage_info
+
+# Measured by bench/defaults_study.py (docs/defaults.md): a 64-row fact set needed ~160 steps at batch 8 to be
+# learned whole; a 400-row classification set learned in 3 epochs (150 steps).
+TARGET_STEPS = 150
+MAX_EPOCHS = 20
+# Stages whose loss is a supervised objective over a fixed data set: the recipe sizes their epochs. Preference
+# and RL stages keep one pass (more passes over pairs / prompts overfit the reference or cost generations).
+SIZED_LOSS_UNITS = ("supervised_tokens", "samples")
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int, world_size: int = 1) -> int:
+    """Optimizer steps of one pass over `n_examples` (every process takes batch_size per micro-batch)."""
+    return max(1, math.ceil(n_examples / (batch_size * grad_accum * world_size)))
+
+
+def choose_epochs(n_examples: int, per_epoch: int, sized: bool) -> tuple[float, str]:
+    """(epochs, why) for a run that gave neither epochs nor max_steps."""
+    if not sized:
+        return 1.0, "one pass (this stage's epochs are not sized to the data)"
+    if per_epoch >= TARGET_STEPS:
+        return 1.0, (f"one pass: {n_examples} examples already give {per_epoch} optimizer steps "
+                     f"(>= {TARGET_STEPS})")
+    epochs = min(MAX_EPOCHS, math.ceil(TARGET_STEPS / per_epoch))
+    capped = f", capped at {MAX_EPOCHS} passes" if epochs == MAX_EPOCHS else ""
+    return float(epochs), (f"{n_examples} examples give {per_epoch} optimizer steps per pass; {epochs} passes "
+                           f"reach ~{epochs * per_epoch} steps (target {TARGET_STEPS}){capped}")
+
+
+def choose(cfg: Config, n_examples: int, world_size: int = 1) -> dict:
+    """The recipe block for `cfg` and a training set of `n_examples`, without changing cfg:
+    {"learning_rate": {"value", "source", "why"}, "epochs": {...}, "steps_per_epoch"}."""
+    t, method = cfg.training, METHODS[cfg.method.name]
+    if t.learning_rate is not None:
+        lr = {"value": t.learning_rate, "source": "config", "why": "training.learning_rate given"}
+    else:
+        lr = {"value": method.default_lr, "source": "method default",
+              "why": f"training.learning_rate not given: method {cfg.method.name}'s default rate"}
+    per_epoch = steps_per_epoch(n_examples, t.batch_size, t.grad_accum, world_size)
+    if t.epochs is not None:
+        epochs = {"value": t.epochs, "source": "config", "why": "training.epochs given"}
+    elif t.max_steps:
+        epochs = {"value": 1.0, "source": "max_steps", "why": f"training.max_steps={t.max_steps} sets the length"}
+    else:
+        sized = stage_info(cfg.stage).loss_unit in SIZED_LOSS_UNITS
+        value, why = choose_epochs(n_examples, per_epoch, sized)
+        epochs = {"value": value, "source": "data size", "why": why}
+    return {"learning_rate": lr, "epochs": epochs, "steps_per_epoch": per_epoch, "train_examples": n_examples}
+
+
+def rate_and_epochs(cfg: Config) -> tuple[float, float]:
+    """(learning rate, epochs) of cfg.training, open keys read as the method's default rate and one pass: for a
+    component called without a stage (which applies the recipe first), so it never sees None."""
+    t = cfg.training
+    lr = t.learning_rate if t.learning_rate is not None else METHODS[cfg.method.name].default_lr
+    return lr, (t.epochs if t.epochs is not None else 1.0)
+
+
+def apply_recipe(cfg: Config, n_examples: int, log: Callable[[str], None] = print, world_size: int = 1) -> dict:
+    """Fill the open keys of cfg.training (learning_rate, epochs) in place, log what was chosen and why, and
+    return the recipe block for metrics.json. The resolved values are what config.yaml saves, so a resumed run
+    and a rerun of that file use the same recipe."""
+    recipe = choose(cfg, n_examples, world_size)
+    cfg.training.learning_rate = recipe["learning_rate"]["value"]
+    cfg.training.epochs = recipe["epochs"]["value"]
+    for key in ("learning_rate", "epochs"):
+        part = recipe[key]
+        if part["source"] != "config":
+            log(f"recipe: training.{key}={part['value']:g} ({part['why']})")
+    return recipe

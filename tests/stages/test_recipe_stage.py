@@ -1,0 +1,43 @@
+"""A run with no learning rate and no epochs in its config (issue 20 items 2 and 5) trains at the method's
+default rate for as many passes as the recipe chose; the log, metrics.json, report.md and the saved config.yaml
+say what was chosen and why. Explicit keys win."""
+
+import json
+
+import yaml
+
+import tuneforge.train.recipe as recipe
+from tuneforge.methods import METHODS
+from tuneforge.stages import STAGES
+
+
+def test_open_rate_and_epochs_come_from_method_and_data(make_config, monkeypatch):
+    monkeypatch.setattr(recipe, "TARGET_STEPS", 20)  # keep the run short: 42 rows at batch 4 = 11 steps a pass
+    cfg = make_config(training__max_steps=None, training__learning_rate=None, eval__generate_samples=0,
+                      eval__before=False)
+    lines: list[str] = []
+    out = STAGES["sft"].run(cfg, lines.append)
+    metrics = json.loads((out / "metrics.json").read_text())
+    lr = METHODS["lora"].default_lr
+    assert metrics["recipe"]["learning_rate"] == {"value": lr, "source": "method default",
+                                                  "why": "training.learning_rate not given: method lora's default rate"}
+    assert metrics["recipe"]["epochs"]["value"] == 2.0 and metrics["recipe"]["epochs"]["source"] == "data size"
+    assert metrics["train"]["steps"] == 22
+    history = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert max(h["lr"] for h in history) <= lr and history[-1]["step"] == 22
+    saved = yaml.safe_load((out / "config.yaml").read_text())["training"]
+    assert (saved["learning_rate"], saved["epochs"]) == (lr, 2.0)  # a rerun of config.yaml trains the same
+    assert any(x.startswith("recipe: training.epochs=2 (42 examples give 11") for x in lines)
+    assert any(x.startswith(f"recipe: training.learning_rate={lr:g}") for x in lines)
+    report = (out / "report.md").read_text()
+    assert "## Recipe" in report and "method lora's default rate" in report
+
+
+def test_explicit_rate_and_epochs_win(make_config, tmp_path):
+    cfg = make_config(training__max_steps=None, training__learning_rate=1e-2, training__epochs=1,
+                      eval__generate_samples=0, eval__before=False)
+    lines: list[str] = []
+    out = STAGES["sft"].run(cfg, lines.append)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"]["learning_rate"]["source"] == metrics["recipe"]["epochs"]["source"] == "config"
+    assert metrics["train"]["steps"] == 11 and not any(x.startswith("recipe:") for x in lines)

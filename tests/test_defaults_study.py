@@ -1,0 +1,53 @@
+"""bench/defaults_study.py's smallest unit, in CI so the study cannot rot: two tasks x two settings x one seed on
+the tiny models, through the real stages; the table in the written markdown is computed from the runs' own
+metrics.json figures (kept in the JSON beside it)."""
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("defaults_study", ROOT / "bench" / "defaults_study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["defaults_study"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rank_shares_ties(study):
+    assert study.rank({"a": 0.9, "b": 0.5, "c": 0.9}, True) == {"a": 1.5, "c": 1.5, "b": 3}
+    assert study.rank({"a": 1.2, "b": 0.7}, False) == {"b": 1, "a": 2}
+
+
+def test_table_means_ranks_and_sorts(study):
+    results = {"facts": {"a": [{"value": 0.5}, {"value": 0.7}], "b": [{"value": 0.9}, {"value": 0.9}]},
+               "pretrain": {"a": [{"value": 1.0}], "b": [{"value": 2.0}]}}
+    lines, mean_rank = study.table(results, ["facts", "pretrain"], ["a", "b"])
+    assert mean_rank == {"a": 1.5, "b": 1.5}
+    assert lines[2] == "| a | 0.600 ±0.141 (2) | 1.000 (1) | 1.50 |"
+    assert lines[3] == "| b | 0.900 ±0.000 (1) | 2.000 (2) | 1.50 |"
+
+
+@pytest.mark.slow  # two tiny classify runs, recipe-sized (152 optimizer steps each): the study's CI unit
+def test_quick_unit_writes_the_table_from_real_runs(study, tiny_bert_dir, tmp_path):
+    out, js = tmp_path / "defaults.md", tmp_path / "defaults.json"
+    study.main(["--quick", "--tasks", "classify", "--settings", "defaults,lr x4", "--seeds", "0",
+                "--cls-model", str(tiny_bert_dir), "--out", str(out), "--json", str(js)])
+    results = json.loads(js.read_text())["results"]["classify"]
+    md = out.read_text()
+    assert "python bench/defaults_study.py --quick --tasks classify" in md
+    for setting in ("defaults", "lr x4"):
+        (run,) = results[setting]
+        assert 0.0 <= run["value"] <= 1.0 and run["steps"] == 152 and run["epochs"] == 19
+        row = next(line for line in md.splitlines() if line.startswith(f"| {setting} |"))
+        value = float(re.match(r"([0-9.]+)", row.strip("|").split("|")[1].strip()).group(1))
+        assert value == pytest.approx(run["value"], abs=1e-3)  # the cell is the run's own metrics.json figure
+    assert results["lr x4"][0]["learning_rate"] == pytest.approx(4 * results["defaults"][0]["learning_rate"])

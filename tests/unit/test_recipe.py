@@ -1,0 +1,70 @@
+"""The recipe rule (train/recipe.py, issue 20 items 2 and 5): a learning rate left open is the method's own
+default; epochs left open give a small data set ~TARGET_STEPS optimizer steps (at most MAX_EPOCHS passes) and a
+large corpus one pass; explicit keys win; preference / RL stages keep one pass."""
+
+import pytest
+
+from tuneforge.config.schema import TrainingConfig
+from tuneforge.methods import METHODS
+from tuneforge.train.recipe import MAX_EPOCHS, TARGET_STEPS, apply_recipe, choose, choose_epochs, steps_per_epoch
+
+
+def test_schema_leaves_rate_and_epochs_open():
+    t = TrainingConfig()
+    assert t.learning_rate is None and t.epochs is None
+
+
+def test_steps_per_epoch_counts_optimizer_steps():
+    assert steps_per_epoch(64, 8, 1) == 8
+    assert steps_per_epoch(65, 8, 1) == 9
+    assert steps_per_epoch(64, 4, 2, world_size=2) == 4
+    assert steps_per_epoch(3, 8, 1) == 1
+
+
+@pytest.mark.parametrize("rows, batch, want", [
+    (64, 8, 19),  # the issue's 64-row fact set: 8 steps a pass -> 19 passes, 152 steps
+    (300, 8, 4),  # a few hundred rows: 38 steps a pass -> 4 passes
+    (400, 8, 3),  # the 400-row classification set: 50 steps a pass -> 3 passes
+    (1200, 8, 1),  # >= TARGET_STEPS a pass: one pass
+    (100_000, 8, 1),  # a large corpus: one pass
+    (10, 8, MAX_EPOCHS),  # tiny: capped
+])
+def test_epochs_fit_the_data(rows, batch, want):
+    per_epoch = steps_per_epoch(rows, batch, 1)
+    epochs, why = choose_epochs(rows, per_epoch, sized=True)
+    assert epochs == want
+    assert f"{rows} examples" in why
+    if want > 1:
+        assert want * per_epoch >= TARGET_STEPS or want == MAX_EPOCHS
+        assert (want - 1) * per_epoch < TARGET_STEPS
+
+
+def test_unsized_stages_keep_one_pass():
+    assert choose_epochs(64, 8, sized=False)[0] == 1.0
+
+
+def test_open_keys_are_chosen_and_said(make_config):
+    cfg = make_config(method={"name": "full"}, training__max_steps=None, training__learning_rate=None,
+                      training__batch_size=8)
+    lines: list[str] = []
+    recipe = apply_recipe(cfg, 64, lines.append)
+    assert cfg.training.learning_rate == METHODS["full"].default_lr and cfg.training.epochs == 19.0
+    assert recipe["learning_rate"] == {"value": METHODS["full"].default_lr, "source": "method default",
+                                       "why": "training.learning_rate not given: method full's default rate"}
+    assert recipe["epochs"]["source"] == "data size" and recipe["steps_per_epoch"] == 8
+    assert any("training.learning_rate=5e-05" in x for x in lines) and any("training.epochs=19" in x for x in lines)
+
+
+def test_explicit_keys_win(make_config):
+    cfg = make_config(training__max_steps=None, training__learning_rate=1e-3, training__epochs=2)
+    lines: list[str] = []
+    recipe = apply_recipe(cfg, 64, lines.append)
+    assert (cfg.training.learning_rate, cfg.training.epochs) == (1e-3, 2)
+    assert recipe["learning_rate"]["source"] == recipe["epochs"]["source"] == "config" and lines == []
+    steps = choose(make_config(training__max_steps=30, training__learning_rate=None), 10_000)
+    assert steps["epochs"]["source"] == "max_steps" and steps["learning_rate"]["value"] == METHODS["lora"].default_lr
+
+
+def test_preference_stage_keeps_one_pass(make_config):
+    cfg = make_config(stage="dpo", training__max_steps=None)
+    assert choose(cfg, 64)["epochs"]["value"] == 1.0
