@@ -91,6 +91,9 @@ class TrainingConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
+    # Under torchrun / --nproc: ddp = every rank holds the whole model; fsdp = torch's fully_shard (FSDP2):
+    # parameters, gradients and optimizer states split over the ranks (docs/distributed.md).
+    distributed: Literal["ddp", "fsdp"] = "ddp"
     eval_steps: int | None = Field(None, ge=1)
     save_steps: int | None = Field(None, ge=1)
     save_total_limit: int = Field(2, ge=1)
