@@ -12,6 +12,7 @@
     tuneforge serve RUN_DIR|MODEL [--host --port --api-key]          (tuneforge.inference.cli)
     tuneforge eval RUN_DIR|MODEL --data FILE      (tuneforge.evaluation.cli)
     tuneforge export RUN_DIR --format gguf        (tuneforge.export.cli)
+    tuneforge studio [--host --port --runs-dir --api-key]   (tuneforge.studio.cli)
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # Subcommands that live beside their feature. Each module has `register(sub)`, which adds its parser(s)
 # with `set_defaults(fn=...)` and keeps heavy imports inside the command function.
 COMMAND_MODULES: tuple[str, ...] = ("tuneforge.evaluation.cli", "tuneforge.export.cli", "tuneforge.inference.cli",
-                                     "tuneforge.datatools.cli", "tuneforge.hpo.cli")
+                                     "tuneforge.datatools.cli", "tuneforge.hpo.cli", "tuneforge.studio.cli")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -178,7 +178,7 @@ def train_ppo(policy: PolicyWithValue, tokenizer, examples: list[PromptExample],
             state.tokens_seen += update["tokens"]
             record = rollout_record(state.step, rollout, update, coef, kl_ctl.coef, scheduler.get_last_lr()[0],
                                     {"seconds": done - started, "rollout_seconds": collected - started})
-            state.history.append(record)
+            writer.add_step(state.history, **record)
             for key, value in record.items():
                 if key != "step":
                     writer.add_scalar(f"ppo/{key}", value, state.step)

@@ -138,8 +138,8 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                 state.tokens_seen += n_tok
                 supervised_seen += n_sup
                 lr = scheduler.get_last_lr()[0]
-                state.history.append({"step": state.step, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
-                                      "tokens": n_tok, "supervised_tokens": n_sup, "seconds": elapsed})
+                writer.add_step(state.history, step=state.step, loss=step_loss, lr=lr, grad_norm=float(grad_norm),
+                                tokens=n_tok, supervised_tokens=n_sup, seconds=elapsed)
                 if state.step % t.logging_steps == 0:
                     writer.add_scalar("train/loss", step_loss, state.step)
                     writer.add_scalar("train/lr", lr, state.step)

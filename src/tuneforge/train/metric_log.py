@@ -7,17 +7,28 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 from tuneforge.config.schema import Config
+from tuneforge.fsutil import write_text_atomic
 from tuneforge.secrets import redact_config
 from tuneforge.train import distributed as ddp
 
 
 class MetricLog:
-    def __init__(self, sinks: list[tuple[Callable[[str, float, int], None], Callable[[], None]]]) -> None:
-        self.sinks = sinks
+    def __init__(self, sinks: list[tuple[Callable[[str, float, int], None], Callable[[], None]]],
+                 live: Path | None = None) -> None:
+        self.sinks, self.live = sinks, live
+
+    def add_step(self, history: list[dict], **entry) -> None:
+        """Append one step's record to `history` and (rank 0) to output_dir/train_log.jsonl as it happens, so
+        `tuneforge studio` or `tail -f` follow a run live; the stage rewrites the file whole when it finishes."""
+        history.append(entry)
+        if self.live is not None:
+            with self.live.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
 
     def add_scalar(self, name: str, value: float, step: int) -> None:
         for write, _ in self.sinks:
@@ -56,4 +67,19 @@ def open_metric_log(cfg: Config, output_dir: Path, purge_step: int | None) -> Me
         sinks.append((writer.add_scalar, writer.close))
     if "mlflow" in cfg.training.report_to:
         sinks.append(_mlflow_sink(cfg, output_dir))
-    return MetricLog(sinks)
+    return MetricLog(sinks, _start_live_log(output_dir / "train_log.jsonl", purge_step))
+
+
+def _start_live_log(path: Path, purge_step: int | None) -> Path:
+    """The live train_log.jsonl from here on: a new run starts it empty; a resumed one keeps the steps before
+    `purge_step` (a killed attempt may have logged steps after its last checkpoint)."""
+    kept = []
+    if purge_step is not None and path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] < purge_step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+                continue
+    write_text_atomic(path, "".join(kept))
+    return path
