@@ -16,6 +16,7 @@ from tuneforge.config.load import dump_config
 from tuneforge.data.classify import ClsExample
 from tuneforge.data.dataset import load_checked_records, load_train_eval_records
 from tuneforge.data.dpo_pairs import DpoExample, load_dpo_examples
+from tuneforge.data.kto_rows import KtoExample
 from tuneforge.data.preference import PairExample, load_pair_examples
 from tuneforge.data.stage_data import EXAMPLE_BUILDERS, counts_line, load_stage_data, load_stage_examples
 from tuneforge.data.templates import Example
@@ -42,6 +43,9 @@ def _rows(stage: str, seed: int) -> list[dict]:
         pairs = [{"prompt": q, "chosen": a, "rejected": "no ."} for q, a in QA]
         return [*pairs, {"prompt": "say yes", "chosen": "yes", "rejected": " yes "}, {"prompt": LONG, "chosen": "a",
                                                                                      "rejected": "b"}]
+    if kind == "kto":  # the pairs' rows: chosen true, rejected false
+        rows = [{"prompt": q, "completion": c, "label": c == a} for q, a in QA for c in (a, "no .")]
+        return [*rows, {"prompt": LONG, "completion": "a", "label": True}]
     return [*({"prompt": q, "answer": a} for q, a in QA), {"prompt": LONG, "answer": "x"}]
 
 
@@ -67,7 +71,8 @@ def _validate(cfg, tmp_path: Path, capsys) -> tuple[int, str, str]:
 
 
 EXAMPLE_TYPES = {"sft": Example, "pretrain": Example, "classify": ClsExample, "reward": PairExample,
-                 "dpo": DpoExample, "ppo": PromptExample, "grpo": PromptExample}
+                 "dpo": DpoExample, "ppo": PromptExample, "grpo": PromptExample, "kto": KtoExample,
+                 "orpo": DpoExample, "simpo": DpoExample, "cpo": DpoExample}
 
 
 @pytest.mark.parametrize("stage", list(STAGE_INFO))
