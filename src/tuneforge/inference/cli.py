@@ -1,6 +1,6 @@
 """`tuneforge chat` and `tuneforge serve`: argument parsing only; the work is in chat.py and server.py.
 
-    tuneforge chat runs/quickstart [--system TEXT] [--max-tokens N] [--temperature T]
+    tuneforge chat runs/quickstart [--system TEXT] [--max-tokens N] [--temperature T] [--tools TOOLS.json]
     tuneforge serve runs/quickstart [--host 127.0.0.1] [--port 8000] [--api-key KEY]
 """
 
@@ -40,8 +40,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ConfigError("--temperature must be >= 0 and --top-p in (0, 1]")
+    tools = _tools(args.tools) if args.tools else None
     engine = _engine(args)
-    return run_chat(engine, Params(engine.max_new_tokens, args.temperature, args.top_p, args.seed))
+    return run_chat(engine, Params(engine.max_new_tokens, args.temperature, args.top_p, args.seed), tools=tools)
+
+
+def _tools(path: str) -> list:
+    """--tools FILE: a JSON function list (OpenAI's shape), checked before the model loads."""
+    import json
+
+    from tuneforge.data.tools import check_tools
+    from tuneforge.errors import ConfigError
+
+    try:
+        raw = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--tools {path}: cannot read a JSON function list ({exc})") from None
+    issues: list = []
+    tools = check_tools(raw, issues)
+    if tools is None:
+        raise ConfigError(f"--tools {path}: {issues[0].message}")
+    return tools
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -66,6 +85,8 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--tools", default=None, metavar="TOOLS.json",
+                   help="a JSON function list shown to the model; its calls are printed, /tool RESULT answers")
     p.set_defaults(fn=cmd_chat)
 
     p = sub.add_parser("serve", help="serve a run or model over an OpenAI-compatible HTTP API",

@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+from tuneforge.data.fields import Issue
 from tuneforge.data.formats import ROLES, Messages
 from tuneforge.data.templates import apply_template, build_prompt_ids, encode_text, render
+from tuneforge.data.tools import tool_messages
 from tuneforge.errors import ModelError, UserError
 from tuneforge.stage_info import STAGE_INFO, stage_info
 
@@ -103,16 +105,17 @@ class Engine:
             return [{"role": "system", "content": self.system_prompt}, *messages]
         return list(messages)
 
-    def chat_prompt(self, messages: Messages) -> str:
-        check_messages(messages)
-        return render(self.tokenizer, self.with_system(messages), add_generation_prompt=True)
+    def chat_prompt(self, messages: Messages, tools: list | None = None) -> str:
+        messages, tools = check_messages(messages, tools)
+        return render(self.tokenizer, self.with_system(messages), add_generation_prompt=True, tools=tools)
 
-    def chat_prompt_ids(self, messages: Messages) -> list[int]:
+    def chat_prompt_ids(self, messages: Messages, tools: list | None = None) -> list[int]:
         """Token ids of the prompt for the next assistant turn, tokenized piece by piece as in training
-        (`build_prompt_ids`); control tokens inside the messages are plain text, always."""
-        check_messages(messages)
+        (`build_prompt_ids`); control tokens inside the messages (and tools) are plain text, always. `tools`:
+        OpenAI's function list, rendered by the chat template (a template that cannot is a RequestError)."""
+        messages, tools = check_messages(messages, tools)
         try:
-            return build_prompt_ids(self.tokenizer, self.with_system(messages), "request")
+            return build_prompt_ids(self.tokenizer, self.with_system(messages), "request", tools=tools)
         except UserError as exc:
             raise RequestError(str(exc), param="messages") from None
 
@@ -159,10 +162,24 @@ class Engine:
         return Result("".join(streamer.parts), len(prompt_ids), len(ids), reason)
 
 
-def check_messages(messages: Messages) -> None:
-    """OpenAI-style messages reduced to what a chat template takes: roles we train, string contents."""
+def check_messages(messages: Messages, tools: list | None = None) -> tuple[Messages, list | None]:
+    """OpenAI-style messages reduced to what a chat template takes: roles we train, string contents; with tools
+    or tool turns, checked as tool rows are (data.tools: calls to known functions, arguments JSON objects, tool
+    results after a call). Returns the (normalised) messages and tools."""
     if not messages:
         raise RequestError("messages must be a non-empty list", param="messages")
+    if tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+        issues: list[Issue] = []
+        checked, checked_tools = tool_messages({"messages": messages, **({"tools": tools} if tools else {})},
+                                               issues, need_assistant=False)
+        if issues:
+            param = "tools" if issues[0].kind == "bad_tools" else "messages"
+            raise RequestError(issues[0].message, param=param)
+        assert checked is not None
+        if checked[-1]["role"] == "assistant":
+            raise RequestError("the last message must not be the assistant's: there is nothing to answer",
+                               param="messages")
+        return checked, checked_tools
     for i, m in enumerate(messages):
         if m.get("role") not in ROLES:
             raise RequestError(f"messages[{i}].role must be one of {sorted(ROLES)}, got {m.get('role')!r}",
@@ -174,6 +191,7 @@ def check_messages(messages: Messages) -> None:
     if messages[-1]["role"] == "assistant":
         raise RequestError("the last message must not be the assistant's: there is nothing to answer",
                            param="messages")
+    return messages, None
 
 
 def _as_list(value) -> list:

@@ -13,10 +13,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneforge.data.tools import parse_tool_calls
 from tuneforge.inference.engine import RequestError, Result
 
 # Fields clients may send that would change the answer in ways we do not implement: refused, never ignored.
-UNSUPPORTED = ("stop", "tools", "functions", "tool_choice", "logprobs", "top_logprobs", "logit_bias",
+# `tools` and `tool_choice` ("auto" / "none") are ChatRequest fields (data.tools: rendered by the chat template,
+# calls parsed back from `<tool_call>` blocks).
+UNSUPPORTED = ("stop", "functions", "function_call", "logprobs", "top_logprobs", "logit_bias",
                "response_format", "echo", "suffix", "best_of", "presence_penalty", "frequency_penalty")
 
 
@@ -26,12 +29,26 @@ class TextPart(BaseModel):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. "name"
+    model_config = ConfigDict(extra="ignore")
     role: str
-    content: str | list[TextPart]
+    content: str | list[TextPart] | None = None  # None: an assistant turn that only calls tools
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def to_dict(self) -> dict:
+        """The message as the chat template takes it; call arguments stay as sent (the engine parses them)."""
+        out: dict = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.role == "tool":
+            out.update({k: v for k, v in (("tool_call_id", self.tool_call_id), ("name", self.name)) if v})
+        return out
 
 
 class StreamOptions(BaseModel):
@@ -62,9 +79,18 @@ class _Request(BaseModel):
 class ChatRequest(_Request):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
 
-    def to_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+    def to_messages(self) -> list[dict]:
+        return [m.to_dict() for m in self.messages]
+
+    def tool_list(self) -> list[dict] | None:
+        """The tools the model is shown: none for tool_choice "none"; forcing a call is not implemented."""
+        if self.tool_choice not in (None, "auto", "none"):
+            raise RequestError("tool_choice: only 'auto' and 'none' are supported", param="tool_choice",
+                               code="unsupported")
+        return self.tools if self.tools and self.tool_choice != "none" else None
 
 
 class CompletionRequest(_Request):
@@ -91,10 +117,30 @@ def _envelope(rid: str, obj: str, model: str, choices: list[dict], **extra: Any)
     return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": choices, **extra}
 
 
-def chat_response(rid: str, model: str, result: Result) -> dict:
-    choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
-              "finish_reason": result.finish_reason}
+def assistant_message(result: Result, tools: bool) -> tuple[dict, str]:
+    """(message, finish_reason): with tools, `<tool_call>` blocks in the text become `tool_calls`."""
+    content, calls = parse_tool_calls(result.text) if tools else (result.text, [])
+    if not calls:
+        return {"role": "assistant", "content": result.text}, result.finish_reason
+    calls = [{"id": new_id("call"), **c} for c in calls]
+    reason = "tool_calls" if result.finish_reason == "stop" else result.finish_reason
+    return {"role": "assistant", "content": content or None, "tool_calls": calls}, reason
+
+
+def chat_response(rid: str, model: str, result: Result, tools: bool = False) -> dict:
+    message, reason = assistant_message(result, tools)
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
     return _envelope(rid, "chat.completion", model, [choice], usage=usage(result))
+
+
+def tool_chunks(rid: str, model: str, result: Result) -> list[dict]:
+    """A streamed reply to a request with tools, sent once generation ends (calls are only known then): the
+    content and the calls in one delta, then the finish reason."""
+    message, reason = assistant_message(result, True)
+    delta = {"content": message["content"]}
+    if message.get("tool_calls"):
+        delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
+    return [chat_chunk(rid, model, delta), chat_chunk(rid, model, {}, reason)]
 
 
 def completion_response(rid: str, model: str, result: Result) -> dict:

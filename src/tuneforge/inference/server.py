@@ -179,7 +179,9 @@ async def _result(job: Job) -> Result:
         job.cancel.set()  # no-op when finished; stops the generation when the client disconnected
 
 
-async def _stream(job: Job, rid: str, model: str, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(job: Job, rid: str, model: str, chat: bool, include_usage: bool,
+                  tools: bool = False) -> AsyncIterator[str]:
+    """Server-sent events; with tools the reply comes in one delta at the end (calls are parsed from the whole)."""
     obj = "chat.completion.chunk" if chat else "text_completion"
     try:
         if chat:
@@ -187,11 +189,14 @@ async def _stream(job: Job, rid: str, model: str, chat: bool, include_usage: boo
         while True:
             kind, value = await job.events.get()
             if kind == "text":
-                yield p.sse(p.chat_chunk(rid, model, {"content": value}) if chat
-                            else p.completion_chunk(rid, model, value))
+                if not tools:
+                    yield p.sse(p.chat_chunk(rid, model, {"content": value}) if chat
+                                else p.completion_chunk(rid, model, value))
             elif kind == "done":
-                yield p.sse(p.chat_chunk(rid, model, {}, value.finish_reason) if chat
-                            else p.completion_chunk(rid, model, "", value.finish_reason))
+                for chunk in (p.tool_chunks(rid, model, value) if tools else
+                              [p.chat_chunk(rid, model, {}, value.finish_reason) if chat
+                               else p.completion_chunk(rid, model, "", value.finish_reason)]):
+                    yield p.sse(chunk)
                 if include_usage:
                     yield p.sse(p.usage_chunk(rid, obj, model, value))
                 break
@@ -223,7 +228,8 @@ def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 16) 
         if req.model != engine.name:
             raise RequestError(f"model {req.model!r} does not exist; this server serves {engine.name!r}",
                                status=404, param="model", code="model_not_found")
-        prompt_ids = engine.chat_prompt_ids(req.to_messages()) if chat else engine.text_prompt_ids(req.text())
+        tools = req.tool_list() if chat else None
+        prompt_ids = engine.chat_prompt_ids(req.to_messages(), tools) if chat else engine.text_prompt_ids(req.text())
         limit = (req.max_completion_tokens if chat else None) or req.max_tokens or engine.max_new_tokens
         params = Params(limit, req.temperature or 0.0, req.top_p or 1.0, req.seed)
         engine.check(prompt_ids, params.max_new_tokens, "messages" if chat else "prompt")
@@ -231,10 +237,12 @@ def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 16) 
         worker.submit(job)
         rid = p.new_id("chatcmpl" if chat else "cmpl")
         if req.stream:
-            return StreamingResponse(_stream(job, rid, engine.name, chat, req.include_usage),
+            return StreamingResponse(_stream(job, rid, engine.name, chat, req.include_usage, bool(tools)),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         result = await _result(job)
-        return (p.chat_response if chat else p.completion_response)(rid, engine.name, result)
+        if chat:
+            return p.chat_response(rid, engine.name, result, bool(tools))
+        return p.completion_response(rid, engine.name, result)
 
     @app.get("/v1/models")
     async def models() -> dict:
