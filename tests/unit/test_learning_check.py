@@ -65,6 +65,7 @@ def test_low_loss_or_short_curve_is_not_judged():
 
 def test_eval_metric_still_rising_warns():
     evals = [{"step": 10, "accuracy": 0.6}, {"step": 20, "accuracy": 0.7}, {"step": 30, "accuracy": 0.8}]
+    evals = [{**e, "loss": 0.5} for e in evals]  # a flat eval loss: the task metric is read first
     verdict = check_learning(_curve(_plateau()), evals, metric_names=("loss", "accuracy"))
     assert verdict["under_learned"] is True and verdict["eval"]["metric"] == "accuracy"
     assert "eval accuracy still improving" in verdict["reasons"][0] and "0.6 -> 0.7 -> 0.8" in verdict["reasons"][0]

@@ -46,9 +46,11 @@ def loss_trend(history: list[dict]) -> dict | None:
 
 
 def eval_trend(evals: list[dict], metric_names: Sequence[str]) -> dict | None:
-    """The first of `metric_names` the evaluations carry, at the last three evaluations, and whether it
-    improved at each of the last two by at least EVAL_GAIN (loss: lower is better; the others: higher)."""
-    for name in metric_names:
+    """The first of `metric_names` the evaluations carry at three evaluations or more (a task metric before the
+    loss), its last three values, and whether it improved at each of the last two by at least EVAL_GAIN (loss:
+    lower is better; the others: higher)."""
+    ordered = [m for m in metric_names if m not in ("loss", "perplexity")] + [m for m in metric_names if m == "loss"]
+    for name in ordered:
         values = [e[name] for e in evals if isinstance(e.get(name), (int, float)) and math.isfinite(e[name])]
         if len(values) < 3:
             continue
