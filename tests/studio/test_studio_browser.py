@@ -1,8 +1,9 @@
 """tuneforge studio in a real headless Chromium (Debian's `chromium`, driven by Playwright), against a real
 `tuneforge studio` process and real `tuneforge train` processes on the tiny model: a bad data file's line numbers
-before launch, a field error, an sft run created from the form, its curve gaining points, the studio killed mid-run
-(the run goes on; a restarted studio shows it live), stop (a complete checkpoint), resume to the end, and a compare
-with a run started from the command line. Screenshots go to docs/images/studio_*.png (docs/studio.md).
+before launch, a field error, an sft run created from the form, its curve gaining points, the browser closed and the
+studio killed mid-run (the run goes on; a restarted studio shows it live), stop (a complete checkpoint), resume to
+the end, a compare with a run started from the command line, and a chat with the run beside its base. Screenshots
+go to docs/images/studio_*.png (docs/studio.md).
 
 Chromium is not optional here: without it (or Playwright) these tests FAIL with what to install; `make setup`
 installs it with apt-get when run as root. TUNEFORGE_SKIP_BROWSER=1 skips them, and only when asked explicitly.
@@ -105,6 +106,7 @@ def _shot(page, name: str) -> None:
 
 def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, tmp_path, tiny_model_dir, sft_run):
     train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny.toy_sft_rows(42))
+    held_out = tiny.write_jsonl(tmp_path / "eval.jsonl", tiny.toy_sft_rows(7, seed=1))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "say hi", "output": "hi"}\n{"instruction": "say bye", "output": }\n'
                    '{"instruction": "", "output": "ok"}\n{"messages": [{"role": "user", "content": "hi"}]}\n')
@@ -130,6 +132,7 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         _shot(page, "data_check")
         # 2. the good file, an invalid training key shown at its field, then fixed
         page.fill("#f-train", str(train))
+        page.fill("#f-data-eval", str(held_out))
         page.wait_for_function("document.querySelector('#data-summary')?.textContent.includes('0 error(s)')")
         page.click("summary:text('training')")
         page.fill("#f-training-batch_size", "0")
@@ -155,15 +158,20 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         seen = _points(page)
         _wait(lambda: _points(page) > seen, 60, "more steps on the curve")
         _shot(page, "run_live")
-        # 4. the studio dies; the run goes on; a new studio shows it live
+        # 4. the browser closes, then the studio dies; the run goes on; a new studio shows it live
         state = json.loads((tmp_path / "runs" / ".studio" / "first" / "state.json").read_text())
-        studio.kill()
         log = tmp_path / "runs" / "first" / "train_log.jsonl"
+        page.close()
+        before = len(log.read_text().splitlines())
+        _wait(lambda: len(log.read_text().splitlines()) > before + 2, 60, "steps logged with no browser open")
+        studio.kill()
         before = len(log.read_text().splitlines())
         _wait(lambda: len(log.read_text().splitlines()) > before + 2, 60, "steps logged while no studio runs")
         os.kill(state["pid"], 0)  # still there
         studio.start()
-        page.reload()
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(studio.url + "#runs")
         page.wait_for_selector("body[data-ready='1']")
         page.click("#runs-table tr[data-run='first']")
         page.wait_for_selector("#run-status:text('running')")
@@ -193,6 +201,18 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         assert page.locator("#compare-chart svg path.line").count() == 2
         assert "eval_after.loss" in page.inner_text("#compare-view table.metrics")
         _shot(page, "compare")
+        assert page.inner_text("#compare-view table.metrics").count("eval_after.loss") == 1
+        # 8. chat with the finished run and its base, side by side
+        page.click("button[data-tab='chat']")
+        page.wait_for_selector("#chat-run option[value='first']", state="attached")
+        page.select_option("#chat-run", "first")
+        page.fill("#chat-max", "12")
+        page.fill("#chat-input", "what color is the sky ?")
+        page.click("#chat-send")
+        page.wait_for_selector("#chat-tuned .msg.assistant", timeout=60_000)
+        assert page.locator("#chat-base .msg.assistant").count() == 1
+        assert page.inner_text("#chat-tuned .msg.user") == "what color is the sky ?"
+        _shot(page, "chat")
         assert errors == []
     finally:
         page.close()

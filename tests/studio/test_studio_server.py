@@ -172,3 +172,34 @@ def test_the_live_log_of_a_resumed_run_drops_steps_after_its_checkpoint(tmp_path
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3, 4] and len(history) == 1
     MetricLog([], _start_live_log(log, purge_step=None))  # a new run starts it empty
     assert log.read_text() == ""
+
+
+def test_chat_answers_as_the_run_and_its_base_did_in_its_own_evaluation(studio, tmp_path, sft_run):
+    """Both sides get the run's template and system prompt: greedy replies equal generations.jsonl's base and
+    tuned answers, which the run's own evaluation generated."""
+    shutil.copytree(sft_run, tmp_path / "runs" / "done")
+    rows = [json.loads(x) for x in (sft_run / "generations.jsonl").read_text().splitlines()][:2]
+    with studio() as client:
+        for row in rows:
+            messages = [{"role": "user", "content": row["question"]}]
+            r = client.post("/api/runs/done/chat", json={"base": messages, "tuned": messages, "max_new_tokens": 12})
+            assert r.status_code == 200, r.text
+            assert (r.json()["base"]["text"], r.json()["tuned"]["text"]) == (row["base"], row["tuned"])
+        bad = client.post("/api/runs/done/chat", json={"tuned": [{"role": "robot", "content": "hi"}]})
+        assert bad.status_code == 400 and "role" in bad.json()["error"]
+
+
+def test_memory_per_method_is_plans_estimate_for_the_stage(studio, tiny_model_dir):
+    from tuneforge.plan import estimate, load_arch_config
+
+    form = {"model": str(tiny_model_dir), "stage": "classify", "training.batch_size": "2", "training.max_length": "64",
+            "training.precision": "fp32"}
+    with studio() as client:
+        plan = client.post("/api/plan", json=form).json()
+        outside = client.post("/api/plan", json={**form, "model": "/etc"})
+    assert [r["method"] for r in plan["rows"]] == [m for m, x in METHODS.items() if "classify" in x.stages]
+    lora = next(r for r in plan["rows"] if r["method"] == "lora")
+    want = estimate(load_arch_config(str(tiny_model_dir)), "lora", batch_size=2, seq_len=64, precision="fp32",
+                    classifier=True)
+    assert lora["gib"] == pytest.approx(want["gib"]["total"]) and lora["fits"] and plan["budget_gib"] > 0
+    assert outside.status_code == 400

@@ -23,12 +23,15 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException
 
 from tuneforge.errors import UserError
+from tuneforge.studio.chat import ChatPool
 from tuneforge.studio.data_view import preview_data
 from tuneforge.studio.form import form_schema, validate_form
 from tuneforge.studio.manager import RunManager
+from tuneforge.studio.plan_view import plan_methods
 
 STATIC = Path(__file__).parent / "static"
-ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "chart.js": "text/javascript"}
+ASSETS = {"app.js": "text/javascript", "panels.js": "text/javascript", "chart.js": "text/javascript",
+          "style.css": "text/css"}
 COOKIE = "tuneforge_studio_key"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "testserver")
 
@@ -104,6 +107,7 @@ def create_app(runs_dir: Path, roots: list[Path] | None = None, api_key: str | N
     guard = PathGuard([*(roots or [Path.cwd()]), runs_dir])
     stopping = threading.Event()
     schema = form_schema()
+    chats = ChatPool()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -197,6 +201,29 @@ def create_app(runs_dir: Path, roots: list[Path] | None = None, api_key: str | N
         if steps not in (None, "") and (not str(steps).isdigit() or int(steps) < 1):
             raise UserError(f"key 'training.max_steps': expected a whole number >= 1 (got {str(steps)[:40]!r})")
         return manager.resume(name, int(steps) if steps not in (None, "") else None)
+
+    @app.post("/api/plan")
+    def plan(form: dict[str, Any]) -> dict[str, Any]:
+        model = str(form.get("model") or "").strip()
+        if not model:
+            raise UserError("give a model to estimate its memory")
+        guard.check("model", model)
+        try:
+            batch, length = int(form.get("training.batch_size") or 8), int(form.get("training.max_length") or 1024)
+        except ValueError:
+            raise UserError("training.batch_size and training.max_length must be whole numbers") from None
+        return plan_methods(model, str(form.get("stage") or "sft"), batch_size=batch, max_length=length,
+                            precision=str(form.get("training.precision") or "auto"),
+                            gradient_checkpointing=str(form.get("training.gradient_checkpointing")) == "true")
+
+    @app.post("/api/runs/{name}/chat")
+    def chat(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        conversations = {side: body.get(side) for side in ("base", "tuned") if isinstance(body.get(side), list)}
+        try:
+            max_new_tokens, temperature = int(body.get("max_new_tokens") or 64), float(body.get("temperature") or 0)
+        except (TypeError, ValueError):
+            raise UserError("max_new_tokens must be a whole number and temperature a number") from None
+        return chats.reply(manager.run_dir(name), conversations, max_new_tokens, temperature)
 
     return app
 

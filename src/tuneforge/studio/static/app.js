@@ -79,6 +79,7 @@ function buildForm() {
   $("#form").addEventListener("input", e => { if (e.target.dataset.key === "data.train") checkDataSoon(); changed(); });
   $("#form").addEventListener("change", changed);
   $("#launch").addEventListener("click", launch);
+  $("#plan").addEventListener("click", estimateMemory);
   fillMethods();
 }
 
@@ -153,7 +154,9 @@ async function checkData() {
   for (const f of data.findings) {
     const li = el("li", {class: f.severity}, el("b", {text: `${f.severity} · ${f.kind} (${f.count}): `}), f.description);
     const ul = el("ul");
-    f.examples.slice(0, 8).forEach(e => ul.append(el("li", {class: "loc", "data-line": e.line ?? "", text: e.text})));
+    const short = t => t.split(data.path).join(data.path.split("/").pop());
+    f.examples.slice(0, 5).forEach(e => ul.append(el("li", {class: "loc", "data-line": e.line ?? "", text: short(e.text)})));
+    if (f.count > 5) ul.append(el("li", {class: "muted", text: `... ${f.count - 5} more`}));
     li.append(ul);
     problems.append(li);
   }
@@ -189,6 +192,7 @@ async function refreshRuns() {
   const models = RUNS.filter(r => r.status === "finished").map(r => `${SCHEMA.runs_dir}/${r.name}`);
   $("#models").replaceChildren(...[...SCHEMA.aliases, ...models].map(v => el("option", {value: v})));
   fillCompare();
+  fillChatRuns();
   if (CURRENT) await showRun(CURRENT);
 }
 
@@ -279,6 +283,10 @@ async function main() {
   buildForm();
   document.querySelectorAll(".tab").forEach(b => b.addEventListener("click", () => show(b.dataset.tab)));
   ["#cmp-a", "#cmp-b"].forEach(s => $(s).addEventListener("change", compare));
+  $("#chat-form").addEventListener("submit", sendChat);
+  const resetChat = () => { CHAT = {base: [], tuned: []}; drawChat(); };
+  $("#chat-reset").addEventListener("click", resetChat);
+  $("#chat-run").addEventListener("change", resetChat);
   show((location.hash || "#new").slice(1));
   setInterval(() => { if (!$("#tab-runs").hidden) refreshRuns(); }, 1000);
   validate();

@@ -1,0 +1,53 @@
+// tuneforge studio: the chat panel (a finished run and its base side by side, POST /api/runs/NAME/chat) and the
+// memory-per-method panel (POST /api/plan). Uses app.js's helpers ($, el, api, formValues) and its RUNS / SCHEMA.
+"use strict";
+
+let CHAT = {base: [], tuned: []};
+
+function fillChatRuns() {
+  const sel = $("#chat-run"), old = sel.value;
+  const ok = RUNS.filter(r => r.status === "finished" && SCHEMA.stages[r.stage]?.model_kind === "causal_lm");
+  sel.replaceChildren(...ok.map(r => el("option", {value: r.name, text: r.name})));
+  if (ok.some(r => r.name === old)) sel.value = old;
+}
+
+function drawChat() {
+  for (const side of ["base", "tuned"])
+    $(`#chat-${side}`).replaceChildren(...CHAT[side].map(m => el("div", {class: `msg ${m.role}`, text: m.content})));
+}
+
+async function sendChat() {
+  const text = $("#chat-input").value.trim(), run = $("#chat-run").value;
+  if (!text || !run) return;
+  for (const side of ["base", "tuned"]) CHAT[side].push({role: "user", content: text});
+  $("#chat-input").value = "";
+  drawChat();
+  $("#chat-state").textContent = "generating ...";
+  const {status, data} = await api(`/api/runs/${encodeURIComponent(run)}/chat`,
+                                   {...CHAT, max_new_tokens: +$("#chat-max").value || 64});
+  if (status !== 200) {
+    for (const side of ["base", "tuned"]) CHAT[side].pop();
+    $("#chat-state").textContent = data.error;
+  } else {
+    for (const side of ["base", "tuned"]) CHAT[side].push({role: "assistant", content: data[side].text});
+    $("#chat-state").textContent = "";
+  }
+  drawChat();
+}
+
+
+// ---- memory per method (tuneforge plan) -----------------------------------------------------------------------
+async function estimateMemory() {
+  const box = $("#plan-view");
+  box.textContent = "estimating ...";
+  const {status, data} = await api("/api/plan", formValues());
+  if (status !== 200) { box.replaceChildren(el("div", {class: "err", text: data.error})); return; }
+  const chosen = $("#f-method").value;
+  const t = el("table", {class: "plan"}, el("tr", {}, ...["method", "GiB", "trainable", ""].map(h => el("th", {text: h}))));
+  for (const r of data.rows)
+    t.append(el("tr", {class: r.method === chosen ? "sel" : ""}, el("td", {text: r.method}),
+      el("td", {text: r.error ? "—" : r.gib.toFixed(2)}), el("td", {text: r.error ? r.error : r.trainable_params.toLocaleString()}),
+      el("td", {class: r.fits ? "fits" : "nofit", text: r.error ? "" : (r.fits ? "fits" : "too big")})));
+  box.className = "";
+  box.replaceChildren(el("p", {text: `${data.precision}, this machine: ${data.budget_gib.toFixed(1)} GiB`}), t);
+}
