@@ -110,3 +110,21 @@ def test_a_template_that_cannot_render_tools_is_a_400(engine):
     with serve(engine) as (url, _):  # the shared run's engine: the tiny model's plain ChatML template
         r = httpx.post(f"{url}/chat/completions", json={"model": engine.name, "messages": ASK, "tools": TOOLS})
     assert r.status_code == 400 and "data.template: chatml_tools" in r.json()["error"]["message"]
+
+
+def test_chat_shows_the_call_and_sends_the_tool_result_back(tool_engine):
+    from io import StringIO
+
+    from tuneforge.inference.chat import run_chat
+    from tuneforge.inference.engine import Params
+
+    tool_engine.replies[:] = [CALL_TEXT, "the sky is blue ."]
+    out, err = StringIO(), StringIO()
+    assert run_chat(tool_engine, Params(8), StringIO("what color is the sky ?\n/tool blue\n"), out, err, TOOLS) == 0
+    assert out.getvalue() == f"{CALL_TEXT}\nthe sky is blue .\n"
+    assert '(tool call: color({"x": "sky"}); answer with /tool RESULT)' in err.getvalue()
+    call = {"type": "function", "function": {"name": "color", "arguments": {"x": "sky"}}}
+    history = [{"role": "system", "content": tool_engine.system_prompt}, *ASK,
+               {"role": "assistant", "content": "ok", "tool_calls": [call]},
+               {"role": "tool", "name": "color", "content": "blue"}]
+    assert tool_engine.prompts[-1] == build_prompt_ids(tool_engine.tokenizer, history, tools=TOOLS)
