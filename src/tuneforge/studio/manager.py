@@ -83,6 +83,9 @@ class RunManager:
     """Finds, starts, stops and resumes runs under `runs_dir`; at most `parallel` studio-started runs train at
     once, the others wait in a queue (first submitted, first started)."""
 
+    # The command a run is: `tuneforge train CONFIG [overrides]` with this Python (tests swap in a stand-in).
+    TRAIN = (sys.executable, "-m", "tuneforge", "train")
+
     def __init__(self, runs_dir: Path, parallel: int = 1, cwd: Path | None = None) -> None:
         self.runs_dir, self.parallel = runs_dir.resolve(), parallel
         self.cwd = (cwd or Path.cwd()).resolve()
@@ -238,17 +241,18 @@ class RunManager:
 
     def _start(self, name: str, state: dict) -> None:
         meta = self.meta / name
-        cmd = [sys.executable, "-m", "tuneforge", "train", str(meta / "config.yaml"), *state.get("overrides", [])]
+        cmd = [*self.TRAIN, str(meta / "config.yaml"), *state.get("overrides", [])]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with (meta / "log.txt").open("ab") as log:
-            log.write(f"$ {' '.join(cmd[2:])}\n".encode())
+            log.write(f"$ tuneforge train {' '.join(cmd[len(self.TRAIN):])}\n".encode())
             log.flush()
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=self.cwd, env=env, start_new_session=True)
         self.children[name] = proc
         self._save_state(name, {"queued": False, "pid": proc.pid, "pgid": proc.pid, "started": time.time(),
                                 "create_time": psutil.Process(proc.pid).create_time(),
-                                "command": "tuneforge " + " ".join(cmd[3:]), "overrides": state.get("overrides")})
+                                "command": "tuneforge train " + " ".join(cmd[len(self.TRAIN):]),
+                                "overrides": state.get("overrides")})
 
     def run_forever(self, stopping: threading.Event, every: float = 0.5) -> None:
         while not stopping.wait(every):
