@@ -7,7 +7,7 @@ PIP     := $(BIN)/pip
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo rlhf test test-fast bench lint clean
+.PHONY: setup demo rlhf test test-fast bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/bench_sft.py
+
+# On a GPU machine, with the CUDA torch, transformers, peft and accelerate already installed there (never the
+# pinned CPU torch of `setup`): GPU_PYTHON=/path/to/python make gpu-check [GPU_ARGS="--max-steps 10"]
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=src $(GPU_PYTHON) bench/gpu_check.py $(GPU_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts

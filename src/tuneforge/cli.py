@@ -126,7 +126,7 @@ COMMAND_MODULES: tuple[str, ...] = ("tuneforge.evaluation.cli", "tuneforge.expor
 def cmd_predict(args: argparse.Namespace) -> int:
     from tuneforge.predict import run_predict
 
-    summary = run_predict(args.run_dir, args.input, args.output, args.base, args.batch_size)
+    summary = run_predict(args.run_dir, args.input, args.output, args.base, args.batch_size, args.device)
     where = args.output or "stdout"
     extra = f", accuracy {summary['accuracy']:.4f} against the input's labels" if "accuracy" in summary else ""
     print(f"predicted {summary['rows']} rows -> {where}{extra}", file=sys.stderr)
@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="CSV or JSONL file (by suffix); default: stdout in the input's format")
     p.add_argument("--base", action="store_true", help="use the base model with the untrained head (for comparison)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(fn=cmd_predict)
     for module in COMMAND_MODULES:

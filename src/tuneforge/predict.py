@@ -55,7 +55,7 @@ class Classifier:
                   file=sys.stderr)
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
         probs = np.zeros((len(examples), len(self.labels)), dtype=np.float32)
-        precision = resolve_precision(self.cfg.training.precision)
+        precision = resolve_precision(self.cfg.training.precision)  # for the device select() chose
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("predict", total=len(order))
             for start in range(0, len(order), batch_size):
@@ -110,12 +110,18 @@ def _write(rows: list[dict], labels: list[str], output: str | None, kind: str) -
         sys.stdout.write(text)
 
 
-def run_predict(run_dir: str, input_path: str, output: str | None, base: bool = False, batch_size: int = 32) -> dict:
+def run_predict(run_dir: str, input_path: str, output: str | None, base: bool = False, batch_size: int = 32,
+                device: str = "auto") -> dict:
     """Write predictions; returns a summary (rows, and accuracy when the input has known labels)."""
+    from tuneforge.device import select
+
+    where = select(device, "--device")
     kind = "csv" if Path(output or input_path).suffix.lower() == ".csv" else "jsonl"
     if output and Path(output).resolve() == Path(input_path).resolve():
         raise UserError(f"--output {output}: refusing to overwrite the input file")
     clf = load_classifier(run_dir, base)
+    if where.type != "cpu":
+        clf.model.to(where)
     d = clf.cfg.data
     records = load_records(input_path)
     texts = [text_of(r, d.text_field, "data.text_field") for r in records]

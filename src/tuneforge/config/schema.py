@@ -89,7 +89,11 @@ class TrainingConfig(Strict):
     pack_length: int = Field(512, ge=8)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # auto: bf16 on a GPU that supports it, fp16 with a gradient scaler on one that does not, on the CPU bf16
+    # autocast where it has native bf16, else fp32 (tuneforge/train/precision.py). fp16: CUDA only.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # auto | cpu | cuda | cuda:N | mps; auto = CUDA if present, else MPS, else CPU (tuneforge/device.py).
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
     gradient_checkpointing: bool = False
     # Under torchrun / --nproc: ddp = every rank holds the whole model; fsdp = torch's fully_shard (FSDP2):
     # parameters, gradients and optimizer states split over the ranks (docs/distributed.md).

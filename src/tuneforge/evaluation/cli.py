@@ -19,7 +19,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     out = evaluate(Request(target=args.target, data=args.data, metrics=_names(args.metrics), output=args.output,
                            max_samples=args.max_samples, max_new_tokens=args.max_new_tokens,
-                           precision=args.precision))
+                           precision=args.precision, device=args.device))
     print(f"wrote {out}/eval.json, eval.md, eval.html, eval.png, rows.jsonl")
     return 0
 
@@ -35,5 +35,6 @@ def register(sub) -> None:
     p.add_argument("--max-samples", type=int, help="use the first N rows (default: every row; the report says N of M)")
     p.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the run's training.precision")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: the run's training.device)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(fn=cmd_eval)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tuneforge.device import model_device, move
 from tuneforge.train.precision import autocast
 
 
@@ -31,7 +32,7 @@ def generate(model, tokenizer, prompts: list[str] | list[list[int]], max_new_tok
     outputs: list[str] = []
     try:
         for i in range(0, len(prompts), batch_size):
-            enc = _batch(tokenizer, prompts[i : i + batch_size])
+            enc = move(dict(_batch(tokenizer, prompts[i : i + batch_size])), model_device(model))
             with autocast(precision):
                 out = model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,

@@ -22,6 +22,7 @@ class Request:
     max_samples: int | None = None  # None: every row of the file
     max_new_tokens: int | None = None  # None: the run's eval.max_new_tokens (64 for a bare model)
     precision: str | None = None  # None: the run's training.precision ("auto" for a bare model)
+    device: str | None = None  # None: the run's training.device ("auto" for a bare model)
 
 
 def first_rows(records: list, max_samples: int | None) -> tuple[list, dict]:

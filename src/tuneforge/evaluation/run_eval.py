@@ -20,6 +20,7 @@ from tuneforge.config.schema import Config
 from tuneforge.data.dataset import load_examples
 from tuneforge.data.formats import detect_format
 from tuneforge.data.load import Record, load_records
+from tuneforge.device import select as select_device
 from tuneforge.errors import ConfigError, DataError, ModelError
 from tuneforge.evaluation.classify_eval import evaluate_classifier
 from tuneforge.evaluation.generate import generate
@@ -168,7 +169,8 @@ def evaluate(req: Request) -> Path:
     max_new_tokens = req.max_new_tokens or cfg.eval.max_new_tokens
     examples, stats = load_examples(rows_config(cfg), tokenizer, req.data, records) if want_loss else ([], None)
     items = generation_items(cfg, tokenizer, records) if gen_metrics else []
-    precision = resolve_precision(cfg.training.precision)
+    device = select_device(req.device or cfg.training.device, "--device" if req.device else "training.device")
+    precision = resolve_precision(cfg.training.precision, device)
 
     results: dict[str, dict] = {}
     outputs: dict[str, list[str]] = {}
@@ -177,6 +179,8 @@ def evaluate(req: Request) -> Path:
             task = progress.add_task(f"{cand.name}: loading", total=len(examples) + len(items))
             start = time.perf_counter()
             model = cand.load()
+            if device.type != "cpu" and not getattr(model, "is_loaded_in_4bit", False):  # bnb places a 4-bit base
+                model.to(device)
             metrics: dict = {}
             if examples:
                 progress.update(task, description=f"{cand.name}: loss")

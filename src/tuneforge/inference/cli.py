@@ -20,6 +20,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-input-tokens", type=int, default=None,
                    help="upper bound on prompt tokens (default: context minus --max-tokens)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -30,7 +31,13 @@ def _engine(args: argparse.Namespace):
     for key in ("max_tokens", "max_input_tokens"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
-    return load_engine(args.source, args.system, args.max_tokens, args.max_input_tokens, args.trust_remote_code)
+    from tuneforge.device import select
+
+    device = select(args.device, "--device")  # before the model loads: a missing device fails fast
+    engine = load_engine(args.source, args.system, args.max_tokens, args.max_input_tokens, args.trust_remote_code)
+    if device.type != "cpu":
+        engine.model.to(device)
+    return engine
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

@@ -148,7 +148,7 @@ class Engine:
         streamer = _Streamer(self.tokenizer, on_text)
         sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} \
             if params.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long)
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=next(self.model.parameters()).device)
         with self.lock:
             if params.seed is not None:
                 torch.manual_seed(params.seed)

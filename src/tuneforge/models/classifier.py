@@ -10,6 +10,7 @@ import torch
 
 from tuneforge.config.schema import Config
 from tuneforge.data.classify import ClsBatch, ClsExample, collate_cls
+from tuneforge.device import model_device, move
 from tuneforge.models.load import load_model
 from tuneforge.train.precision import autocast
 
@@ -43,7 +44,7 @@ def predict_ids(model, examples: list[ClsExample], pad_id: int, left: bool, batc
     for i in range(0, len(examples), batch_size):
         batch = collate_cls(examples[i : i + batch_size], pad_id, left)
         with autocast(precision):
-            logits.append(forward_logits(model, batch))
+            logits.append(forward_logits(model, move(batch, model_device(model))).cpu())
         labels.append(batch.labels)
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)

@@ -32,6 +32,7 @@ from tuneforge.config.checks import check_config
 from tuneforge.config.load import dump_config, load_config
 from tuneforge.config.schema import Config
 from tuneforge.data.stage_data import StageData, counts_line, load_stage_data
+from tuneforge.device import select as select_device
 from tuneforge.errors import ConfigError, NonFiniteLoss
 from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic, write_text_atomic
 from tuneforge.methods import METHODS, Method, MethodContext, count_params
@@ -62,6 +63,7 @@ class StageRun:
     wall_start: float = field(default_factory=time.perf_counter)
     out: Path | None = None
     precision: str = "fp32"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # training.device, resolved
     recipe: dict = field(default_factory=dict)  # what train.recipe chose for the keys the config left open
 
     @property
@@ -75,11 +77,12 @@ def begin(cfg: Config, log: Callable[[str], None] = print) -> StageRun:
     wall_start = time.perf_counter()
     info = stage_info(cfg.stage)
     check_config(cfg)
+    device = select_device(cfg.training.device)  # exit 2 naming the key if this machine lacks it
     if info.distributed:
-        ddp.init_from_env()
+        ddp.init_from_env(device)
     log = log if ddp.is_main() else (lambda _msg: None)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    return StageRun(cfg, info, log, tokenizer, METHODS[cfg.method.name], wall_start)
+    return StageRun(cfg, info, log, tokenizer, METHODS[cfg.method.name], wall_start, device=device)
 
 
 def load_data(run: StageRun) -> StageData:
@@ -128,7 +131,7 @@ def open_output(run: StageRun) -> Path:
     ddp.barrier()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    run.out, run.precision = out, resolve_precision(cfg.training.precision)
+    run.out, run.precision = out, resolve_precision(cfg.training.precision, run.device)
     return out
 
 
@@ -139,6 +142,8 @@ def load_base(run: StageRun, labels: list[str] | None = None):
     quantize = run.method.quantized_base
     model = (load_base_classifier(cfg, labels, quantize) if labels is not None  # seeded: predict --base sees it
              else load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=quantize))
+    if run.device.type != "cpu" and not quantize:  # a 4-bit base is placed by bitsandbytes at load
+        model.to(run.device)
     if cfg.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -4,9 +4,10 @@ environment that `torchrun` / `accelerate launch` export (WORLD_SIZE, RANK, MAST
     tuneforge train examples/quickstart.yaml --nproc 2        # = torchrun --nproc_per_node 2 -m tuneforge train ...
     accelerate launch --cpu --num_processes 2 -m tuneforge train examples/quickstart.yaml
 
-Every rank holds the whole (unwrapped) model and the same optimizer state; each optimizer step's examples
-are split across ranks, gradients are summed with one all-reduce, and the loss is normalised by the
-supervised tokens of the *global* step, so N processes take exactly the single-process step (DESIGN 4.7).
+With training.distributed=ddp every rank holds the whole (unwrapped) model and the same optimizer state (fsdp:
+tuneforge.train.fsdp shards them); each optimizer step's examples are split across ranks, gradients are
+summed with one all-reduce, and the loss is normalised by the supervised tokens of the *global* step, so N
+processes take exactly the single-process step (DESIGN 4.7).
 Rank 0 alone logs, evaluates and writes; the others wait at a barrier.
 """
 
@@ -17,15 +18,22 @@ import os
 import torch
 import torch.distributed as dist
 
+_COMM = [torch.device("cpu")]  # where the small tensors of sum_values / max_value live (nccl: the GPU)
 
-def init_from_env() -> bool:
-    """Join the process group when launched with WORLD_SIZE > 1; idempotent. True when distributed."""
+
+def init_from_env(device: torch.device | None = None) -> bool:
+    """Join the process group when launched with WORLD_SIZE > 1; idempotent. True when distributed.
+    nccl when the run's device is a CUDA GPU (this rank's, cuda:LOCAL_RANK), gloo otherwise."""
     if dist.is_available() and dist.is_initialized():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "gloo"  # the loop keeps tensors on the CPU (no device placement yet), which nccl cannot reduce
-    dist.init_process_group(backend=backend)
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)
+        _COMM[0] = device
+        dist.init_process_group(backend="nccl", device_id=device)
+    else:
+        dist.init_process_group(backend="gloo")
     return True
 
 
@@ -55,7 +63,7 @@ def sum_values(*values: float) -> list[float]:
     """Sum numbers over ranks (float64, so token counts stay exact)."""
     if world_size() == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_COMM[0])
     dist.all_reduce(t)
     return t.tolist()
 
@@ -64,7 +72,7 @@ def max_value(value: int) -> int:
     """The largest value over ranks (e.g. a stop signal seen by any rank)."""
     if world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.int64)
+    t = torch.tensor([value], dtype=torch.int64, device=_COMM[0])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 

@@ -25,6 +25,7 @@ import torch
 from transformers import TrainerCallback
 
 from tuneforge.config.schema import Config
+from tuneforge.device import resolve_device
 from tuneforge.errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from tuneforge.train.checkpoint import MARKER, check_manifest, write_manifest
 from tuneforge.train.guards import check_guards, run_guards
@@ -55,8 +56,8 @@ def to_trainer_args(cfg: Config, out: Path, precision: str) -> dict:
         "gradient_accumulation_steps": t.grad_accum,
         "weight_decay": t.weight_decay,
         "max_grad_norm": t.max_grad_norm or 0.0,  # 0 disables clipping
-        "bf16": precision == "bf16",  # CPU autocast through accelerate, like train.precision.autocast
-        "fp16": False,
+        "bf16": precision == "bf16",  # autocast through accelerate, like train.precision.autocast
+        "fp16": precision == "fp16",  # CUDA only (resolve_precision); the Trainer adds its gradient scaler
         "seed": cfg.seed,
         "data_seed": cfg.seed,
         "logging_strategy": "steps",
@@ -73,7 +74,7 @@ def to_trainer_args(cfg: Config, out: Path, precision: str) -> dict:
         "activation_checkpointing_kwargs": {"use_reentrant": False},
         "disable_tqdm": not t.progress,
         "report_to": [],  # MetricLogCallback writes tuneforge's sinks (output_dir/tensorboard, mlflow)
-        "use_cpu": not torch.cuda.is_available(),
+        "use_cpu": resolve_device(t.device).type == "cpu",  # the Trainer takes cuda:LOCAL_RANK / mps itself
         "dataloader_num_workers": 0,  # 2-core CPUs: worker processes only compete with the math threads
         "dataloader_pin_memory": False,
         "dataloader_persistent_workers": False,

@@ -33,6 +33,7 @@ from tuneforge.train import fsdp
 from tuneforge.train import guards as guards_mod
 from tuneforge.train.loss import evaluate_loss, loss_sum
 from tuneforge.train.metric_log import open_metric_log
+from tuneforge.train.precision import grad_scaler
 from tuneforge.train.steps import (  # noqa: F401  (re-exported: ppo and tests import them from here)
     Objective,
     forward_backward,
@@ -85,6 +86,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
         fsdp.shard_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, cfg, total_steps)
+    scaler = grad_scaler(precision)  # fp16 (GPUs without bf16) only
     ckpt_root = output_dir / "checkpoints"
     guards = guards_mod.run_guards(cfg)
 
@@ -112,7 +114,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                                                             sum(b.n_tokens for b in batches[:n_real])))
             # one process may abandon a step between micro-batches; ranks must agree, so they finish it
             step_loss, signum = forward_backward(objective, model, batches, n_real, n_sup, precision,
-                                                 stop_signal if ddp.world_size() == 1 else None)
+                                                 stop_signal if ddp.world_size() == 1 else None, scaler)
             if signum:
                 optimizer.zero_grad(set_to_none=True)
                 torch.set_rng_state(rng_at_start)  # resume replays this step exactly
@@ -121,16 +123,26 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
             if not sharded:  # FSDP has reduce-scattered (summed) the gradients during backward
                 ddp.sum_gradients(params)
             step_loss = ddp.sum_values(step_loss)[0] / n_sup
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip and check the true gradients
             grad_norm = fsdp.full(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
             state.step += 1
             finite = math.isfinite(step_loss) and bool(torch.isfinite(grad_norm))
-            if not finite:
+            if not finite and scaler is not None and math.isfinite(step_loss):
+                scaler.update()  # an fp16 overflow: the scaler lowers its scale, the step is not counted as bad
+                optimizer.zero_grad(set_to_none=True)
+                state.skipped.append({"step": state.step, "loss": str(step_loss), "reason": "fp16 overflow"})
+            elif not finite:
                 optimizer.zero_grad(set_to_none=True)
                 writer.add_scalar("train/skipped_nonfinite", state.bad_steps + 1, state.step)
                 skip_nonfinite(state, step_loss, grad_norm, t.max_bad_steps, ckpt_root)
             else:
                 state.bad_steps = 0
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 elapsed = time.perf_counter() - started

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from tuneforge.data.batching import Batch, collate, sequential_microbatches
 from tuneforge.data.templates import IGNORE, Example
+from tuneforge.device import model_device, move
 from tuneforge.train.precision import autocast
 
 
@@ -40,10 +41,11 @@ def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: i
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    device = model_device(model)
     for idx in sequential_microbatches(len(examples), batch_size):
         for batch in collate([examples[i] for i in idx], packed, pack_length):
             with autocast(precision):
-                total += float(loss_sum(model, batch))
+                total += float(loss_sum(model, move(batch, device)))
             count += batch.n_supervised
     model.train(was_training)
     loss = total / max(count, 1)

@@ -1,4 +1,11 @@
-"""bf16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX); fp32 otherwise."""
+"""Precision per device, decided in one place: `auto` is bf16 on a GPU that supports it, fp16 (always with a
+gradient scaler, in the loop) on one that does not, fp32 on MPS, and on the CPU bf16 autocast where it has
+native bf16 (AVX512-BF16 / AMX), fp32 otherwise. Weights stay fp32 (the master copy); matmuls run in the low
+precision under autocast, on the device type set by use_device (one device per process; the CPU by default).
+
+    precision = resolve_precision(cfg.training.precision, device)
+    with autocast(precision): loss = ...
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,10 @@ from functools import cache
 from pathlib import Path
 
 import torch
+
+from tuneforge.errors import ConfigError
+
+_DEVICE_TYPE = ["cpu"]  # autocast's device type for this process (tuneforge.device.select sets it)
 
 
 @cache
@@ -18,14 +29,32 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str) -> str:
+def use_device(device: torch.device) -> None:
+    _DEVICE_TYPE[0] = device.type
+
+
+def resolve_precision(precision: str, device: torch.device | None = None) -> str:
+    kind = device.type if device is not None else _DEVICE_TYPE[0]
     if precision == "auto":
+        if kind == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if kind == "mps":
+            return "fp32"
         return "bf16" if cpu_has_bf16() else "fp32"
+    if precision == "fp16" and kind != "cuda":
+        raise ConfigError(f"key 'training.precision': fp16 is for CUDA GPUs without bf16 (trained with a gradient "
+                          f"scaler); this run's device is {kind}: use auto, bf16 or fp32")
     return precision
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """Weights stay fp32 (the master copy); matmuls run in bf16 under autocast."""
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    """Weights stay fp32 (the master copy); matmuls run in bf16 / fp16 under autocast."""
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(_DEVICE_TYPE[0], dtype=dtype)
     return contextlib.nullcontext()
+
+
+def grad_scaler(precision: str) -> torch.amp.GradScaler | None:
+    """fp16 never trains without one (small gradients underflow); bf16 and fp32 need none."""
+    return torch.amp.GradScaler(_DEVICE_TYPE[0]) if precision == "fp16" else None

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import get_scheduler
 
 from tuneforge.config.schema import Config
+from tuneforge.device import model_device, move
 from tuneforge.errors import NonFiniteLoss
 from tuneforge.fsutil import write_text_atomic
 from tuneforge.train import checkpoint as ckpt
@@ -145,17 +146,20 @@ def resume_run(cfg: Config, ckpt_root: Path, guards: dict, model, optimizer, sch
 
 
 def forward_backward(objective: Objective, model, batches: list, n_real: int, n_sup: int, precision: str,
-                     stop_signal: Callable[[], int | None] | None) -> tuple[float, int | None]:
+                     stop_signal: Callable[[], int | None] | None, scaler=None) -> tuple[float, int | None]:
     """(summed loss of the step, signal number if one arrived before the last micro-batch: the step is
     abandoned so the process stops within one micro-batch, not one whole accumulated step). Inputs past
-    `n_real` are step_batches' fillers: their loss is multiplied by 0 (zero gradients, same collectives)."""
+    `n_real` are step_batches' fillers: their loss is multiplied by 0 (zero gradients, same collectives).
+    Each input goes to the model's device here; `scaler` (fp16) scales the loss before backward."""
     step_loss = 0.0
+    device = model_device(model)
     for i, batch in enumerate(batches):
         with autocast(precision):
-            loss = objective.loss_sum(model, batch)
+            loss = objective.loss_sum(model, move(batch, device))
         if i >= n_real:
             loss = loss * 0.0
-        (loss / n_sup).backward()
+        scaled = loss / n_sup
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
         step_loss += float(loss.detach())
         if stop_signal and i < len(batches) - 1 and stop_signal():
             return step_loss, stop_signal()
