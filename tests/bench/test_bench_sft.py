@@ -1,0 +1,100 @@
+"""bench/bench_sft.py cannot rot: its --quick mode runs in CI on the tiny model (2 recipes, 1 repetition, 2 steps,
+8 rows, each recipe in its own process) and the JSON must hold the versions, commit, CPU flags, every recipe's raw
+figures, and a summary that is computed from those raw figures. The parent's order and summary are also checked
+in-process on made-up figures (interleaved repetitions, median and min-max)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_sft  # noqa: E402
+from sftbench.data import load_rows, split_rows  # noqa: E402
+from sftbench.report import summarise  # noqa: E402
+
+
+def test_rows_are_the_vendored_human_written_set():
+    rows = load_rows()  # checks the file's sha256 against bench/data/README.md's
+    train, evals = split_rows(rows)
+    assert (len(rows), len(train), len(evals)) == (175, 140, 35)
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
+    assert rows[0]["prompt"].startswith("Is there anything I can eat for a breakfast")
+
+
+def _fake_rep(recipe: str, rep: int, wall: float) -> dict:
+    return {"recipe": recipe, "rep": rep, "process_wall_s": wall, "eval_s": 1.0, "train_s": wall / 2,
+            "cpu_s": wall, "real_tokens": 1000, "fed_tokens": 2000, "non_embedding_params": 10**6,
+            "peak_rss_mb": 100.0 * (1 + rep), "eval_loss_base": 2.0, "eval_loss": 1.5 if recipe == "seed-fp32" else 1.6,
+            "eval_drop": 0.5 if recipe == "seed-fp32" else 0.4,
+            "settings": {"matmul_dtype": "fp32" if recipe == "seed-fp32" else "bf16"}}
+
+
+def test_parent_interleaves_repetitions_and_summarises_them(tiny_model_dir, tmp_path, monkeypatch):
+    order: list[tuple[str, int]] = []
+    walls = {"seed-fp32": [30.0, 50.0, 40.0], "tuneforge": [11.0, 9.0, 13.0]}
+
+    def fake_run_rep(args, recipe, rep):
+        order.append((recipe, rep))
+        return _fake_rep(recipe, rep, walls[recipe][rep])
+
+    monkeypatch.setattr(bench_sft, "run_rep", fake_run_rep)
+    out = tmp_path / "sft.json"
+    rc = bench_sft.main(["--model", str(tiny_model_dir), "--recipes", "seed-fp32,tuneforge", "--reps", "3",
+                         "--threads", "1", "--peak-seconds", "0.02", "--out", str(out)])
+    assert rc == 0
+    assert order == [("seed-fp32", 0), ("tuneforge", 0), ("seed-fp32", 1), ("tuneforge", 1),
+                     ("seed-fp32", 2), ("tuneforge", 2)]
+    summary = json.loads(out.read_text())["summary"]
+    seed, tf = summary["recipes"]["seed-fp32"], summary["recipes"]["tuneforge"]
+    assert seed["process_s"] == {"median": 39.0, "min": 29.0, "max": 49.0, "n": 3}  # wall minus the eval's 1 s
+    assert tf["process_s"] == {"median": 10.0, "min": 8.0, "max": 12.0, "n": 3}
+    assert summary["ratios"]["process_speedup_vs_seed-fp32"] == pytest.approx(3.9)
+    assert summary["goals"]["process_speedup_vs_seed-fp32"]["pass"] is False
+    # drop 0.4 vs 0.5: 0.8 < 0.98 fails; the untrained base (drop 0) fails it too
+    assert summary["goals"]["eval_drop_tuneforge_over_seed-fp32"] == {"value": pytest.approx(0.8),
+                                                                       "target": ">= 0.98", "pass": False}
+    assert summary["checks"]["untrained_base_fails_quality_goal"] is True
+
+
+def test_quick_mode_runs_and_records_everything(tiny_model_dir, tmp_path):
+    out = tmp_path / "sft.json"
+    env = {**os.environ, "TUNEFORGE_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "bench/bench_sft.py", "--quick", "--model", str(tiny_model_dir),
+                           "--threads", "1", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rec = json.loads(out.read_text())
+    env_rec = rec["env"]
+    for pkg in ("torch", "transformers", "peft", "trl", "tuneforge"):
+        assert env_rec["versions"][pkg], pkg
+    assert len(env_rec["git"]["commit"]) == 40
+    assert env_rec["cpu"]["model"] and env_rec["cpu"]["flags"]
+    assert {"avx512_bf16", "amx_bf16"} <= env_rec["cpu"]["flags_of_interest"].keys()
+    assert rec["args"]["threads"] == 1 and rec["peak_flops"]["fp32"] > 0 and rec["peak_flops"]["bf16"] > 0
+    assert set(rec["raw"]) == {"seed-fp32", "tuneforge"}
+    for name, reps in rec["raw"].items():
+        assert len(reps) == 1, name
+        r = reps[0]
+        assert r["steps"] == 2 and r["threads"] == 1, name
+        assert r["real_tokens"] > 0 and r["train_s"] > 0 and r["peak_rss_mb"] > 0 and r["process_wall_s"] > 0
+        assert r["eval_loss_base"] > r["eval_loss"], name  # two steps at lr 1e-3 move the tiny model
+        assert "?" not in r["settings"].values(), name
+    assert rec["raw"]["seed-fp32"][0]["fed_tokens"] == 8 * 512  # padded to max_length: 2 steps x 4 rows
+    assert rec["raw"]["tuneforge"][0]["settings"]["packing"] is True
+    # the base is the same model for both: one shared eval
+    assert rec["raw"]["seed-fp32"][0]["eval_loss_base"] == pytest.approx(rec["raw"]["tuneforge"][0]["eval_loss_base"])
+    # the summary (and the printed table) is computed from the raw figures
+    assert rec["summary"] == json.loads(json.dumps(summarise(rec["raw"], rec["peak_flops"])))
+    r = rec["raw"]["tuneforge"][0]
+    assert rec["summary"]["recipes"]["tuneforge"]["process_s"]["median"] == pytest.approx(
+        r["process_wall_s"] - r["eval_s"])
+    assert "| tuneforge | bf16 |" in proc.stdout or "| tuneforge | fp32 |" in proc.stdout
+    assert rec["table"] in proc.stdout
