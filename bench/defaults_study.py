@@ -104,7 +104,7 @@ SETTINGS = {
     "constant+no-clip+dropout-0": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,
                                    "training.max_grad_norm": None, "method.dropout": 0.0},
 }
-QUICK = {"tasks": ["facts", "classify"], "settings": ["defaults", "constant+no-clip+dropout-0"], "seeds": [0]}
+QUICK = {"tasks": ["classify", "facts"], "settings": ["defaults", "constant+no-clip+dropout-0"], "seeds": [0]}
 
 
 def _write(rows: list[dict], path: Path) -> Path:
@@ -169,17 +169,23 @@ def rank(values: dict[str, float], higher_is_better: bool) -> dict[str, float]:
 
 
 def table(results: dict, tasks: list[str], settings: list[str]) -> tuple[list[str], dict[str, float]]:
-    """Markdown rows: each setting's mean metric per task over seeds (rank on that task), mean rank, sorted by it."""
-    means = {t: {s: statistics.mean(r["value"] for r in results[t][s]) for s in settings} for t in tasks}
+    """Markdown rows: each setting's mean metric per task over seeds (rank on that task), mean rank, sorted by it.
+    A setting not (yet) run on a task shows "-" there and is ranked on the tasks it ran."""
+    means = {t: {s: statistics.mean(r["value"] for r in results[t][s]) for s in settings if results[t].get(s)}
+             for t in tasks}
     ranks = {t: rank(means[t], TASKS[t].higher_is_better) for t in tasks}
-    mean_rank = {s: statistics.mean(ranks[t][s] for t in tasks) for s in settings}
+    mean_rank = {s: statistics.mean([ranks[t][s] for t in tasks if s in ranks[t]] or [float("nan")])
+                 for s in settings}
     head = "| setting | " + " | ".join(f"{t} ({TASKS[t].metric}{'' if TASKS[t].higher_is_better else ', lower'})"
                                        for t in tasks) + " | mean rank |"
     lines = [head, "|---" * (len(tasks) + 2) + "|"]
     for s in sorted(settings, key=lambda k: (mean_rank[k], k)):
         cells = []
         for t in tasks:
-            vals = [r["value"] for r in results[t][s]]
+            vals = [r["value"] for r in results[t].get(s, [])]
+            if not vals:
+                cells.append("-")
+                continue
             spread = f" ±{statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
             cells.append(f"{means[t][s]:.3f}{spread} ({ranks[t][s]:g})")
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {mean_rank[s]:.2f} |")
@@ -189,8 +195,8 @@ def table(results: dict, tasks: list[str], settings: list[str]) -> tuple[list[st
 def render(results: dict, tasks: list[str], settings: list[str], seeds: list[int], command: str, models: dict,
            wall: float) -> str:
     lines, mean_rank = table(results, tasks, settings)
-    runs = [r for t in tasks for s in settings for r in results[t][s]]
-    recipe = {t: results[t][settings[0]][0] for t in tasks}
+    runs = [r for t in tasks for s in settings for r in results[t].get(s, [])]
+    recipe = {t: results[t][settings[0]][0] for t in tasks if results[t].get(settings[0])}
     out = ["# Defaults study", "", "Written by `bench/defaults_study.py` from its own runs; regenerate with:", "",
            "```", command, "```", "",
            f"{len(tasks)} tasks x {len(settings)} settings x {len(seeds)} seed(s) = {len(runs)} runs, "
@@ -200,7 +206,7 @@ def render(results: dict, tasks: list[str], settings: list[str], seeds: list[int
            "metric (mean over seeds ± stdev) and its rank on that task (1 = best); rows sorted by mean rank.", "",
            *lines, "",
            "Recipe of the first setting (learning rate, epochs, optimizer steps): " + "; ".join(
-               f"{t}: {recipe[t]['learning_rate']:g}, {recipe[t]['epochs']:g}, {recipe[t]['steps']}" for t in tasks)
+               f"{t}: {recipe[t]['learning_rate']:g}, {recipe[t]['epochs']:g}, {recipe[t]['steps']}" for t in recipe)
            + ".", "",
            f"Best by mean rank: **{min(mean_rank, key=lambda k: (mean_rank[k], k))}**.", ""]
     return "\n".join(out)
@@ -216,28 +222,40 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--cls-model", default="minilm-l6")
     parser.add_argument("--out", default=str(ROOT / "docs" / "defaults.md"))
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "defaults_study.json"),
-                        help="every run's figures (the table is computed from them)")
+                        help="every run's figures, saved after each run (the table is computed from them)")
+    parser.add_argument("--render", action="store_true", help="only write the table from --json (a partial study too)")
     args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads(Path(args.json).read_text())
+        tasks, settings = list(saved["results"]), list(dict.fromkeys(s for t in saved["results"]
+                                                                     for s in saved["results"][t]))
+        seeds = sorted({r["seed"] for t in tasks for s in settings for r in saved["results"][t].get(s, [])})
+        out = Path(args.out)
+        out.write_text(render(saved["results"], tasks, settings, seeds, saved["command"], saved["models"],
+                              saved.get("wall_seconds", 0.0)))
+        return out
     tasks = args.tasks.split(",") if args.tasks else (QUICK["tasks"] if args.quick else list(TASKS))
     settings = args.settings.split(",") if args.settings else (QUICK["settings"] if args.quick else list(SETTINGS))
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else (QUICK["seeds"] if args.quick else [0, 1, 2])
     models = {"lm": args.lm_model, "cls": args.cls_model}
     started = time.perf_counter()
+    command = ("python bench/defaults_study.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     results: dict = {t: {s: [] for s in settings} for t in tasks}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="defaults-study-") as work:
         for t in tasks:
             for s in settings:
                 for seed in seeds:
                     r = run_one(TASKS[t], SETTINGS[s], models[TASKS[t].kind], seed, Path(work), args.quick)
-                    results[t][s].append(r)
+                    results[t][s].append({"seed": seed, **r})
                     print(f"{t:10s} {s:28s} seed {seed}: {TASKS[t].metric} {r['value']:.4f} "
                           f"({r['steps']} steps, {r['seconds']:.0f}s)", flush=True)
-    command = "python bench/defaults_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+                    Path(args.json).write_text(json.dumps({  # after every run: a stopped study keeps what it ran
+                        "command": command, "models": models, "results": results,
+                        "wall_seconds": time.perf_counter() - started}, indent=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(results, tasks, settings, seeds, command.strip(), models, time.perf_counter() - started))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"command": command, "models": models, "results": results}, indent=1))
+    out.write_text(render(results, tasks, settings, seeds, command, models, time.perf_counter() - started))
     print(f"wrote {out} and {args.json}")
     return out
 

@@ -51,3 +51,14 @@ def test_quick_unit_writes_the_table_from_real_runs(study, tiny_bert_dir, tmp_pa
         value = float(re.match(r"([0-9.]+)", row.strip("|").split("|")[1].strip()).group(1))
         assert value == pytest.approx(run["value"], abs=1e-3)  # the cell is the run's own metrics.json figure
     assert results["lr x4"][0]["learning_rate"] == pytest.approx(4 * results["defaults"][0]["learning_rate"])
+
+
+def test_render_writes_a_partial_study_from_its_json(study, tmp_path):
+    run = {"value": 0.5, "seed": 0, "steps": 40, "learning_rate": 2e-4, "epochs": 20.0, "seconds": 1.0}
+    saved = {"command": "python bench/defaults_study.py --quick", "models": {"lm": "m", "cls": "c"},
+             "results": {"classify": {"defaults": [run], "lr x2": [{**run, "value": 0.75}]},
+                         "facts": {"defaults": [{**run, "value": 0.25}], "lr x2": []}}}
+    (tmp_path / "s.json").write_text(json.dumps(saved))
+    out = study.main(["--render", "--json", str(tmp_path / "s.json"), "--out", str(tmp_path / "d.md")])
+    md = out.read_text()
+    assert "| lr x2 | 0.750 (1) | - | 1.00 |" in md and "| defaults | 0.500 (2) | 0.250 (1) | 1.50 |" in md
