@@ -3,13 +3,20 @@ half the parameter and optimizer-state bytes of one process, the loss curve equa
 (1e-4 relative, fp32), the saved model is the usual run format (plain transformers / peft load it and give the
 single-process outputs), the checkpoints hold the same tensors as one process's, and 2 sharded processes resumed
 from a step-2 checkpoint reproduce the rest of the curve. Two launches only (each rank is a fresh process):
-full fine-tuning from step 0; LoRA resumed from the one-process run's step-2 checkpoint (the files of a sharded
-run are identical to it, which the full case asserts).
+- full fine-tuning from step 0, launched as two torchrun *nodes* on this machine (--nnodes 2, node ranks 0 and 1,
+  one process each, c10d rendezvous on 127.0.0.1): also the multi-node proof; two real machines run the same
+  commands with the first machine's address as the endpoint (docs/distributed.md);
+- LoRA with `tuneforge train --nproc 2`, resumed from the one-process run's step-2 checkpoint (the files of a
+  sharded run are identical to it, which the full case asserts).
 
     .venv/bin/python -m pytest -q tests/distributed/test_fsdp.py -s     # -s prints the measured figures
 """
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +47,31 @@ def _logits(out: Path, base: Path, ids: torch.Tensor, adapter: bool) -> torch.Te
         return model.eval()(input_ids=ids).logits
 
 
+def _two_nodes(path: Path) -> None:
+    """`torchrun --nnodes 2 --node_rank R --nproc_per_node 1 --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:PORT`,
+    R = 0 and 1, each its own process tree as on two machines."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(sys.path))
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+         "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "tuneforge-test",
+         "-m", "tuneforge", "train", str(path)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = []
+    try:
+        logs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    assert sum(log.count("done:") for log in logs) == 1  # global rank 0 alone reports
+
+
 def _launch(run_cli, capfd, path: Path, *overrides: str) -> None:
     capfd.readouterr()
     code = run_cli(["train", str(path), *overrides, "--nproc", "2"])
@@ -65,7 +97,10 @@ def test_fsdp_two_ranks_shard_and_match_one_process(method, make_config, tmp_pat
     path = tmp_path / "fsdp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     resume = ["resume=" + str(single / "checkpoints" / "step-0000002")] if method == "lora" else []
-    _launch(run_cli, capfd, path, *resume)
+    if resume:
+        _launch(run_cli, capfd, path, *resume)
+    else:
+        _two_nodes(path)
     out = tmp_path / "fsdp"
 
     ref, got = _log(single), _log(out)
