@@ -150,7 +150,13 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         page.wait_for_function("!document.querySelector('#launch').disabled")
         assert "max_steps: 100000" in page.inner_text("#yaml") and "batch_size: 4" in page.inner_text("#yaml")
         assert page.inner_text("#command").startswith("tuneforge train ")
+        page.click("#plan")  # memory per method, as tuneforge plan estimates it
+        page.wait_for_selector("table.plan td.fits", timeout=60_000)
+        assert page.inner_text("table.plan tr.sel td") == "lora"
+        page.set_viewport_size({"width": 1440, "height": 1500})
+        page.evaluate("window.scrollTo(0, 0)")
         _shot(page, "new_run")
+        page.set_viewport_size({"width": 1440, "height": 1000})
         # 3. start it; the curve gains points
         page.click("#launch")
         page.wait_for_selector("#runs-table tr[data-run='first']")

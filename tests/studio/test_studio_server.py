@@ -20,10 +20,10 @@ fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
 @pytest.fixture
 def studio(tmp_path, tiny_model_dir):
-    from tuneforge.studio.app import create_app
+    from tuneforge.studio.app import LOOPBACK_NAMES, create_app
 
-    def make(**kwargs):
-        app = create_app(tmp_path / "runs", [tmp_path, tiny_model_dir], **kwargs)
+    def make(**kwargs):  # TestClient's requests say Host: testserver
+        app = create_app(tmp_path / "runs", [tmp_path, tiny_model_dir], hosts=(*LOOPBACK_NAMES, "testserver"), **kwargs)
         return fastapi_testclient.TestClient(app)
 
     return make

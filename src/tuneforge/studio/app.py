@@ -33,7 +33,7 @@ STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "panels.js": "text/javascript", "chart.js": "text/javascript",
           "style.css": "text/css"}
 COOKIE = "tuneforge_studio_key"
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "testserver")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 class PathGuard:

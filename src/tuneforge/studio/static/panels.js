@@ -43,10 +43,10 @@ async function estimateMemory() {
   const {status, data} = await api("/api/plan", formValues());
   if (status !== 200) { box.replaceChildren(el("div", {class: "err", text: data.error})); return; }
   const chosen = $("#f-method").value;
-  const t = el("table", {class: "plan"}, el("tr", {}, ...["method", "GiB", "trainable", ""].map(h => el("th", {text: h}))));
+  const t = el("table", {class: "plan"}, el("tr", {}, ...["method", "memory", "trainable", ""].map(h => el("th", {text: h}))));
   for (const r of data.rows)
     t.append(el("tr", {class: r.method === chosen ? "sel" : ""}, el("td", {text: r.method}),
-      el("td", {text: r.error ? "—" : r.gib.toFixed(2)}), el("td", {text: r.error ? r.error : r.trainable_params.toLocaleString()}),
+      el("td", {text: r.error ? "—" : (r.gib < 0.1 ? `${(r.gib * 1024).toFixed(1)} MiB` : `${r.gib.toFixed(2)} GiB`)}), el("td", {text: r.error ? r.error : r.trainable_params.toLocaleString()}),
       el("td", {class: r.fits ? "fits" : "nofit", text: r.error ? "" : (r.fits ? "fits" : "too big")})));
   box.className = "";
   box.replaceChildren(el("p", {text: `${data.precision}, this machine: ${data.budget_gib.toFixed(1)} GiB`}), t);
