@@ -186,7 +186,7 @@ def test_chat_and_serve_accept_or_refuse(command, trained, monkeypatch, capsys):
     from tuneforge.inference.engine import Params
 
     engines = []
-    monkeypatch.setattr(chat, "run_chat", lambda engine, params: engines.append(engine) or 0)
+    monkeypatch.setattr(chat, "run_chat", lambda engine, params, **_: engines.append(engine) or 0)
     monkeypatch.setattr(server, "run_server", lambda engine, *a: engines.append(engine))
     code, err = _cli(capsys, command, trained.out, "--max-tokens", "4")
     if not trained.info.generates:
