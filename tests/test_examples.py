@@ -48,7 +48,7 @@ def test_example_config_validates(path, monkeypatch, tiny_tokenizer):
 @pytest.mark.parametrize("script,folder", [("make_quickstart_data.py", "quickstart"),
                                            ("make_pretrain_data.py", "pretrain"),
                                            ("make_sentiment_data.py", "sentiment"), ("make_rlhf_data.py", "rlhf"),
-                                           ("make_tools_data.py", "tools")])
+                                           ("make_tools_data.py", "tools"), ("make_preference_data.py", "preference")])
 def test_generators_reproduce_shipped_data(script, folder, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(tmp_path)], check=True,
                    capture_output=True)
