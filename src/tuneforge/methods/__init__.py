@@ -24,7 +24,7 @@ PREFERENCE = frozenset({"kto", "orpo", "simpo", "cpo"})
 RL_PEFT = frozenset({"dpo", "ppo", "grpo"}) | PREFERENCE
 RL_COPY = frozenset({"dpo", "grpo"}) | PREFERENCE
 
-# default_lr: starting points for short CPU runs (`tuneforge compare` uses them for the methods it switches to).
+# default_lr: the rate of a run that gives no training.learning_rate (train/recipe.py; compare's switched methods).
 METHODS: dict[str, Method] = {
     "full": Method(freeze.apply_full, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=5e-5, saves_whole_model=True,
                    why_not_mergeable="full fine-tuning already saves a whole model"),
