@@ -212,6 +212,17 @@ def render(results: dict, tasks: list[str], settings: list[str], seeds: list[int
     return "\n".join(out)
 
 
+NOTES = "<!-- notes: kept when the table is regenerated -->"
+
+
+def write_doc(out: Path, text: str) -> None:
+    """Write the generated part; a hand-written part after the NOTES marker in an existing file is kept."""
+    old = out.read_text() if out.is_file() else ""
+    kept = old[old.index(NOTES):] if NOTES in old else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + ("\n" + kept if kept else ""))
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, 2 tasks x 2 settings x 1 seed")
@@ -231,7 +242,7 @@ def main(argv: list[str] | None = None) -> Path:
                                                                      for s in saved["results"][t]))
         seeds = sorted({r["seed"] for t in tasks for s in settings for r in saved["results"][t].get(s, [])})
         out = Path(args.out)
-        out.write_text(render(saved["results"], tasks, settings, seeds, saved["command"], saved["models"],
+        write_doc(out, render(saved["results"], tasks, settings, seeds, saved["command"], saved["models"],
                               saved.get("wall_seconds", 0.0)))
         return out
     tasks = args.tasks.split(",") if args.tasks else (QUICK["tasks"] if args.quick else list(TASKS))
@@ -254,8 +265,7 @@ def main(argv: list[str] | None = None) -> Path:
                         "command": command, "models": models, "results": results,
                         "wall_seconds": time.perf_counter() - started}, indent=1))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(results, tasks, settings, seeds, command, models, time.perf_counter() - started))
+    write_doc(out, render(results, tasks, settings, seeds, command, models, time.perf_counter() - started))
     print(f"wrote {out} and {args.json}")
     return out
 

@@ -59,6 +59,8 @@ def test_render_writes_a_partial_study_from_its_json(study, tmp_path):
              "results": {"classify": {"defaults": [run], "lr x2": [{**run, "value": 0.75}]},
                          "facts": {"defaults": [{**run, "value": 0.25}], "lr x2": []}}}
     (tmp_path / "s.json").write_text(json.dumps(saved))
+    (tmp_path / "d.md").write_text("old table\n" + study.NOTES + "\nhand-written findings\n")
     out = study.main(["--render", "--json", str(tmp_path / "s.json"), "--out", str(tmp_path / "d.md")])
     md = out.read_text()
+    assert "old table" not in md and md.endswith(study.NOTES + "\nhand-written findings\n")
     assert "| lr x2 | 0.750 (1) | - | 1.00 |" in md and "| defaults | 0.500 (2) | 0.250 (1) | 1.50 |" in md
