@@ -11,6 +11,7 @@ policy; a second run, a resume, an hpo trial or a `compare` method reuses it and
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -201,16 +202,20 @@ def load_cached_examples(cfg: Config, tokenizer, path: str | Path,
     iter_records(path)  # a missing or unreadable file: DataError naming it, before hashing
     key, parts = cache_key(cfg, tokenizer, path)
     dest = data_cache_dir() / key
-    if (dest / "meta.json").is_file():
-        meta = json.loads((dest / "meta.json").read_text())
-        log(f"data cache: reused {dest} for {path} (no tokenizing; built in {meta['build_seconds']} s at "
-            f"{meta['tokens_per_second']:,} tok/s)")
-    else:
-        log(f"data cache: tokenizing {path} into {dest} (once; later runs reuse it)")
-        build_cache(cfg, tokenizer, path, dest, parts, log)
-        meta = json.loads((dest / "meta.json").read_text())
-        log(f"data cache: built {dest}: {meta['stats']['corpus_tokens']:,} tokens of {meta['records']:,} records in "
-            f"{meta['build_seconds']} s ({meta['tokens_per_second']:,} tok/s)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per key: the ranks of a torchrun job, parallel hpo trials or compare runs wait for it and reuse.
+    with open(dest.parent / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / "meta.json").is_file():
+            meta = json.loads((dest / "meta.json").read_text())
+            log(f"data cache: reused {dest} for {path} (no tokenizing; built in {meta['build_seconds']} s at "
+                f"{meta['tokens_per_second']:,} tok/s)")
+        else:
+            log(f"data cache: tokenizing {path} into {dest} (once; later runs reuse it)")
+            build_cache(cfg, tokenizer, path, dest, parts, log)
+            meta = json.loads((dest / "meta.json").read_text())
+            log(f"data cache: built {dest}: {meta['stats']['corpus_tokens']:,} tokens of {meta['records']:,} records "
+                f"in {meta['build_seconds']} s ({meta['tokens_per_second']:,} tok/s)")
     reader = TokenReader(dest)
     stats = DataStats(**meta["stats"])
     stats.lengths = reader.lengths()
