@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", default=str(ROOT / "docs" / "defaults.md"))
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "defaults_study.json"),
                         help="every run's figures, saved after each run (the table is computed from them)")
+    parser.add_argument("--threads", type=int, help="torch threads (1 on a shared, loaded machine: spinning "
+                        "OpenMP threads that are not scheduled slow every step)")
     parser.add_argument("--render", action="store_true", help="only write the table from --json (a partial study too)")
     args = parser.parse_args(argv)
     if args.render:
@@ -249,6 +251,10 @@ def main(argv: list[str] | None = None) -> Path:
     settings = args.settings.split(",") if args.settings else (QUICK["settings"] if args.quick else list(SETTINGS))
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else (QUICK["seeds"] if args.quick else [0, 1, 2])
     models = {"lm": args.lm_model, "cls": args.cls_model}
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     command = ("python bench/defaults_study.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     results: dict = {t: {s: [] for s in settings} for t in tasks}
