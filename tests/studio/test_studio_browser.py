@@ -139,7 +139,8 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         page.wait_for_selector(".err[data-for='training.batch_size']:text('greater than or equal to 1')")
         assert page.is_disabled("#launch")
         for key, value in {"batch_size": "4", "max_steps": "100000", "max_length": "128", "precision": "fp32",
-                           "learning_rate": "0.03", "lr_scheduler": "constant", "warmup_ratio": "0"}.items():
+                           "learning_rate": "0.03", "lr_scheduler": "constant", "warmup_ratio": "0",
+                           "eval_steps": "50"}.items():
             selector = f"#f-training-{key}"
             if page.eval_on_selector(selector, "e => e.tagName") == "SELECT":
                 page.select_option(selector, value)
@@ -198,6 +199,7 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         assert (tmp_path / "runs" / "first" / "metrics.json").is_file()
         assert "resumed from" in page.text_content("#run-log")
         page.wait_for_selector("table.metrics")
+        page.wait_for_selector("#chart svg path[data-series='eval loss']")  # the periodic evals, from metrics.json
         _shot(page, "finished")
         # 7. compare with the run started from the command line
         page.click("button[data-tab='compare']")
@@ -215,8 +217,10 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         page.fill("#chat-max", "12")
         page.fill("#chat-input", "what color is the sky ?")
         page.click("#chat-send")
-        page.wait_for_selector("#chat-tuned .msg.assistant", timeout=60_000)
+        page.wait_for_selector("#chat-tuned[data-done='1']", timeout=60_000)  # streamed, then done
+        assert page.get_attribute("#chat-base", "data-done") == "1"
         assert page.locator("#chat-base .msg.assistant").count() == 1
+        assert page.inner_text("#chat-tuned .msg.assistant").strip()
         assert page.inner_text("#chat-tuned .msg.user") == "what color is the sky ?"
         _shot(page, "chat")
         assert errors == []

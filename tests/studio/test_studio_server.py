@@ -185,8 +185,17 @@ def test_chat_answers_as_the_run_and_its_base_did_in_its_own_evaluation(studio, 
             r = client.post("/api/runs/done/chat", json={"base": messages, "tuned": messages, "max_new_tokens": 12})
             assert r.status_code == 200, r.text
             assert (r.json()["base"]["text"], r.json()["tuned"]["text"]) == (row["base"], row["tuned"])
-        bad = client.post("/api/runs/done/chat", json={"tuned": [{"role": "robot", "content": "hi"}]})
-        assert bad.status_code == 400 and "role" in bad.json()["error"]
+        messages = [{"role": "user", "content": rows[0]["question"]}]
+        streamed = client.post("/api/runs/done/chat/stream", json={"base": messages, "tuned": messages,
+                                                                  "max_new_tokens": 12})
+        events = [json.loads(line) for line in streamed.text.splitlines()]
+        for side in ("base", "tuned"):  # pieces as decoded, then the whole reply
+            pieces = "".join(e["text"] for e in events if e.get("side") == side and "text" in e)
+            (done,) = [e["done"] for e in events if e.get("side") == side and "done" in e]
+            assert pieces == done["text"] == rows[0][side]
+        for path in ("chat", "chat/stream"):  # refused before anything generates
+            bad = client.post(f"/api/runs/done/{path}", json={"tuned": [{"role": "robot", "content": "hi"}]})
+            assert bad.status_code == 400 and "role" in bad.json()["error"]
 
 
 def test_memory_per_method_is_plans_estimate_for_the_stage(studio, tiny_model_dir):
@@ -203,3 +212,25 @@ def test_memory_per_method_is_plans_estimate_for_the_stage(studio, tiny_model_di
                     classifier=True)
     assert lora["gib"] == pytest.approx(want["gib"]["total"]) and lora["fits"] and plan["budget_gib"] > 0
     assert outside.status_code == 400
+
+
+def test_trainer_stages_log_live_too_and_nan_reaches_the_page_as_null(make_config, tmp_path):
+    """dpo / grpo train through the HF Trainer: its log callback appends each logged step to train_log.jsonl;
+    a non-finite loss (a skipped step) is null in what the studio sends."""
+    from types import SimpleNamespace
+
+    from tuneforge.studio.manager import finite, read_log
+    from tuneforge.train.hf_bridge import MetricLogCallback
+
+    out = tmp_path / "out"
+    out.mkdir()
+    callback = MetricLogCallback(make_config(training__report_to=[]), out)
+    callback.on_train_begin(None, SimpleNamespace(global_step=0), None)
+    for step, loss in ((1, 0.7), (2, float("nan"))):
+        callback.on_log(None, SimpleNamespace(global_step=step), None,
+                        logs={"loss": loss, "learning_rate": 1e-3, "grad_norm": 0.5})
+    callback.on_log(None, SimpleNamespace(global_step=2), None, logs={"train_runtime": 3.0, "train_loss": 0.6})
+    callback.on_train_end(None, None, None)
+    points = read_log(out / "train_log.jsonl")
+    assert [(p["step"], p["lr"]) for p in points] == [(1, 1e-3), (2, 1e-3)]
+    assert finite(points)[1]["loss"] is None and json.dumps(finite(points), allow_nan=False)

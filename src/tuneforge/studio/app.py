@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from tuneforge.errors import UserError
@@ -216,14 +216,23 @@ def create_app(runs_dir: Path, roots: list[Path] | None = None, api_key: str | N
                             precision=str(form.get("training.precision") or "auto"),
                             gradient_checkpointing=str(form.get("training.gradient_checkpointing")) == "true")
 
-    @app.post("/api/runs/{name}/chat")
-    def chat(name: str, body: dict[str, Any]) -> dict[str, Any]:
+    def chat_args(name: str, body: dict[str, Any]) -> tuple:
         conversations = {side: body.get(side) for side in ("base", "tuned") if isinstance(body.get(side), list)}
         try:
             max_new_tokens, temperature = int(body.get("max_new_tokens") or 64), float(body.get("temperature") or 0)
         except (TypeError, ValueError):
             raise UserError("max_new_tokens must be a whole number and temperature a number") from None
-        return chats.reply(manager.run_dir(name), conversations, max_new_tokens, temperature)
+        return manager.run_dir(name), conversations, max_new_tokens, temperature
+
+    @app.post("/api/runs/{name}/chat")
+    def chat(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return chats.reply(*chat_args(name, body))
+
+    @app.post("/api/runs/{name}/chat/stream")
+    def chat_stream(name: str, body: dict[str, Any]) -> StreamingResponse:
+        jobs = chats.prepare(*chat_args(name, body))  # errors before the stream starts are plain 400s
+        return StreamingResponse(chats.stream(jobs), media_type="application/x-ndjson",
+                                 headers={"Cache-Control": "no-cache"})
 
     return app
 

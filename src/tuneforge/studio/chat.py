@@ -8,7 +8,11 @@ loaded; one generation at a time.
 
 from __future__ import annotations
 
+import functools
+import json
+import queue
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +46,10 @@ class ChatPool:
         self.loaded = (run_dir, {"base": base, "tuned": tuned})
         return self.loaded[1]
 
-    def reply(self, run_dir: Path, conversations: dict[str, list[dict]], max_new_tokens: int = 64,
-              temperature: float = 0.0) -> dict[str, Any]:
-        """The next assistant turn of each side's conversation (a side left out is not generated)."""
+    def prepare(self, run_dir: Path, conversations: dict[str, list[dict]], max_new_tokens: int = 64,
+                temperature: float = 0.0) -> list[tuple[str, Any, list[int], Any]]:
+        """(side, engine, prompt ids, params) per side given: everything checked (a bad message, an unfinished run,
+        a prompt over the context are UserErrors) before a token is generated."""
         from tuneforge.inference.engine import Params
 
         if not any(conversations.get(side) for side in SIDES):
@@ -53,14 +58,51 @@ class ChatPool:
             raise UserError("max_new_tokens must be in 1..1024 and temperature in 0..2")
         with self.lock:
             engines = self.engines(run_dir)
-            out = {}
-            for side in SIDES:
-                messages = conversations.get(side)
-                if not messages:
-                    continue
+        params = Params(max_new_tokens, temperature)
+        jobs = []
+        for side in SIDES:
+            if conversations.get(side):
                 engine = engines[side]
-                ids = engine.chat_prompt_ids(messages)
-                result = engine.generate(ids, Params(max_new_tokens, temperature))
-                out[side] = {"text": result.text, "finish_reason": result.finish_reason,
-                             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
-            return out
+                ids = engine.chat_prompt_ids(conversations[side])
+                engine.check(ids, max_new_tokens)
+                jobs.append((side, engine, ids, params))
+        return jobs
+
+    def reply(self, run_dir: Path, conversations: dict[str, list[dict]], max_new_tokens: int = 64,
+              temperature: float = 0.0) -> dict[str, Any]:
+        """The next assistant turn of each side's conversation (a side left out is not generated)."""
+        out = {}
+        for side, engine, ids, params in self.prepare(run_dir, conversations, max_new_tokens, temperature):
+            with self.lock:
+                result = engine.generate(ids, params)
+            out[side] = _done(result)
+        return out
+
+    def stream(self, jobs: list[tuple[str, Any, list[int], Any]]) -> Iterator[str]:
+        """JSON lines as the replies are decoded: {"side", "text"} pieces, then {"side", "done": {...}} per side;
+        a failure mid-way is an {"error"} line (the response has started)."""
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                for side, engine, ids, params in jobs:
+                    with self.lock:
+                        result = engine.generate(ids, params, functools.partial(_piece, events, side))
+                    events.put({"side": side, "done": _done(result)})
+            except Exception as exc:  # one line for the page, never a traceback
+                events.put({"error": f"generation failed: {type(exc).__name__}: {str(exc)[:200]}"})
+            finally:
+                events.put(None)
+
+        threading.Thread(target=work, name="studio-chat", daemon=True).start()
+        while (event := events.get()) is not None:
+            yield json.dumps(event) + "\n"
+
+
+def _piece(events: queue.Queue, side: str, text: str) -> None:
+    events.put({"side": side, "text": text})
+
+
+def _done(result) -> dict[str, Any]:
+    return {"text": result.text, "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens}

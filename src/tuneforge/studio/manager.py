@@ -11,6 +11,7 @@ command line show up too (their output_dir under --runs-dir).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -44,6 +45,17 @@ def read_log(path: Path) -> list[dict]:
         except (ValueError, KeyError, TypeError):
             continue
     return [by_step[k] for k in sorted(by_step)]
+
+
+def finite(value: Any) -> Any:
+    """JSON for the page: NaN / inf (a skipped non-finite step) become null, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
 
 
 def progress(points: list[dict], total: int | None) -> dict[str, Any]:
@@ -151,7 +163,7 @@ class RunManager:
                 "method": (config.get("method") or {}).get("name"), "model": config.get("model"),
                 "max_steps": training.get("max_steps"), "checkpoints": checkpoints, "error": error,
                 "started": started or None, "command": state.get("command"),
-                **progress(read_log(log_path), training.get("max_steps"))}
+                **finite(progress(read_log(log_path), training.get("max_steps")))}
 
     def detail(self, name: str) -> dict[str, Any]:
         out = self.run_dir(name)
@@ -167,8 +179,8 @@ class RunManager:
             if path.is_file():
                 config_text = path.read_text(encoding="utf-8")
                 break
-        return {**info, "points": read_log(out / "train_log.jsonl"), "metrics": metrics, "config": config_text,
-                "log": self.log_tail(name)}
+        return finite({**info, "points": read_log(out / "train_log.jsonl"), "metrics": metrics,
+                       "config": config_text, "log": self.log_tail(name)})
 
     def log_tail(self, name: str, n_bytes: int = 6000) -> str:
         path = self.meta / name / "log.txt"

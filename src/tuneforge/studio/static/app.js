@@ -210,8 +210,10 @@ async function showRun(name) {
                         ["checkpoints", data.checkpoints.join(", ") || "—"],
                         ["command", data.command || "(started outside the studio)"]])
     $(`#run-${k}`).textContent = v;
-  lineChart($("#chart"), [{name: "train loss", color: "#2563eb", points: data.points.map(p => [p.step, p.loss])}],
-            {yLabel: "train loss"});
+  const evals = (data.metrics?.evals || []).filter(e => e.loss != null);  // periodic evals (training.eval_steps)
+  lineChart($("#chart"), [{name: "train loss", color: "#2563eb", points: data.points.map(p => [p.step, p.loss])},
+                          ...(evals.length ? [{name: "eval loss", color: "#dc2626", points: evals.map(e => [e.step, e.loss])}] : [])],
+            {yLabel: "loss"});
   $("#run-log").textContent = data.log;
 }
 

@@ -21,20 +21,41 @@ async function sendChat() {
   if (!text || !run) return;
   for (const side of ["base", "tuned"]) CHAT[side].push({role: "user", content: text});
   $("#chat-input").value = "";
+  const asked = {base: [...CHAT.base], tuned: [...CHAT.tuned]};
+  for (const side of ["base", "tuned"]) { CHAT[side].push({role: "assistant", content: ""}); $(`#chat-${side}`).dataset.done = ""; }
   drawChat();
   $("#chat-state").textContent = "generating ...";
-  const {status, data} = await api(`/api/runs/${encodeURIComponent(run)}/chat`,
-                                   {...CHAT, max_new_tokens: +$("#chat-max").value || 64});
-  if (status !== 200) {
-    for (const side of ["base", "tuned"]) CHAT[side].pop();
-    $("#chat-state").textContent = data.error;
-  } else {
-    for (const side of ["base", "tuned"]) CHAT[side].push({role: "assistant", content: data[side].text});
-    $("#chat-state").textContent = "";
+  let r;
+  try {
+    r = await fetch(`/api/runs/${encodeURIComponent(run)}/chat/stream`, {method: "POST",
+      headers: {"Content-Type": "application/json"}, body: JSON.stringify({...asked, max_new_tokens: +$("#chat-max").value || 64})});
+  } catch (e) { r = null; }
+  if (!r || r.status !== 200) {  // refused before generating: take the turn back
+    const error = r ? (await r.json().catch(() => ({}))).error : "the studio is not reachable";
+    CHAT = {base: asked.base.slice(0, -1), tuned: asked.tuned.slice(0, -1)};
+    drawChat();
+    $("#chat-state").textContent = error || `HTTP ${r.status}`;
+    return;
   }
-  drawChat();
+  const reader = r.body.getReader(), decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {  // JSON lines: {"side", "text"} pieces as they are decoded, {"side", "done"}, or {"error"}
+    const {value, done} = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, {stream: true});
+    const lines = buffer.split("\n");
+    buffer = lines.pop();
+    for (const line of lines.filter(Boolean)) {
+      const ev = JSON.parse(line);
+      if (ev.error) { $("#chat-state").textContent = ev.error; continue; }
+      const last = CHAT[ev.side][CHAT[ev.side].length - 1];
+      if (ev.text !== undefined) last.content += ev.text;
+      if (ev.done) { last.content = ev.done.text; $(`#chat-${ev.side}`).dataset.done = "1"; }
+      drawChat();
+    }
+  }
+  if ($("#chat-state").textContent === "generating ...") $("#chat-state").textContent = "";
 }
-
 
 // ---- memory per method (tuneforge plan) -----------------------------------------------------------------------
 async function estimateMemory() {
