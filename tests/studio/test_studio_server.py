@@ -145,6 +145,9 @@ def test_runs_started_from_the_command_line_are_found(studio, tmp_path, sft_run)
         ("cli-run", "finished", "sft", "lora", False)]
     assert detail["step"] == detail["total_steps"] == 20 and len(detail["points"]) == 20
     assert detail["metrics"]["eval_after"]["loss"] < detail["metrics"]["eval_before"]["loss"]
+    assert [g["tuned"] for g in detail["generations"]] == [
+        json.loads(x)["tuned"] for x in (sft_run / "generations.jsonl").read_text().splitlines()]
+    assert detail["report"] == (sft_run / "report.md").read_text()
 
 
 def test_the_log_reader_keeps_the_last_record_of_each_step(tmp_path):

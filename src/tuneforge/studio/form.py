@@ -90,7 +90,7 @@ def form_schema() -> dict[str, Any]:
                       "help": (cfg.__doc__ or "").strip(), "fields": _fields("method.", cfg, ("name",))}
                for name, cfg in METHOD_CONFIGS.items()}
     stages = {name: {"records": info.records, "model_kind": info.model_kind, "block": STAGE_BLOCKS.get(name),
-                     "metrics": list(info.metrics)} for name, info in STAGE_INFO.items()}
+                     "chainable": info.chainable, "metrics": list(info.metrics)} for name, info in STAGE_INFO.items()}
     sections = [{"name": "top", "stage": None, "fields": [_field(k, Config.model_fields[k]) for k in TOP_KEYS]}]
     sections += [{"name": name, "stage": name if name in STAGE_BLOCKS.values() else None,
                   "fields": _fields(f"{name}.", model)} for name, model in SECTIONS]

@@ -27,6 +27,7 @@ import yaml
 from tuneforge.errors import UserError
 from tuneforge.fsutil import write_json_atomic, write_text_atomic
 
+GENERATIONS, REPORT_CHARS = 20, 20_000  # what a run's page shows of generations.jsonl and report.md
 LIVE_SECONDS = 60  # a run the studio did not start counts as running while its train_log.jsonl is this fresh
 
 
@@ -179,8 +180,17 @@ class RunManager:
             if path.is_file():
                 config_text = path.read_text(encoding="utf-8")
                 break
+        generations = []
+        if (out / "generations.jsonl").is_file():
+            for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()[:GENERATIONS]:
+                try:
+                    generations.append(json.loads(line))
+                except ValueError:
+                    continue
+        report = (out / "report.md").read_text(encoding="utf-8")[:REPORT_CHARS] if (out / "report.md").is_file() else ""
         return finite({**info, "points": read_log(out / "train_log.jsonl"), "metrics": metrics,
-                       "config": config_text, "log": self.log_tail(name)})
+                       "config": config_text, "log": self.log_tail(name), "generations": generations,
+                       "report": report})
 
     def log_tail(self, name: str, n_bytes: int = 6000) -> str:
         path = self.meta / name / "log.txt"

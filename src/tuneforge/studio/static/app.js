@@ -189,7 +189,8 @@ async function refreshRuns() {
     tr.addEventListener("click", () => { CURRENT = r.name; refreshRuns(); });
     return tr;
   }));
-  const models = RUNS.filter(r => r.status === "finished").map(r => `${SCHEMA.runs_dir}/${r.name}`);
+  const models = RUNS.filter(r => r.status === "finished" && SCHEMA.stages[r.stage]?.chainable)  // runs to continue
+    .map(r => `${SCHEMA.runs_dir}/${r.name}`);
   $("#models").replaceChildren(...[...SCHEMA.aliases, ...models].map(v => el("option", {value: v})));
   fillCompare();
   fillChatRuns();
@@ -275,7 +276,8 @@ async function compare() {
   const chart = el("div", {id: "compare-chart"});
   lineChart(chart, runs.map((r, i) => ({name: r.name, color: ["#2563eb", "#dc2626"][i], points: r.points.map(p => [p.step, p.loss])})));
   $("#compare-view").className = "";
-  $("#compare-view").replaceChildren(metricsTable(runs), chart);
+  $("#compare-view").replaceChildren(metricsTable(runs), chart, el("h3", {text: "generations (greedy, after training)"}),
+                                     generationsTable(runs), reportsSideBySide(runs));
 }
 
 // ---- start ---------------------------------------------------------------------------------------------------

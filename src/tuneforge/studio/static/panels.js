@@ -72,3 +72,24 @@ async function estimateMemory() {
   box.className = "";
   box.replaceChildren(el("p", {text: `${data.precision}, this machine: ${data.budget_gib.toFixed(1)} GiB`}), t);
 }
+
+// ---- compare: generations and reports side by side ------------------------------------------------------------
+function generationsTable(runs) {
+  const key = g => g.question ?? g.prompt;
+  const byRun = runs.map(r => new Map((r.generations || []).map(g => [key(g), g])));
+  const questions = [...new Set(runs.flatMap(r => (r.generations || []).map(key)))];
+  if (!questions.length) return el("p", {class: "muted", text: "no generations.jsonl (eval.generate_samples: 0?)"});
+  const t = el("table", {class: "generations"}, el("tr", {}, el("th", {text: "prompt"}), el("th", {text: "reference"}),
+    el("th", {text: "base"}), ...runs.map(r => el("th", {text: r.name}))));
+  for (const q of questions) {
+    const first = byRun.map(m => m.get(q)).find(Boolean);
+    t.append(el("tr", {}, el("td", {text: q}), el("td", {text: first.reference ?? ""}), el("td", {text: first.base ?? ""}),
+      ...byRun.map(m => el("td", {text: m.get(q)?.tuned ?? "—"}))));
+  }
+  return t;
+}
+
+function reportsSideBySide(runs) {
+  return el("div", {class: "chat-cols"}, ...runs.map(r => el("div", {}, el("h3", {text: `${r.name}: report.md`}),
+    el("pre", {class: "report", text: r.report || "(no report.md yet)"}))));
+}
