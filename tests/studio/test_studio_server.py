@@ -237,3 +237,24 @@ def test_trainer_stages_log_live_too_and_nan_reaches_the_page_as_null(make_confi
     points = read_log(out / "train_log.jsonl")
     assert [(p["step"], p["lr"]) for p in points] == [(1, 1e-3), (2, 1e-3)]
     assert finite(points)[1]["loss"] is None and json.dumps(finite(points), allow_nan=False)
+
+
+def test_predict_labels_a_file_with_a_classify_run(studio, tmp_path, tiny_bert_dir):
+    from tuneforge.config.schema import Config
+    from tuneforge.stages import STAGES
+
+    run = tmp_path / "runs" / "cls"
+    train = tiny.write_jsonl(tmp_path / "cls.jsonl", tiny.toy_cls_rows(32))
+    STAGES["classify"](Config.model_validate({
+        "model": str(tiny_bert_dir), "stage": "classify", "method": {"name": "full"}, "data": {"train": str(train)},
+        "training": {"max_steps": 4, "batch_size": 8, "max_length": 64, "progress": False, "precision": "fp32"},
+        "eval": {"before": False}, "output_dir": str(run), "seed": 0}))
+    with studio() as client:
+        r = client.post("/api/runs/cls/predict", json={"input": str(train)})
+        assert r.status_code == 200, r.text
+        wrong = client.post("/api/runs/cls/predict", json={"input": "/etc/hosts"})
+    body = r.json()
+    assert body["records"] == 32 and 0 <= body["accuracy"] <= 1 and len(body["preview"]) == 20
+    assert {"predicted", "probabilities"} <= set(body["preview"][0])
+    assert body["output"] == str(tmp_path / "runs" / ".studio" / "cls" / "predictions-tuned-cls.jsonl")
+    assert wrong.status_code == 400 and "outside" in wrong.json()["error"]

@@ -28,6 +28,7 @@ from tuneforge.studio.data_view import preview_data
 from tuneforge.studio.form import form_schema, validate_form
 from tuneforge.studio.manager import RunManager
 from tuneforge.studio.plan_view import plan_methods
+from tuneforge.studio.predict_view import predict_file
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "panels.js": "text/javascript", "chart.js": "text/javascript",
@@ -233,6 +234,12 @@ def create_app(runs_dir: Path, roots: list[Path] | None = None, api_key: str | N
         jobs = chats.prepare(*chat_args(name, body))  # errors before the stream starts are plain 400s
         return StreamingResponse(chats.stream(jobs), media_type="application/x-ndjson",
                                  headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/runs/{name}/predict")
+    def predict(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        path = str(body.get("input") or "").strip()
+        guard.check("data", path or None)
+        return predict_file(manager.run_dir(name), manager.meta / name, path, bool(body.get("base")))
 
     return app
 

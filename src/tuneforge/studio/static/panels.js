@@ -93,3 +93,23 @@ function reportsSideBySide(runs) {
   return el("div", {class: "chat-cols"}, ...runs.map(r => el("div", {}, el("h3", {text: `${r.name}: report.md`}),
     el("pre", {class: "report", text: r.report || "(no report.md yet)"}))));
 }
+
+// ---- predict on a file (classify runs) ------------------------------------------------------------------------
+function predictPanel(name) {
+  const input = el("input", {id: "predict-input", size: 50, placeholder: "CSV or JSONL with the run's text column"});
+  const base = el("input", {id: "predict-base", type: "checkbox"});
+  const go = el("button", {id: "predict", type: "button", text: "Predict"}), out = el("div", {id: "predict-view"});
+  go.addEventListener("click", async () => {
+    out.textContent = "predicting ...";
+    const {status, data} = await api(`/api/runs/${encodeURIComponent(name)}/predict`,
+                                     {input: input.value.trim(), base: base.checked});
+    if (status !== 200) { out.replaceChildren(el("div", {class: "err", text: data.error})); return; }
+    const cols = Object.keys(data.preview[0] || {}).filter(k => k !== "probabilities");
+    const t = el("table", {class: "preview"}, el("tr", {}, ...cols.map(c => el("th", {text: c}))));
+    data.preview.forEach(r => t.append(el("tr", {}, ...cols.map(c => el("td", {text: String(r[c])})))));
+    const acc = data.accuracy == null ? "" : `, accuracy ${data.accuracy.toFixed(4)} against the file's labels`;
+    out.replaceChildren(el("p", {id: "predict-summary", text: `${data.records} rows labelled${acc} -> ${data.output}`}), t);
+  });
+  return el("div", {class: "predict"}, el("h3", {text: "predict on a file"}),
+            el("div", {class: "actions"}, input, el("label", {}, base, " base model (untrained head)"), go), out);
+}
