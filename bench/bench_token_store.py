@@ -77,8 +77,8 @@ def child(backend: str, out: Path, n_tokens: int, reads: int) -> dict:
     read_s = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"backend": backend, "sequences": n, "build_s": round(built, 2), "rss_build_mb": round(rss_build),
-            "open_s": round(opened, 3), "reads_per_s": round(reads / read_s), "tokens_read_per_s": round(total / read_s),
-            "disk_mb": round(size / 2**20)}
+            "open_s": round(opened, 3), "reads_per_s": round(reads / read_s),
+            "tokens_read_per_s": round(total / read_s), "disk_mb": round(size / 2**20)}
 
 
 def main() -> None:
@@ -96,14 +96,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, __file__, "--child", backend, "--out", tmp, "--tokens", str(a.tokens),
                    "--reads", str(a.reads)]
-            rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            rows.append(json.loads(done.stdout.splitlines()[-1]))
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(str(r[k]) for k in keys) + " |")
     n, a_ = rows
-    print(f"numpy / arrow: build time {n['build_s'] / a_['build_s']:.2f}x, reads/s {n['reads_per_s'] / a_['reads_per_s']:.1f}x, "
+    print(f"numpy / arrow: build time {n['build_s'] / a_['build_s']:.2f}x, "
+          f"reads/s {n['reads_per_s'] / a_['reads_per_s']:.1f}x, "
           f"build RSS {n['rss_build_mb'] / a_['rss_build_mb']:.2f}x")
 
 
