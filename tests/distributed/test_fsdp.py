@@ -6,17 +6,19 @@ from a step-2 checkpoint reproduce the rest of the curve. Two launches only (eac
 - full fine-tuning from step 0, launched as two torchrun *nodes* on this machine (--nnodes 2, node ranks 0 and 1,
   one process each, c10d rendezvous on 127.0.0.1): also the multi-node proof; two real machines run the same
   commands with the first machine's address as the endpoint (docs/distributed.md);
-- LoRA with `tuneforge train --nproc 2`, resumed from the one-process run's step-2 checkpoint (the files of a
-  sharded run are identical to it, which the full case asserts).
+- LoRA with `tuneforge train --nproc 2`, stopped by a SIGTERM sent to rank 1 alone (both ranks stop after one
+  complete checkpoint, exit 143), then resumed with resume=auto across the 2 sharded ranks.
 
     .venv/bin/python -m pytest -q tests/distributed/test_fsdp.py -s     # -s prints the measured figures
 """
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,40 @@ def _two_nodes(path: Path) -> None:
     assert sum(log.count("done:") for log in logs) == 1  # global rank 0 alone reports
 
 
+def _rank_pids(pid: int) -> dict[int, int]:
+    """{global rank: pid} of the launcher's descendants (their RANK environment variable)."""
+    found = {}
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    for child in children.split():
+        try:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        found.update({int(e[5:]): int(child) for e in env if e.startswith(b"RANK=")})
+        found.update(_rank_pids(int(child)))
+    return found
+
+
+def _sigterm_rank1(path: Path, out: Path) -> None:
+    """`tuneforge train --nproc 2` in a subprocess; once step 1 is logged, SIGTERM to rank 1 only."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    launcher = subprocess.Popen([sys.executable, "-m", "tuneforge", "train", str(path), "--nproc", "2"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, deadline = out / "train_log.jsonl", time.time() + 240
+    try:
+        while not (log.is_file() and log.read_text().strip()) and launcher.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(_rank_pids(launcher.pid)[1], signal.SIGTERM)
+        text = launcher.communicate(timeout=240)[0]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert "complete checkpoint at" in text
+
+
 def _launch(run_cli, capfd, path: Path, *overrides: str) -> None:
     capfd.readouterr()
     code = run_cli(["train", str(path), *overrides, "--nproc", "2"])
@@ -86,26 +122,31 @@ def test_fsdp_two_ranks_shard_and_match_one_process(method, make_config, tmp_pat
     # collectives); full: batch 3 x accum 2 splits every micro-batch 2 / 1.
     shape = dict(training__batch_size=1, training__grad_accum=3) if method == "lora" else dict(
         training__batch_size=3, training__grad_accum=2)
-    kwargs = dict(training__max_steps=4, training__save_steps=2, training__eval_steps=2, eval__before=False,
-                  eval__generate_samples=0, **shape)
-    if method == "lora":
-        kwargs["method__dropout"] = 0.0
+    # lora: enough steps that the SIGTERM lands mid-run (checked: the checkpoint's step is below the last)
+    kwargs = dict(training__max_steps=4 if method == "full" else 24, training__save_steps=2, training__eval_steps=2,
+                  eval__before=False, eval__generate_samples=0, **shape)
+    if method == "lora":  # a gentler rate than the fixture's 3e-2: 24 steps at 3e-2 amplify rounding differences
+        kwargs.update(method__dropout=0.0, training__learning_rate=3e-3)
     else:
         kwargs.update(method={"name": "full"}, training__learning_rate=1e-3)
     single = STAGES["sft"](make_config(output_dir=str(tmp_path / "single"), **kwargs))
     cfg = make_config(output_dir=str(tmp_path / "fsdp"), training__distributed="fsdp", **kwargs)
     path = tmp_path / "fsdp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    resume = ["resume=" + str(single / "checkpoints" / "step-0000002")] if method == "lora" else []
-    if resume:
-        _launch(run_cli, capfd, path, *resume)
+    out = tmp_path / "fsdp"
+    resume = method == "lora"
+    if resume:  # interrupted on rank 1, then resumed: the whole curve must still be the one-process curve
+        _sigterm_rank1(path, out)
+        stopped = [int(p.name.split("-")[1]) for p in list_checkpoints(out / "checkpoints")]
+        assert stopped and stopped[-1] < 24, stopped
+        print(f"\nSIGTERM to rank 1: both ranks stopped at the step-{stopped[-1]} checkpoint")
+        _launch(run_cli, capfd, path, "resume=auto")
+        resumed = json.loads((out / "metrics.json").read_text())["train"]["resumed_from"]
+        assert resumed.endswith(f"step-{stopped[-1]:07d}")
     else:
         _two_nodes(path)
-    out = tmp_path / "fsdp"
 
     ref, got = _log(single), _log(out)
-    if resume:  # steps 3-4 trained sharded; 1-2 are the checkpoint's record
-        assert json.loads((out / "metrics.json").read_text())["train"]["resumed_from"].endswith("step-0000002")
     assert [h["loss"] for h in got] == pytest.approx([h["loss"] for h in ref], rel=RTOL)
     assert [h["supervised_tokens"] for h in got] == [h["supervised_tokens"] for h in ref]
     metrics = json.loads((out / "metrics.json").read_text())
