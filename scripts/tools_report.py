@@ -13,6 +13,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
+from tuneforge.data.tools import same_calls  # noqa: E402  (the metric's own comparison)
+
 BEGIN, END = "<!-- tools-report -->", "<!-- /tools-report -->"
 METRICS = ("tool_call_match", "exact_match", "loss")
 
@@ -30,16 +33,19 @@ def report(run: Path) -> str:
     before, after, train = metrics["eval_before"], metrics["eval_after"], metrics["train"]
     data = metrics.get("data", {}).get("eval", {})
     rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines() if line.strip()]
-    lines = [f"Held-out rows: {len(rows)} generated ({data.get('records', len(rows))} in the eval file), greedy, "
-             f"the call compared after parsing. Training: {train['steps']} LoRA steps, "
+    lines = [f"Held-out rows: {data.get('generated', len(rows))} generated (eval.generate_samples), greedy, the "
+             f"call compared after parsing. Training: {train['steps']} LoRA steps, "
              f"{train['wall_seconds']:.0f} s wall on this machine ({train['tokens']:,} tokens, "
              f"{train['supervised_tokens']:,} supervised), precision {train['precision']}.", "",
              "| held-out rows | before (base) | after (tuned) |", "|---|---|---|"]
     lines += [f"| {name.replace('_', ' ')} | {_cell(before.get(name))} | {_cell(after.get(name))} |"
               for name in METRICS]
-    lines += ["", "| question | reference call | base | tuned |", "|---|---|---|---|"]
-    lines += [f"| {_code(r['question'])} | {_code(r['reference'])} | {_code(r['base'])} | {_code(r['tuned'])} |"
-              for r in rows[:4]]
+    misses = [r for r in rows if not same_calls(r["tuned"], r["reference"])]
+    shown = rows[:3] + [r for r in misses if r not in rows[:3]]
+    lines += ["", f"The first rows and every row the tuned model got wrong ({len(misses)} of {len(rows)}):", "",
+              "| question | reference call | base | tuned | tuned right |", "|---|---|---|---|---|"]
+    lines += [f"| {_code(r['question'])} | {_code(r['reference'])} | {_code(r['base'])} | {_code(r['tuned'])} | "
+              f"{'no' if r in misses else 'yes'} |" for r in shown]
     return "\n".join(lines) + "\n"
 
 
