@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any
 
-from tuneforge.data.fields import Issue, Messages
+from tuneforge.data.fields import Issue, Messages, missing
 from tuneforge.errors import DataError
 
 TOOL_KEYS = ("tools", "tool_calls")  # a row with either (or a tool message) is a tool row
@@ -56,9 +56,13 @@ CHATML_TOOLS_TEMPLATE = (
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
 
+def _has_tools(data: dict) -> bool:
+    return "tools" in data and not missing(data["tools"])  # a null tools cell (CSV / Parquet): no tools
+
+
 def is_tool_row(data: dict) -> bool:
     messages = data.get("messages")
-    return "tools" in data or (isinstance(messages, list) and any(
+    return _has_tools(data) or (isinstance(messages, list) and any(
         isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls")) for m in messages))
 
 
@@ -132,7 +136,7 @@ def tool_messages(data: dict, issues: list[Issue], need_assistant: bool = True) 
     or (None, None) with every issue appended. Order: an optional system message, then user turns each answered
     by the assistant, an assistant turn with tool_calls followed by its tool results, then the assistant again."""
     n_before = len(issues)
-    tools = check_tools(data["tools"], issues) if "tools" in data else []
+    tools = check_tools(data["tools"], issues) if _has_tools(data) else []
     raw = data.get("messages")
     if not isinstance(raw, list) or not raw:
         issues.append(Issue("wrong_type", "'messages' must be a non-empty list of {role, content} objects"))
@@ -272,4 +276,4 @@ def require_tool_template(tokenizer, where: str) -> None:
 
 def row_tools(data: dict) -> list[dict] | None:
     """The function list of a row (already validated by the check pass), or None."""
-    return check_tools(data["tools"], []) if data.get("tools") else None
+    return check_tools(data["tools"], []) if _has_tools(data) else None
