@@ -150,3 +150,18 @@ def test_parse_tool_calls_and_the_metric():
     assert compute(["tool_call_match"], preds, [ref] * 3) == {"tool_call_match": pytest.approx(1 / 3)}
     # no call expected: a call is wrong, the same answer right
     assert compute(["tool_call_match"], [ref, " blue  ", "red"], ["blue"] * 3) == {"tool_call_match": 1 / 3}
+
+
+def test_generation_items_of_a_tool_row_show_the_tools_and_expect_the_call(tmp_path, make_config, tools_tokenizer):
+    from tuneforge.data.load import load_records
+    from tuneforge.evaluation.items import generation_items
+    from tuneforge.evaluation.metrics import compute
+
+    held_out = {"tools": TOOLS, "messages": ROW["messages"][1:3]}  # ends on the call
+    path = write_jsonl(tmp_path / "eval.jsonl", [held_out])
+    cfg = make_config(data__template="chatml_tools")
+    item = generation_items(cfg, tools_tokenizer, load_records(path))[0]
+    assert item.reference == '<tool_call>\n{"name": "color", "arguments": {"x": "sky"}}\n</tool_call>'
+    assert item.prompt_ids == build_prompt_ids(tools_tokenizer, tool_messages(held_out, [])[0][:1], tools=TOOLS)
+    assert item.prompt.startswith("<|im_start|>system\n# Tools")
+    assert compute(["tool_call_match"], [item.reference], [item.reference]) == {"tool_call_match": 1.0}
