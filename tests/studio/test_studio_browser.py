@@ -2,8 +2,8 @@
 `tuneforge studio` process and real `tuneforge train` processes on the tiny model: a bad data file's line numbers
 before launch, a field error, an sft run created from the form, its curve gaining points, the browser closed and the
 studio killed mid-run (the run goes on; a restarted studio shows it live), stop (a complete checkpoint), resume to
-the end, a compare with a run started from the command line, and a chat with the run beside its base. Screenshots
-go to docs/images/studio_*.png (docs/studio.md).
+the end, a compare with a run started from the command line, a chat with the run beside its base, and a verified
+merge. Screenshots go to docs/images/studio_*.png (docs/studio.md).
 
 Chromium is not optional here: without it (or Playwright) these tests FAIL with what to install; `make setup`
 installs it with apt-get when run as root. TUNEFORGE_SKIP_BROWSER=1 skips them, and only when asked explicitly.
@@ -224,6 +224,12 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         assert page.inner_text("#chat-tuned .msg.assistant").strip()
         assert page.inner_text("#chat-tuned .msg.user") == "what color is the sky ?"
         _shot(page, "chat")
+        # 9. merge the finished LoRA run, verified (tuneforge merge: reloaded, logits within 1e-4)
+        page.click("button[data-tab='runs']")
+        page.click("#runs-table tr[data-run='first']")
+        page.click("#merge")
+        page.wait_for_selector("#merge-state:text('merged into')", timeout=120_000)
+        assert (tmp_path / "runs" / "first" / "merged" / "merge.json").is_file()
         assert errors == []
     finally:
         page.close()

@@ -26,6 +26,7 @@ from tuneforge.errors import UserError
 from tuneforge.studio.chat import ChatPool
 from tuneforge.studio.data_view import preview_data
 from tuneforge.studio.form import form_schema, validate_form
+from tuneforge.studio.jobs import merge_status, start_merge
 from tuneforge.studio.manager import RunManager
 from tuneforge.studio.plan_view import plan_methods
 from tuneforge.studio.predict_view import predict_file
@@ -240,6 +241,18 @@ def create_app(runs_dir: Path, roots: list[Path] | None = None, api_key: str | N
         path = str(body.get("input") or "").strip()
         guard.check("data", path or None)
         return predict_file(manager.run_dir(name), manager.meta / name, path, bool(body.get("base")))
+
+    @app.get("/api/runs/{name}/merge")
+    def merge_state(name: str) -> dict[str, Any]:
+        return merge_status(manager.meta / name, manager.run_dir(name))
+
+    @app.post("/api/runs/{name}/merge")
+    def merge(name: str) -> dict[str, Any]:
+        from tuneforge.methods import METHODS
+
+        run_dir = manager.run_dir(name)
+        method = manager.status(name)["method"]
+        return start_merge(manager.meta / name, run_dir, method in METHODS and METHODS[method].mergeable)
 
     return app
 

@@ -87,6 +87,7 @@ def form_schema() -> dict[str, Any]:
     from tuneforge.models.hub import ALIASES
 
     methods = {name: {"stages": sorted(METHODS[name].stages), "default_lr": METHODS[name].default_lr,
+                      "mergeable": METHODS[name].mergeable,
                       "help": (cfg.__doc__ or "").strip(), "fields": _fields("method.", cfg, ("name",))}
                for name, cfg in METHOD_CONFIGS.items()}
     stages = {name: {"records": info.records, "model_kind": info.model_kind, "block": STAGE_BLOCKS.get(name),

@@ -243,7 +243,7 @@ function renderRun(box, name, data) {
   const parts = [el("h2", {text: name}), el("div", {class: "bar"}, el("div")), stats, buttons, el("div", {id: "chart"})];
   if (data.error) parts.push(el("pre", {class: "err", text: data.error}));
   if (data.metrics && data.metrics.train) parts.push(el("h3", {text: "metrics"}), metricsTable([data]));
-  if (data.status === "finished" && SCHEMA.stages[data.stage]?.model_kind === "classifier") parts.push(predictPanel(name));
+  if (data.status === "finished") parts.push(...finishedPanels(name, data));  // predict, merge (panels.js)
   parts.push(el("details", {}, el("summary", {text: "config.yaml"}), el("pre", {text: data.config})));
   parts.push(el("details", {}, el("summary", {text: "process output"}), el("pre", {id: "run-log"})));
   box.replaceChildren(...parts);

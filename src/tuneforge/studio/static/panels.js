@@ -113,3 +113,31 @@ function predictPanel(name) {
   return el("div", {class: "predict"}, el("h3", {text: "predict on a file"}),
             el("div", {class: "actions"}, input, el("label", {}, base, " base model (untrained head)"), go), out);
 }
+
+// ---- what a finished run offers: predict (classify), a verified merge (mergeable adapters) --------------------------
+function finishedPanels(name, data) {
+  const panels = [];
+  if (SCHEMA.stages[data.stage]?.model_kind === "classifier") panels.push(predictPanel(name));
+  if (SCHEMA.methods[data.method]?.mergeable) panels.push(mergePanel(name));
+  return panels;
+}
+
+function mergePanel(name) {
+  const state = el("div", {id: "merge-state"}), go = el("button", {id: "merge", type: "button", text: "Merge (verified)"});
+  const show = data => {
+    const r = data.report;
+    state.textContent = data.status === "done"
+      ? `merged into ${name}/merged: max |logit diff| ${r.max_abs_logit_diff.toExponential(2)} <= ${r.atol} (reloaded from disk)`
+      : data.status === "running" ? "merging ..." : data.status === "failed" ? `merge failed:\n${data.log}` : "";
+    go.disabled = data.status === "running" || data.status === "done";
+    if (data.status === "running") setTimeout(poll, 1000);
+  };
+  const poll = async () => { const r = await api(`/api/runs/${encodeURIComponent(name)}/merge`); if (r.status === 200) show(r.data); };
+  go.addEventListener("click", async () => {
+    const r = await api(`/api/runs/${encodeURIComponent(name)}/merge`, {});
+    r.status === 200 ? show(r.data) : (state.textContent = r.data.error);
+  });
+  poll();
+  return el("div", {class: "merge"}, el("h3", {text: "merge the adapter into a standalone model"}),
+            el("div", {class: "actions"}, go), state);
+}
