@@ -42,6 +42,7 @@ UNITS = [("km", "miles", 0.621371), ("miles", "km", 1.609344), ("kg", "pounds", 
 WEATHER = (
     "What's the weather like in {city}?", "Is it raining in {city} right now?", "How warm is it in {city} today?",
     "Tell me the current weather in {city}.", "weather {city}", "Should I bring a coat in {city} today?",
+    "How hot is it in {city}? Answer in {unit}.", "Weather for {city} in {unit}.",
     "What is the temperature in {city} in {unit}?", "Give me {city}'s weather in {unit}, please.",
 )
 CONVERT = (
