@@ -73,30 +73,33 @@ def test_train_with_device_cuda_without_cuda_exits_2_before_writing(make_config,
     assert "device" in capsys.readouterr().err
 
 
-def test_fp16_trains_with_a_gradient_scaler(make_config, tmp_path, monkeypatch):
+def test_fp16_trains_with_a_gradient_scaler_and_resumes_exactly(make_config, tmp_path, monkeypatch):
     """The fp16 branch of the loop (GradScaler: scaled backward, unscale before clipping, scaler.step), run on the
-    CPU's fp16 autocast because there is no GPU here: the curve stays near fp32's and the scaler was used."""
+    CPU's fp16 autocast because there is no GPU here: the curve stays near fp32's, the scaler was used, its state
+    is in the checkpoint, and a run resumed from step 2 repeats the uninterrupted fp16 curve."""
+    from tuneforge.stages import STAGES
     from tuneforge.train import loop
 
     scalers = []
     real = prec.grad_scaler
 
     def spy(precision):
-        scaler = real(precision)
-        scalers.append(scaler)
-        return scaler
+        scalers.append(real(precision))
+        return scalers[-1]
 
     monkeypatch.setattr(loop, "grad_scaler", spy)
-    cfg = make_config(training__max_steps=3, eval__before=False, eval__generate_samples=0)
-    from tuneforge.stages import STAGES
-
+    kw = dict(training__max_steps=4, training__save_steps=2, eval__before=False, eval__generate_samples=0)
     monkeypatch.setattr("tuneforge.stages.skeleton.resolve_precision", lambda p, d=None: "fp16")
-    out16 = STAGES["sft"](cfg)
+    out16 = STAGES["sft"](make_config(**kw))
+    saved = json.loads((out16 / "checkpoints" / "step-0000002" / "state.json").read_text())["scaler"]
+    assert saved["scale"] > 0 and "_growth_tracker" in saved
+    losses16 = [json.loads(line)["loss"] for line in (out16 / "train_log.jsonl").read_text().splitlines()]
+    (out16 / "metrics.json").unlink()
+    STAGES["sft"](make_config(resume=str(out16 / "checkpoints" / "step-0000002"), **kw))
+    resumed = [json.loads(line)["loss"] for line in (out16 / "train_log.jsonl").read_text().splitlines()]
+    assert resumed == pytest.approx(losses16, rel=1e-6)
     monkeypatch.setattr("tuneforge.stages.skeleton.resolve_precision", lambda p, d=None: "fp32")
-    out32 = STAGES["sft"](make_config(output_dir=str(tmp_path / "fp32"), training__max_steps=3, eval__before=False,
-                                      eval__generate_samples=0))
-    assert isinstance(scalers[0], torch.amp.GradScaler) and scalers[1] is None
-    assert scalers[0].get_scale() > 0
-    losses = [[json.loads(line)["loss"] for line in (o / "train_log.jsonl").read_text().splitlines()]
-              for o in (out16, out32)]
-    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=2e-2)
+    out32 = STAGES["sft"](make_config(output_dir=str(tmp_path / "fp32"), **kw))
+    assert isinstance(scalers[0], torch.amp.GradScaler) and scalers[-1] is None
+    losses32 = [json.loads(line)["loss"] for line in (out32 / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses16) == 4 and losses16 == pytest.approx(losses32, rel=2e-2)

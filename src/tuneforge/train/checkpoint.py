@@ -55,6 +55,7 @@ class TrainState:
     train_seconds: float
     skipped: list[dict[str, Any]] = field(default_factory=list)  # non-finite steps whose update was skipped
     evals: list[dict[str, Any]] = field(default_factory=list)  # periodic evaluations so far
+    scaler: dict[str, Any] = field(default_factory=dict)  # fp16's GradScaler (scale, growth tracker)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -148,7 +149,7 @@ def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainSt
                             f"({len(bad)} tensors, e.g. {bad[0]})")
     meta = {"step": state.step, "bad_steps": state.bad_steps, "tokens_seen": state.tokens_seen,
             "train_seconds": state.train_seconds, "history": state.history, "skipped": state.skipped,
-            "evals": state.evals, "optimizer": opt_meta, "guards": guards,
+            "evals": state.evals, "optimizer": opt_meta, "guards": guards, "scaler": state.scaler,
             "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}}
     tmp = None
     try:
@@ -287,4 +288,4 @@ def restore(loaded: dict[str, Any], model, optimizer, scheduler) -> TrainState:
     scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
     torch.set_rng_state(loaded["rng"])
     return TrainState(meta["step"], meta["bad_steps"], meta["history"], meta["tokens_seen"], meta["train_seconds"],
-                      meta.get("skipped", []), meta.get("evals", []))
+                      meta.get("skipped", []), meta.get("evals", []), meta.get("scaler") or {})

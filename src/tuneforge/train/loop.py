@@ -96,6 +96,8 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
         resumed_from, restored, changes = resume_run(cfg, ckpt_root, guards, model, optimizer, scheduler, log,
                                                      output_dir)
         state = restored or state
+        if scaler is not None and state.scaler:
+            scaler.load_state_dict(state.scaler)  # fp16: resume with the scale the run had reached
 
     supervised_seen = sum(h["supervised_tokens"] for h in state.history)
     model.train()
@@ -130,6 +132,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
             finite = math.isfinite(step_loss) and bool(torch.isfinite(grad_norm))
             if not finite and scaler is not None and math.isfinite(step_loss):
                 scaler.update()  # an fp16 overflow: the scaler lowers its scale, the step is not counted as bad
+                state.scaler = scaler.state_dict()
                 optimizer.zero_grad(set_to_none=True)
                 state.skipped.append({"step": state.step, "loss": str(step_loss), "reason": "fp16 overflow"})
             elif not finite:
@@ -141,6 +144,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
+                    state.scaler = scaler.state_dict()
                 else:
                     optimizer.step()
                 scheduler.step()
