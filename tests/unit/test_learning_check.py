@@ -73,3 +73,12 @@ def test_eval_metric_still_rising_warns():
     assert check_learning(_curve(_plateau()), flat, metric_names=("accuracy",))["under_learned"] is False
     losses = [{"step": s, "loss": v} for s, v in ((10, 1.0), (20, 0.8), (30, 0.6))]  # lower is better
     assert check_learning([], losses)["eval"]["still_improving"] is True
+
+
+def test_a_loss_that_barely_moved_warns_even_when_flat():
+    # a 3-class head that never learned: ln 3 -> 1.07, the tail flat because a cosine schedule decayed the rate
+    stuck = [1.105 - 0.035 * min(i, 60) / 60 + 0.005 * (-1) ** i for i in range(150)]
+    verdict = check_learning(_curve(stuck), [], learning_rate=2e-4, epochs=19, max_grad_norm=1.0)
+    assert verdict["under_learned"] is True and verdict["loss"]["run_relative_drop"] < 0.1
+    assert "barely moved" in verdict["reasons"][0] and "1.070" in verdict["reasons"][0]
+    assert "training.learning_rate=0.0004" in verdict["suggestions"][1]

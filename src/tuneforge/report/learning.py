@@ -18,6 +18,8 @@ TAIL = 1 / 3  # the last part of the curve whose slope is measured
 MIN_STEPS = 8  # fewer logged steps: too short to judge
 FALLING = 0.10  # the fitted line drops by >= 10% of the tail's mean level across the tail: still falling
 HIGH = 0.05  # a tail mean loss below this (nats per unit) counts as learned, whatever its slope
+BARELY = 0.10  # the tail's mean loss within 10% of the first steps' mean: the loss barely moved (a decayed
+# schedule flattens the tail of a run that never learned, so a flat tail alone is no proof of convergence)
 EVAL_GAIN = 0.01  # an eval metric still improving: each of the last two evaluations gains this much (relative)
 CLIPPED = 0.5  # share of steps whose gradient norm exceeded max_grad_norm before it is called "most steps"
 
@@ -39,9 +41,13 @@ def loss_trend(history: list[dict]) -> dict | None:
     tail = points[-max(4, round(len(points) * TAIL)):]
     steps, losses = [s for s, _ in tail], [v for _, v in tail]
     level = sum(losses) / len(losses)
+    head = [v for _, v in points[: max(3, len(points) // 10)]]
+    start = sum(head) / len(head)
     slope = _slope(steps, losses)
     drop = -slope * (steps[-1] - steps[0])
-    return {"first_loss": points[0][1], "tail_steps": [steps[0], steps[-1]], "tail_mean_loss": level,
+    return {"first_loss": points[0][1], "start_mean_loss": start,
+            "run_relative_drop": (start - level) / start if start > 0 else 0.0,
+            "tail_steps": [steps[0], steps[-1]], "tail_mean_loss": level,
             "tail_slope_per_step": slope, "tail_relative_drop": drop / level if level > 0 else 0.0}
 
 
@@ -85,6 +91,9 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
         reasons.append(f"training loss still falling: {loss['tail_relative_drop']:.0%} drop across steps {a}-{b} "
                        f"(slope {loss['tail_slope_per_step']:.3g}/step), still at {loss['tail_mean_loss']:.3f} "
                        f"(started at {loss['first_loss']:.3f})")
+    elif loss and loss["tail_mean_loss"] >= HIGH and loss["run_relative_drop"] < BARELY:
+        reasons.append(f"training loss barely moved: {loss['start_mean_loss']:.3f} over the first steps, "
+                       f"{loss['tail_mean_loss']:.3f} over the last third ({loss['run_relative_drop']:.0%} lower)")
     if trend and trend["still_improving"]:
         values = " -> ".join(f"{v:.4g}" for v in trend["last_values"])
         reasons.append(f"eval {trend['metric']} still improving at the last evaluations: {values}")
