@@ -259,19 +259,3 @@ def test_predict_labels_a_file_with_a_classify_run(studio, tmp_path, tiny_bert_d
     assert body["output"] == str(tmp_path / "runs" / ".studio" / "cls" / "predictions-tuned-cls.jsonl")
     assert wrong.status_code == 400 and "outside" in wrong.json()["error"]
 
-
-def test_merge_from_the_studio_is_tuneforge_merge_and_shows_its_verification(studio, tmp_path, sft_run):
-    import time
-
-    shutil.copytree(sft_run, tmp_path / "runs" / "done")
-    with studio() as client:
-        assert client.get("/api/runs/done/merge").json()["status"] == "none"
-        assert client.post("/api/runs/done/merge", json={}).json()["status"] in ("running", "done")
-        deadline = time.time() + 120
-        while (state := client.get("/api/runs/done/merge").json())["status"] == "running" and time.time() < deadline:
-            time.sleep(0.3)
-        again = client.post("/api/runs/done/merge", json={})
-    assert state["status"] == "done", state["log"]
-    assert state["report"]["max_abs_logit_diff"] <= state["report"]["atol"] == 1e-4
-    assert (tmp_path / "runs" / "done" / "merged" / "merge.json").is_file()
-    assert again.status_code == 400 and "merged already" in again.json()["error"]
