@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import statistics
 import sys
 import tempfile
@@ -240,8 +241,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if args.render:
         saved = json.loads(Path(args.json).read_text())
-        tasks, settings = list(saved["results"]), list(dict.fromkeys(s for t in saved["results"]
-                                                                     for s in saved["results"][t]))
+        tasks = [t for t in saved["results"] if any(saved["results"][t].values())]  # tasks with a finished run
+        settings = list(dict.fromkeys(s for t in tasks for s in saved["results"][t]))
         seeds = sorted({r["seed"] for t in tasks for s in settings for r in saved["results"][t].get(s, [])})
         out = Path(args.out)
         write_doc(out, render(saved["results"], tasks, settings, seeds, saved["command"], saved["models"],
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> Path:
 
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    command = ("python bench/defaults_study.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = ("python bench/defaults_study.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     results: dict = {t: {s: [] for s in settings} for t in tasks}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="defaults-study-") as work:
