@@ -137,6 +137,14 @@ def test_bad_kto_rows_exit_2_naming_file_line(bad, message, pref_config, tmp_pat
         load_kto_examples(cfg, load_tokenizer(cfg.model), load_records(str(path)))
 
 
+def test_kto_with_one_row_per_batch_is_a_config_error(pref_config, tmp_path):
+    from tuneforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training.batch_size"):
+        STAGES["kto"].run(pref_config("kto", training__batch_size=1), log=lambda _m: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_kto_rows_tokenize_as_dpo_pairs(pref_config):
     cfg = pref_config("kto")
     tok = load_tokenizer(cfg.model)

@@ -16,6 +16,7 @@ import torch
 import tuneforge.stages.skeleton as skeleton
 from tuneforge.config.schema import Config
 from tuneforge.data.preference import use_template
+from tuneforge.errors import ConfigError
 from tuneforge.report.margins import plot_margins
 from tuneforge.rl.pref_losses import kto_metrics, pair_metrics, pair_rewards
 from tuneforge.train import hf_bridge
@@ -82,6 +83,9 @@ class _Scorer:
 def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[int, dict], None] | None = None) -> Path:
     """`on_eval(step, result)` sees every periodic evaluation (tuneforge hpo prunes from it)."""
     run = skeleton.begin(cfg, log)  # (one process: stage_info says these stages are not distributed)
+    if cfg.stage == "kto" and cfg.training.batch_size < 2:  # TRL 1.16 refuses it with a ValueError
+        raise ConfigError("key 'training.batch_size': kto needs at least 2 rows per batch (its KL estimate pairs "
+                          f"each prompt with another row's completion), got {cfg.training.batch_size}")
     data = skeleton.load_data(run)
     template = template_name(run.tokenizer, use_template(cfg, run.tokenizer))
     run.log(f"template {template or 'none'}")
