@@ -23,8 +23,8 @@ from tuneforge.config.schema import Config
 from tuneforge.data.fields import Issue, Messages, check_messages, label_field, missing, raise_first, string_field
 from tuneforge.data.formats import find_format, sft_messages
 from tuneforge.data.load import Record
-
 from tuneforge.data.tools import row_tools
+
 
 @dataclass(frozen=True)
 class Fields:
