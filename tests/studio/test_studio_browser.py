@@ -233,6 +233,8 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         # have been measured 1.65e-4 from the adapter model's, which tuneforge merge refuses (the page says so)
         page.click("button[data-tab='runs']")
         page.click("#runs-table tr[data-run='from-cli']")
+        # the pane re-renders for from-cli; until it has, #merge is still first's button (a merge of the wrong run)
+        page.wait_for_selector("h2:text-is('from-cli')")
         page.wait_for_selector("#merge:not([disabled])")
         page.click("#merge")
         merge_log = tmp_path / "runs" / ".studio" / "from-cli" / "merge.log"
