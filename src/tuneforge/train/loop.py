@@ -103,8 +103,21 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     model.train()
     main = ddp.is_main()
     writer = open_metric_log(cfg, output_dir, state.step + 1 if resumed_from else None)
+    def eval_due() -> bool:
+        return bool((main or sharded) and t.eval_steps and eval_examples and state.step % t.eval_steps == 0)
+
+    def periodic_eval() -> None:
+        result = objective.evaluate(model, eval_examples)
+        state.evals.append({"step": state.step, **result})
+        writer.add_scalar("eval/loss", result["loss"], state.step)
+        if on_eval and main:
+            on_eval(state.step, result)
+
     with stop_on_signals() as stop_signal, progress_bar(t.progress and main) as bar, closing(writer):
         task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), tps=0.0)
+        # a stop at an eval step skips that eval (below); resumed from that step's checkpoint, the run does it first
+        if resumed_from and state.step and eval_due() and all(e["step"] != state.step for e in state.evals):
+            periodic_eval()
         while state.step < total_steps:
             started, rng_at_start = time.perf_counter(), torch.get_rng_state()
             epoch, k = divmod(state.step, per_epoch)
@@ -163,13 +176,8 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                 bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
             # a pending stop skips the periodic eval: it does not change training, and the save comes sooner.
             # Sharded, every rank evaluates (each forward all-gathers), so they must agree on it.
-            if (finite and (main or sharded) and t.eval_steps and eval_examples and state.step % t.eval_steps == 0
-                    and not (ddp.max_value(stop_signal() or 0) if sharded else stop_signal())):
-                result = objective.evaluate(model, eval_examples)
-                state.evals.append({"step": state.step, **result})
-                writer.add_scalar("eval/loss", result["loss"], state.step)
-                if on_eval and main:
-                    on_eval(state.step, result)
+            if (finite and eval_due() and not (ddp.max_value(stop_signal() or 0) if sharded else stop_signal())):
+                periodic_eval()
             signum = ddp.max_value(stop_signal() or 0)  # a signal seen by any rank stops all of them
             if (finite and t.save_steps and state.step % t.save_steps == 0) or signum:
                 tensors = ckpt.gather_state(model, optimizer) if sharded else None  # every rank all-gathers
