@@ -1,8 +1,12 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# token caches built by tests go to a folder of their own, not the user's cache (the converted embedded model's
+# cache in $TUNEFORGE_HOME is still shared, so it is converted once)
+os.environ.setdefault("TUNEFORGE_DATA_CACHE", tempfile.mkdtemp(prefix="tuneforge-test-data-"))
 
 import gc  # noqa: E402
 import signal  # noqa: E402

@@ -55,6 +55,7 @@ def test_lists_of_sources_are_for_the_lm_stages(make_config, tmp_path):
 
 def test_a_pretrain_mix_reports_each_sources_tokens_and_eval_loss(make_config, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TUNEFORGE_DATA_CACHE", raising=False)  # the cache under this home
     sky = tiny.write_jsonl(tmp_path / "sky.jsonl", [{"text": "the sky is blue . " * (1 + i % 4)} for i in range(30)])
     sun = tiny.write_jsonl(tmp_path / "sun.jsonl", [{"text": "the sun is yellow . " * 3} for _ in range(10)])
     mix = [{"path": str(sky), "weight": 0.25}, {"path": str(sun), "weight": 0.75}]

@@ -36,6 +36,7 @@ class Reads(CachedExamples):
 @pytest.fixture
 def streamed(tmp_path, make_config, monkeypatch):
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TUNEFORGE_DATA_CACHE", raising=False)  # the cache under this home
     rows = [{"text": f"the {k} is {v} . " * (3 + i % 9)} for i, (k, v) in enumerate(list(tiny.COLORS.items()) * 40)]
     train_file = tiny.write_jsonl(tmp_path / "corpus.jsonl", rows)
 

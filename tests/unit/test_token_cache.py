@@ -21,6 +21,7 @@ from tuneforge.errors import DataError
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TUNEFORGE_DATA_CACHE", raising=False)  # the cache under this home
     return tmp_path / "home"
 
 

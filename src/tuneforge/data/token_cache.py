@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +42,9 @@ NOT_TOKENIZATION = ("train", "eval", "eval_split", "labels")
 
 
 def data_cache_dir() -> Path:
-    return tuneforge_home() / "data"
+    """$TUNEFORGE_DATA_CACHE if set (the tests point it at a temporary folder), else $TUNEFORGE_HOME/data."""
+    override = os.environ.get("TUNEFORGE_DATA_CACHE")
+    return Path(override) if override else tuneforge_home() / "data"
 
 
 def file_sha256(path: str | Path) -> str:
