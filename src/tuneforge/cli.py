@@ -83,13 +83,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
         if args.run_dir or not args.output:
             raise UserError("merge --combine RUN_A RUN_B ... takes its runs after --combine and needs --output DIR")
         combine(args.combine, args.output, args.how, parse_weights(args.weights, len(args.combine)), args.density,
-                args.atol, args.seed)
+                args.atol, args.seed, device=args.device)
         return 0
     from tuneforge.export.merge import merge
 
     if not args.run_dir:
         raise UserError("merge: give RUN_DIR (or --combine RUN_A RUN_B ... --output DIR)")
-    merge(args.run_dir, args.output, args.atol)
+    merge(args.run_dir, args.output, args.atol, device=args.device)
     return 0
 
 
@@ -99,10 +99,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tuneforge.compare import compare, parse_lr
     from tuneforge.config.checks import check_config
     from tuneforge.config.load import load_config
+    from tuneforge.device import device_overrides, resolve_device
     from tuneforge.methods import METHODS, check_compat
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = device_overrides(args.device, args.overrides)  # --device checked before the first run
+    cfg = load_config(args.config, overrides)
     check_config(cfg)
+    resolve_device(cfg.training.device)  # a config naming a device this machine lacks: exit 2 before any run
     if args.methods is None:  # every method the stage supports
         methods = [name for name, method in METHODS.items() if cfg.stage in method.stages]
     else:
@@ -159,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="one per run, e.g. 0.5,0.5 (default: equal, summing to 1)")
     p.add_argument("--density", type=float, help="fraction kept by ties / dare_* / magnitude_prune (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed for dare's random drop")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: the run's training.device)")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(fn=cmd_merge)
     p = sub.add_parser("compare", help="run several methods on the same data and budget; tabulate cost and gain")
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "tuneforge.methods.METHODS that supports the config's stage)")
     p.add_argument("--lr", help="per-method learning rates, e.g. full=5e-5,prompt=3e-2")
     p.add_argument("--output", help="default: OUTPUT_DIR-compare")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps for every run (default: training.device)")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("predict",

@@ -85,3 +85,30 @@ def select(spec: str | None = "auto", key: str = "training.device") -> torch.dev
     device = resolve_device(spec, key)
     use_device(device)
     return device
+
+
+def for_command(flag: str | None, configured: str | None = None) -> torch.device:
+    """The device of a command that loads a model (merge, export, data bias, eval, predict, chat, serve):
+    `--device` when given, else the run's training.device, else auto. Checked before any model loads (exit 2
+    naming `--device` or `training.device` and what this machine has) and selected for autocast."""
+    if flag:
+        return select(flag, "--device")
+    return select(configured or "auto", "training.device")
+
+
+def device_overrides(flag: str | None, overrides: list[str]) -> list[str]:
+    """`--device` of a command that trains through configs (compare, hpo): checked here, before the first run
+    starts, then passed on to every run as the `training.device=...` override (which wins over the config's)."""
+    if not flag:
+        return list(overrides)
+    resolve_device(flag, "--device")
+    return [*overrides, f"training.device={flag.strip()}"]
+
+
+def place(model, device: torch.device):
+    """`model` on `device`, unless it was placed at load (a bitsandbytes 4-bit base, or a device_map that
+    spread it over several GPUs): moving those would fail or undo the sharding."""
+    placed = getattr(model, "is_loaded_in_4bit", False) or len(set(getattr(model, "hf_device_map", {}).values())) > 1
+    if not placed and model_device(model) != device:
+        model.to(device)
+    return model

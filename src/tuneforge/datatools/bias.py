@@ -114,6 +114,7 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
         width = max(len(ids) for ids, _ in batch)
         ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch])
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch])
+        ids, mask = ids.to(model.device), mask.to(model.device)  # --device: the model's, e.g. cuda:0
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]

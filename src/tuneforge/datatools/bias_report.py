@@ -58,11 +58,18 @@ def _targets(target: str) -> tuple[str, list[tuple[str, Any]]]:
     return "lm", [("model", lambda: (load_model(target), load_tokenizer(target)))]
 
 
-def run_bias(target: str, probes: list[Probe], output: Path, tolerance: float = 0.1) -> dict[str, Any]:
+def run_bias(target: str, probes: list[Probe], output: Path, tolerance: float = 0.1,
+             device: str | None = None) -> dict[str, Any]:
+    """`device`: --device (default: the run's training.device, auto for a plain model); each model scores there."""
+    from tuneforge.device import for_command, place
+
+    run_cfg = Path(target) / "config.yaml"
+    where = for_command(device, _training_device(run_cfg) if run_cfg.is_file() else None)  # before any load
     kind, loaders = _targets(target)
     scores: dict[str, dict[str, dict]] = {p.name: {} for p in probes}
     for column, load in loaders:
         scorer = load()
+        place(scorer.model if kind == "classifier" else scorer[0], where)
         for probe in probes:
             scores[probe.name][column] = (score_classifier(scorer, probe) if kind == "classifier"
                                           else score_lm(*scorer, probe))
@@ -80,6 +87,12 @@ def run_bias(target: str, probes: list[Probe], output: Path, tolerance: float = 
         result["probes"][probe.name] = entry
     _write(result, output)
     return result
+
+
+def _training_device(path: Path) -> str:
+    from tuneforge.config.load import load_config
+
+    return load_config(path).training.device
 
 
 def _write(result: dict, output: Path) -> None:

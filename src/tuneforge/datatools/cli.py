@@ -99,7 +99,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
     probes = load_probes(args.probe or ["builtin"])
     output = Path(args.output or (Path(args.target) / "bias" if (Path(args.target) / "config.yaml").is_file()
                                   else "bias-report"))
-    result = run_bias(args.target, probes, output, args.tolerance)
+    result = run_bias(args.target, probes, output, args.tolerance, device=args.device)
     print(render_markdown(result))
     print(f"wrote {output}/bias.md, bias.json, bias.png", file=sys.stderr)
     flagged = [n for n, p in result["probes"].items() if p.get("bias_grew")]
@@ -149,5 +149,6 @@ def register(sub) -> None:
     p.add_argument("--tolerance", type=float, default=0.1,
                    help="flag a probe when its bias grows by more than this (nats, or flip rate / shift)")
     p.add_argument("--fail-on-increase", action="store_true", help="exit 1 when a probe is flagged")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: the run's training.device)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(fn=cmd_bias)

@@ -11,7 +11,8 @@ import argparse
 def cmd_export(args: argparse.Namespace) -> int:
     from tuneforge.export.gguf import export_gguf
 
-    out = export_gguf(args.run_dir, quant=args.quant, output=args.output, runtimes=not args.no_verify)
+    out = export_gguf(args.run_dir, quant=args.quant, output=args.output, runtimes=not args.no_verify,
+                      device=args.device)
     print(f"wrote {out} (verification: {out.with_name(out.name + '.json')})")
     return 0
 
@@ -25,5 +26,7 @@ def register(sub) -> None:
     p.add_argument("--output", help="default: RUN_DIR/model-QUANT.gguf")
     p.add_argument("--no-verify", action="store_true", help="check names, shapes and template only; "
                    "skip reloading in runtimes and comparing logits")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps: where the adapter is merged "
+                   "(default: the run's training.device)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(fn=cmd_export)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from tuneforge.device import for_command, place
 from tuneforge.errors import UserError
 from tuneforge.methods import METHODS
 from tuneforge.models.chain import resolve_model, run_loader
@@ -96,7 +97,8 @@ def _unit_scale(model, name: str) -> None:
 
 
 def combine(run_dirs: list[str | Path], output: str | Path, how: str = "linear", weights: list[float] | None = None,
-            density: float | None = None, atol: float = 1e-4, seed: int = 0) -> Path:
+            density: float | None = None, atol: float = 1e-4, seed: int = 0, device: str | None = None) -> Path:
+    """`device`: --device (default: the first run's training.device); the combination and its check run there."""
     runs = [Path(r) for r in run_dirs]
     if len(runs) < 2:
         raise UserError("--combine needs at least two runs")
@@ -116,6 +118,7 @@ def combine(run_dirs: list[str | Path], output: str | Path, how: str = "linear",
         raise UserError(f"{output} already exists; remove it or pass another --output")
     facts = [_facts(r) for r in runs]
     _check_same(facts, how)
+    where = for_command(device, run_config(runs[0]).training.device)
 
     model, tokenizer, cfg = load_run(runs[0], dequantize=True)  # qlora: combined on the unquantized base
     names = ["default"] + [f"run{i}" for i in range(1, len(runs))]
@@ -128,14 +131,14 @@ def combine(run_dirs: list[str | Path], output: str | Path, how: str = "linear",
         raise UserError(f"peft cannot combine {', '.join(map(str, runs))} with --how {how}: {exc}") from None
     _unit_scale(model, "combined")
     model.set_adapter("combined")
-    model.eval()
+    place(model, where).eval()
     texts = list(dict.fromkeys(t for r in runs for t in probe_inputs(r)))  # each run's prompts, in order
     report = {"runs": [str(r) for r in runs], "methods": [f["method"] for f in facts], "base": cfg.model,
               "how": how, "weights": weights, "density": density, "seed": seed,
               "chat_template_from": str(runs[0])}
     if any(f["quantized"] for f in facts):
         report["note"] = "qlora runs combined on the unquantized base (their 4-bit training base differs)"
-    diff = merge_and_verify(model, tokenizer, output, texts, lambda p: run_loader(cfg)(str(p)), atol,
+    diff = merge_and_verify(model, tokenizer, output, texts, lambda p: place(run_loader(cfg)(str(p)), where), atol,
                             copy=[runs[0] / "template.json"], report=report)
     print(f"combined {len(runs)} runs ({how}, weights {weights}) -> {output} (max |logit diff| {diff:.2e} <= {atol})")
     return output

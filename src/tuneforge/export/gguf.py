@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from tuneforge.device import for_command
 from tuneforge.errors import ModelError, UserError
 from tuneforge.export.merge import merge
 from tuneforge.fsutil import make_temp_dir, write_json_atomic
@@ -41,9 +42,11 @@ class ExportMismatch(UserError):
     exit_code = 1
 
 
-def model_dir_for(run_dir: Path) -> Path:
-    """A directory holding the whole tuned model: the run itself (full / freeze) or its verified merge."""
+def model_dir_for(run_dir: Path, device: str | None = None) -> Path:
+    """A directory holding the whole tuned model: the run itself (full / freeze) or its verified merge (on
+    `device`, checked first: --device, else the run's training.device)."""
     cfg = run_config(run_dir)
+    for_command(device, cfg.training.device)
     if not stage_info(cfg.stage).generates:
         causal = ", ".join(name for name, info in STAGE_INFO.items() if info.generates)
         raise UserError(f"{run_dir}: GGUF export is for causal-LM runs ({causal}), not stage {cfg.stage!r}")
@@ -56,7 +59,7 @@ def model_dir_for(run_dir: Path) -> Path:
     merged = run_dir / "merged"
     if (merged / "merge.json").is_file():
         return merged  # `tuneforge merge` already made and verified it
-    return merge(run_dir, merged)
+    return merge(run_dir, merged, device=device)
 
 
 def convert(model_dir: Path, out_file: Path, quant: str) -> None:
@@ -215,7 +218,9 @@ def verify(path: Path, model_dir: Path, run_dir: Path, tokenizer, quant: str, ru
 
 
 def export_gguf(run_dir: str | Path, quant: str = "f16", output: str | Path | None = None,
-                runtimes: bool = True) -> Path:
+                runtimes: bool = True, device: str | None = None) -> Path:
+    """`device` (--device, default the run's training.device): where the adapter is merged; the GGUF checks
+    compare with llama.cpp on the CPU, so they run there."""
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
@@ -225,7 +230,7 @@ def export_gguf(run_dir: str | Path, quant: str = "f16", output: str | Path | No
     output = Path(output) if output else run_dir / f"model-{quant}.gguf"
     if output.suffix != ".gguf":
         raise UserError(f"--output {output}: expected a file name ending in .gguf")
-    model_dir = model_dir_for(run_dir)  # refuses what cannot be exported before anything loads
+    model_dir = model_dir_for(run_dir, device)  # refuses what cannot be exported before anything loads
     # the run's chat template: the one to embed; remote code only when the run's config allowed it
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=run_config(run_dir).trust_remote_code)
     # A temp dir beside the output (same filesystem: the final rename is atomic) and holding nothing else:

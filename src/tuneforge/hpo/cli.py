@@ -12,11 +12,15 @@ from pathlib import Path
 
 def cmd_hpo(args: argparse.Namespace) -> int:
     from tuneforge.config.load import load_config
+    from tuneforge.device import device_overrides, resolve_device
     from tuneforge.hpo.report import write_study_report
     from tuneforge.hpo.study import run_study
 
-    study_dir = Path(args.output or f"{load_config(args.config, args.overrides).output_dir}-hpo")
-    study = run_study(args.config, args.space, args.trials, study_dir, overrides=args.overrides,
+    overrides = device_overrides(args.device, args.overrides)  # every trial trains there
+    cfg = load_config(args.config, overrides)
+    resolve_device(cfg.training.device)  # a device this machine lacks: exit 2 before the study starts
+    study_dir = Path(args.output or f"{cfg.output_dir}-hpo")
+    study = run_study(args.config, args.space, args.trials, study_dir, overrides=overrides,
                       storage=args.storage, study_name=args.study_name, metric=args.metric,
                       direction=args.direction, sampler=args.sampler, prune=not args.no_prune, seed=args.seed,
                       log=lambda msg: print(msg, file=sys.stderr))
@@ -44,6 +48,7 @@ def register(sub) -> None:
     p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe",
                    help="grid tries every combination of list-valued keys once")
     p.add_argument("--no-prune", action="store_true", help="no MedianPruner on intermediate eval results")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps for every trial (default: training.device)")
     p.add_argument("--seed", type=int, help="sampler seed (default: none, so workers sample differently)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(fn=cmd_hpo)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from tuneforge.device import model_device, move
 from tuneforge.errors import UserError
 from tuneforge.fsutil import make_temp_dir, write_json_atomic
 
@@ -39,7 +40,8 @@ def logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     tokenizer.padding_side = side
-    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+    ids, mask = move(enc["input_ids"], model_device(model)), move(enc["attention_mask"], model_device(model))
+    out = model(input_ids=ids, attention_mask=mask).logits.float().cpu()  # compared on the CPU, whatever the device
     if out.dim() == 2:  # a sequence classifier: one row of label logits per text
         return out
     return out * enc["attention_mask"][..., None]  # padded positions do not count
