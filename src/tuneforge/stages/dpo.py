@@ -28,12 +28,9 @@ from tuneforge.errors import ConfigError
 from tuneforge.report.margins import plot_margins
 from tuneforge.train import hf_bridge
 from tuneforge.train.cost import model_flops
-from tuneforge.train.guards import run_guards
-from tuneforge.train.loop import TrainResult
 from tuneforge.train.preference import Counter as _Counter
-from tuneforge.train.preference import StepStats as _StepStats
 from tuneforge.train.preference import collate_pairs as _collate  # noqa: F401  (the tests build TRL batches)
-from tuneforge.train.preference import reference_of, response_logps
+from tuneforge.train.preference import reference_of, response_logps, train_with_callbacks
 from tuneforge.train.preference import template_name as _template_name
 
 
@@ -148,18 +145,13 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     base_logps = tuple(torch.tensor(v) for v in details["logps"]) if data.eval else None
     model, counts = skeleton.apply_method(run, model)
 
-    counter = _Counter()
-    guard = hf_bridge.GuardCallback(cfg.training.max_bad_steps, run_guards(cfg))
-    metric_log = hf_bridge.MetricLogCallback(cfg, out)
     evaluate = (lambda: dpo_metrics(response_logps(model, data.eval, bs, precision), base_logps, cfg.dpo)) \
         if data.eval else None
-    stats = _StepStats(counter, evaluate, cfg.training.eval_steps, metric_log, on_eval)
-    callbacks = [stats, guard, metric_log]  # the guard after the evaluation (a signal there stops this step)
-    trainer = build_trainer(cfg, model, run.tokenizer, data.train, out, precision, callbacks, counter)
-    if resumed_from:
-        run.log(f"resuming from {resumed_from}")
-    trainer.train(resume_from_checkpoint=resumed_from)
-    guard.raise_if_stopped()
+    trained = train_with_callbacks(
+        cfg, out, lambda callbacks, counter: build_trainer(cfg, model, run.tokenizer, data.train, out, precision,
+                                                           callbacks, counter),
+        evaluate, on_eval, resumed_from, run.log)
+    trainer, result = trained.trainer, trained.result
 
     after, section = {}, ""
     if data.eval:
@@ -175,14 +167,11 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
         section = _section()
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")  # only the trained adapter is the run's
-    history = [{**h, **stats.steps.get(h["step"], {})} for h in hf_bridge.history_of(trainer)]
-    result = TrainResult(trainer.state.global_step, history, stats.evals, counter.tokens, counter.pairs,
-                         sum(s["seconds"] for s in stats.steps.values()), resumed_from)
     emb = model.get_input_embeddings().weight.numel()  # plus the reference's forward pass:
-    flops = model_flops(model, counter.tokens, *counts) + 2.0 * (counts[1] - emb) * counter.tokens
+    flops = model_flops(model, result.tokens_seen, *counts) + 2.0 * (counts[1] - emb) * result.tokens_seen
     saved_template = {"template": template, "chat_template": run.tokenizer.chat_template,
                       "system_prompt": cfg.data.system_prompt}
     outcome = skeleton.Outcome(result, counts, before, after, data.summary, extra={"dpo": cfg.dpo.model_dump()},
-                               cost={"model_flops": flops, "nonfinite_steps_skipped": len(guard.skipped)},
+                               cost={"model_flops": flops, "nonfinite_steps_skipped": len(trained.guard.skipped)},
                                section=section, template=saved_template)
     return skeleton.finish(run, model, outcome)

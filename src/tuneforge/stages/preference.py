@@ -21,16 +21,13 @@ from tuneforge.report.margins import plot_margins
 from tuneforge.rl.pref_losses import kto_metrics, pair_metrics, pair_rewards
 from tuneforge.train import hf_bridge
 from tuneforge.train.cost import model_flops
-from tuneforge.train.guards import run_guards
-from tuneforge.train.loop import TrainResult
 from tuneforge.train.pref_trainers import build_trainer
 from tuneforge.train.preference import (
-    Counter,
-    StepStats,
     completion_logps,
     reference_of,
     response_logps,
     template_name,
+    train_with_callbacks,
 )
 
 SECTIONS = {
@@ -102,17 +99,12 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     base_logps = [torch.tensor(v) for v in details["logps"]] if data.eval and details else None
     model, counts = skeleton.apply_method(run, model)
 
-    counter = Counter()
-    guard = hf_bridge.GuardCallback(cfg.training.max_bad_steps, run_guards(cfg))
-    metric_log = hf_bridge.MetricLogCallback(cfg, out)
     evaluate = (lambda: scorer.metrics(scorer.logps(model), base_logps)) if data.eval else None
-    stats = StepStats(counter, evaluate, cfg.training.eval_steps, metric_log, on_eval)
-    trainer = build_trainer(cfg, model, run.tokenizer, data.train, out, run.precision,
-                            [stats, guard, metric_log], counter)  # the guard after the evaluation
-    if resumed_from:
-        run.log(f"resuming from {resumed_from}")
-    trainer.train(resume_from_checkpoint=resumed_from)
-    guard.raise_if_stopped()
+    trained = train_with_callbacks(
+        cfg, out, lambda callbacks, counter: build_trainer(cfg, model, run.tokenizer, data.train, out, run.precision,
+                                                           callbacks, counter),
+        evaluate, on_eval, resumed_from, run.log)
+    trainer, result = trained.trainer, trained.result
 
     after, section = {}, ""
     if data.eval:
@@ -129,16 +121,13 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
         section = "\n".join([f"## {cfg.stage.upper()}", "", SECTIONS[cfg.stage], "", "![rewards](margins.png)"])
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")  # only the trained adapter is the run's
-    history = [{**h, **stats.steps.get(h["step"], {})} for h in hf_bridge.history_of(trainer)]
-    result = TrainResult(trainer.state.global_step, history, stats.evals, counter.tokens, counter.pairs,
-                         sum(s["seconds"] for s in stats.steps.values()), resumed_from)
     extra_forwards = 3 if scorer.kto else 0  # kto: the reference's and both KL forward passes (2 FLOPs / param)
-    emb = model.get_input_embeddings().weight.numel()
-    flops = model_flops(model, counter.tokens, *counts) + 2.0 * extra_forwards * (counts[1] - emb) * counter.tokens
+    emb, tokens = model.get_input_embeddings().weight.numel(), result.tokens_seen
+    flops = model_flops(model, tokens, *counts) + 2.0 * extra_forwards * (counts[1] - emb) * tokens
     saved_template = {"template": template, "chat_template": run.tokenizer.chat_template,
                       "system_prompt": cfg.data.system_prompt}
     outcome = skeleton.Outcome(result, counts, before, after, data.summary,
                                extra={cfg.stage: getattr(cfg, cfg.stage).model_dump()},
-                               cost={"model_flops": flops, "nonfinite_steps_skipped": len(guard.skipped)},
+                               cost={"model_flops": flops, "nonfinite_steps_skipped": len(trained.guard.skipped)},
                                section=section, template=saved_template)
     return skeleton.finish(run, model, outcome)

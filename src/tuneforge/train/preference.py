@@ -1,9 +1,11 @@
 """What the preference stages (dpo, kto, orpo, simpo, cpo) share around TRL's trainers: response log-probs
 scored as training batches them (the before / after metrics are computed from these, not from TRL's logs), the
-real-token counter and the per-step stats / periodic-evaluation callback, and the template name saved with a run.
+real-token counter and the per-step stats / periodic-evaluation callback, the training call itself with those
+callbacks (train_with_callbacks), and the template name saved with a run.
 
     chosen, rejected, n_chosen, n_rejected = response_logps(model, pairs, batch_size, precision)
     logps, n_tokens = completion_logps(model, rows, batch_size, precision)       # kto rows
+    trained = train_with_callbacks(cfg, out, build, evaluate, on_eval, resumed_from, log)
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
+from tuneforge.config.schema import Config
 from tuneforge.data.templates import ALPACA_TEMPLATE
 from tuneforge.train import hf_bridge
+from tuneforge.train.guards import run_guards
+from tuneforge.train.loop import TrainResult
 from tuneforge.train.precision import autocast
 
 
@@ -117,6 +122,37 @@ class StepStats(TrainerCallback):
             if self.on_eval:
                 self.on_eval(state.global_step, result)
         self._mark = (time.perf_counter(), self.counter.tokens, self.counter.pairs)  # evaluation is not training
+
+
+@dataclass
+class Trained:
+    """What train_with_callbacks leaves for the stage: the trainer (its reference model), the guard (skipped
+    steps) and the run's TrainResult (per-step history with real tokens / pairs / seconds, periodic evals)."""
+
+    trainer: object
+    guard: hf_bridge.GuardCallback
+    result: TrainResult
+
+
+def train_with_callbacks(cfg: Config, out, build: Callable[[list[TrainerCallback], Counter], object],
+                         evaluate: Callable[[], dict] | None, on_eval: Callable[[int, dict], None] | None,
+                         resumed_from: str | None, log: Callable[[str], None]) -> Trained:
+    """Train a preference stage's TRL trainer, made by `build(callbacks, counter)`, with tuneforge's callbacks:
+    per-step stats and periodic evaluation (`evaluate`, every training.eval_steps), the signal / non-finite
+    guard and the metric log. A signal or too many non-finite steps raise here (guard.raise_if_stopped)."""
+    counter = Counter()
+    guard = hf_bridge.GuardCallback(cfg.training.max_bad_steps, run_guards(cfg))
+    metric_log = hf_bridge.MetricLogCallback(cfg, out)
+    stats = StepStats(counter, evaluate, cfg.training.eval_steps, metric_log, on_eval)
+    trainer = build([stats, guard, metric_log], counter)  # the guard after the evaluation: a signal there stops
+    if resumed_from:                                        # this step
+        log(f"resuming from {resumed_from}")
+    trainer.train(resume_from_checkpoint=resumed_from)
+    guard.raise_if_stopped()
+    history = [{**h, **stats.steps.get(h["step"], {})} for h in hf_bridge.history_of(trainer)]
+    result = TrainResult(trainer.state.global_step, history, stats.evals, counter.tokens, counter.pairs,
+                         sum(s["seconds"] for s in stats.steps.values()), resumed_from)
+    return Trained(trainer, guard, result)
 
 
 def reference_of(model, trainer):
