@@ -10,26 +10,18 @@ the markers `<!-- grpo_variants:begin -->` and `<!-- grpo_variants:end -->` in t
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 
-import yaml
+from _tables import cell as _cell
+from _tables import main as _main
+from _tables import read_run
 
 BEGIN, END = "<!-- grpo_variants:begin -->", "<!-- grpo_variants:end -->"
 
 
 def _read(run: Path) -> tuple[dict, dict, list[dict]]:
-    for name in ("metrics.json", "config.yaml", "train_log.jsonl"):
-        if not (run / name).is_file():
-            sys.exit(f"{run / name}: missing; run the example first (tuneforge train examples/grpo_variants/...)")
-    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if x.strip()]
-    return json.loads((run / "metrics.json").read_text()), yaml.safe_load((run / "config.yaml").read_text()), log
-
-
-def _cell(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    files = read_run(run, ("metrics.json", "config.yaml", "train_log.jsonl"), "examples/grpo_variants/...")
+    return files["metrics.json"], files["config.yaml"], files["train_log.jsonl"]
 
 
 def table(root: Path, variants: list[str]) -> str:
@@ -59,24 +51,8 @@ def table(root: Path, variants: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write(doc: Path, text: str) -> None:
-    old = doc.read_text()
-    if BEGIN not in old or END not in old:
-        sys.exit(f"{doc}: has no {BEGIN} ... {END} markers")
-    start, end = old.index(BEGIN) + len(BEGIN), old.index(END)
-    doc.write_text(old[:start] + "\n" + text + "\n" + old[end:])
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", nargs="?", default="runs/grpo_variants", type=Path)
-    parser.add_argument("--variants", nargs="+", default=["grpo", "dr_grpo"])
-    parser.add_argument("--write", type=Path, help="a markdown file with the markers")
-    args = parser.parse_args(argv)
-    text = table(args.root, args.variants)
-    if args.write:
-        write(args.write, text)
-    print(text)
+    _main(argv, __doc__, table, "runs/grpo_variants", ("--variants", ["grpo", "dr_grpo"]), (BEGIN, END))
 
 
 if __name__ == "__main__":

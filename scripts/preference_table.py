@@ -12,10 +12,10 @@ desirable / undesirable log-probs stand in the chosen / rejected columns. Prints
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
+
+from _tables import cell, read_run
+from _tables import main as _main
 
 BEGIN, END = "<!-- preference_table:begin -->", "<!-- preference_table:end -->"
 REWARDS = {"dpo": "beta * (log pi - log ref), summed", "kto": "beta * (log pi - log ref), summed",
@@ -23,16 +23,12 @@ REWARDS = {"dpo": "beta * (log pi - log ref), summed", "kto": "beta * (log pi - 
 
 
 def _read(run: Path) -> tuple[dict, list[dict]]:
-    for name in ("metrics.json", "train_log.jsonl"):
-        if not (run / name).is_file():
-            sys.exit(f"{run / name}: missing; run the example first (tuneforge train examples/preference/...)")
-    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if x.strip()]
-    return json.loads((run / "metrics.json").read_text()), log
+    files = read_run(run, ("metrics.json", "train_log.jsonl"), "examples/preference/...")
+    return files["metrics.json"], files["train_log.jsonl"]
 
 
 def _pair(before: float | None, after: float | None, digits: int) -> str:
-    cell = (lambda v: "-" if v is None else f"{v:.{digits}f}")  # noqa: E731
-    return f"{cell(before)} -> {cell(after)}"
+    return f"{cell(before, digits)} -> {cell(after, digits)}"
 
 
 def table(root: Path, stages: list[str]) -> str:
@@ -53,24 +49,8 @@ def table(root: Path, stages: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write(doc: Path, text: str) -> None:
-    old = doc.read_text()
-    if BEGIN not in old or END not in old:
-        sys.exit(f"{doc}: has no {BEGIN} ... {END} markers")
-    start, end = old.index(BEGIN) + len(BEGIN), old.index(END)
-    doc.write_text(old[:start] + "\n" + text + "\n" + old[end:])
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", nargs="?", default="runs/preference", type=Path)
-    parser.add_argument("--stages", nargs="+", default=["dpo", "kto", "orpo", "simpo", "cpo"])
-    parser.add_argument("--write", type=Path, help="a markdown file with the markers")
-    args = parser.parse_args(argv)
-    text = table(args.root, args.stages)
-    if args.write:
-        write(args.write, text)
-    print(text)
+    _main(argv, __doc__, table, "runs/preference", ("--stages", ["dpo", "kto", "orpo", "simpo", "cpo"]), (BEGIN, END))
 
 
 if __name__ == "__main__":
