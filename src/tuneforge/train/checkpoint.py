@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from tuneforge.errors import ConfigError, NonFiniteLoss, UserError
 from tuneforge.fsutil import make_temp_dir
-from tuneforge.train import fsdp
+from tuneforge.train import fsdp, rng_state
 
 MARKER = "COMPLETE"  # written last; holds each file's size and sha256, so any later damage is detected
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
@@ -158,7 +158,7 @@ def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainSt
         tmp = make_temp_dir(ckpt_root, f".{final.name}.tmp.")
         save_file(weights, str(tmp / "trainable.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file({"torch_cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        save_file(rng_state.capture(), str(tmp / "rng.safetensors"))  # CPU, and each GPU's where CUDA is
         (tmp / "state.json").write_text(json.dumps(meta))
         write_manifest(tmp, FILES)
         if final.exists():  # the same step again (resumed from an older one): replace it
@@ -247,9 +247,7 @@ def _read(path: Path) -> dict[str, Any]:
     weights = _load(path, "trainable.safetensors")
     if not all(torch.isfinite(t).all() for t in weights.values()):
         raise ValueError("trainable.safetensors: non-finite weights")
-    rng = _load(path, "rng.safetensors").get("torch_cpu")
-    if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
-        raise ValueError("rng.safetensors: no valid torch_cpu RNG state")
+    rng = rng_state.check(_load(path, "rng.safetensors"))
     return {"meta": meta, "weights": weights, "optimizer": _load(path, "optimizer.safetensors"), "rng": rng}
 
 
@@ -286,6 +284,6 @@ def restore(loaded: dict[str, Any], model, optimizer, scheduler) -> TrainState:
     meta = loaded["meta"]
     _restore_optimizer(optimizer, loaded["optimizer"], meta["optimizer"])
     scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
-    torch.set_rng_state(loaded["rng"])
+    rng_state.restore(loaded["rng"])
     return TrainState(meta["step"], meta["bad_steps"], meta["history"], meta["tokens_seen"], meta["train_seconds"],
                       meta.get("skipped", []), meta.get("evals", []), meta.get("scaler") or {})
