@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="every run's figures, saved after each run (the table is computed from them)")
     parser.add_argument("--threads", type=int, help="torch threads (1 on a shared, loaded machine: spinning "
                         "OpenMP threads that are not scheduled slow every step)")
+    parser.add_argument("--resume", action="store_true", help="keep the finished runs in --json and run the rest")
     parser.add_argument("--render", action="store_true", help="only write the table from --json (a partial study too)")
     args = parser.parse_args(argv)
     if args.render:
@@ -259,20 +260,31 @@ def main(argv: list[str] | None = None) -> Path:
     started = time.perf_counter()
     command = ("python bench/defaults_study.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     results: dict = {t: {s: [] for s in settings} for t in tasks}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="defaults-study-") as work:
+    done_before = 0.0
+    if args.resume and Path(args.json).is_file():  # go on with a stopped study: its finished runs are kept
+        saved = json.loads(Path(args.json).read_text())
         for t in tasks:
             for s in settings:
-                for seed in seeds:
+                results[t][s] = [r for r in saved["results"].get(t, {}).get(s, []) if r["seed"] in seeds]
+        done_before = saved.get("wall_seconds", 0.0)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="defaults-study-") as work:
+        # seed outermost: a study stopped early has every task x setting at the first seeds, not some settings only
+        for seed in seeds:
+            for t in tasks:
+                for s in settings:
+                    if any(r["seed"] == seed for r in results[t][s]):
+                        continue
                     r = run_one(TASKS[t], SETTINGS[s], models[TASKS[t].kind], seed, Path(work), args.quick)
                     results[t][s].append({"seed": seed, **r})
                     print(f"{t:10s} {s:28s} seed {seed}: {TASKS[t].metric} {r['value']:.4f} "
                           f"({r['steps']} steps, {r['seconds']:.0f}s)", flush=True)
                     Path(args.json).write_text(json.dumps({  # after every run: a stopped study keeps what it ran
                         "command": command, "models": models, "results": results,
-                        "wall_seconds": time.perf_counter() - started}, indent=1))
+                        "wall_seconds": done_before + time.perf_counter() - started}, indent=1))
     out = Path(args.out)
-    write_doc(out, render(results, tasks, settings, seeds, command, models, time.perf_counter() - started))
+    write_doc(out, render(results, tasks, settings, seeds, command, models,
+                          done_before + time.perf_counter() - started))
     print(f"wrote {out} and {args.json}")
     return out
 

@@ -1,0 +1,144 @@
+"""Issue 20's reference: a plain ~40-line transformers + peft loop on the defaults study's fact task, next to
+tuneforge given the same explicit settings (LoRA r 8, alpha 16, q_proj/v_proj, lr 1e-3, batch 8, 20 epochs) and
+its defaults for everything else. Both are judged alike: greedy generation of each held-out question through the
+model's chat template, tuneforge's exact_match.
+
+    python bench/fact_loop.py --seeds 0,1 --json bench/results/fact_loop.json
+
+The loop: constant rate, no clipping, no dropout, AdamW's own weight decay (0.01), bf16 autocast where the CPU
+has it, loss on the answer tokens only. The goal (issue 20): tuneforge matches or beats the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import defaults_study  # noqa: E402
+
+SETTINGS = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"], "lr": 1e-3, "batch": 8, "epochs": 20}
+
+
+def run_loop(model_dir: str, train: list[dict], evals: list[dict], seed: int) -> float:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.evaluation.metrics import exact_match
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=SETTINGS["r"], lora_alpha=SETTINGS["alpha"], lora_dropout=0.0,
+                                             target_modules=SETTINGS["targets"], task_type="CAUSAL_LM"))
+    rows = []
+    for row in train:  # prompt ids, then the answer through the template's end of turn: loss on the answer only
+        prompt = tok.apply_chat_template(row["messages"][:1], add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(row["messages"], tokenize=False)
+        p, f = tok(prompt, add_special_tokens=False)["input_ids"], tok(full, add_special_tokens=False)["input_ids"]
+        rows.append((f, [-100] * len(p) + f[len(p):]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=SETTINGS["lr"])
+    rng = random.Random(seed)
+    model.train()
+    for _ in range(SETTINGS["epochs"]):
+        rng.shuffle(rows)
+        for i in range(0, len(rows), SETTINGS["batch"]):
+            batch = rows[i:i + SETTINGS["batch"]]
+            n = max(len(ids) for ids, _ in batch)
+            ids = torch.tensor([x + [tok.pad_token_id] * (n - len(x)) for x, _ in batch])
+            labels = torch.tensor([y + [-100] * (n - len(y)) for _, y in batch])
+            mask = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x, _ in batch])
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    model.eval()
+    preds = []
+    for row in evals:
+        prompt = tok.apply_chat_template(row["messages"][:1], add_generation_prompt=True, return_tensors="pt",
+                                         return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**prompt, max_new_tokens=16, do_sample=False)
+        preds.append(tok.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))
+    return exact_match(preds, [row["messages"][1]["content"] for row in evals])
+
+
+# what the loop does that tuneforge's defaults did not (issue 20): a constant rate, no clipping, no dropout
+LOOP_LIKE = {"training": {"lr_scheduler": "constant", "warmup_ratio": 0.0, "max_grad_norm": None},
+             "method": {"dropout": 0.0}}
+
+
+def run_tuneforge(model: str, train: list[dict], evals: list[dict], seed: int, work: Path,
+                  extra: dict | None = None) -> float:
+    from tuneforge.config.schema import Config
+    from tuneforge.stages import STAGES
+
+    raw = {"model": model, "stage": "sft",
+           "method": {"name": "lora", "r": SETTINGS["r"], "alpha": SETTINGS["alpha"],
+                      "target_modules": SETTINGS["targets"]},
+           "data": {"train": str(defaults_study._write(train, work / "train.jsonl")),
+                    "eval": str(defaults_study._write(evals, work / "eval.jsonl"))},
+           "training": {"learning_rate": SETTINGS["lr"], "batch_size": SETTINGS["batch"],
+                        "epochs": SETTINGS["epochs"], "progress": False, "report_to": []},
+           "eval": {"before": False, "generate_samples": len(evals), "max_new_tokens": 16},
+           "output_dir": str(work / "run"), "seed": seed}
+    for block, keys in (extra or {}).items():
+        raw[block].update(keys)
+    out = STAGES["sft"].run(Config.model_validate(raw), lambda _msg: None)
+    return json.loads((out / "metrics.json").read_text())["eval_after"]["exact_match"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--quick", action="store_true", help="16 facts, 2 epochs (CI: the script runs)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--threads", type=int, help="torch threads (1 on a shared, loaded machine)")
+    parser.add_argument("--loop-like", action="store_true",
+                        help="also run tuneforge with the loop's schedule, clipping and dropout (a diagnosis)")
+    args = parser.parse_args(argv)
+    from tuneforge.models.hub import resolve_path
+
+    if args.quick:
+        SETTINGS["epochs"] = 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model_dir = resolve_path(args.model)
+    results = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        train, evals = defaults_study.make_facts(args.quick, seed)
+        with tempfile.TemporaryDirectory(prefix="fact-loop-") as work:
+            for sub in ("defaults", "loop-like"):
+                (Path(work) / sub).mkdir()
+            t0 = time.perf_counter()
+            loop = run_loop(model_dir, train, evals, seed)
+            t1 = time.perf_counter()
+            ours = run_tuneforge(args.model, train, evals, seed, Path(work) / "defaults")
+            t2 = time.perf_counter()
+            like = (run_tuneforge(args.model, train, evals, seed, Path(work) / "loop-like", LOOP_LIKE)
+                    if args.loop_like else None)
+            t3 = time.perf_counter()
+        results.append({"seed": seed, "loop": loop, "tuneforge": ours, "tuneforge_loop_like": like,
+                        "loop_s": t1 - t0, "tuneforge_s": t2 - t1,
+                        "loop_like_s": t3 - t2 if like is not None else None})
+        print(f"seed {seed}: exact match loop {loop:.3f} ({t1 - t0:.0f}s), tuneforge {ours:.3f} ({t2 - t1:.0f}s)"
+              + (f", tuneforge loop-like {like:.3f} ({t3 - t2:.0f}s)" if like is not None else ""), flush=True)
+    report = {"settings": SETTINGS, "facts": len(evals), "results": results}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
