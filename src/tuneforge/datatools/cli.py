@@ -3,6 +3,7 @@
     tuneforge data check train.jsonl --stage sft --model smollm2-135m-instruct --max-length 512 --out check/
     tuneforge data prepare raw.jsonl --output data/clean --to messages --val-ratio 0.1 --seed 0
     tuneforge data bias runs/quickstart --probe builtin
+    tuneforge data cache [--clear [--older-than DAYS]]      (token caches: datatools.cache_cli)
 
 check exits 0 when clean, 1 when it found problems, 2 when the file cannot be read.
 """
@@ -15,6 +16,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from tuneforge.datatools.cache_cli import register as register_cache
 from tuneforge.stage_info import STAGE_INFO
 
 STAGE_CHOICES = tuple(STAGE_INFO)  # every stage; its record kind decides the checks
@@ -152,3 +154,4 @@ def register(sub) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: the run's training.device)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(fn=cmd_bias)
+    register_cache(dsub)
