@@ -24,7 +24,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
-               quantize_4bit: bool = False, labels: list[str] | None = None):
+               quantize_4bit: bool = False, labels: list[str] | None = None, device: torch.device | None = None,
+               may_spread: bool = False):
     """A causal LM, or with `labels` a sequence classifier whose new head is initialised from torch's
-    current RNG (seed before calling to make it reproducible)."""
-    return load_pretrained(resolve_model(name), name, trust_remote_code, dtype, quantize_4bit, labels)
+    current RNG (seed before calling to make it reproducible). `device` / `may_spread`: see load_pretrained."""
+    return load_pretrained(resolve_model(name), name, trust_remote_code, dtype, quantize_4bit, labels, device,
+                           may_spread)

@@ -13,6 +13,7 @@ import torch
 
 from tuneforge.errors import ModelError
 from tuneforge.models.hub import hub_error
+from tuneforge.models.placement import to_load_kwargs, weight_bytes
 from tuneforge.models.safety import check_model_dir, remote_code_error
 
 
@@ -44,18 +45,22 @@ def to_bnb_config():
 
 
 def load_pretrained(path: str | Path, name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
-                    quantize_4bit: bool = False, labels: list[str] | None = None):
+                    quantize_4bit: bool = False, labels: list[str] | None = None, device: torch.device | None = None,
+                    may_spread: bool = False):
     """A causal LM, or with `labels` a sequence classifier (a new head is initialised from torch's current
-    RNG: seed before calling to make it reproducible; a saved one is loaded)."""
+    RNG: seed before calling to make it reproducible; a saved one is loaded). `device`: load straight onto it
+    (None: the CPU); `may_spread`: one process, so a model larger than that GPU may span this machine's GPUs
+    (tuneforge.models.placement)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     check_model_dir(path, name, trust_remote_code)
-    extra = {}
+    on_gpu = device is not None and device.type == "cuda" and not quantize_4bit  # a 4-bit base: a quarter the size
+    extra = to_load_kwargs(device, weight_bytes(path, dtype) if on_gpu else None, may_spread)
     if quantize_4bit:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ModelError("method qlora needs bitsandbytes: pip install 'tuneforge[qlora]' (bitsandbytes>=0.49)")
-        extra = {"quantization_config": to_bnb_config(),
-                 "device_map": "cpu" if not torch.cuda.is_available() else "auto"}
+        default = "auto" if device is None and torch.cuda.is_available() else "cpu"  # no device named: as before
+        extra = {"quantization_config": to_bnb_config(), "device_map": extra.get("device_map", default)}
     auto = AutoModelForCausalLM
     if labels is not None:
         auto = AutoModelForSequenceClassification

@@ -32,6 +32,7 @@ from tuneforge.config.checks import check_config
 from tuneforge.config.load import dump_config, load_config
 from tuneforge.config.schema import Config
 from tuneforge.data.stage_data import StageData, counts_line, load_stage_data
+from tuneforge.device import place
 from tuneforge.device import select as select_device
 from tuneforge.errors import ConfigError, NonFiniteLoss
 from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic, write_text_atomic
@@ -141,9 +142,9 @@ def load_base(run: StageRun, labels: list[str] | None = None):
     cfg = run.cfg
     quantize = run.method.quantized_base
     model = (load_base_classifier(cfg, labels, quantize) if labels is not None  # seeded: predict --base sees it
-             else load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=quantize))
-    if run.device.type != "cpu" and not quantize:  # a 4-bit base is placed by bitsandbytes at load
-        model.to(run.device)
+             else load_model(cfg.model, cfg.trust_remote_code, quantize_4bit=quantize, device=run.device,
+                             may_spread=ddp.world_size() == 1))  # loaded straight onto the device
+    place(model, run.device)  # the classifier (loaded on the CPU); no-op for what the load placed
     if cfg.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
