@@ -115,3 +115,37 @@ def test_cli_lists_and_clears(run_cli, caches, monkeypatch, capsys):
     assert "removed 2 cache(s)" in capsys.readouterr().out
     assert run_cli(["data", "cache", "--clear"]) == 0 and run_cli(["data", "cache"]) == 0
     assert "no data caches" in capsys.readouterr().out
+
+
+def test_a_build_evicts_lru_caches_above_the_cap_but_not_one_a_live_reader_holds(tmp_path, tiny_model_dir,
+                                                                                  tiny_tokenizer, monkeypatch):
+    import gc
+
+    import tiny
+    from tuneforge.config.schema import Config
+    from tuneforge.data.token_cache import load_cached_examples
+
+    root = tmp_path / "caches"
+    monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(root))
+    files = [tiny.write_jsonl(tmp_path / f"t{i}.jsonl", tiny.toy_sft_rows(10, seed=i)) for i in range(3)]
+
+    def load(path, log=lambda _: None):
+        cfg = Config.model_validate({"model": str(tiny_model_dir), "stage": "sft", "data": {"train": str(path)},
+                                     "training": {"max_length": 48, "progress": False}, "output_dir": "unused"})
+        return load_cached_examples(cfg, tiny_tokenizer, path, log)[0]
+
+    live = load(files[0])  # a run still reading t0's cache
+    done = load(files[1])
+    del done  # that run ended: its in-use lock is gone
+    gc.collect()
+    monkeypatch.setenv(cache_admin.MAX_GB_ENV, "0")
+    logs: list[str] = []
+    third = load(files[2], logs.append)
+    assert sorted(e.source for e in cache_admin.list_caches(root)) == [str(files[0]), str(files[2])]
+    assert any(line.startswith("data cache: evicted") and "t1.jsonl" in line for line in logs)
+    assert len(live) > 0 and len(third) > 0 and live[0].input_ids  # both still read from their maps
+    stamp = next(e for e in cache_admin.list_caches(root) if e.source == str(files[0])).path / cache_admin.STAMP
+    os.utime(stamp, (1.0, 1.0))
+    logs.clear()
+    load(files[0], logs.append)  # a reuse stamps the last use
+    assert any(line.startswith("data cache: reused") for line in logs) and stamp.stat().st_mtime > 1.0

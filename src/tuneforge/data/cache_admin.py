@@ -59,13 +59,28 @@ def _try_locks(root: Path, key: str, stack: ExitStack) -> bool:
     return True
 
 
-def hold(dest: Path):
-    """Mark the cache `dest` in use by this process (a shared lock) and stamp its last use; the returned file
-    keeps the mark until it is closed or collected, so keep it beside the reader."""
-    f = open(dest.parent / f".{dest.name}.use", "a")  # noqa: SIM115 - held for the reader's lifetime
-    fcntl.flock(f, fcntl.LOCK_SH)
+class Held:
+    """A shared lock on a cache's `.use` file, released by close() or when the holder is collected (no
+    ResourceWarning: it is a plain descriptor)."""
+
+    def __init__(self, path: Path):
+        self.fd: int | None = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = close
+
+
+def hold(dest: Path) -> Held:
+    """Mark the cache `dest` in use by this process (a shared lock) and stamp its last use; keep the returned
+    Held beside the reader: the mark lasts until it is closed or collected."""
+    held = Held(dest.parent / f".{dest.name}.use")
     (dest / STAMP).touch()
-    return f
+    return held
 
 
 def list_caches(root: Path) -> list[CacheEntry]:
