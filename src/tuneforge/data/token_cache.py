@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tuneforge.config.schema import Config
+from tuneforge.data.cache_admin import evict, hold, max_bytes_from_env
 from tuneforge.data.dataset import DataStats, check_stream, held_out, load_checked_records, record_examples
 from tuneforge.data.formats import detect_format
 from tuneforge.data.load import BadLine, Item, Record, iter_records
@@ -203,6 +204,7 @@ def load_cached_examples(cfg: Config, tokenizer, path: str | Path,
     """(examples of `path` from its token cache, built now unless present; their stats; the number of records)."""
     path = Path(path)
     iter_records(path)  # a missing or unreadable file: DataError naming it, before hashing
+    cap = max_bytes_from_env()  # $TUNEFORGE_DATA_CACHE_MAX_GB, checked before a long build
     key, parts = cache_key(cfg, tokenizer, path)
     dest = data_cache_dir() / key
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +221,10 @@ def load_cached_examples(cfg: Config, tokenizer, path: str | Path,
             meta = json.loads((dest / "meta.json").read_text())
             log(f"data cache: built {dest}: {meta['stats']['corpus_tokens']:,} tokens of {meta['records']:,} records "
                 f"in {meta['build_seconds']} s ({meta['tokens_per_second']:,} tok/s)")
+            evict(dest.parent, cap, keep=dest, log=log)  # least recently used first, never one in use
+        in_use = hold(dest)  # a shared lock: no clear or eviction removes it while this reader lives
     reader = TokenReader(dest)
+    reader.in_use = in_use
     stats = DataStats(**meta["stats"])
     stats.lengths = reader.lengths()
     return CachedExamples(reader), stats, meta["records"]
