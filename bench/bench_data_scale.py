@@ -1,14 +1,21 @@
 """Data at scale (issue 17): continued pre-training on generated corpora of growing size, each run a fresh
 `stage: pretrain` process (the embedded SmolLM2-135M, LoRA, a few steps): time to the first training step,
-tokenization rate, peak RSS after the data is ready (building the token cache) and at the end (training), and
-the same on a second run that reuses the cache. With --compare-memory, the smallest corpus also runs through
-the old in-memory path (records and token ids in Python lists) side by side, and the ratios are printed.
+tokenization rate, peak RSS of the whole process tree while the data is made ready (building or opening the
+token cache) and while training, and the same on a second run that reuses the cache. With --compare-memory,
+the smallest corpus also runs through the old in-memory path (records and token ids in Python lists) side by
+side, and the ratios are printed.
 
     python scripts/make_pretrain_corpus.py --size-mb 100 --out /tmp/c100.jsonl
-    nice python bench/bench_data_scale.py /tmp/c100.jsonl /tmp/c1024.jsonl --compare-memory --steps 3
+    nice python bench/bench_data_scale.py /tmp/c100.jsonl --compare-memory --json bench/results/data_scale.json
+    nice python bench/bench_data_scale.py /tmp/c4096.jsonl --steps 3 --json bench/results/data_scale.json
+    python bench/bench_data_scale.py --render bench/results/data_scale.json --write docs/benchmarks.md docs/data.md
 
 Each run gets its own TUNEFORGE_HOME (the models directory linked from the usual one), so the first run of a
-corpus always builds its cache. Prints one markdown row per run and the ratios.
+corpus always builds its cache. RSS is sampled every 0.2 s over the child and all its descendants (psutil);
+the child marks when its data is ready, which splits the samples into the two phases. --json merges the
+runs into the file (one entry per corpus and run, each with the machine's load and the environment: CPU,
+flags, versions, commit; bench/env_record.py); --render prints the table from that file and --write replaces
+the text between `<!-- bench_data_scale:begin -->` and `<!-- bench_data_scale:end -->` in the named files.
 """
 
 from __future__ import annotations
@@ -16,17 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+BEGIN, END = "<!-- bench_data_scale:begin -->", "<!-- bench_data_scale:end -->"
+RUNS = ("first (builds cache)", "second (reuses)", "in-memory (old path)")
 
-def child(mode: str, corpus: str, out: str, steps: int, t0: float) -> dict:
+
+def child(mode: str, corpus: str, out: str, steps: int, t0: float, phase_file: str) -> dict:
     """One run in this process; timestamps are seconds since the parent started it (`t0`, wall clock)."""
     import tuneforge.stages.skeleton as skeleton
     import tuneforge.train.loop as loop
@@ -38,9 +48,10 @@ def child(mode: str, corpus: str, out: str, steps: int, t0: float) -> dict:
     load_data, forward_backward = skeleton.load_data, loop.forward_backward
 
     def timed_load_data(run):
+        marks["data_start_s"] = time.time() - t0
         data = load_data(run)
         marks["data_ready_s"] = time.time() - t0
-        marks["rss_data_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        Path(phase_file).write_text("train")
         marks["train_sequences"] = len(data.train)
         return data
 
@@ -54,11 +65,11 @@ def child(mode: str, corpus: str, out: str, steps: int, t0: float) -> dict:
         from tuneforge.data.dataset import load_train_eval_records
 
         def in_memory(cfg, tokenizer, log):
-            train_records, eval_records = load_train_eval_records(cfg, log)
+            train_records, _ = load_train_eval_records(cfg, log)  # no eval set in this bench
             train, stats = stage_data.load_stage_examples(cfg, tokenizer, train_records)
-            return train, stats, eval_records
+            return stage_data.CachedSplit(train, stats)
 
-        stage_data.load_cached_train_eval = in_memory
+        stage_data.load_cached_split = in_memory
     cfg = Config.model_validate({
         "model": "smollm2-135m-instruct", "stage": "pretrain", "method": {"name": "lora", "r": 8},
         "data": {"train": corpus}, "output_dir": out, "seed": 0,
@@ -69,84 +80,190 @@ def child(mode: str, corpus: str, out: str, steps: int, t0: float) -> dict:
     STAGES["pretrain"](cfg, log=logs.append)
     metrics = json.loads((Path(out) / "metrics.json").read_text())
     built = next((line for line in logs if line.startswith("data cache: built")), "")
-    return {**marks, "wall_s": time.time() - t0, "rss_peak_mb": metrics["train"]["peak_rss_mb"],
-            "train_tokens_per_s": metrics["train"]["tokens_per_second"],
+    return {**marks, "wall_s": time.time() - t0, "train_tokens_per_s": metrics["train"]["tokens_per_second"],
             "corpus_tokens": metrics["data"]["train"]["corpus_tokens"], "tokens": metrics["data"]["train"]["tokens"],
             "reused": any(line.startswith("data cache: reused") for line in logs),
             "cache_tok_per_s": int(built.rsplit("(", 1)[-1].split(" ")[0].replace(",", "")) if built else None}
 
 
+def sample_tree(pid: int, phase_file: Path, peaks: dict, stop: threading.Event, every: float = 0.2) -> None:
+    """Peak summed RSS (MB) of `pid` and its descendants, split at the moment `phase_file` appears."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    while not stop.is_set():
+        total = 0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        phase = "train" if phase_file.exists() else "data"
+        peaks[phase] = max(peaks.get(phase, 0.0), total / 2**20)
+        stop.wait(every)
+
+
 def run_child(mode: str, corpus: Path, home: Path, steps: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-run-"))
     env = {**os.environ, "TUNEFORGE_HOME": str(home)}
+    env.pop("TUNEFORGE_DATA_CACHE", None)  # the cache goes under this run's home
+    phase_file = out / "phase"
+    load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.time()
     cmd = [sys.executable, __file__, "--child", mode, "--out", str(out / "run"), "--steps", str(steps),
-           "--t0", repr(t0), str(corpus)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+           "--t0", repr(t0), "--phase-file", str(phase_file), str(corpus)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks: dict = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_tree, args=(proc.pid, phase_file, peaks, stop), daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    stop.set()
+    sampler.join()
     shutil.rmtree(out, ignore_errors=True)
     if proc.returncode:
-        raise SystemExit(f"{mode} run on {corpus} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{mode} run on {corpus} failed:\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return {**result, "rss_data_mb": round(peaks.get("data", 0.0)), "rss_train_mb": round(peaks.get("train", 0.0)),
+            "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def cpu_line() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return (f"{model}, {os.cpu_count()} cores, flags {' '.join(wanted) or '-'}, load average "
-            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, python {platform.python_version()}")
-
-
-COLUMNS = ("corpus", "MB", "run", "corpus tokens", "tokens used", "cache tok/s", "data ready s", "first step s",
-           "RSS data MB", "RSS peak MB", "train tok/s")
-
-
-def row(corpus: Path, label: str, r: dict) -> str:
-    cells = (corpus.name, f"{corpus.stat().st_size / 2**20:.0f}", label, f"{r['corpus_tokens']:,}", f"{r['tokens']:,}",
+def fmt_row(e: dict) -> str:
+    r = e["result"]
+    cells = (e["corpus"], f"{e['mb']:.0f}", e["run"], f"{r['corpus_tokens']:,}",
              f"{r['cache_tok_per_s']:,}" if r["cache_tok_per_s"] else ("reused" if r["reused"] else "-"),
-             f"{r['data_ready_s']:.1f}", f"{r['first_step_s']:.1f}", f"{r['rss_data_mb']:.0f}",
-             f"{r['rss_peak_mb']:.0f}", f"{r['train_tokens_per_s']:.0f}")
+             f"{r['data_ready_s'] - r['data_start_s']:.1f}", f"{r['data_ready_s']:.1f}", f"{r['first_step_s']:.1f}",
+             f"{r['rss_data_mb']:,}", f"{r['rss_train_mb']:,}", f"{r['train_tokens_per_s']:.0f}",
+             " / ".join(f"{x:.1f}" for x in (r["load_before"][0], r["load_after"][0])))
     return "| " + " | ".join(cells) + " |"
+
+
+COLUMNS = ("corpus", "MB", "run", "corpus tokens", "cache build tok/s", "data s", "data ready s", "first step s",
+           "RSS data MB", "RSS train MB", "train tok/s", "load 1-min (start / end)")
+
+
+def ratios(entries: list[dict]) -> list[str]:
+    """The goals' figures, computed from whatever runs the file holds."""
+    by = {(e["corpus"], e["run"]): e for e in entries}
+    firsts = sorted((e for e in entries if e["run"] == RUNS[0]), key=lambda e: e["mb"])
+    lines = []
+    if len(firsts) >= 2:
+        small, big = firsts[0], firsts[-1]
+        peak = max(big["result"]["rss_data_mb"], big["result"]["rss_train_mb"])
+        small_peak = max(small["result"]["rss_data_mb"], small["result"]["rss_train_mb"])
+        lines.append(f"- Peak RSS (process tree, build or training), {big['corpus']} / {small['corpus']}: "
+                     f"{peak:,} / {small_peak:,} MB = {peak / small_peak:.2f}x (goal: within 1.5x, under 3,072 MB); "
+                     f"while building: {big['result']['rss_data_mb'] / small['result']['rss_data_mb']:.2f}x.")
+        rates = ", ".join(f"{e['corpus']} {e['result']['cache_tok_per_s']:,}" for e in firsts)
+        lines.append(f"- Cache build tok/s by size (linear cost = equal rates): {rates}.")
+    seconds = [by[(e["corpus"], RUNS[1])] for e in firsts if (e["corpus"], RUNS[1]) in by]
+    if seconds:
+        starts = ", ".join(f"{e['corpus']} {r['first_step_s']:.1f} s (data ready {r['data_ready_s']:.1f} s, of it "
+                           f"the data {r['data_ready_s'] - r['data_start_s']:.1f} s)"
+                           for e in seconds for r in [e["result"]])
+        lines.append(f"- Second run, process start to first step (goal: under 10 s): {starts}.")
+    for e in entries:
+        if e["run"] == RUNS[2] and (e["corpus"], RUNS[0]) in by:
+            mem, first = e["result"], by[(e["corpus"], RUNS[0])]["result"]
+            second = by.get((e["corpus"], RUNS[1]), {}).get("result", first)
+            tps = mem["train_tokens_per_s"]
+            lines.append(f"- {e['corpus']}, cache / in-memory: training tok/s {first['train_tokens_per_s'] / tps:.2f}x "
+                         f"(first run), {second['train_tokens_per_s'] / tps:.2f}x (second); "
+                         f"RSS when the data is ready {first['rss_data_mb'] / mem['rss_data_mb']:.2f}x; RSS while "
+                         f"training {first['rss_train_mb'] / mem['rss_train_mb']:.2f}x.")
+    return lines
+
+
+def render(data: dict) -> str:
+    entries = sorted(data["entries"], key=lambda e: (e["mb"], RUNS.index(e["run"])))
+    envs = {e["invocation"]: data["invocations"][e["invocation"]] for e in entries}  # in order, each once
+    lines = ["Written by `python bench/bench_data_scale.py --render bench/results/data_scale.json` from runs of:", ""]
+    for inv in envs.values():
+        cpu, env = inv["env"]["cpu"], inv["env"]
+        flags = " ".join(f for f, on in (cpu.get("flags_of_interest") or {}).items() if on)
+        lines.append(f"- `{inv['command']}` at {env['time_utc']}, commit {(env['git']['commit'] or '?')[:9]}"
+                     f"{' (dirty)' if env['git']['dirty'] else ''}; {cpu['model']}, {cpu['logical_cpus']} CPUs "
+                     f"({flags}), {env['memory_gib']} GiB; torch {env['versions']['torch']}, transformers "
+                     f"{env['versions']['transformers']}, tokenizers {env['versions']['tokenizers']}, python "
+                     f"{env['versions']['python']}.")
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += [fmt_row(e) for e in entries]
+    return "\n".join(lines + [""] + ratios(entries)) + "\n"
+
+
+def merge_json(path: Path, new: list[dict], invocation: dict) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {"invocations": {}, "entries": []}
+    key = invocation["env"]["time_utc"]
+    data["invocations"][key] = invocation
+    done = {(e["corpus"], e["run"]) for e in new}
+    data["entries"] = [e for e in data["entries"] if (e["corpus"], e["run"]) not in done]
+    data["entries"] += [{**e, "invocation": key} for e in new]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def measure(a: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from env_record import environment
+
+    invocation = {"command": shlex.join(["python", "bench/bench_data_scale.py", *sys.argv[1:]]),
+                  "env": environment()}
+    print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
+    models = Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".cache" / "tuneforge") / "models"
+    entries = []
+    for i, corpus in enumerate(map(Path, a.corpora)):
+        home = Path(tempfile.mkdtemp(prefix="bench-home-", dir=a.tmp))
+        (home / "models").symlink_to(models)
+        try:
+            runs = [(RUNS[0], "cache"), (RUNS[1], "cache")] + ([(RUNS[2], "memory")] if a.compare_memory and i == 0
+                                                               else [])
+            for label, mode in runs:
+                result = run_child(mode, corpus, home, a.steps)
+                entries.append({"corpus": corpus.stem, "mb": corpus.stat().st_size / 2**20, "run": label,
+                                "steps": a.steps, "result": result})
+                print(fmt_row(entries[-1]), flush=True)
+                if a.json:
+                    merge_json(Path(a.json), entries, invocation)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+    print("\n" + "\n".join(ratios(entries)))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("corpora", nargs="+")
+    p.add_argument("corpora", nargs="*")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--compare-memory", action="store_true", help="also run the smallest corpus in memory")
+    p.add_argument("--compare-memory", action="store_true", help="also run the first corpus in memory")
+    p.add_argument("--json", default=None, help="merge the runs into this JSON file")
+    p.add_argument("--tmp", default=None, help="where the runs' homes (and caches) go (default: the temp dir)")
+    p.add_argument("--render", default=None, help="print the table from this JSON file")
+    p.add_argument("--write", nargs="*", default=[], help="with --render: replace the marked block in these files")
     p.add_argument("--child", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--phase-file", default=None)
     p.add_argument("--t0", type=float, default=0.0)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.corpora[0], a.out, a.steps, a.t0)))
-        return
-    print(f"CPU: {cpu_line()}")
-    print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
-    models = Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".cache" / "tuneforge") / "models"
-    results = {}
-    for i, corpus in enumerate(map(Path, a.corpora)):
-        home = Path(tempfile.mkdtemp(prefix="bench-home-"))
-        (home / "models").symlink_to(models)
-        try:
-            runs = [("first (builds cache)", "cache"), ("second (reuses)", "cache")]
-            if a.compare_memory and i == 0:
-                runs.append(("in-memory (old path)", "memory"))
-            for label, mode in runs:
-                results[(corpus.name, label)] = r = run_child(mode, corpus, home, a.steps)
-                print(row(corpus, label, r), flush=True)
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
-    if a.compare_memory:
-        name = Path(a.corpora[0]).name
-        cached, second, memory = (results[(name, k)] for k in ("first (builds cache)", "second (reuses)",
-                                                               "in-memory (old path)"))
-        print(f"\n{name}: cache / in-memory: peak RSS {cached['rss_peak_mb'] / memory['rss_peak_mb']:.2f}x, "
-              f"time to first step {cached['first_step_s'] / memory['first_step_s']:.2f}x (first run), "
-              f"{second['first_step_s'] / memory['first_step_s']:.2f}x (second run), training tok/s "
-              f"{cached['train_tokens_per_s'] / memory['train_tokens_per_s']:.2f}x / "
-              f"{second['train_tokens_per_s'] / memory['train_tokens_per_s']:.2f}x")
+        print(json.dumps(child(a.child, a.corpora[0], a.out, a.steps, a.t0, a.phase_file)))
+    elif a.render:
+        text = render(json.loads(Path(a.render).read_text()))
+        print(text)
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+        from _tables import write_between
+
+        for doc in a.write:
+            write_between(Path(doc), text, BEGIN, END)
+    elif a.corpora:
+        measure(a)
+    else:
+        p.error("give corpora to measure, or --render JSON")
 
 
 if __name__ == "__main__":
