@@ -25,15 +25,16 @@ from starlette.exceptions import HTTPException
 from tuneforge.errors import UserError
 from tuneforge.studio.chat import ChatPool
 from tuneforge.studio.data_view import preview_data
+from tuneforge.studio.files import UPLOAD_MAX_BYTES
 from tuneforge.studio.form import form_schema, validate_form
-from tuneforge.studio.jobs import merge_status, start_merge
 from tuneforge.studio.manager import RunManager
 from tuneforge.studio.plan_view import plan_methods
 from tuneforge.studio.predict_view import predict_file
+from tuneforge.studio.routes import add_file_routes, add_result_routes
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "panels.js": "text/javascript", "chart.js": "text/javascript",
-          "style.css": "text/css"}
+          "results.js": "text/javascript", "picker.js": "text/javascript", "style.css": "text/css"}
 COOKIE = "tuneforge_studio_key"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -92,7 +93,10 @@ class Gate:
             problem = (401, "missing or wrong API key: open /?key=KEY once, or send 'Authorization: Bearer KEY'")
         elif scope["method"] == "POST":
             origin = headers.get(b"origin", b"").decode("latin-1")
-            if not headers.get(b"content-type", b"").startswith(b"application/json"):
+            kind = headers.get(b"content-type", b"")
+            # the upload's body is the file: octet-stream, like JSON, needs a CORS preflight a foreign page lacks
+            if not (kind.startswith(b"application/json")
+                    or (scope["path"] == "/api/upload" and kind.startswith(b"application/octet-stream"))):
                 problem = (415, "send JSON (Content-Type: application/json)")
             elif origin and origin.split("://", 1)[-1] != host:
                 problem = (403, f"a request from another origin ({origin}) is refused")
@@ -103,7 +107,8 @@ class Gate:
 
 
 def create_app(runs_dir: Path, roots: list[Path] | None = None, api_key: str | None = None,
-               hosts: tuple[str, ...] = LOOPBACK_NAMES, parallel: int = 1, cwd: Path | None = None) -> FastAPI:
+               hosts: tuple[str, ...] = LOOPBACK_NAMES, parallel: int = 1, cwd: Path | None = None,
+               upload_max_bytes: int = UPLOAD_MAX_BYTES) -> FastAPI:
     runs_dir.mkdir(parents=True, exist_ok=True)
     manager = RunManager(runs_dir, parallel=parallel, cwd=cwd)
     guard = PathGuard([*(roots or [Path.cwd()]), runs_dir])
@@ -189,15 +194,18 @@ def create_app(runs_dir: Path, roots: list[Path] | None = None, api_key: str | N
     def runs() -> dict[str, Any]:
         return {"runs": manager.list()}
 
-    @app.get("/api/runs/{name}")
+    add_file_routes(app, guard, manager.runs_dir, upload_max_bytes)
+    add_result_routes(app, manager)  # before GET /api/runs/{name:path}: its GET .../merge and .../export
+
+    @app.get("/api/runs/{name:path}")
     def run(name: str) -> dict[str, Any]:
         return manager.detail(name)
 
-    @app.post("/api/runs/{name}/stop")
+    @app.post("/api/runs/{name:path}/stop")
     def stop(name: str) -> dict[str, Any]:
         return manager.stop(name)
 
-    @app.post("/api/runs/{name}/resume")
+    @app.post("/api/runs/{name:path}/resume")
     def resume(name: str, body: dict[str, Any]) -> dict[str, Any]:
         steps = body.get("max_steps")
         if steps not in (None, "") and (not str(steps).isdigit() or int(steps) < 1):
@@ -226,33 +234,21 @@ def create_app(runs_dir: Path, roots: list[Path] | None = None, api_key: str | N
             raise UserError("max_new_tokens must be a whole number and temperature a number") from None
         return manager.run_dir(name), conversations, max_new_tokens, temperature
 
-    @app.post("/api/runs/{name}/chat")
+    @app.post("/api/runs/{name:path}/chat")
     def chat(name: str, body: dict[str, Any]) -> dict[str, Any]:
         return chats.reply(*chat_args(name, body))
 
-    @app.post("/api/runs/{name}/chat/stream")
+    @app.post("/api/runs/{name:path}/chat/stream")
     def chat_stream(name: str, body: dict[str, Any]) -> StreamingResponse:
         jobs = chats.prepare(*chat_args(name, body))  # errors before the stream starts are plain 400s
         return StreamingResponse(chats.stream(jobs), media_type="application/x-ndjson",
                                  headers={"Cache-Control": "no-cache"})
 
-    @app.post("/api/runs/{name}/predict")
+    @app.post("/api/runs/{name:path}/predict")
     def predict(name: str, body: dict[str, Any]) -> dict[str, Any]:
         path = str(body.get("input") or "").strip()
         guard.check("data", path or None)
         return predict_file(manager.run_dir(name), manager.meta / name, path, bool(body.get("base")))
-
-    @app.get("/api/runs/{name}/merge")
-    def merge_state(name: str) -> dict[str, Any]:
-        return merge_status(manager.meta / name, manager.run_dir(name))
-
-    @app.post("/api/runs/{name}/merge")
-    def merge(name: str) -> dict[str, Any]:
-        from tuneforge.methods import METHODS
-
-        run_dir = manager.run_dir(name)
-        method = manager.status(name)["method"]
-        return start_merge(manager.meta / name, run_dir, method in METHODS and METHODS[method].mergeable)
 
     return app
 

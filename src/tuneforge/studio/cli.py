@@ -1,6 +1,7 @@
 """`tuneforge studio`: argument parsing and the bind check; the work is in app.py and manager.py.
 
     tuneforge studio [--host 127.0.0.1] [--port 7860] [--runs-dir runs] [--api-key KEY] [--allow DIR ...]
+                     [--parallel N] [--upload-max-mb MB]
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def cmd_studio(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
     roots = [Path.cwd(), *map(Path, args.allow or [])]
     hosts = LOOPBACK_NAMES if is_loopback(args.host) else ()
-    app = create_app(runs_dir, roots, api_key, hosts, args.parallel)
+    if args.upload_max_mb <= 0:
+        raise UserError(f"--upload-max-mb {args.upload_max_mb}: expected a size in MB above 0")
+    app = create_app(runs_dir, roots, api_key, hosts, args.parallel,
+                     upload_max_bytes=int(args.upload_max_mb * 1024 * 1024))
     where = f"http://{args.host}:{args.port}/" + ("?key=..." if api_key else "")
     print(f"tuneforge studio on {where} (runs in {runs_dir.resolve()}); Ctrl-C stops the studio, "
           "not the runs", flush=True)
@@ -47,5 +51,7 @@ def register(sub) -> None:
                    help="another folder whose models and data files the form may name (default: the working "
                         "directory and --runs-dir)")
     p.add_argument("--parallel", type=int, default=1, help="runs that train at once; the rest queue (default 1)")
+    p.add_argument("--upload-max-mb", type=float, default=200,
+                   help="largest data file the page may upload into RUNS_DIR/data (default 200)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(fn=cmd_studio)

@@ -37,6 +37,7 @@ from tuneforge.config.schema import (
 )
 from tuneforge.errors import UserError
 from tuneforge.stage_info import STAGE_INFO
+from tuneforge.studio.discover import RESERVED
 
 # What the form sets by default where the schema's default suits a long run but not a first try in a browser.
 FORM_DEFAULTS = {"training.max_steps": "20", "training.progress": "false"}
@@ -87,11 +88,12 @@ def form_schema() -> dict[str, Any]:
     from tuneforge.models.hub import ALIASES
 
     methods = {name: {"stages": sorted(METHODS[name].stages), "default_lr": METHODS[name].default_lr,
-                      "mergeable": METHODS[name].mergeable,
+                      "mergeable": METHODS[name].mergeable, "saves_whole_model": METHODS[name].saves_whole_model,
                       "help": (cfg.__doc__ or "").strip(), "fields": _fields("method.", cfg, ("name",))}
                for name, cfg in METHOD_CONFIGS.items()}
     stages = {name: {"records": info.records, "model_kind": info.model_kind, "block": STAGE_BLOCKS.get(name),
-                     "chainable": info.chainable, "metrics": list(info.metrics)} for name, info in STAGE_INFO.items()}
+                     "chainable": info.chainable, "generates": info.generates, "metrics": list(info.metrics)}
+              for name, info in STAGE_INFO.items()}
     sections = [{"name": "top", "stage": None, "fields": [_field(k, Config.model_fields[k]) for k in TOP_KEYS]}]
     sections += [{"name": name, "stage": name if name in STAGE_BLOCKS.values() else None,
                   "fields": _fields(f"{name}.", model)} for name, model in SECTIONS]
@@ -162,8 +164,9 @@ def validate_form(form: dict[str, str], runs_dir: Path, check_path=None) -> dict
 
     name = str(form.get("name") or "").strip()
     errors: dict[str, str] = {}
-    if not NAME_RE.match(name):
-        errors["name"] = "a run name: letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit"
+    if not NAME_RE.match(name) or name in RESERVED:
+        errors["name"] = ("a run name: letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit"
+                          f"; not {', '.join(sorted(RESERVED))} (the studio's uploads)")
     output_dir = str(runs_dir / (name or "unnamed"))
     try:
         raw = to_raw(form, output_dir)

@@ -26,6 +26,7 @@ import yaml
 
 from tuneforge.errors import UserError
 from tuneforge.fsutil import write_json_atomic, write_text_atomic
+from tuneforge.studio.discover import RESERVED, find_runs
 
 GENERATIONS, REPORT_CHARS = 20, 20_000  # what a run's page shows of generations.jsonl and report.md
 LIVE_SECONDS = 60  # a run the studio did not start counts as running while its train_log.jsonl is this fresh
@@ -118,10 +119,7 @@ class RunManager:
         write_json_atomic(self.meta / name / "state.json", state)
 
     def names(self) -> list[str]:
-        found = {d.name for d in self.runs_dir.iterdir()
-                 if d.is_dir() and not d.name.startswith(".") and (d / "config.yaml").is_file()}
-        found |= {d.name for d in self.meta.iterdir() if (d / "state.json").is_file()}
-        return sorted(found)
+        return find_runs(self.runs_dir, self.meta)  # nested runs too, e.g. "exp1/a"
 
     def run_dir(self, name: str) -> Path:
         if name not in self.names():
@@ -189,6 +187,7 @@ class RunManager:
                     continue
         report = (out / "report.md").read_text(encoding="utf-8")[:REPORT_CHARS] if (out / "report.md").is_file() else ""
         return finite({**info, "points": read_log(out / "train_log.jsonl"), "metrics": metrics,
+                       "evals": read_log(out / "eval_log.jsonl"),  # the periodic evals as they happen
                        "config": config_text, "log": self.log_tail(name), "generations": generations,
                        "report": report})
 
@@ -208,8 +207,9 @@ class RunManager:
     def submit(self, name: str, config_text: str) -> dict[str, Any]:
         """Queue a new run (its YAML as the form showed it); it starts when a slot is free."""
         with self.lock:
-            if name in self.names():
-                raise UserError(f"a run named {name!r} exists already under {self.runs_dir}; pick another name")
+            if name in self.names() or name in RESERVED or (self.runs_dir / name).exists():
+                raise UserError(f"a run named {name!r} exists already under {self.runs_dir} (or the name is "
+                                "taken by a folder there); pick another name")
             (self.meta / name).mkdir(parents=True)
             write_text_atomic(self.meta / name / "config.yaml", config_text)
             self._save_state(name, {"queued": True, "submitted": time.time(), "overrides": []})
@@ -220,7 +220,8 @@ class RunManager:
         """Queue the run again with resume=auto (from its last complete checkpoint); `max_steps` moves its end
         (train longer, or stop sooner)."""
         with self.lock:
-            info = self.status(self.run_dir(name).name)
+            self.run_dir(name)
+            info = self.status(name)
             if info["status"] in ("running", "queued"):
                 raise UserError(f"run {name!r} is {info['status']}")
             if info["status"] == "finished":

@@ -196,6 +196,8 @@ class MetricLogCallback(TrainerCallback):
                 name = key[5:] if key.startswith("eval_") else self.RENAME.get(key, key)
                 self.writer.add_scalar(f"{'eval' if key.startswith('eval_') else 'train'}/{name}", value,
                                        state.global_step)
+        if "eval_loss" in logs:  # live eval_log.jsonl (the studio's eval curve)
+            self.writer.add_eval(state.global_step, {k[5:]: v for k, v in logs.items() if k.startswith("eval_")})
         if "loss" in logs and "train_runtime" not in logs:  # live train_log.jsonl (studio, tail -f); history_of
             self.writer.add_step([], step=state.global_step, loss=logs["loss"],  # rewrites it whole at the end
                                  lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"))

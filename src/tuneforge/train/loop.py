@@ -110,6 +110,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
         result = objective.evaluate(model, eval_examples)
         state.evals.append({"step": state.step, **result})
         writer.add_scalar("eval/loss", result["loss"], state.step)
+        writer.add_eval(state.step, result)  # live, for the studio's curve
         if on_eval and main:
             on_eval(state.step, result)
 

@@ -19,8 +19,8 @@ from tuneforge.train import distributed as ddp
 
 class MetricLog:
     def __init__(self, sinks: list[tuple[Callable[[str, float, int], None], Callable[[], None]]],
-                 live: Path | None = None) -> None:
-        self.sinks, self.live = sinks, live
+                 live: Path | None = None, live_evals: Path | None = None) -> None:
+        self.sinks, self.live, self.live_evals = sinks, live, live_evals
 
     def add_step(self, history: list[dict], **entry) -> None:
         """Append one step's record to `history` and (rank 0) to output_dir/train_log.jsonl as it happens, so
@@ -29,6 +29,13 @@ class MetricLog:
         if self.live is not None:
             with self.live.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
+
+    def add_eval(self, step: int, result: dict) -> None:
+        """One periodic evaluation's numbers to output_dir/eval_log.jsonl as it happens (the studio's eval curve)."""
+        if self.live_evals is not None:
+            with self.live_evals.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **{k: v for k, v in result.items() if isinstance(v, (int, float))}})
+                        + "\n")
 
     def add_scalar(self, name: str, value: float, step: int) -> None:
         for write, _ in self.sinks:
@@ -67,7 +74,8 @@ def open_metric_log(cfg: Config, output_dir: Path, purge_step: int | None) -> Me
         sinks.append((writer.add_scalar, writer.close))
     if "mlflow" in cfg.training.report_to:
         sinks.append(_mlflow_sink(cfg, output_dir))
-    return MetricLog(sinks, _start_live_log(output_dir / "train_log.jsonl", purge_step))
+    return MetricLog(sinks, _start_live_log(output_dir / "train_log.jsonl", purge_step),
+                     _start_live_log(output_dir / "eval_log.jsonl", purge_step))
 
 
 def _start_live_log(path: Path, purge_step: int | None) -> Path:
