@@ -26,7 +26,8 @@ def result(rss_data: int, rss_train: int, first_step: float = 50.0, tok_s: float
     return {"imported_s": 10.0, "data_start_s": 12.0, "data_ready_s": 14.5, "first_step_s": first_step,
             "train_tokens_per_s": tok_s, "corpus_tokens": 1000, "tokens": 1000, "reused": rate is None,
             "cache_tok_per_s": rate, "rss_data_mb": rss_data, "rss_train_mb": rss_train,
-            "load_before": [3.0, 2.0, 1.0], "load_after": [4.0, 2.0, 1.0]}
+            "load_before": [3.0, 2.0, 1.0], "load_after": [4.0, 2.0, 1.0], "cpu_imported_s": 5.0,
+            "cpu_data_start_s": 6.0, "cpu_data_ready_s": 6.5, "cpu_first_step_s": first_step / 2}
 
 
 def entry(corpus: str, mb: float, run: str, res: dict) -> dict:
@@ -55,10 +56,10 @@ def test_runs_merge_and_render_with_the_goals_ratios(tmp_path):
     assert out.strip() in text
     rows = [line for line in text.splitlines() if line.startswith("| c") and not line.startswith("| corpus")]
     assert [r.split(" | ")[2] for r in rows] == [*bench.RUNS, bench.RUNS[0]]  # by size, then run
-    assert "| 90,000 | 2.5 | 14.5 | 50.0 | 640 | 2,300 | 100 | 3.0 / 4.0 |" in rows[0]
+    assert "| 90,000 | 2.5 | 14.5 | 50.0 | 0.5 | 25.0 | 640 | 2,300 | 100 | 3.0 / 4.0 |" in rows[0]
     assert "c4096 / c100: 2,530 / 2,300 MB = 1.10x" in text and "while building: 1.10x" in text
-    assert "c100 90,000, c4096 95,000" in text
-    assert "c100 8.0 s (data ready 14.5 s, of it the data 2.5 s)" in text
+    assert "c100 90,000 (2,000 per CPU second), c4096 95,000 (2,000 per CPU second)" in text
+    assert "c100 8.0 s, 4.0 CPU s (data ready 14.5 s, of it the data 2.5 s)" in text
     assert "training tok/s 0.95x (first run), 1.05x (second); RSS when the data is ready 0.28x" in text
     assert "commit abcdef123" in text and "Test CPU, 2 CPUs (avx512f)" in text
 
