@@ -69,6 +69,16 @@ class DataConfig(Strict):
     eval_split: float = Field(0.0, ge=0, lt=1, description="hold out this share of train when no eval file")
 
 
+class DeepSpeedConfig(Strict):
+    """training.deepspeed (with training.distributed: deepspeed): ZeRO-2 shards gradients + optimizer states,
+    ZeRO-3 the weights too; offload moves optimizer states (2, 3) or weights (3 only) to CPU RAM or NVMe."""
+
+    zero_stage: Literal[2, 3] = 2
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    offload_params: Literal["none", "cpu", "nvme"] = "none"
+    nvme_path: str | None = None
+
+
 class TrainingConfig(Strict):
     max_steps: int | None = Field(None, ge=1)
     # null: chosen from the data (train.recipe: ~150 optimizer steps for a small set, one pass over a large one)
@@ -96,8 +106,10 @@ class TrainingConfig(Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
     gradient_checkpointing: bool = False
     # Under torchrun / --nproc: ddp = every rank holds the whole model; fsdp = torch's fully_shard (FSDP2):
-    # parameters, gradients and optimizer states split over the ranks (docs/distributed.md).
-    distributed: Literal["ddp", "fsdp"] = "ddp"
+    # parameters, gradients and optimizer states split over the ranks (docs/distributed.md). deepspeed: ZeRO
+    # through accelerate, validated and its launch files generated (tuneforge plan --launch-files), not trained yet.
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    deepspeed: DeepSpeedConfig | None = None
     eval_steps: int | None = Field(None, ge=1)
     save_steps: int | None = Field(None, ge=1)
     save_total_limit: int = Field(2, ge=1)

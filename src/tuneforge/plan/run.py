@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supervised-fraction", type=float, default=1.0,
                    help="share of positions that get logits (tuneforge computes them for supervised tokens only)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--gpus", type=int, help="GPUs per machine to plan the launch for (default: this machine's)")
+    p.add_argument("--gpu-gb", type=float, help="memory per GPU in GiB (default: this machine's smallest GPU)")
+    p.add_argument("--nodes", type=int, default=1, help="machines (default 1)")
+    p.add_argument("--launch-files", metavar="DIR", help="training.distributed=deepspeed: write the accelerate + "
+                   "DeepSpeed files to launch with into DIR")
     return p
 
 
@@ -161,16 +166,50 @@ def _print_table(rows: list[dict]) -> None:
         console.print(note, highlight=False)
 
 
+def plan_launch(args: argparse.Namespace, rows: list[dict]) -> list[str]:
+    """Each row's launcher and sharding (row['launch'], tuneforge.plan.launch) for --gpus / --gpu-gb / --nodes or
+    this machine; with --launch-files, the DeepSpeed launch files. Returns the lines to print."""
+    from pathlib import Path
+
+    from tuneforge.plan.launch import choose, hardware, launch_lines
+    from tuneforge.train.zero import check_deepspeed, write_launch_files
+
+    settings, names = plan_settings(args.items)
+    training = settings["training"]
+    hw = hardware() | {"nodes": args.nodes}
+    if args.gpus is not None:
+        if args.gpus > 0 and args.gpu_gb is None and hw["gpus"] == 0:
+            raise ConfigError("--gpus: give --gpu-gb too (this machine has no GPU to read the memory from)")
+        hw |= {"gpus": args.gpus, "gpu_gib": args.gpu_gb if args.gpu_gb is not None else hw["gpu_gib"]}
+    elif args.gpu_gb is not None:
+        hw["gpu_gib"] = args.gpu_gb
+    zero = training.deepspeed.zero_stage if training.deepspeed else 2
+    for row in rows:
+        if "error" not in row:
+            row["launch"] = choose(row, training.distributed, hw["gpus"], hw["gpu_gib"], args.nodes, zero)
+    lines = launch_lines(rows, hw)
+    if args.launch_files:
+        if training.distributed != "deepspeed":
+            raise ConfigError("--launch-files writes DeepSpeed files: set training.distributed=deepspeed")
+        for name in names:
+            check_deepspeed(training, settings["stage"] or "sft", name)
+        files = write_launch_files(training, Path(args.launch_files), max(hw["gpus"], 1) * args.nodes, args.nodes)
+        lines.append(f"wrote {', '.join(map(str, files))}")
+    return lines
+
+
 def run_plan(argv: list[str]) -> int:
     """Parse `argv` (the arguments after `plan`), print the estimates, return 0. UserError -> exit 2 upstream."""
     args = build_parser().parse_intermixed_args(argv)  # options and key=value items in any order
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft/transformers deprecation chatter on meta models
         rows = _estimates(args)
+    lines = plan_launch(args, rows)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif all("error" in r for r in rows):
         raise UserError("; ".join(r["error"] for r in rows))
     else:
         _print_table(rows)
+        print("\n".join(lines))
     return 0
