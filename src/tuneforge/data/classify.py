@@ -76,7 +76,11 @@ def text_of(record: Record, field_name: str, key: str) -> str:
 
 def label_set(cfg: Config, records: list[Record]) -> list[str]:
     """The configured label order, or the sorted labels of the training records (numerically if all ints)."""
-    seen = {label_of(r, cfg.data.label_field) for r in records}
+    return label_order(cfg, {label_of(r, cfg.data.label_field) for r in records})
+
+
+def label_order(cfg: Config, seen: set[str]) -> list[str]:
+    """The configured label order, or the sorted labels `seen` in training (numerically if all ints)."""
     if cfg.data.labels:
         if len(set(cfg.data.labels)) != len(cfg.data.labels):
             raise ConfigError(f"key 'data.labels': duplicate labels in {cfg.data.labels}")
@@ -88,32 +92,44 @@ def label_set(cfg: Config, records: list[Record]) -> list[str]:
     return sorted(seen, key=int) if numeric else sorted(seen)
 
 
+def cls_record(cfg: Config, tokenizer, record: Record, stats: ClsStats
+               ) -> tuple[str, list[int] | None, list[int] | None]:
+    """(label, input ids, token type ids) of one record as classify trains on it, ids None when dropped over
+    length (counted in `stats`); the one builder of the in-memory and the cached (data.stage_cache) paths."""
+    stats.records += 1
+    text = text_of(record, cfg.data.text_field, "data.text_field")
+    pair = text_of(record, cfg.data.text_pair_field, "data.text_pair_field") if cfg.data.text_pair_field else None
+    label = label_of(record, cfg.data.label_field)
+    enc = tokenizer(text, pair, truncation=False)
+    action = over_length(len(enc["input_ids"]), cfg, record.where, "text")
+    if action == "drop":
+        stats.dropped_overlength += 1
+        return label, None, None
+    if action == "truncate":
+        enc = tokenizer(text, pair, truncation=True, max_length=cfg.training.max_length)
+        stats.truncated += 1
+    stats.lengths.append(len(enc["input_ids"]))
+    return label, enc["input_ids"], enc.get("token_type_ids")
+
+
+def unknown_label(where: str, label: str, labels: list[str]) -> DataError:
+    return DataError(f"{where}: label {label!r} is not one of the run's labels {labels}")
+
+
 def load_cls_examples(cfg: Config, tokenizer, records: list[Record],
                       labels: list[str]) -> tuple[list[ClsExample], ClsStats]:
     """Tokenize every record; a label outside `labels` is an error naming the record and the known labels."""
     index = {label: i for i, label in enumerate(labels)}
-    stats, examples = ClsStats(records=len(records), labels=list(labels)), []
+    stats, examples = ClsStats(labels=list(labels)), []
     counts: Counter[str] = Counter()
-    max_length = cfg.training.max_length
     for record in records:
-        text = text_of(record, cfg.data.text_field, "data.text_field")
-        pair = text_of(record, cfg.data.text_pair_field, "data.text_pair_field") if cfg.data.text_pair_field else None
-        label = label_of(record, cfg.data.label_field)
+        label, ids, types = cls_record(cfg, tokenizer, record, stats)
         if label not in index:
-            raise DataError(f"{record.where}: label {label!r} is not one of the run's labels {labels}")
-        enc = tokenizer(text, pair, truncation=False)
-        ids = enc["input_ids"]
-        action = over_length(len(ids), cfg, record.where, "text")
-        if action == "drop":
-            stats.dropped_overlength += 1
+            raise unknown_label(record.where, label, labels)
+        if ids is None:
             continue
-        if action == "truncate":
-            enc = tokenizer(text, pair, truncation=True, max_length=max_length)
-            ids = enc["input_ids"]
-            stats.truncated += 1
         counts[label] += 1
-        stats.lengths.append(len(ids))
-        examples.append(ClsExample(ids, enc.get("token_type_ids"), index[label]))
+        examples.append(ClsExample(ids, types, index[label]))
     if not examples:
         raise DataError(f"{records[0].where.rsplit(':', 1)[0]}: no usable samples (all dropped as over length)")
     stats.examples = len(examples)

@@ -15,7 +15,7 @@ from tuneforge.config.schema import Config
 from tuneforge.data.fields import Messages
 from tuneforge.data.load import Record
 from tuneforge.data.overlength import over_length
-from tuneforge.data.preference import PairStats, pair_field, use_template
+from tuneforge.data.preference import PairStats, no_usable, pair_field, use_template
 from tuneforge.data.records import same_responses, to_conversation
 from tuneforge.data.templates import control_tokens, encode, escape_messages, render
 from tuneforge.errors import DataError
@@ -92,34 +92,46 @@ def to_example(cfg: Config, tokenizer, record: Record, templated: bool) -> DpoEx
     return build_dpo_example(tokenizer, *turns, templated, record.where, cfg.data.special_tokens_in_text)
 
 
-def _fit(example: DpoExample, max_length: int) -> DpoExample:
-    """Cut the prompt from the left (its end sits next to the response), then the responses from the right."""
-    longest = max(len(example.chosen_ids), len(example.rejected_ids))
-    prompt_ids = example.prompt_ids[-max(1, max_length - longest):]
-    room = max_length - len(prompt_ids)
-    return DpoExample(prompt_ids, example.chosen_ids[:room], example.rejected_ids[:room])
+def fit_responses(cfg: Config, where: str, prompt_ids: list[int], responses: list[list[int]], stats,
+                  what: str) -> tuple[list[int], list[list[int]]] | None:
+    """training.overlength for a prompt and its responses (dpo's two, kto's one), measured as the prompt plus
+    the longest response: None when dropped; truncated, the prompt is cut from the left (its end sits next to
+    the response), then the responses from the right. Counted in `stats` (truncated, dropped_overlength)."""
+    longest = max(map(len, responses))
+    action = over_length(len(prompt_ids) + longest, cfg, where, what)
+    if action == "drop":
+        stats.dropped_overlength += 1
+        return None
+    if action == "truncate":
+        prompt_ids = prompt_ids[-max(1, cfg.training.max_length - longest):]
+        room = cfg.training.max_length - len(prompt_ids)
+        responses = [ids[:room] for ids in responses]
+        stats.truncated += 1
+    return prompt_ids, responses
+
+
+def dpo_record(cfg: Config, tokenizer, record: Record, templated: bool, stats: PairStats) -> DpoExample | None:
+    """One record's pair as dpo trains on it (None: dropped, counted in `stats`); the one builder of the
+    in-memory and the cached (data.stage_cache) paths."""
+    stats.records += 1
+    example = to_example(cfg, tokenizer, record, templated)
+    if example is None:
+        stats.dropped_identical += 1
+        return None
+    fitted = fit_responses(cfg, record.where, example.prompt_ids, [example.chosen_ids, example.rejected_ids],
+                           stats, "pair")
+    if fitted is None:
+        return None
+    prompt_ids, (chosen_ids, rejected_ids) = fitted
+    stats.lengths += [len(prompt_ids) + len(chosen_ids), len(prompt_ids) + len(rejected_ids)]
+    return DpoExample(prompt_ids, chosen_ids, rejected_ids)
 
 
 def load_dpo_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[DpoExample], PairStats]:
     templated = use_template(cfg, tokenizer)
-    stats, examples = PairStats(records=len(records)), []
-    max_length = cfg.training.max_length
-    for record in records:
-        example = to_example(cfg, tokenizer, record, templated)
-        if example is None:
-            stats.dropped_identical += 1
-            continue
-        n = len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
-        action = over_length(n, cfg, record.where, "pair")
-        if action == "drop":
-            stats.dropped_overlength += 1
-            continue
-        if action == "truncate":
-            example, stats.truncated = _fit(example, max_length), stats.truncated + 1
-        stats.lengths += [len(example.prompt_ids) + len(ids) for ids in (example.chosen_ids, example.rejected_ids)]
-        examples.append(example)
+    stats = PairStats()
+    examples = [e for record in records if (e := dpo_record(cfg, tokenizer, record, templated, stats)) is not None]
     if not examples and records:
-        raise DataError(f"{records[0].where.rsplit(':', 1)[0]}: no usable preference pairs "
-                        f"({stats.dropped_identical} identical, {stats.dropped_overlength} over length)")
+        raise no_usable(records[0].where.rsplit(":", 1)[0], "preference pairs", stats)
     stats.pairs = len(examples)
     return examples, stats

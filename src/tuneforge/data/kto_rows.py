@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tuneforge.config.schema import Config
-from tuneforge.data.dpo_pairs import build_dpo_example
+from tuneforge.data.dpo_pairs import build_dpo_example, fit_responses
 from tuneforge.data.fields import Messages
 from tuneforge.data.load import Record
-from tuneforge.data.overlength import over_length
-from tuneforge.data.preference import use_template
+from tuneforge.data.preference import no_usable, use_template
 from tuneforge.data.records import fields_of, require, to_conversation
 from tuneforge.errors import DataError
 
@@ -69,27 +68,26 @@ def to_example(cfg: Config, tokenizer, record: Record, templated: bool) -> KtoEx
     return KtoExample(pair.prompt_ids, pair.chosen_ids, label)
 
 
+def kto_record(cfg: Config, tokenizer, record: Record, templated: bool, stats: KtoStats) -> KtoExample | None:
+    """One record's row as kto trains on it (None: dropped over length, counted); over-length rows are cut as
+    dpo cuts a pair (data.dpo_pairs.fit_responses). The one builder of the in-memory and the cached paths."""
+    stats.records += 1
+    example = to_example(cfg, tokenizer, record, templated)
+    fitted = fit_responses(cfg, record.where, example.prompt_ids, [example.completion_ids], stats, "row")
+    if fitted is None:
+        return None
+    prompt_ids, (completion_ids,) = fitted
+    stats.lengths.append(len(prompt_ids) + len(completion_ids))
+    stats.desirable += example.label
+    return KtoExample(prompt_ids, completion_ids, example.label)
+
+
 def load_kto_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[KtoExample], KtoStats]:
     templated = use_template(cfg, tokenizer)
-    stats, examples = KtoStats(records=len(records)), []
-    max_length = cfg.training.max_length
-    for record in records:
-        example = to_example(cfg, tokenizer, record, templated)
-        n = len(example.prompt_ids) + len(example.completion_ids)
-        action = over_length(n, cfg, record.where, "row")
-        if action == "drop":
-            stats.dropped_overlength += 1
-            continue
-        if action == "truncate":  # the prompt from the left, then the completion from the right (as dpo)
-            prompt_ids = example.prompt_ids[-max(1, max_length - len(example.completion_ids)):]
-            example = KtoExample(prompt_ids, example.completion_ids[: max_length - len(prompt_ids)], example.label)
-            stats.truncated += 1
-        stats.lengths.append(len(example.prompt_ids) + len(example.completion_ids))
-        stats.desirable += example.label
-        examples.append(example)
+    stats = KtoStats()
+    examples = [e for record in records if (e := kto_record(cfg, tokenizer, record, templated, stats)) is not None]
     if not examples and records:
-        raise DataError(f"{records[0].where.rsplit(':', 1)[0]}: no usable kto rows "
-                        f"({stats.dropped_overlength} over length)")
+        raise no_usable(records[0].where.rsplit(":", 1)[0], "kto rows", stats)
     stats.examples = len(examples)
     return examples, stats
 

@@ -28,7 +28,7 @@ from tuneforge.data.templates import apply_template, control_tokens, escape_mess
 from tuneforge.data.templates import encode as encode_pieces
 from tuneforge.errors import DataError
 
-__all__ = ["PairExample", "PairStats", "encode", "load_pair_examples", "normalised", "pair_field",
+__all__ = ["PairExample", "PairStats", "encode", "load_pair_examples", "normalised", "pair_field", "pair_record",
            "to_conversation", "to_ids", "to_text", "use_template"]
 
 
@@ -123,29 +123,39 @@ def encode(tokenizer, text: str, max_length: int | None) -> list[int]:
         tokenizer.truncation_side = side
 
 
+def pair_record(cfg: Config, tokenizer, record: Record, templated: bool, stats: PairStats) -> PairExample | None:
+    """One record's pair as the reward stage scores it (None: dropped, counted in `stats`); the one builder of
+    the in-memory and the cached (data.stage_cache) paths."""
+    stats.records += 1
+    prompt = pair_field(record, "prompt", required=False)
+    responses = [pair_field(record, key, required=True) for key in ("chosen", "rejected")]
+    if same_responses(prompt, *responses):
+        stats.dropped_identical += 1
+        return None
+    special = cfg.data.special_tokens_in_text
+    ids = [to_ids(tokenizer, prompt, r, templated, None, special) for r in responses]
+    action = over_length(max(map(len, ids)), cfg, record.where, "pair")
+    if action == "drop":
+        stats.dropped_overlength += 1
+        return None
+    if action == "truncate":
+        ids = [to_ids(tokenizer, prompt, r, templated, cfg.training.max_length, special) for r in responses]
+        stats.truncated += 1
+    stats.lengths += [len(i) for i in ids]
+    return PairExample(ClsExample(ids[0], None, 0), ClsExample(ids[1], None, 0))
+
+
+def no_usable(where: str, what: str, stats) -> DataError:
+    """The error when every record of a file was dropped (reward and dpo pairs, kto rows), with why."""
+    counts = [f"{stats.dropped_identical} identical"] if hasattr(stats, "dropped_identical") else []
+    return DataError(f"{where}: no usable {what} ({', '.join([*counts, f'{stats.dropped_overlength} over length'])})")
+
+
 def load_pair_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PairExample], PairStats]:
     templated = use_template(cfg, tokenizer)
-    stats, pairs = PairStats(records=len(records)), []
-    max_length = cfg.training.max_length
-    for record in records:
-        prompt = pair_field(record, "prompt", required=False)
-        responses = [pair_field(record, key, required=True) for key in ("chosen", "rejected")]
-        if same_responses(prompt, *responses):
-            stats.dropped_identical += 1
-            continue
-        special = cfg.data.special_tokens_in_text
-        ids = [to_ids(tokenizer, prompt, r, templated, None, special) for r in responses]
-        action = over_length(max(map(len, ids)), cfg, record.where, "pair")
-        if action == "drop":
-            stats.dropped_overlength += 1
-            continue
-        if action == "truncate":
-            ids = [to_ids(tokenizer, prompt, r, templated, max_length, special) for r in responses]
-            stats.truncated += 1
-        stats.lengths += [len(i) for i in ids]
-        pairs.append(PairExample(ClsExample(ids[0], None, 0), ClsExample(ids[1], None, 0)))
+    stats = PairStats()
+    pairs = [p for record in records if (p := pair_record(cfg, tokenizer, record, templated, stats)) is not None]
     if not pairs and records:
-        raise DataError(f"{records[0].where.rsplit(':', 1)[0]}: no usable preference pairs "
-                        f"({stats.dropped_identical} identical, {stats.dropped_overlength} over length)")
+        raise no_usable(records[0].where.rsplit(":", 1)[0], "preference pairs", stats)
     stats.pairs = len(pairs)
     return pairs, stats

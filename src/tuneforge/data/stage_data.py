@@ -1,6 +1,7 @@
-"""Every stage's examples, built one way for training, `tuneforge validate` and the example tests: the
-records are read once and checked (data.dataset.load_train_eval_records), then turned into examples by the
-builder the stage declares (`stage_info(stage).examples`). validate prints the counts of exactly this build.
+"""Every stage's examples, built one way for training, `tuneforge validate` and the example tests: a run's
+data files are checked and tokenized once into token caches (data.stage_cache) by the builder the stage
+declares (`stage_info(stage).examples`), and read back lazily; validate prints the counts of exactly this build.
+load_stage_examples builds the same examples in memory from records (tests, several eval sources).
 
     data = load_stage_data(cfg, tokenizer, log)          # train + eval examples, metrics.json's data block
     examples, stats = load_stage_examples(cfg, tokenizer, records)   # one record set; stats.summary()
@@ -19,14 +20,14 @@ from typing import Any
 
 from tuneforge.config.schema import Config
 from tuneforge.data.classify import ClsStats, label_set, load_cls_examples
-from tuneforge.data.dataset import load_examples, load_train_eval_records
+from tuneforge.data.dataset import load_examples
 from tuneforge.data.dpo_pairs import load_dpo_examples
 from tuneforge.data.kto_rows import load_kto_examples
 from tuneforge.data.load import Record
 from tuneforge.data.mixing import load_eval_sources, load_mixed_train, merge_stats
 from tuneforge.data.preference import load_pair_examples
+from tuneforge.data.stage_cache import CachedSplit, load_cached_split
 from tuneforge.data.templates import apply_template
-from tuneforge.data.token_cache import load_cached_train_eval
 from tuneforge.errors import DataError
 from tuneforge.rl.prompts import build_prompt_examples
 from tuneforge.stage_info import stage_info
@@ -70,8 +71,8 @@ def load_stage_examples(cfg: Config, tokenizer, records: list[Record],
 
 @dataclass
 class StageData:
-    train: Sequence  # a list, or data.token_cache.CachedExamples (sft / pretrain) read by index
-    eval: list
+    train: Sequence  # data.token_cache.CachedExamples read by index (a list only where built from records)
+    eval: Sequence
     train_stats: Any
     eval_stats: Any = None
     labels: list[str] | None = None  # classify: the label order of the run
@@ -81,24 +82,20 @@ class StageData:
 
 
 def load_stage_data(cfg: Config, tokenizer, log: Callable[[str], None] = print) -> StageData:
-    """Train and eval examples of a run: the checked records (eval held out of train by data.eval_split when
-    there is no eval file), eval cut to eval.max_samples (default all; a cap is logged), eval classified with the
-    train labels."""
+    """Train and eval examples of a run, read from the token caches of the data files (data.stage_cache; built
+    once, checked as they are built): eval held out of train by data.eval_split when there is no eval file,
+    eval cut to eval.max_samples (default all; a cap is logged), eval classified with the train labels."""
     sources: list[dict] = []  # several train sources: what each contributes
-    if stage_info(cfg.stage).examples == "lm":  # sft / pretrain: tokenized once into a memory-mapped cache
-        if stage_info(cfg.stage).chat_template:
-            apply_template(tokenizer, cfg.data.template)
-        if isinstance(cfg.data.train, list):  # several sources, mixed by weight
-            train, train_stats, sources = load_mixed_train(cfg, tokenizer, log)
-            eval_records = []
-        else:
-            train, train_stats, eval_records = load_cached_train_eval(cfg, tokenizer, log)
+    if stage_info(cfg.stage).examples == "lm" and stage_info(cfg.stage).chat_template:  # sft renders the run's
+        apply_template(tokenizer, cfg.data.template)  # template (saved with the run); the others: use_template
+    if isinstance(cfg.data.train, list):  # several sources (sft / pretrain), mixed by weight
+        train, train_stats, sources = load_mixed_train(cfg, tokenizer, log)
+        split = CachedSplit(train, train_stats)
     else:
-        train_records, eval_records = load_train_eval_records(cfg, log)
-        train, train_stats = load_stage_examples(cfg, tokenizer, train_records)
-    labels = train_stats.labels if isinstance(train_stats, ClsStats) else None
-    data = StageData(train, [], train_stats, labels=labels, summary={"train": train_stats.summary()},
-                     eval_records=eval_records)
+        split = load_cached_split(cfg, tokenizer, log)
+    labels = split.train_stats.labels if isinstance(split.train_stats, ClsStats) else None
+    data = StageData(split.train, [], split.train_stats, labels=labels, summary={"train": split.train_stats.summary()},
+                     eval_records=split.eval_records)
     if sources:
         data.summary["train"]["sources"] = sources
     if isinstance(cfg.data.eval, list):  # each eval source scored on its own too (its loss in metrics.json)
@@ -108,9 +105,9 @@ def load_stage_data(cfg: Config, tokenizer, log: Callable[[str], None] = print) 
         data.eval_stats = merge_stats(list(by_name.values()), " + ".join(by_name))
         data.summary["eval"] = data.eval_stats.summary() | {
             "sources": {name: stats.summary() for name, stats in by_name.items()}}
-    elif eval_records:
-        data.eval, data.eval_stats = load_stage_examples(cfg, tokenizer, eval_records[: cfg.eval.max_samples], labels)
-        data.summary["eval"] = data.eval_stats.summary() | eval_counts(cfg, len(eval_records), log)
+    elif split.eval_available:
+        data.eval, data.eval_stats = split.eval, split.eval_stats
+        data.summary["eval"] = data.eval_stats.summary() | eval_counts(cfg, split.eval_available, log)
     return data
 
 

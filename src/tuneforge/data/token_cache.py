@@ -1,12 +1,14 @@
-"""Tokenize once, map it: the sft / pretrain examples of a data file come from a memory-mapped token cache
-(data.token_store) built in one streaming pass that also runs the record check (file:line errors, exit 2,
-nothing written), with a progress bar and a tokens/s rate. The cache lives in $TUNEFORGE_HOME/data/<key>,
-keyed by the file's sha256, the tokenizer (vocabulary, merges, special tokens, chat template), the data keys
-that change tokenization (format, template, system prompt, fields, ...), max_length and the over-length
-policy; a second run, a resume, an hpo trial or a `compare` method reuses it and says so.
+"""Tokenize once, map it: the examples of a data file (every stage's: sft / pretrain samples here, the other
+builders' kinds in data.stage_cache) come from a memory-mapped token cache (data.token_store) built in one
+streaming pass that also runs the record check (file:line errors, exit 2, nothing written), with a progress
+bar and a tokens/s rate. The cache lives in $TUNEFORGE_HOME/data/<key>, keyed by the file's sha256, the
+tokenizer (vocabulary, merges, special tokens, chat template), the data keys that change tokenization
+(format, template, system prompt, fields, ...), max_length and the over-length policy; a second run, a
+resume, an hpo trial or a `compare` method reuses it and says so.
 
     examples, stats, n_records = load_cached_examples(cfg, tokenizer, cfg.data.train, log)
     examples[i]            # an Example read from the map (lists of ints), as the training loop indexes it
+    reader, meta = open_cache(cfg, tokenizer, path, log, kind)   # any example kind (data.stage_cache's)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import shutil
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from tuneforge.config.schema import Config
 from tuneforge.data.cache_admin import evict, hold, max_bytes_from_env
-from tuneforge.data.dataset import DataStats, check_stream, held_out, load_checked_records, record_examples
+from tuneforge.data.dataset import DataStats, check_stream, record_examples
 from tuneforge.data.formats import detect_format
 from tuneforge.data.load import BadLine, Item, Record, iter_records
 from tuneforge.data.records import fields_of, view_record
@@ -78,11 +81,13 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def cache_key(cfg: Config, tokenizer, path: str | Path) -> tuple[str, dict]:
+def cache_key(cfg: Config, tokenizer, path: str | Path, extra: dict | None = None) -> tuple[str, dict]:
     """(directory name, the parts it hashes). Every data key except the file names and the split is a part,
-    so a key added later can only cause a rebuild, never a stale cache."""
+    so a key added later can only cause a rebuild, never a stale cache; `extra`: what else a kind's build
+    reads (the prompts' budget)."""
     info = stage_info(cfg.stage)
     parts = {"version": CACHE_VERSION, "code": code_fingerprint(), "data_sha256": file_sha256(path),
+             "extra": extra or {},
              "tokenizer": tokenizer_fingerprint(tokenizer),
              "records": info.records, "examples": info.examples,
              "data": {k: v for k, v in cfg.data.model_dump().items() if k not in NOT_TOKENIZATION},
@@ -93,10 +98,12 @@ def cache_key(cfg: Config, tokenizer, path: str | Path) -> tuple[str, dict]:
 
 class CachedExamples(Sequence):
     """Examples read from a token cache by position (the loop's train_examples[i]); `index` selects a subset
-    (the train part when data.eval_split holds records out)."""
+    (the train part when data.eval_split holds records out); `read(reader, j)` builds example j (default:
+    an sft / pretrain Example)."""
 
-    def __init__(self, reader: TokenReader, index: np.ndarray | None = None):
-        self.reader, self.index = reader, index
+    def __init__(self, reader: TokenReader, index: np.ndarray | None = None,
+                 read: Callable[[TokenReader, int], object] | None = None):
+        self.reader, self.index, self.read = reader, index, read or read_lm
 
     def __len__(self) -> int:
         return len(self.reader) if self.index is None else len(self.index)
@@ -108,11 +115,7 @@ class CachedExamples(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        j = int(self.index[i]) if self.index is not None else int(i)
-        ids = self.reader.tokens(j).tolist()
-        mask = self.reader.mask(j)
-        labels = list(ids) if mask is None else [t if m else IGNORE for t, m in zip(ids, mask.tolist(), strict=True)]
-        return Example(ids, labels)
+        return self.read(self.reader, int(self.index[i]) if self.index is not None else int(i))
 
     def lengths(self) -> np.ndarray:
         lengths = self.reader.lengths()
@@ -132,18 +135,73 @@ def _progress(path: Path, enabled: bool) -> Progress:
                     TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)
 
 
-def build_cache(cfg: Config, tokenizer, path: Path, dest: Path, parts: dict, log: Callable[[str], None]) -> None:
+COUNTERS = ("truncated", "dropped_overlength", "dropped_identical", "dropped_no_supervised", "split_chunks",
+            "corpus_tokens")  # kept per record too, so a part of the file (eval_split) has its own exact counts
+
+
+def read_lm(reader: TokenReader, j: int) -> Example:
+    ids = reader.tokens(j).tolist()
+    mask = reader.mask(j)
+    labels = list(ids) if mask is None else [t if m else IGNORE for t, m in zip(ids, mask.tolist(), strict=True)]
+    return Example(ids, labels)
+
+
+class LmKind:
+    """sft / pretrain samples (data.dataset.record_examples): token ids and, for sft, the supervised mask.
+    The interface every cached example kind has (data.stage_cache has the others)."""
+
+    def __init__(self, cfg: Config, tokenizer):
+        self.cfg, self.tokenizer, self.formats = cfg, tokenizer, set()
+        self.pretrain = stage_info(cfg.stage).records == "pretrain"
+        self.read = read_lm
+
+    def key(self) -> dict:
+        return {}
+
+    def writer(self, directory: Path) -> TokenWriter:
+        return TokenWriter(directory, len(self.tokenizer), with_mask=not self.pretrain)
+
+    def new_stats(self, path: Path) -> DataStats:  # a build begins
+        self.formats = set()
+        return DataStats(path=str(path), format=self.cfg.data.format)
+
+    def add(self, record: Record, n: int, stats: DataStats, writer: TokenWriter) -> None:
+        if self.pretrain and n == 0:
+            detect_format(record, "pretrain", self.cfg.data.text_field)  # names the missing field up front
+        for example in record_examples(self.cfg, self.tokenizer, record, stats, self.formats):
+            mask = None if self.pretrain else [int(t != IGNORE) for t in example.labels]
+            writer.add(example.input_ids, mask, record=n)
+
+    def close(self, directory: Path, path: Path, stats: DataStats, n_examples: int) -> None:
+        stats.examples, stats.format = n_examples, "+".join(sorted(self.formats)) or "text"
+        if not n_examples:
+            raise DataError(f"{path}: no usable samples: {stats.records} records, {stats.dropped_overlength} "
+                            f"over max_length, {stats.dropped_no_supervised} with no supervised tokens")
+
+
+def _counts(stats) -> list[int]:
+    return [getattr(stats, name, 0) for name in COUNTERS]
+
+
+def build_cache(cfg: Config, tokenizer, path: Path, dest: Path, parts: dict, log: Callable[[str], None],
+                kind=None) -> None:
     """One streaming pass over `path`: every item goes through the stage's check (check_stream), each valid
-    record is tokenized (data.dataset.record_examples) and appended to the map. Errors: DataError after the
-    whole file was read (every bad line at once), and nothing is left behind."""
-    kind, fields = stage_info(cfg.stage).records, fields_of(cfg)
-    stats, formats = DataStats(path=str(path), format=cfg.data.format), set()
+    record is turned into examples by `kind` (default LmKind) and appended to the map. Errors: DataError after
+    the whole file was read (every bad line at once), and nothing is left behind."""
+    kind = kind or LmKind(cfg, tokenizer)
+    records_kind, fields = stage_info(cfg.stage).records, fields_of(cfg)
+    stats = kind.new_stats(path)
     tmp = make_temp_dir(dest.parent, f".{dest.name}.")
     started = time.perf_counter()
     state = {"bytes": 0, "records": 0, "failed": False}
+    per_record = array("q")  # COUNTERS' change at each record
+
     try:
-        with _progress(path, cfg.training.progress) as bar, \
-                TokenWriter(tmp, len(tokenizer), with_mask=kind != "pretrain") as writer:
+        with _progress(path, cfg.training.progress) as bar, kind.writer(tmp) as writer:
+
+            def tokens() -> int:  # the corpus's tokens (sft / pretrain), else the main ids written
+                return getattr(stats, "corpus_tokens", 0) or writer.offsets[-1]
+
             task = bar.add_task("tokenize", total=path.stat().st_size, tokens=0, rate=0.0)
 
             def on_bytes(n: int) -> None:
@@ -156,26 +214,29 @@ def build_cache(cfg: Config, tokenizer, path: Path, dest: Path, parts: dict, log
                         state["failed"] = True
                         continue
                     state["records"] += 1
-                    if state["failed"]:
-                        continue  # an error is certain: read on only to report every bad line
-                    _tokenize(cfg, tokenizer, item, kind, fields, stats, formats, writer, state)
+                    issues = view_record(item.data, records_kind, fields)[1]
+                    if state["failed"] or any(i.kind != "chosen_equals_rejected" for i in issues):  # (builders drop)
+                        state["failed"] = True  # an error is certain: read on only to report every bad line
+                        continue
+                    before = _counts(stats)
+                    kind.add(item, state["records"] - 1, stats, writer)
+                    per_record.extend(a - b for a, b in zip(_counts(stats), before, strict=True))
                     if state["records"] % 512 == 0:
-                        rate = stats.corpus_tokens / max(time.perf_counter() - started, 1e-9)
-                        bar.update(task, completed=state["bytes"], tokens=stats.corpus_tokens, rate=rate)
-                rate = stats.corpus_tokens / max(time.perf_counter() - started, 1e-9)
-                bar.update(task, completed=path.stat().st_size, tokens=stats.corpus_tokens, rate=rate)
+                        rate = tokens() / max(time.perf_counter() - started, 1e-9)
+                        bar.update(task, completed=state["bytes"], tokens=tokens(), rate=rate)
+                bar.update(task, completed=path.stat().st_size, tokens=tokens(),
+                           rate=tokens() / max(time.perf_counter() - started, 1e-9))
 
             check_stream(cfg, path, stream(), log)
             if state["failed"]:  # the check found what tokenizing could not (should not happen)
                 raise DataError(f"{path}: unusable records")
-            stats.examples, stats.format = len(writer), "+".join(sorted(formats)) or "text"
-            if not stats.examples:
-                raise DataError(f"{path}: no usable samples: {stats.records} records, {stats.dropped_overlength} "
-                                f"over max_length, {stats.dropped_no_supervised} with no supervised tokens")
+            kind.close(tmp, path, stats, len(writer))
+            n_tokens = tokens()
+        np.save(tmp / "record_counts.npy", np.frombuffer(per_record, dtype=np.int64).reshape(-1, len(COUNTERS)))
         seconds = time.perf_counter() - started
         meta = {"parts": parts, "stats": {k: v for k, v in vars(stats).items() if k != "lengths"},
-                "records": state["records"], "build_seconds": round(seconds, 2),
-                "tokens_per_second": round(stats.corpus_tokens / max(seconds, 1e-9)), "created": time.time()}
+                "records": state["records"], "tokens": n_tokens, "build_seconds": round(seconds, 2),
+                "tokens_per_second": round(n_tokens / max(seconds, 1e-9)), "created": time.time()}
         write_json_atomic(tmp / "meta.json", meta)
         try:
             tmp.rename(dest)
@@ -186,26 +247,14 @@ def build_cache(cfg: Config, tokenizer, path: Path, dest: Path, parts: dict, log
         raise
 
 
-def _tokenize(cfg: Config, tokenizer, record: Record, kind: str, fields, stats: DataStats, formats: set[str],
-              writer: TokenWriter, state: dict) -> None:
-    view, issues = view_record(record.data, kind, fields)
-    if issues:
-        state["failed"] = True  # check_records reports it with its line
-        return
-    if kind == "pretrain" and state["records"] == 1:
-        detect_format(record, "pretrain", cfg.data.text_field)  # names the missing field up front
-    for example in record_examples(cfg, tokenizer, record, stats, formats):
-        mask = None if kind == "pretrain" else [int(t != IGNORE) for t in example.labels]
-        writer.add(example.input_ids, mask, record=state["records"] - 1)
-
-
-def load_cached_examples(cfg: Config, tokenizer, path: str | Path,
-                         log: Callable[[str], None] = print) -> tuple[CachedExamples, DataStats, int]:
-    """(examples of `path` from its token cache, built now unless present; their stats; the number of records)."""
+def open_cache(cfg: Config, tokenizer, path: str | Path, log: Callable[[str], None] = print,
+               kind=None) -> tuple[TokenReader, dict]:
+    """(the memory-mapped cache of `path` for `kind`'s examples, its meta.json), built now unless present."""
     path = Path(path)
     iter_records(path)  # a missing or unreadable file: DataError naming it, before hashing
+    kind = kind or LmKind(cfg, tokenizer)
     cap = max_bytes_from_env()  # $TUNEFORGE_DATA_CACHE_MAX_GB, checked before a long build
-    key, parts = cache_key(cfg, tokenizer, path)
+    key, parts = cache_key(cfg, tokenizer, path, kind.key())
     dest = data_cache_dir() / key
     dest.parent.mkdir(parents=True, exist_ok=True)
     # One builder per key: the ranks of a torchrun job, parallel hpo trials or compare runs wait for it and reuse.
@@ -217,14 +266,21 @@ def load_cached_examples(cfg: Config, tokenizer, path: str | Path,
                 f"{meta['tokens_per_second']:,} tok/s)")
         else:
             log(f"data cache: tokenizing {path} into {dest} (once; later runs reuse it)")
-            build_cache(cfg, tokenizer, path, dest, parts, log)
+            build_cache(cfg, tokenizer, path, dest, parts, log, kind)
             meta = json.loads((dest / "meta.json").read_text())
-            log(f"data cache: built {dest}: {meta['stats']['corpus_tokens']:,} tokens of {meta['records']:,} records "
+            log(f"data cache: built {dest}: {meta['tokens']:,} tokens of {meta['records']:,} records "
                 f"in {meta['build_seconds']} s ({meta['tokens_per_second']:,} tok/s)")
             evict(dest.parent, cap, keep=dest, log=log)  # least recently used first, never one in use
         in_use = hold(dest)  # a shared lock: no clear or eviction removes it while this reader lives
     reader = TokenReader(dest)
     reader.in_use = in_use
+    return reader, meta
+
+
+def load_cached_examples(cfg: Config, tokenizer, path: str | Path,
+                         log: Callable[[str], None] = print) -> tuple[CachedExamples, DataStats, int]:
+    """(sft / pretrain examples of `path` from its token cache; their stats; the number of records)."""
+    reader, meta = open_cache(cfg, tokenizer, path, log)
     stats = DataStats(**meta["stats"])
     stats.lengths = reader.lengths()
     return CachedExamples(reader), stats, meta["records"]
@@ -242,27 +298,3 @@ def records_at(path: str | Path, positions: Sequence[int]) -> list[Record]:
             if k >= last:
                 break
     return out
-
-
-def load_cached_train_eval(cfg: Config, tokenizer, log: Callable[[str], None] = print
-                           ) -> tuple[CachedExamples, DataStats, list[Record]]:
-    """The lm stages' train examples from the cache of data.train, and the checked eval records (data.eval, or
-    the records data.eval_split holds out of train, read back from the file). The eval records stay records:
-    the eval set is small and generation items need their text. With eval_split, the train stats' counts of
-    examples and tokens are the train part's; the over-length counts (truncated, dropped) the whole file's."""
-    train, stats, n_records = load_cached_examples(cfg, tokenizer, cfg.data.train, log)
-    if isinstance(cfg.data.eval, str):
-        return train, stats, load_checked_records(cfg, cfg.data.eval, log)
-    if cfg.data.eval_split <= 0 or cfg.data.eval:  # several eval sources: data.mixing reads them
-        return train, stats, []
-    held = np.array(sorted(held_out(n_records, cfg.data.eval_split, cfg.seed)), dtype=np.int64)
-    reader = train.reader
-    index = np.flatnonzero(~np.isin(reader.records, held))
-    train = CachedExamples(reader, index)
-    lengths = reader.lengths()
-    stats.records, stats.examples = n_records - len(held), len(index)
-    stats.lengths = lengths[index]
-    stats.tokens = int(stats.lengths.sum())
-    stats.corpus_tokens -= int(lengths.sum()) - stats.tokens  # the held records' (exact unless they were cut)
-    stats.supervised_tokens = int(train.supervised().sum())
-    return train, stats, records_at(cfg.data.train, held.tolist())

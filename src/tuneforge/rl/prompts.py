@@ -81,38 +81,52 @@ def to_prompt_ids(tokenizer, prompt: str | Messages, templated: bool, system_pro
     return build_prompt_ids(tokenizer, _messages(prompt, system_prompt), where, special_tokens_in_text)
 
 
-def build_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PromptExample], PromptStats]:
-    """Prompts as the policy continues them; over-long prompts follow training.overlength (truncate keeps the
-    prompt's end, the part next to the answer). Records are read with the prompt validator (the check
-    `tuneforge data check --stage ppo` runs), so an unchecked record is a DataError naming it."""
-    templated = use_template(cfg, tokenizer)
-    sampling = sampling_of(cfg)
-    budget = cfg.training.max_length - sampling.max_new_tokens
+def prompt_budget(cfg: Config) -> int:
+    """The tokens a prompt may have: training.max_length less the stage's max_new_tokens (an error if none)."""
+    budget = cfg.training.max_length - sampling_of(cfg).max_new_tokens
     if budget < 1:
         raise DataError(f"training.max_length ({cfg.training.max_length}) leaves no room for a prompt next to "
-                        f"{cfg.stage}.max_new_tokens ({sampling.max_new_tokens})")
-    examples: list[PromptExample] = []
-    stats = PromptStats(records=len(records), templated=templated)
-    for record in records:
-        prompt = require(record, "prompt").parts["prompt"]
-        text = to_prompt_text(tokenizer, prompt, templated, cfg.data.system_prompt)
-        ids = to_prompt_ids(tokenizer, prompt, templated, cfg.data.system_prompt, cfg.data.special_tokens_in_text,
-                            record.where)
-        action = over_length(len(ids), cfg, record.where, "prompt", budget,
-                             f"training.max_length - {cfg.stage}.max_new_tokens")
-        if action == "drop":
-            stats.dropped_overlength += 1
-            continue
-        if action == "truncate":
-            stats.truncated += 1
-            ids = ids[-budget:]
-            text = tokenizer.decode(ids)
-        columns = {k: v for k, v in record.data.items() if k != "prompt"}
-        examples.append(PromptExample(prompt, text, ids, columns, record.where))
+                        f"{cfg.stage}.max_new_tokens ({sampling_of(cfg).max_new_tokens})")
+    return budget
+
+
+def prompt_record(cfg: Config, tokenizer, record: Record, templated: bool, stats: PromptStats) -> PromptExample | None:
+    """One record's prompt as the policy continues it (None: dropped over length, counted in `stats`); over-long
+    prompts follow training.overlength (truncate keeps the prompt's end, the part next to the answer). The one
+    builder of the in-memory and the cached (data.stage_cache) paths."""
+    stats.records += 1
+    budget = prompt_budget(cfg)
+    prompt = require(record, "prompt").parts["prompt"]
+    text = to_prompt_text(tokenizer, prompt, templated, cfg.data.system_prompt)
+    ids = to_prompt_ids(tokenizer, prompt, templated, cfg.data.system_prompt, cfg.data.special_tokens_in_text,
+                        record.where)
+    action = over_length(len(ids), cfg, record.where, "prompt", budget,
+                         f"training.max_length - {cfg.stage}.max_new_tokens")
+    if action == "drop":
+        stats.dropped_overlength += 1
+        return None
+    if action == "truncate":
+        stats.truncated += 1
+        ids = ids[-budget:]
+        text = tokenizer.decode(ids)
+    columns = {k: v for k, v in record.data.items() if k != "prompt"}
+    return PromptExample(prompt, text, ids, columns, record.where)
+
+
+def no_usable_prompts(where: str, stats: PromptStats) -> DataError:
+    return DataError(f"{where}: no usable prompts ({stats.dropped_overlength} over max_length)")
+
+
+def build_prompt_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PromptExample], PromptStats]:
+    """Prompts as the policy continues them (prompt_record). Records are read with the prompt validator (the
+    check `tuneforge data check --stage ppo` runs), so an unchecked record is a DataError naming it."""
+    templated = use_template(cfg, tokenizer)
+    prompt_budget(cfg)  # no room for a prompt: the error even without records
+    stats = PromptStats(templated=templated)
+    examples = [e for record in records if (e := prompt_record(cfg, tokenizer, record, templated, stats)) is not None]
     stats.examples = len(examples)
     if not examples:
-        where = records[0].where.rsplit(":", 1)[0] if records else cfg.data.train
-        raise DataError(f"{where}: no usable prompts ({stats.dropped_overlength} over max_length)")
+        raise no_usable_prompts(records[0].where.rsplit(":", 1)[0] if records else cfg.data.train, stats)
     return examples, stats
 
 

@@ -100,6 +100,7 @@ def build_trainer(cfg: Config, model, tokenizer, examples: list[DpoExample], out
                      loss_type=[to_trl_loss_type(dcfg)], label_smoothing=dcfg.label_smoothing,
                      max_length=cfg.training.max_length, trust_remote_code=cfg.trust_remote_code,
                      disable_dropout=True)  # policy and reference must score alike (TRL's default)
+    # TRL 1.16 walks a datasets.Dataset whole: every pair is materialised here from the token cache (docs/data.md)
     trainer = _trainer_class()(model=model, ref_model=None, args=args, processing_class=tokenizer,
                                train_dataset=Dataset.from_list([e.row() for e in examples]), callbacks=callbacks)
     trainer.counter = counter

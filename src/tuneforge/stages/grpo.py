@@ -180,6 +180,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     before, details = skeleton.eval_before(run, initial) if data.eval else ({}, {})
     counter, guard = Counter(), hf.GuardCallback(cfg.training.max_bad_steps, guards=run_guards(cfg))
     evals = EvalCallback(evaluate, cfg.training.eval_steps if data.eval else None, on_eval)
+    # TRL 1.16 takes a datasets.Dataset: the prompts are materialised here from the token cache (docs/data.md)
     dataset = Dataset.from_dict({"prompt": [e.text for e in data.train], "index": list(range(len(data.train)))})
     callbacks = [evals, guard, hf.MetricLogCallback(cfg, out)]  # the order hf_bridge asks for
     trainer = PromptIdsTrainer(
