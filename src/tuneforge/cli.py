@@ -18,9 +18,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import sys
+import threading
 import warnings
 
 from tuneforge.errors import TrainingInterrupted, UserError
@@ -207,7 +209,25 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     return args
 
 
+def exit_now(code: int) -> None:
+    """End this process at once, without the interpreter's teardown (freeing every module and object of torch,
+    transformers, trl ...): after SIGINT / SIGTERM that teardown was the slow part of the exit, measured on
+    2 cores at load 17: signal -> checkpoint complete 0.8 s, atexit handlers 0.7 s, teardown 50 s. Called only
+    once the checkpoint is complete (fsynced, marker last) and the metric logs are closed; other threads are
+    joined and atexit handlers run, as at a normal exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. As the program (no `argv`: the console script, `python -m tuneforge`) an interrupted
+    training ends the process with exit_now; called with `argv` (tests, other code) it returns the code."""
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["plan"]:  # plan has its own option parser (run_plan)
         args = argparse.Namespace(fn=cmd_plan, plan_args=[a for a in argv[1:] if a != "--debug"],
@@ -225,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"interrupted (signal {exc.signum}); complete checkpoint at {exc.checkpoint}; "
               "continue with resume=auto", file=sys.stderr)
+        if as_program:  # a stop signal comes with a grace period (docker stop: 10 s) before SIGKILL
+            exit_now(128 + exc.signum)
         return 128 + exc.signum
     except KeyboardInterrupt:  # outside the training loop (loading, evaluating): nothing to save
         print("interrupted", file=sys.stderr)
