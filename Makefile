@@ -51,7 +51,7 @@ bench: setup
 # pinned CPU torch of `setup`): GPU_PYTHON=/path/to/python make gpu-check [GPU_ARGS="--max-steps 10"]
 GPU_PYTHON ?= python3
 gpu-check:
-	PYTHONPATH=src $(GPU_PYTHON) bench/gpu_check.py $(GPU_ARGS)
+	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) bench/gpu_check.py $(GPU_ARGS)  # keeps carried wheels' path
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts
