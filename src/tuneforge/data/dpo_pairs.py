@@ -15,7 +15,7 @@ from tuneforge.config.schema import Config
 from tuneforge.data.fields import Messages
 from tuneforge.data.load import Record
 from tuneforge.data.overlength import over_length
-from tuneforge.data.preference import PairStats, no_usable, pair_field, use_template
+from tuneforge.data.preference import PairStats, build_examples, pair_field
 from tuneforge.data.records import same_responses, to_conversation
 from tuneforge.data.templates import control_tokens, encode, escape_messages, render
 from tuneforge.errors import DataError
@@ -128,10 +128,5 @@ def dpo_record(cfg: Config, tokenizer, record: Record, templated: bool, stats: P
 
 
 def load_dpo_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[DpoExample], PairStats]:
-    templated = use_template(cfg, tokenizer)
     stats = PairStats()
-    examples = [e for record in records if (e := dpo_record(cfg, tokenizer, record, templated, stats)) is not None]
-    if not examples and records:
-        raise no_usable(records[0].where.rsplit(":", 1)[0], "preference pairs", stats)
-    stats.pairs = len(examples)
-    return examples, stats
+    return build_examples(cfg, tokenizer, records, dpo_record, stats, "preference pairs"), stats

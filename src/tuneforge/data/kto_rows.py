@@ -16,7 +16,7 @@ from tuneforge.config.schema import Config
 from tuneforge.data.dpo_pairs import build_dpo_example, fit_responses
 from tuneforge.data.fields import Messages
 from tuneforge.data.load import Record
-from tuneforge.data.preference import no_usable, use_template
+from tuneforge.data.preference import build_examples
 from tuneforge.data.records import fields_of, require, to_conversation
 from tuneforge.errors import DataError
 
@@ -83,13 +83,8 @@ def kto_record(cfg: Config, tokenizer, record: Record, templated: bool, stats: K
 
 
 def load_kto_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[KtoExample], KtoStats]:
-    templated = use_template(cfg, tokenizer)
     stats = KtoStats()
-    examples = [e for record in records if (e := kto_record(cfg, tokenizer, record, templated, stats)) is not None]
-    if not examples and records:
-        raise no_usable(records[0].where.rsplit(":", 1)[0], "kto rows", stats)
-    stats.examples = len(examples)
-    return examples, stats
+    return build_examples(cfg, tokenizer, records, kto_record, stats, "kto rows"), stats
 
 
 def kto_rows_of_pairs(pairs: list[dict]) -> list[dict]:

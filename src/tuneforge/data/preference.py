@@ -151,11 +151,17 @@ def no_usable(where: str, what: str, stats) -> DataError:
     return DataError(f"{where}: no usable {what} ({', '.join([*counts, f'{stats.dropped_overlength} over length'])})")
 
 
-def load_pair_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PairExample], PairStats]:
+def build_examples(cfg: Config, tokenizer, records: list[Record], build, stats, what: str) -> list:
+    """Every record's example by `build` (a per-record builder: pair_record, dpo_record, kto_record; None when
+    dropped), with the run's template installed; an error naming the file when none is usable."""
     templated = use_template(cfg, tokenizer)
+    examples = [e for record in records if (e := build(cfg, tokenizer, record, templated, stats)) is not None]
+    if not examples and records:
+        raise no_usable(records[0].where.rsplit(":", 1)[0], what, stats)
+    setattr(stats, "pairs" if isinstance(stats, PairStats) else "examples", len(examples))
+    return examples
+
+
+def load_pair_examples(cfg: Config, tokenizer, records: list[Record]) -> tuple[list[PairExample], PairStats]:
     stats = PairStats()
-    pairs = [p for record in records if (p := pair_record(cfg, tokenizer, record, templated, stats)) is not None]
-    if not pairs and records:
-        raise no_usable(records[0].where.rsplit(":", 1)[0], "preference pairs", stats)
-    stats.pairs = len(pairs)
-    return pairs, stats
+    return build_examples(cfg, tokenizer, records, pair_record, stats, "preference pairs"), stats

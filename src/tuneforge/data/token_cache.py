@@ -194,7 +194,7 @@ def build_cache(cfg: Config, tokenizer, path: Path, dest: Path, parts: dict, log
     tmp = make_temp_dir(dest.parent, f".{dest.name}.")
     started = time.perf_counter()
     state = {"bytes": 0, "records": 0, "failed": False}
-    per_record = array("q")  # COUNTERS' change at each record
+    per_record = array("i")  # COUNTERS' change at each record (24 bytes a record)
 
     try:
         with _progress(path, cfg.training.progress) as bar, kind.writer(tmp) as writer:
@@ -232,7 +232,7 @@ def build_cache(cfg: Config, tokenizer, path: Path, dest: Path, parts: dict, log
                 raise DataError(f"{path}: unusable records")
             kind.close(tmp, path, stats, len(writer))
             n_tokens = tokens()
-        np.save(tmp / "record_counts.npy", np.frombuffer(per_record, dtype=np.int64).reshape(-1, len(COUNTERS)))
+        np.save(tmp / "record_counts.npy", np.frombuffer(per_record, dtype=np.int32).reshape(-1, len(COUNTERS)))
         seconds = time.perf_counter() - started
         meta = {"parts": parts, "stats": {k: v for k, v in vars(stats).items() if k != "lengths"},
                 "records": state["records"], "tokens": n_tokens, "build_seconds": round(seconds, 2),
