@@ -2,7 +2,7 @@
 // by /api/validate (the code `tuneforge validate` runs) as it changes; runs are polled from /api/runs.
 "use strict";
 
-let DATA_OK = true, SCHEMA = null, RUNS = [], CURRENT = null, validateTimer = null, dataTimer = null;
+let DATA_OK = true, SCHEMA = null, RUNS = [], COMBINED = [], CURRENT = null, validateTimer = null, dataTimer = null;
 const $ = s => document.querySelector(s);
 const el = (tag, attrs, ...kids) => {
   const e = document.createElement(tag);
@@ -58,7 +58,6 @@ function buildForm() {
   const stage = $("#f-stage");
   for (const name in SCHEMA.stages) stage.append(el("option", {value: name, text: name}));
   stage.value = "sft";
-  const top = SCHEMA.sections.find(s => s.name === "top");
   for (const sec of SCHEMA.sections) {
     if (sec.name === "data") {
       sec.fields.filter(f => f.key !== "data.train").forEach(f => $("#section-data").append(fieldInput(f)));
@@ -69,7 +68,6 @@ function buildForm() {
     sec.fields.forEach(f => box.append(fieldInput(f)));
     $("#sections").append(box);
   }
-  void top;
   for (const [key, value] of Object.entries(SCHEMA.form_defaults)) {
     const input = document.querySelector(`[data-key="${key}"]`);
     if (input) input.value = value;
@@ -186,21 +184,22 @@ async function refreshRuns() {
       el("td", {text: `${r.stage || "?"} / ${r.method || "?"}`}),
       el("td", {text: `${r.step}${r.total_steps ? " / " + r.total_steps : ""}`}), el("td", {text: fmt(r.loss)}),
       el("td", {text: fmt(r.tokens_per_second, 0)}), el("td", {text: eta(r.eta_seconds)}));
-    tr.addEventListener("click", () => { CURRENT = r.name; refreshRuns(); });
+    tr.addEventListener("click", () => { CURRENT = r.name; paneFollows(); refreshRuns(); });  // results.js
     return tr;
   }));
+  COMBINED = (await api("/api/combine")).data.combined || [];  // combined models (results.js), usable as model:
   const models = RUNS.filter(r => r.status === "finished" && SCHEMA.stages[r.stage]?.chainable)  // runs to continue
-    .map(r => `${SCHEMA.runs_dir}/${r.name}`);
+    .map(r => `${SCHEMA.runs_dir}/${r.name}`).concat(combinedModels());
   $("#models").replaceChildren(...[...SCHEMA.aliases, ...models].map(v => el("option", {value: v})));
-  fillCompare();
-  fillChatRuns();
+  fillCompare(); fillChatRuns();
   if (CURRENT) await showRun(CURRENT);
 }
 
 async function showRun(name) {
   const {status, data} = await api(`/api/runs/${encodeURIComponent(name)}`);
   const box = $("#run-detail");
-  if (status !== 200) { box.textContent = data.error; return; }
+  if (name !== CURRENT) return;  // another row was picked meanwhile: never draw (and enable) a run not picked
+  if (status !== 200) { box.textContent = data.error; box.dataset.key = ""; return; }
   const key = `${name}|${data.status}`;
   if (box.dataset.key !== key) renderRun(box, name, data);  // same run, same status: keep inputs and open panels
   box.dataset.key = key;
@@ -211,7 +210,8 @@ async function showRun(name) {
                         ["checkpoints", data.checkpoints.join(", ") || "—"],
                         ["command", data.command || "(started outside the studio)"]])
     $(`#run-${k}`).textContent = v;
-  const evals = (data.metrics?.evals || []).filter(e => e.loss != null);  // periodic evals (training.eval_steps)
+  // periodic evals (training.eval_steps): live from eval_log.jsonl while training, then metrics.json's
+  const evals = (data.metrics?.evals || data.evals || []).filter(e => e.loss != null);
   lineChart($("#chart"), [{name: "train loss", color: "#2563eb", points: data.points.map(p => [p.step, p.loss])},
                           ...(evals.length ? [{name: "eval loss", color: "#dc2626", points: evals.map(e => [e.step, e.loss])}] : [])],
             {yLabel: "loss"});
@@ -220,17 +220,19 @@ async function showRun(name) {
 
 function renderRun(box, name, data) {
   box.className = "";
+  box.dataset.run = name;  // the buttons below act on `name`: paneFollows() disables them when another is picked
   const buttons = el("div", {class: "actions"});
   if (data.status === "running" || data.status === "queued") {
     const b = el("button", {id: "stop", text: data.status === "queued" ? "Cancel" : "Stop (save a checkpoint)"});
-    b.addEventListener("click", async () => { const r = await api(`/api/runs/${name}/stop`, {}); if (r.status !== 200) alert(r.data.error); refreshRuns(); });
+    b.addEventListener("click", async () => { if (!paneIs(name)) return;
+      const r = await api(`/api/runs/${name}/stop`, {}); if (r.status !== 200) alert(r.data.error); refreshRuns(); });
     buttons.append(b);
   }
   if (["stopped", "failed", "incomplete", "cancelled"].includes(data.status)) {
     const b = el("button", {id: "resume", text: "Resume from the last checkpoint"});
     const steps = el("input", {id: "resume-steps", size: 8, placeholder: `max_steps ${data.max_steps ?? ""}`,
                                title: "optional: a new training.max_steps (train longer or end sooner)"});
-    b.addEventListener("click", async () => {
+    b.addEventListener("click", async () => { if (!paneIs(name)) return;
       const r = await api(`/api/runs/${name}/resume`, {max_steps: steps.value.trim() || null});
       if (r.status !== 200) alert(r.data.error);
       refreshRuns();
@@ -243,7 +245,7 @@ function renderRun(box, name, data) {
   const parts = [el("h2", {text: name}), el("div", {class: "bar"}, el("div")), stats, buttons, el("div", {id: "chart"})];
   if (data.error) parts.push(el("pre", {class: "err", text: data.error}));
   if (data.metrics && data.metrics.train) parts.push(el("h3", {text: "metrics"}), metricsTable([data]));
-  if (data.status === "finished") parts.push(...finishedPanels(name, data));  // predict, merge (panels.js)
+  if (data.status === "finished") parts.push(...finishedPanels(name, data));  // predict, merge, export (results.js)
   parts.push(el("details", {}, el("summary", {text: "config.yaml"}), el("pre", {text: data.config})));
   parts.push(el("details", {}, el("summary", {text: "process output"}), el("pre", {id: "run-log"})));
   box.replaceChildren(...parts);
@@ -278,7 +280,7 @@ async function compare() {
   lineChart(chart, runs.map((r, i) => ({name: r.name, color: ["#2563eb", "#dc2626"][i], points: r.points.map(p => [p.step, p.loss])})));
   $("#compare-view").className = "";
   $("#compare-view").replaceChildren(metricsTable(runs), chart, el("h3", {text: "generations (greedy, after training)"}),
-                                     generationsTable(runs), reportsSideBySide(runs));
+                                     generationsTable(runs), reportsSideBySide(runs), combinePanel(runs));
 }
 
 // ---- start ---------------------------------------------------------------------------------------------------
@@ -286,12 +288,10 @@ async function main() {
   SCHEMA = (await api("/api/schema")).data;
   $("#where").textContent = `runs: ${SCHEMA.runs_dir}`;
   buildForm();
+  addPickers();  // picker.js
   document.querySelectorAll(".tab").forEach(b => b.addEventListener("click", () => show(b.dataset.tab)));
   ["#cmp-a", "#cmp-b"].forEach(s => $(s).addEventListener("change", compare));
-  $("#chat-form").addEventListener("submit", sendChat);
-  const resetChat = () => { CHAT = {base: [], tuned: []}; drawChat(); };
-  $("#chat-reset").addEventListener("click", resetChat);
-  $("#chat-run").addEventListener("change", resetChat);
+  setupChat();  // panels.js
   show((location.hash || "#new").slice(1));
   setInterval(() => { if (!$("#tab-runs").hidden) refreshRuns(); }, 1000);
   validate();

@@ -11,6 +11,13 @@ function fillChatRuns() {
   if (ok.some(r => r.name === old)) sel.value = old;
 }
 
+function setupChat() {
+  $("#chat-form").addEventListener("submit", sendChat);
+  const resetChat = () => { CHAT = {base: [], tuned: []}; drawChat(); };
+  $("#chat-reset").addEventListener("click", resetChat);
+  $("#chat-run").addEventListener("change", resetChat);
+}
+
 function drawChat() {
   for (const side of ["base", "tuned"])
     $(`#chat-${side}`).replaceChildren(...CHAT[side].map(m => el("div", {class: `msg ${m.role}`, text: m.content})));
@@ -100,6 +107,7 @@ function predictPanel(name) {
   const base = el("input", {id: "predict-base", type: "checkbox"});
   const go = el("button", {id: "predict", type: "button", text: "Predict"}), out = el("div", {id: "predict-view"});
   go.addEventListener("click", async () => {
+    if (!paneIs(name)) return;  // results.js: the pane shows another run than the one picked
     out.textContent = "predicting ...";
     const {status, data} = await api(`/api/runs/${encodeURIComponent(name)}/predict`,
                                      {input: input.value.trim(), base: base.checked});
@@ -112,32 +120,4 @@ function predictPanel(name) {
   });
   return el("div", {class: "predict"}, el("h3", {text: "predict on a file"}),
             el("div", {class: "actions"}, input, el("label", {}, base, " base model (untrained head)"), go), out);
-}
-
-// ---- what a finished run offers: predict (classify), a verified merge (mergeable adapters) --------------------------
-function finishedPanels(name, data) {
-  const panels = [];
-  if (SCHEMA.stages[data.stage]?.model_kind === "classifier") panels.push(predictPanel(name));
-  if (SCHEMA.methods[data.method]?.mergeable) panels.push(mergePanel(name));
-  return panels;
-}
-
-function mergePanel(name) {
-  const state = el("div", {id: "merge-state"}), go = el("button", {id: "merge", type: "button", text: "Merge (verified)"});
-  const show = data => {
-    const r = data.report;
-    state.textContent = data.status === "done"
-      ? `merged into ${name}/merged: max |logit diff| ${r.max_abs_logit_diff.toExponential(2)} <= ${r.atol} (reloaded from disk)`
-      : data.status === "running" ? "merging ..." : data.status === "failed" ? `merge failed:\n${data.log}` : "";
-    go.disabled = data.status === "running" || data.status === "done";
-    if (data.status === "running") setTimeout(poll, 1000);
-  };
-  const poll = async () => { const r = await api(`/api/runs/${encodeURIComponent(name)}/merge`); if (r.status === 200) show(r.data); };
-  go.addEventListener("click", async () => {
-    const r = await api(`/api/runs/${encodeURIComponent(name)}/merge`, {});
-    r.status === 200 ? show(r.data) : (state.textContent = r.data.error);
-  });
-  poll();
-  return el("div", {class: "merge"}, el("h3", {text: "merge the adapter into a standalone model"}),
-            el("div", {class: "actions"}, go), state);
 }
