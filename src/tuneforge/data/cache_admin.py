@@ -101,7 +101,7 @@ def list_caches(root: Path) -> list[CacheEntry]:
             in_use = not _try_locks(root, path.name, stack)
         entries.append(CacheEntry(path.name, path, _size(path), str(stats.get("path", "?")), created,
                                   stamp.stat().st_mtime if stamp.is_file() else created,
-                                  stats.get("corpus_tokens"), in_use))
+                                  meta.get("tokens", stats.get("corpus_tokens")), in_use))
     return sorted(entries, key=lambda e: e.last_used)
 
 
