@@ -9,9 +9,9 @@ layer is a ConfigError naming the model's linear layers (peft would stop with No
 from __future__ import annotations
 
 import torch.nn as nn
-from peft.utils import constants
 
 from tuneforge.errors import ConfigError
+from tuneforge.methods.peft_import import load_peft_module
 
 ATTENTION = ("self_attn", "attention", "attn", "self_attention")
 
@@ -53,6 +53,7 @@ def _model_type(model: nn.Module) -> str | None:
 
 
 def default_lora_targets(model: nn.Module) -> list[str]:
+    constants = load_peft_module().utils.constants  # peft imports for seconds; validate never asks for targets
     mapped = constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(_model_type(model))
     targets = list(mapped) if mapped else _attention_linears(model)
     if not targets:
@@ -85,6 +86,7 @@ def ia3_targets(model: nn.Module, targets: list[str] | None,
     """(target_modules, feedforward_modules). peft's IA3 default (e.g. Llama: k_proj, v_proj, down_proj with
     down_proj scaled on its input), else the attention's linear layers without a feed-forward module."""
     model_type = _model_type(model)
+    constants = load_peft_module().utils.constants
     if targets is None:
         mapped = constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(model_type)
         targets = list(mapped) if mapped else default_lora_targets(model)

@@ -7,12 +7,12 @@ chaining, loss unit, metrics), which code outside stages/ reads from stage_info 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuneforge.stage_info import STAGE_INFO, StageInfo
-from tuneforge.stages import classify, dpo, grpo, ppo, preference, pretrain, reward, sft
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,17 @@ class Stage:
         return self.run(cfg, **kwargs)
 
 
-_RUNS = {"sft": sft.run, "pretrain": pretrain.run, "classify": classify.run, "reward": reward.run, "dpo": dpo.run,
-         "ppo": ppo.run, "grpo": grpo.run,
-         "kto": preference.run, "orpo": preference.run, "simpo": preference.run, "cpo": preference.run}
-STAGES: dict[str, Stage] = {name: Stage(_RUNS[name], info) for name, info in STAGE_INFO.items()}
+def _run_of(module: str) -> Callable[..., Path]:
+    """The stage module's `run`, imported at the first call: grpo and dpo pull in trl, datasets and mlflow (seconds
+    of import), which an sft run never needs."""
+    def run(cfg, *args, **kwargs) -> Path:
+        return importlib.import_module(f"tuneforge.stages.{module}").run(cfg, *args, **kwargs)
+
+    run.__name__ = run.__qualname__ = f"{module}.run"
+    return run
+
+
+_MODULES = {"sft": "sft", "pretrain": "pretrain", "classify": "classify", "reward": "reward", "dpo": "dpo",
+            "ppo": "ppo", "grpo": "grpo", "kto": "preference", "orpo": "preference", "simpo": "preference",
+            "cpo": "preference"}
+STAGES: dict[str, Stage] = {name: Stage(_run_of(_MODULES[name]), info) for name, info in STAGE_INFO.items()}

@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import get_scheduler
 
 from tuneforge.config.schema import Config
 from tuneforge.device import model_device, move
 from tuneforge.errors import NonFiniteLoss
 from tuneforge.fsutil import write_text_atomic
+from tuneforge.methods.peft_import import bitsandbytes_hidden
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import distributed as ddp
 from tuneforge.train import guards as guards_mod
@@ -92,6 +92,9 @@ def progress_bar(enabled: bool, label: str = "train", unit: str = "",
 
 def make_optimizer(params: list, cfg: Config, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
     """(AdamW, training.lr_scheduler over `total_steps` optimizer steps after warmup_steps or warmup_ratio)."""
+    with bitsandbytes_hidden():  # transformers.optimization imports peft (trainer_utils), peft bitsandbytes
+        from transformers import get_scheduler
+
     t = cfg.training
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     warmup = t.warmup_steps if t.warmup_steps is not None else int(round(t.warmup_ratio * total_steps))
