@@ -19,7 +19,7 @@ def _config_file(make_config, tmp_path):
     return path
 
 
-@pytest.mark.parametrize("command", ["merge", "merge --combine", "export", "data bias", "hpo", "compare"])
+@pytest.mark.parametrize("command", ["merge", "merge --combine", "export", "data bias", "hpo", "compare", "eval"])
 def test_device_cuda_is_exit_2_naming_the_flag_and_what_the_machine_has(command, sft_run, make_config, tmp_path,
                                                                       run_cli, capsys):
     out = tmp_path / "out"
@@ -29,14 +29,15 @@ def test_device_cuda_is_exit_2_naming_the_flag_and_what_the_machine_has(command,
             "export": ["export", str(sft_run), "--output", str(out / "m.gguf")],
             "data bias": ["data", "bias", str(sft_run), "--output", str(out)],
             "hpo": ["hpo", str(config), "--space", str(tmp_path / "space.yaml"), "--output", str(out)],
-            "compare": ["compare", str(config), "--output", str(out)]}[command]
+            "compare": ["compare", str(config), "--output", str(out)],
+            "eval": ["eval", str(sft_run), "--data", str(sft_run.parent / "eval.jsonl"), "--output", str(out)]}[command]
     assert run_cli([*argv, "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "key '--device': 'cuda' is not available on this machine, which has cpu" in err
     assert not out.exists() and not (sft_run / "merged").exists()  # nothing loaded, nothing written
 
 
-@pytest.mark.parametrize("command", ["merge", "data bias", "hpo", "compare"])
+@pytest.mark.parametrize("command", ["merge", "data bias", "hpo", "compare", "eval"])
 def test_training_device_of_the_run_or_config_is_checked_when_no_flag(command, sft_run, make_config, tmp_path,
                                                                     run_cli, capsys):
     run = tmp_path / "run-copy"
@@ -49,7 +50,8 @@ def test_training_device_of_the_run_or_config_is_checked_when_no_flag(command, s
     argv = {"merge": ["merge", str(run), "--output", str(out)],
             "data bias": ["data", "bias", str(run), "--output", str(out)],
             "hpo": ["hpo", str(config), "training.device=cuda:1", "--space", "s.yaml", "--output", str(out)],
-            "compare": ["compare", str(config), "training.device=cuda:1", "--output", str(out)]}[command]
+            "compare": ["compare", str(config), "training.device=cuda:1", "--output", str(out)],
+            "eval": ["eval", str(run), "--data", str(sft_run.parent / "eval.jsonl"), "--output", str(out)]}[command]
     assert run_cli(argv) == 2
     assert "key 'training.device': 'cuda:1' is not available on this machine, which has cpu" in capsys.readouterr().err
     assert not out.exists()

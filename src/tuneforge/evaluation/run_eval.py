@@ -20,7 +20,7 @@ from tuneforge.config.schema import Config
 from tuneforge.data.dataset import load_examples
 from tuneforge.data.formats import detect_format
 from tuneforge.data.load import Record, load_records
-from tuneforge.device import select as select_device
+from tuneforge.device import for_command
 from tuneforge.errors import ConfigError, DataError, ModelError
 from tuneforge.evaluation.classify_eval import evaluate_classifier
 from tuneforge.evaluation.generate import generate
@@ -169,7 +169,7 @@ def evaluate(req: Request) -> Path:
     max_new_tokens = req.max_new_tokens or cfg.eval.max_new_tokens
     examples, stats = load_examples(rows_config(cfg), tokenizer, req.data, records) if want_loss else ([], None)
     items = generation_items(cfg, tokenizer, records) if gen_metrics else []
-    device = select_device(req.device or cfg.training.device, "--device" if req.device else "training.device")
+    device = for_command(req.device, cfg.training.device)  # --device, else the run's training.device
     precision = resolve_precision(cfg.training.precision, device)
 
     results: dict[str, dict] = {}
