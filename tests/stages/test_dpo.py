@@ -239,6 +239,10 @@ def test_sigint_saves_a_checkpoint_that_resumes_exactly(dpo_config, tmp_path):
     assert losses(b) == pytest.approx(losses(a), rel=1e-5)
     metrics = json.loads((resumed / "metrics.json").read_text())
     assert metrics["train"]["resumed_from"].endswith("checkpoint-3") and metrics["train"]["steps"] == 6
+    whole, train = json.loads((straight / "metrics.json").read_text())["train"], metrics["train"]
+    assert (train["tokens"], train["pairs"]) == (whole["tokens"], whole["pairs"])  # both processes' batches
+    processes = train["process_wall_seconds"]  # the stopped process's seconds, then the resumed one's
+    assert len(processes) == 2 and train["wall_seconds"] == pytest.approx(sum(processes))
 
 
 def test_stage_writes_the_run_and_chains(dpo_config, tmp_path, monkeypatch):

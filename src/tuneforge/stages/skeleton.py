@@ -43,6 +43,7 @@ from tuneforge.report.learning import verdict_for_run, warning_text
 from tuneforge.report.write import write_report
 from tuneforge.stage_info import StageInfo, stage_info
 from tuneforge.train import distributed as ddp
+from tuneforge.train import wall
 from tuneforge.train.cost import cost_block
 from tuneforge.train.guards import check_resume_config
 from tuneforge.train.loop import TrainResult
@@ -75,7 +76,7 @@ class StageRun:
 def begin(cfg: Config, log: Callable[[str], None] = print) -> StageRun:
     """Join the process group if launched distributed (other ranks log nothing), check the config, load the
     tokenizer. Nothing is written."""
-    wall_start = time.perf_counter()
+    wall_start = wall.start()  # this process's clock; a resume adds the earlier processes' seconds (train/wall.py)
     info = stage_info(cfg.stage)
     check_config(cfg)
     device = select_device(cfg.training.device)  # exit 2 naming the key if this machine lacks it

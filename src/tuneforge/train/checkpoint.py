@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from tuneforge.errors import ConfigError, NonFiniteLoss, UserError
 from tuneforge.fsutil import make_temp_dir
-from tuneforge.train import fsdp, rng_state
+from tuneforge.train import fsdp, rng_state, wall
 
 MARKER = "COMPLETE"  # written last; holds each file's size and sha256, so any later damage is detected
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
@@ -150,6 +150,7 @@ def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainSt
     meta = {"step": state.step, "bad_steps": state.bad_steps, "tokens_seen": state.tokens_seen,
             "train_seconds": state.train_seconds, "history": state.history, "skipped": state.skipped,
             "evals": state.evals, "optimizer": opt_meta, "guards": guards, "scaler": state.scaler,
+            "wall_seconds": wall.so_far(),  # each process's seconds up to this save (train/wall.py)
             "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}}
     tmp = None
     try:

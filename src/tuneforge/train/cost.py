@@ -1,5 +1,7 @@
 """What a run cost, for metrics.json's `train` block: steps, real tokens and the loss's own unit (supervised
-tokens, samples, pairs, ...) per second, wall and train seconds, peak RSS, parameters, model FLOPs.
+tokens, samples, pairs, ...) per second, wall and train seconds, peak RSS, parameters, model FLOPs. A resumed
+run's wall_seconds is the sum over its processes (process_wall_seconds lists them, train/wall.py); the rates
+divide the tokens of every process by the training seconds of every process, never by wall time.
 
     cost = cost_block(result, wall_start, model, (trainable, total), "bf16", "supervised_tokens")
 """
@@ -10,6 +12,7 @@ import resource
 import time
 
 from tuneforge.train import distributed as ddp
+from tuneforge.train import wall
 from tuneforge.train.loop import TrainResult
 
 
@@ -24,6 +27,7 @@ def cost_block(result: TrainResult, wall_start: float, model, counts: tuple[int,
                unit: str) -> dict:
     trainable, total = counts
     train_seconds = max(result.train_seconds, 1e-9)
+    processes = [*wall.so_far()[:-1], time.perf_counter() - wall_start]  # earlier processes, then this one
     return {
         "steps": result.steps,
         "final_loss": result.history[-1]["loss"] if result.history else None,
@@ -32,7 +36,8 @@ def cost_block(result: TrainResult, wall_start: float, model, counts: tuple[int,
         "tokens_per_second": result.tokens_seen / train_seconds,
         f"{unit}_per_second": result.supervised_seen / train_seconds,
         "train_seconds": result.train_seconds,
-        "wall_seconds": time.perf_counter() - wall_start,
+        "wall_seconds": sum(processes),
+        "process_wall_seconds": processes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": trainable,
         "total_params": total,

@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from tuneforge.config.schema import Config
 from tuneforge.device import resolve_device
 from tuneforge.errors import ConfigError, NonFiniteLoss, TrainingInterrupted
+from tuneforge.train import wall
 from tuneforge.train.checkpoint import MARKER, check_manifest, write_manifest
 from tuneforge.train.guards import check_guards, run_guards
 from tuneforge.train.metric_log import MetricLog, open_metric_log
@@ -162,6 +163,7 @@ class GuardCallback(TrainerCallback):
         if path.is_dir() and args.should_save:
             if self.guards:
                 (path / GUARDS).write_text(json.dumps(self.guards))
+            wall.write(path)  # each process's seconds up to this save
             # the marker last, with every file's size and sha256: complete once it exists, damage detected
             names = [str(f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file() and f.name != MARKER]
             write_manifest(path, names)
@@ -246,6 +248,7 @@ def resume_checkpoint(cfg: Config, out: Path) -> str | None:
     if path is None:
         return None
     saved = json.loads((path / GUARDS).read_text()) if (path / GUARDS).is_file() else None
+    wall.resumed(wall.read(path))  # the earlier processes' seconds, for metrics.json
     changes = check_guards({"meta": {"guards": saved}}, run_guards(cfg), cfg.resume_allow_changes, path)
     if any(c["key"] == "learning_rate" for c in changes):
         raise ConfigError("key 'resume_allow_changes': a changed learning_rate cannot be applied on resume here (the "

@@ -10,10 +10,12 @@ callbacks (train_with_callbacks), and the template name saved with a run.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -94,9 +96,14 @@ class Counter:
     pairs: int = 0
 
 
+TOTALS = "step_totals.json"  # beside each Trainer checkpoint: the run's tokens, pairs and train seconds so far
+
+
 class StepStats(TrainerCallback):
     """Real tokens, pairs and seconds of each optimizer step (batches are fetched after the previous step
-    ended), and the periodic evaluation (training.eval_steps) with the stage's own metrics."""
+    ended), and the periodic evaluation (training.eval_steps) with the stage's own metrics. Each checkpoint
+    keeps the run's totals so far (`before`: those of the checkpoint a resumed run started from), so a resumed
+    run's tokens and tokens/s count every process, not only the last."""
 
     def __init__(self, counter: Counter, evaluate: Callable[[], dict] | None, eval_steps: int | None,
                  metric_log: hf_bridge.MetricLogCallback, on_eval: Callable[[int, dict], None] | None) -> None:
@@ -104,7 +111,19 @@ class StepStats(TrainerCallback):
         self.metric_log, self.on_eval = metric_log, on_eval
         self.steps: dict[int, dict] = {}
         self.evals: list[dict] = []
+        self.before = {"tokens": 0, "pairs": 0, "seconds": 0.0}
         self._mark = (time.perf_counter(), 0, 0)
+
+    def totals(self) -> dict:
+        """The run's tokens, pairs and train seconds: earlier processes' and this one's."""
+        before = self.before
+        return {"tokens": before["tokens"] + self.counter.tokens, "pairs": before["pairs"] + self.counter.pairs,
+                "seconds": before["seconds"] + sum(s["seconds"] for s in self.steps.values())}
+
+    def on_save(self, args, state, control, **kwargs):  # before GuardCallback's (it writes the manifest)
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if path.is_dir() and args.should_save:
+            (path / TOTALS).write_text(json.dumps(self.totals()))
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._mark = (time.perf_counter(), self.counter.tokens, self.counter.pairs)
@@ -144,14 +163,17 @@ def train_with_callbacks(cfg: Config, out, build: Callable[[list[TrainerCallback
     guard = hf_bridge.GuardCallback(cfg.training.max_bad_steps, run_guards(cfg))
     metric_log = hf_bridge.MetricLogCallback(cfg, out)
     stats = StepStats(counter, evaluate, cfg.training.eval_steps, metric_log, on_eval)
+    if resumed_from and (Path(resumed_from) / TOTALS).is_file():  # (a checkpoint of an older version: not kept)
+        stats.before = json.loads((Path(resumed_from) / TOTALS).read_text())
     trainer = build([stats, guard, metric_log], counter)  # the guard after the evaluation: a signal there stops
     if resumed_from:                                        # this step
         log(f"resuming from {resumed_from}")
     trainer.train(resume_from_checkpoint=resumed_from)
     guard.raise_if_stopped()
     history = [{**h, **stats.steps.get(h["step"], {})} for h in hf_bridge.history_of(trainer)]
-    result = TrainResult(trainer.state.global_step, history, stats.evals, counter.tokens, counter.pairs,
-                         sum(s["seconds"] for s in stats.steps.values()), resumed_from)
+    totals = stats.totals()
+    result = TrainResult(trainer.state.global_step, history, stats.evals, totals["tokens"], totals["pairs"],
+                         totals["seconds"], resumed_from)
     return Trained(trainer, guard, result)
 
 

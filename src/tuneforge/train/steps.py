@@ -31,6 +31,7 @@ from tuneforge.methods.peft_import import bitsandbytes_hidden
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import distributed as ddp
 from tuneforge.train import guards as guards_mod
+from tuneforge.train import wall
 from tuneforge.train.precision import autocast
 
 
@@ -131,6 +132,7 @@ def resume_run(cfg: Config, ckpt_root: Path, guards: dict, model, optimizer, sch
     path, loaded = found
     changes = guards_mod.check_guards(loaded, guards, cfg.resume_allow_changes, path)
     state = ckpt.restore(loaded, model, optimizer, scheduler)
+    wall.resumed(loaded["meta"].get("wall_seconds"))  # the earlier processes' seconds, for metrics.json
     if any(c["key"] == "learning_rate" for c in changes):  # allowed: the new rate takes over the schedule
         lr = cfg.training.learning_rate
         scheduler.base_lrs = [lr] * len(optimizer.param_groups)
