@@ -1,7 +1,9 @@
 """What the stage tests share: `run_captured` (a run through the real `STAGES[stage].run` that keeps the
 model the stage trained and its parameters right after the method was applied), and for the method x stage
 matrix (test_matrix.py) one tiny learnable data file per record kind, each as many rows as one batch, so
-every step of a short run descends on the same examples."""
+every step of a short run descends on the same examples. The preference stage tests (test_dpo.py,
+test_preference.py) share their data, config factory and bad-row check (preference_files, preference_config,
+assert_bad_row_refused)."""
 
 from __future__ import annotations
 
@@ -144,6 +146,40 @@ def preference_pairs(n: int, seed: int = 0) -> list[dict]:
         rows.append({"prompt": " ".join(rng.sample(tiny.FILLER, 2)), "chosen": " ".join(chosen),
                      "rejected": " ".join(words)})
     return rows
+
+
+def preference_files(root: Path, n_train: int, n_eval: int) -> dict[str, Path]:
+    """Separable pairs (train, held out) and the same pairs as kto rows (chosen -> true, rejected -> false)."""
+    from tuneforge.data.kto_rows import kto_rows_of_pairs
+
+    pairs, held_out = preference_pairs(n_train), preference_pairs(n_eval, seed=1)
+    return {"pairs": tiny.write_jsonl(root / "pairs.jsonl", pairs),
+            "pairs_eval": tiny.write_jsonl(root / "pairs_eval.jsonl", held_out),
+            "kto": tiny.write_jsonl(root / "kto.jsonl", kto_rows_of_pairs(pairs)),
+            "kto_eval": tiny.write_jsonl(root / "kto_eval.jsonl", kto_rows_of_pairs(held_out))}
+
+
+def preference_config(make_config, files: dict[str, Path], stage: str, **overrides):
+    """A preference stage's config (conftest's make_config) on `files` (kto reads the rows, the others the
+    pairs): batches of 8 at learning rate 1e-2, no metric log; `overrides` on top."""
+    train, evals = ("kto", "kto_eval") if stage == "kto" else ("pairs", "pairs_eval")
+    base = {"stage": stage, "data__train": str(files[train]), "data__eval": str(files[evals]),
+            "training__batch_size": 8, "training__learning_rate": 1e-2, "training__report_to": []}
+    return make_config(**{**base, **overrides})
+
+
+def assert_bad_row_refused(cfg, path: Path, message: str, capsys) -> None:
+    """`tuneforge train` on `cfg`, whose train file `path` is bad at line 2: exit 2 naming path:2 and
+    `message`, and no output_dir written."""
+    from tuneforge.cli import main
+    from tuneforge.config.load import dump_config
+
+    cfg_path = path.parent / "cfg.yaml"
+    cfg_path.write_text(dump_config(cfg))
+    assert main(["train", str(cfg_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2: " in err and message in err, err
+    assert not Path(cfg.output_dir).exists()
 
 
 def write_files(root: Path) -> dict[str, Path]:

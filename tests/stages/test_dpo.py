@@ -8,10 +8,10 @@ a saved run reloads and chains. Non-finite steps and weights: test_dpo_nonfinite
 import json
 import math
 import os
-import random
 import signal
 
 import pytest
+import stage_kit as kit
 import torch
 
 import tiny
@@ -27,21 +27,6 @@ from tuneforge.stages import dpo, skeleton
 from tuneforge.train import hf_bridge
 
 LORA = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
-CUE = "thanks"  # the chosen response always contains it, the rejected one never
-
-
-def toy_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Separable preferences of equal length: the chosen response has the cue word where the rejected one has
-    a filler word, so the base prefers neither on length alone."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = rng.sample(tiny.FILLER, 4)
-        chosen = list(words)
-        chosen[rng.randrange(4)] = CUE
-        rows.append({"prompt": " ".join(rng.sample(tiny.FILLER, 2)), "chosen": " ".join(chosen),
-                     "rejected": " ".join(words)})
-    return rows
 
 
 @pytest.fixture
@@ -51,16 +36,9 @@ def dpo_config(make_config, tmp_path):
 
 def make_dpo_config(make_config, tmp_path):
     """A config factory: the tiny model on separable preference pairs (train 64, eval 32), overrides on top."""
-    data = {"train": tiny.write_jsonl(tmp_path / "pref_train.jsonl", toy_pairs(64)),
-            "eval": tiny.write_jsonl(tmp_path / "pref_eval.jsonl", toy_pairs(32, seed=1))}
-
-    def make(**overrides):
-        base = {"stage": "dpo", "data__train": str(data["train"]), "data__eval": str(data["eval"]),
-                "training__batch_size": 8, "training__learning_rate": 1e-2, "training__report_to": [],
-                "output_dir": str(tmp_path / "run")}
-        return make_config(**{**base, **overrides})
-
-    return make
+    files = kit.preference_files(tmp_path, 64, 32)
+    return lambda **overrides: kit.preference_config(make_config, files, "dpo",
+                                                      **{"output_dir": str(tmp_path / "run"), **overrides})
 
 
 def setup(cfg, tmp_path):
@@ -201,16 +179,9 @@ def test_prompt_not_trained_and_responses_end_on_eos(dpo_config, tmp_path):
      "must share every turn before their last one"),
 ])
 def test_malformed_rows_exit_2_and_nothing_written(bad, message, dpo_config, tmp_path, capsys):
-    from tuneforge.cli import main
-
-    path = tiny.write_jsonl(tmp_path / "bad.jsonl", [toy_pairs(1)[0], bad])
+    path = tiny.write_jsonl(tmp_path / "bad.jsonl", [kit.preference_pairs(1)[0], bad])
     cfg = dpo_config(method=LORA, data__train=str(path), data__eval=None)
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(dump_config(cfg))
-    assert main(["train", str(cfg_path)]) == 2
-    err = capsys.readouterr().err
-    assert f"{path}:2: " in err and message in err, err
-    assert not (tmp_path / "run").exists()
+    kit.assert_bad_row_refused(cfg, path, message, capsys)
     with pytest.raises(DataError, match=f"{path}:2: "):
         load_dpo_examples(cfg, load_tokenizer(cfg.model), load_records(str(path)))
 

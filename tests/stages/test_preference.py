@@ -13,9 +13,8 @@ import stage_kit as kit
 import torch
 
 import tiny
-from tuneforge.config.load import dump_config
 from tuneforge.data.dpo_pairs import load_dpo_examples
-from tuneforge.data.kto_rows import kto_rows_of_pairs, load_kto_examples
+from tuneforge.data.kto_rows import load_kto_examples
 from tuneforge.data.load import load_records
 from tuneforge.errors import DataError
 from tuneforge.methods import METHODS, MethodContext
@@ -31,18 +30,11 @@ OBJECTIVES = ["kto", "orpo", "simpo", "cpo"]
 
 @pytest.fixture
 def pref_config(make_config, tmp_path):
-    pairs, held_out = kit.preference_pairs(48), kit.preference_pairs(16, seed=1)
-    files = {"pairs": tiny.write_jsonl(tmp_path / "pairs.jsonl", pairs),
-             "pairs_eval": tiny.write_jsonl(tmp_path / "pairs_eval.jsonl", held_out),
-             "kto": tiny.write_jsonl(tmp_path / "kto.jsonl", kto_rows_of_pairs(pairs)),
-             "kto_eval": tiny.write_jsonl(tmp_path / "kto_eval.jsonl", kto_rows_of_pairs(held_out))}
+    files = kit.preference_files(tmp_path, 48, 16)
 
     def make(stage, **overrides):
-        train, evals = ("kto", "kto_eval") if stage == "kto" else ("pairs", "pairs_eval")
-        base = {"stage": stage, "method": LORA, "data__train": str(files[train]), "data__eval": str(files[evals]),
-                "training__batch_size": 8, "training__learning_rate": 1e-2, "training__report_to": [],
-                "training__max_length": 64, "training__epochs": 1.0, "eval__max_samples": 32}
-        return make_config(**{**base, **overrides})
+        base = {"method": LORA, "training__max_length": 64, "training__epochs": 1.0, "eval__max_samples": 32}
+        return kit.preference_config(make_config, files, stage, **{**base, **overrides})
 
     return make
 
@@ -124,12 +116,7 @@ def test_bad_kto_rows_exit_2_naming_file_line(bad, message, pref_config, tmp_pat
 
     path = tiny.write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "hi", "completion": "hello", "label": True}, bad])
     cfg = pref_config("kto", data__train=str(path), data__eval=None)
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(dump_config(cfg))
-    assert main(["train", str(cfg_path)]) == 2
-    err = capsys.readouterr().err
-    assert f"{path}:2: " in err and message in err, err
-    assert not (tmp_path / "run").exists()
+    kit.assert_bad_row_refused(cfg, path, message, capsys)
     assert main(["data", "check", str(path), "--stage", "kto"]) == 1  # data check: 1 = problems found
     out = capsys.readouterr()
     assert f"{path}:2: " in out.out + out.err and message in out.out + out.err
