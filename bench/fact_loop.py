@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             loop = run_loop(model_dir, train, evals, seed)
             t1 = time.perf_counter()
+            print(f"seed {seed}: exact match loop {loop:.3f} ({t1 - t0:.0f}s)", flush=True)
             ours = run_tuneforge(args.model, train, evals, seed, Path(work) / "defaults")
             t2 = time.perf_counter()
             like = (run_tuneforge(args.model, train, evals, seed, Path(work) / "loop-like", LOOP_LIKE)
