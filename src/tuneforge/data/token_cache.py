@@ -103,7 +103,7 @@ class CachedExamples(Sequence):
 
     def __init__(self, reader: TokenReader, index: np.ndarray | None = None,
                  read: Callable[[TokenReader, int], object] | None = None):
-        self.reader, self.index, self.read = reader, index, read or read_lm
+        self.reader, self.index, self.read_example = reader, index, read or read_lm
 
     def __len__(self) -> int:
         return len(self.reader) if self.index is None else len(self.index)
@@ -115,7 +115,7 @@ class CachedExamples(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return self.read(self.reader, int(self.index[i]) if self.index is not None else int(i))
+        return self.read_example(self.reader, int(self.index[i]) if self.index is not None else int(i))
 
     def lengths(self) -> np.ndarray:
         lengths = self.reader.lengths()
