@@ -1,7 +1,8 @@
 """`training.distributed: deepspeed` (ZeRO-2 / ZeRO-3 through accelerate): the checks of the combination and the
-files a user launches with. What was and was not run is in docs/distributed.md: DeepSpeed 0.19.8 installs here
-(CPU only, no ops built) but tuneforge's loop does not drive a DeepSpeed engine yet, so training refuses the
-setting (exit 2) after validating it; `tuneforge plan CONFIG --launch-files DIR` writes the files.
+files a user launches with. What was and was not run is in docs/distributed.md: DeepSpeed 0.19.8 runs ZeRO-2/3
+here on a toy model (CPU, gloo; scripts/deepspeed_cpu_smoke.py), but tuneforge's loop does not drive a DeepSpeed
+engine yet, so training refuses the setting (exit 2) after validating it; `tuneforge plan CONFIG --launch-files DIR`
+writes the files.
 
     check_deepspeed(cfg.training, cfg.stage, cfg.method.name)     # ConfigError naming the key
     write_launch_files(cfg.training, Path("launch"), processes=8)  # ds_config.json + accelerate.yaml
