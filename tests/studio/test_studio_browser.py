@@ -128,6 +128,7 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         page.fill("#f-model", str(tiny_model_dir))
         # 1. a bad data file, uploaded from the picker into runs/data: its problems and their line numbers, before
         # anything can start
+        page.wait_for_function("document.querySelector('#yaml').textContent.includes('/first')")
         page.click("button.browse[data-for='data.train']")
         page.wait_for_selector(f"#picker-list li[data-path='{tmp_path.resolve()}']")  # the allowed folders
         page.click(f"#picker-list li[data-path='{tmp_path.resolve()}']")
@@ -245,7 +246,7 @@ def test_a_run_from_the_form_survives_the_studio_and_stops_and_resumes(browser, 
         page.fill("#chat-max", "12")
         page.fill("#chat-input", "what color is the sky ?")
         page.click("#chat-send")
-        page.wait_for_selector("#chat-tuned[data-done='1']", timeout=60_000)  # streamed, then done
+        page.wait_for_selector("#chat-tuned[data-done='1']", timeout=120_000)  # streamed, then done (loads 2 models)
         assert page.get_attribute("#chat-base", "data-done") == "1"
         assert page.locator("#chat-base .msg.assistant").count() == 1
         assert page.inner_text("#chat-tuned .msg.assistant").strip()

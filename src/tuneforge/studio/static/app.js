@@ -2,7 +2,7 @@
 // by /api/validate (the code `tuneforge validate` runs) as it changes; runs are polled from /api/runs.
 "use strict";
 
-let DATA_OK = true, SCHEMA = null, RUNS = [], COMBINED = [], CURRENT = null, validateTimer = null, dataTimer = null;
+let DATA_OK = true, SCHEMA = null, RUNS = [], COMBINED = [], CURRENT = null, validateTimer = null, dataTimer = null, CHECKS = 0;
 const $ = s => document.querySelector(s);
 const el = (tag, attrs, ...kids) => {
   const e = document.createElement(tag);
@@ -123,10 +123,10 @@ function showErrors(errors) {
 }
 
 async function validate() {
-  const {data} = await api("/api/validate", formValues());
+  const seq = ++CHECKS, {data} = await api("/api/validate", formValues());
+  if (seq !== CHECKS) return data;  // a newer check is under way (answers may come out of order): it decides
   showErrors(data.errors || {"": data.error});
-  $("#yaml").textContent = data.yaml || "";
-  $("#command").textContent = data.command || "";
+  $("#yaml").textContent = data.yaml || ""; $("#command").textContent = data.command || "";
   $("#launch").disabled = !data.ok || !DATA_OK;
   $("#launch-state").textContent = !data.ok ? `${Object.keys(data.errors || {}).length} problem(s)`
     : (DATA_OK ? "valid" : "config valid; fix the data errors first");
