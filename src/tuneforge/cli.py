@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import importlib
 import os
 import sys
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. As the program (no `argv`: the console script, `python -m tuneforge`) an interrupted
     training ends the process with exit_now; called with `argv` (tests, other code) it returns the code."""
     as_program = argv is None
+    if as_program:  # Python's exit collects every object torch / transformers made (~1 CPU s, bench/startup.py);
+        atexit.register(gc.freeze)  # frozen, that collection skips them (atexit handlers and flushes still run)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["plan"]:  # plan has its own option parser (run_plan)
         args = argparse.Namespace(fn=cmd_plan, plan_args=[a for a in argv[1:] if a != "--debug"],
