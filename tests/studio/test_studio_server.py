@@ -232,8 +232,10 @@ def test_trainer_stages_log_live_too_and_nan_reaches_the_page_as_null(make_confi
     for step, loss in ((1, 0.7), (2, float("nan"))):
         callback.on_log(None, SimpleNamespace(global_step=step), None,
                         logs={"loss": loss, "learning_rate": 1e-3, "grad_norm": 0.5})
+    callback.on_log(None, SimpleNamespace(global_step=2), None, logs={"eval_loss": 0.4, "eval_runtime": 1.5})
     callback.on_log(None, SimpleNamespace(global_step=2), None, logs={"train_runtime": 3.0, "train_loss": 0.6})
     callback.on_train_end(None, None, None)
+    assert read_log(out / "eval_log.jsonl") == [{"step": 2, "loss": 0.4, "runtime": 1.5}]  # the live eval points
     points = read_log(out / "train_log.jsonl")
     assert [(p["step"], p["lr"]) for p in points] == [(1, 1e-3), (2, 1e-3)]
     assert finite(points)[1]["loss"] is None and json.dumps(finite(points), allow_nan=False)
