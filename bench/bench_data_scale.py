@@ -161,13 +161,14 @@ def ratios(entries: list[dict]) -> list[str]:
     by = {(e["corpus"], e["run"]): e for e in entries}
     firsts = sorted((e for e in entries if e["run"] == RUNS[0]), key=lambda e: e["mb"])
     lines = []
-    if len(firsts) >= 2:
+    if len(firsts) >= 2 and firsts[-1]["mb"] > 1.5 * firsts[0]["mb"]:  # sizes to compare
         small, big = firsts[0], firsts[-1]
         peak = max(big["result"]["rss_data_mb"], big["result"]["rss_train_mb"])
         small_peak = max(small["result"]["rss_data_mb"], small["result"]["rss_train_mb"])
         lines.append(f"- Peak RSS (process tree, build or training), {big['corpus']} / {small['corpus']}: "
                      f"{peak:,} / {small_peak:,} MB = {peak / small_peak:.2f}x (goal: within 1.5x, under 3,072 MB); "
                      f"while building: {big['result']['rss_data_mb'] / small['result']['rss_data_mb']:.2f}x.")
+    if firsts:
         rates = ", ".join(f"{e['corpus']} {e['result']['cache_tok_per_s']:,} ({cpu_rate(e['result']):,.0f} per CPU "
                           "second)" for e in firsts)
         lines.append(f"- Cache build tok/s by size (linear cost = equal rates; per CPU second: the process's user+sys "
