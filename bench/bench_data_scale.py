@@ -182,10 +182,11 @@ def ratios(entries: list[dict]) -> list[str]:
     for e in entries:
         if e["run"] == RUNS[2] and (e["corpus"], RUNS[0]) in by:
             mem, first = e["result"], by[(e["corpus"], RUNS[0])]["result"]
-            second = by.get((e["corpus"], RUNS[1]), {}).get("result", first)
+            second = by.get((e["corpus"], RUNS[1]), {}).get("result")
             tps = mem["train_tokens_per_s"]
+            also = f", {second['train_tokens_per_s'] / tps:.2f}x (second)" if second else ""
             lines.append(f"- {e['corpus']}, cache / in-memory: training tok/s {first['train_tokens_per_s'] / tps:.2f}x "
-                         f"(first run), {second['train_tokens_per_s'] / tps:.2f}x (second); "
+                         f"(first run){also}; "
                          f"RSS when the data is ready {first['rss_data_mb'] / mem['rss_data_mb']:.2f}x; RSS while "
                          f"training {first['rss_train_mb'] / mem['rss_train_mb']:.2f}x.")
     return lines
