@@ -82,3 +82,32 @@ def test_a_loss_that_barely_moved_warns_even_when_flat():
     assert verdict["under_learned"] is True and verdict["loss"]["run_relative_drop"] < 0.1
     assert "barely moved" in verdict["reasons"][0] and "1.070" in verdict["reasons"][0]
     assert "training.learning_rate=0.0004" in verdict["suggestions"][1]
+
+
+def _cosine(n):
+    return [1e-3 * 0.5 * (1 + math.cos(math.pi * i / (n - 1))) for i in range(n)]
+
+
+def test_a_tail_flattened_by_a_decayed_schedule_warns():
+    # the facts run of bench/defaults_study.py at the defaults: the loss still falling fast over the middle third,
+    # then flat at ~1 nat over the last third because the cosine rate is near 0 there, not because it converged
+    n = 150
+    lrs = _cosine(n)
+    losses = [11 - 8 * i / 49 if i < 50 else 3 - 1.8 * (i - 50) / 49 if i < 100 else 1.0 + 0.02 * (-1) ** i
+              for i in range(n)]
+    history = [{"step": i + 1, "loss": v, "lr": lr, "grad_norm": 2.0}
+               for i, (v, lr) in enumerate(zip(losses, lrs, strict=True))]
+    verdict = check_learning(history, [], learning_rate=1e-3, epochs=19, max_grad_norm=1.0)
+    assert abs(verdict["loss"]["tail_relative_drop"]) < 0.10 and verdict["loss"]["run_relative_drop"] > 0.5
+    assert verdict["under_learned"] is True
+    reason = verdict["reasons"][0]
+    assert "rate decayed while the loss was still falling" in reason and "steps 51-100" in reason
+    assert "flattened at 1.000" in reason
+    assert "training.lr_scheduler=constant" in "\n".join(verdict["suggestions"])
+    assert "training.max_grad_norm=null" in verdict["suggestions"][-1]
+    # the same curve under a constant rate: its flat tail is a plateau the rate could not move, nothing to say
+    flat = [{**h, "lr": 1e-3} for h in history]
+    assert check_learning(flat, [], learning_rate=1e-3, epochs=19)["under_learned"] is False
+    # and a decayed schedule whose loss had settled before the rate decayed is not flagged either
+    settled = [{"step": i + 1, "loss": v, "lr": lr} for i, (v, lr) in enumerate(zip(_plateau(n), lrs, strict=True))]
+    assert check_learning(settled, [], learning_rate=1e-3, epochs=19)["under_learned"] is False

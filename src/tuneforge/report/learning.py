@@ -21,6 +21,8 @@ HIGH = 0.05  # a tail mean loss below this (nats per unit) counts as learned, wh
 BARELY = 0.10  # the tail's mean loss within 10% of the first steps' mean: the loss barely moved (a decayed
 # schedule flattens the tail of a run that never learned, so a flat tail alone is no proof of convergence)
 EVAL_GAIN = 0.01  # an eval metric still improving: each of the last two evaluations gains this much (relative)
+MID_FALLING = 0.25  # the fitted line drops by >= 25% of the middle third's mean level across it: falling fast
+DECAYED = 0.3  # the last third's mean learning rate at most 30% of the run's peak: the schedule has decayed
 CLIPPED = 0.5  # share of steps whose gradient norm exceeded max_grad_norm before it is called "most steps"
 
 
@@ -49,6 +51,29 @@ def loss_trend(history: list[dict]) -> dict | None:
             "run_relative_drop": (start - level) / start if start > 0 else 0.0,
             "tail_steps": [steps[0], steps[-1]], "tail_mean_loss": level,
             "tail_slope_per_step": slope, "tail_relative_drop": drop / level if level > 0 else 0.0}
+
+
+def schedule_flattened(history: list[dict]) -> dict | None:
+    """A flat tail that the schedule made: the loss falling fast over the middle third (>= MID_FALLING) while
+    the rate over the last third averaged at most DECAYED of its peak. A decayed cosine or linear schedule stops
+    a run that was still learning, and its tail then looks converged (None when not so, or no rates logged)."""
+    points = [(h["step"], h["loss"], h["lr"]) for h in history
+              if all(isinstance(h.get(k), (int, float)) and math.isfinite(h[k]) for k in ("loss", "lr"))]
+    if len(points) < MIN_STEPS:
+        return None
+    third = len(points) // 3
+    middle, tail = points[third: 2 * third], points[2 * third:]
+    peak = max(lr for _, _, lr in points)
+    if len(middle) < 3 or peak <= 0:
+        return None
+    level = sum(v for _, v, _ in middle) / len(middle)
+    slope = _slope([s for s, _, _ in middle], [v for _, v, _ in middle])
+    drop = -slope * (middle[-1][0] - middle[0][0]) / level if level > 0 else 0.0
+    ratio = sum(lr for _, _, lr in tail) / len(tail) / peak
+    if drop < MID_FALLING or ratio > DECAYED:
+        return None
+    return {"middle_steps": [middle[0][0], middle[-1][0]], "middle_relative_drop": drop,
+            "tail_steps": [tail[0][0], tail[-1][0]], "tail_rate_share_of_peak": ratio}
 
 
 def eval_trend(evals: list[dict], metric_names: Sequence[str]) -> dict | None:
@@ -94,6 +119,13 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
     elif loss and loss["tail_mean_loss"] >= HIGH and loss["run_relative_drop"] < BARELY:
         reasons.append(f"training loss barely moved: {loss['start_mean_loss']:.3f} over the first steps, "
                        f"{loss['tail_mean_loss']:.3f} over the last third ({loss['run_relative_drop']:.0%} lower)")
+    elif loss and loss["tail_mean_loss"] >= HIGH and (decay := schedule_flattened(history)):
+        a, b = decay["middle_steps"]
+        c, d = decay["tail_steps"]
+        share, mid = decay["tail_rate_share_of_peak"], decay["middle_relative_drop"]
+        reasons.append(f"the learning rate decayed while the loss was still falling: {mid:.0%} drop across steps "
+                       f"{a}-{b}, then over steps {c}-{d} the rate averaged {share:.0%} of its peak and the loss "
+                       f"flattened at {loss['tail_mean_loss']:.3f}: the flat end is the schedule's, not convergence")
     if trend and trend["still_improving"]:
         values = " -> ".join(f"{v:.4g}" for v in trend["last_values"])
         reasons.append(f"eval {trend['metric']} still improving at the last evaluations: {values}")
@@ -104,6 +136,8 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
         suggestions.append(f"train longer: {more}")
         rate = f"training.learning_rate={_fmt(learning_rate * 2)}" if learning_rate else "a higher learning rate"
         suggestions.append(f"a higher rate: {rate}")
+        if any("rate decayed" in r for r in reasons):
+            suggestions.append("a rate that does not decay: training.lr_scheduler=constant")
         if clip and clip["clipped_share"] >= CLIPPED:
             suggestions.append(f"no clipping: training.max_grad_norm=null (the gradient norm, median "
                                f"{clip['median_grad_norm']:.3g}, was above {_fmt(max_grad_norm)} on "
