@@ -90,19 +90,3 @@ def test_a_training_run_loads_its_model_through_the_placement(make_config, monke
     cfg = make_config(training__max_steps=1, eval__before=False, eval__generate_samples=0)
     STAGES[cfg.stage].run(cfg)
     assert calls and calls[0]["device"] == torch.device("cpu") and calls[0]["may_spread"] is True
-
-
-@pytest.mark.real
-def test_loading_the_embedded_model_does_not_double_its_memory():
-    """bench/load_memory.py in fresh processes: tuneforge's load (read every weight once) against the classic
-    random-init + state-dict copy of transformers 4.x without low_cpu_mem_usage. Measured (loaded 2-core machine,
-    bench/results/load_memory.json): 1.28x vs 2.27x the fp32 weights, ratio 0.56."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("load_memory", Path(__file__).parents[2] / "bench" / "load_memory.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    ours, classic = (bench.measure("smollm2-135m-instruct", how) for how in ("tuneforge", "classic"))
-    assert ours["growth_over_weights"] < 1.6  # one copy of the weights (+ allocator slack), not two
-    assert ours["growth_mb"] / classic["growth_mb"] < 0.8
