@@ -33,6 +33,12 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
 
 
+def _fitted_drop(steps: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
+    """(slope per step, the drop the fitted line makes across `steps` relative to the values' mean level)."""
+    level, slope = sum(values) / len(values), _slope(steps, values)
+    return slope, -slope * (steps[-1] - steps[0]) / level if level > 0 else 0.0
+
+
 def loss_trend(history: list[dict]) -> dict | None:
     """The tail of the training-loss curve: its mean level, fitted slope per step and the relative drop the fit
     makes across the tail (None when the curve is too short)."""
@@ -45,12 +51,11 @@ def loss_trend(history: list[dict]) -> dict | None:
     level = sum(losses) / len(losses)
     head = [v for _, v in points[: max(3, len(points) // 10)]]
     start = sum(head) / len(head)
-    slope = _slope(steps, losses)
-    drop = -slope * (steps[-1] - steps[0])
+    slope, drop = _fitted_drop(steps, losses)
     return {"first_loss": points[0][1], "start_mean_loss": start,
             "run_relative_drop": (start - level) / start if start > 0 else 0.0,
             "tail_steps": [steps[0], steps[-1]], "tail_mean_loss": level,
-            "tail_slope_per_step": slope, "tail_relative_drop": drop / level if level > 0 else 0.0}
+            "tail_slope_per_step": slope, "tail_relative_drop": drop}
 
 
 def schedule_flattened(history: list[dict]) -> dict | None:
@@ -66,9 +71,7 @@ def schedule_flattened(history: list[dict]) -> dict | None:
     peak = max(lr for _, _, lr in points)
     if len(middle) < 3 or peak <= 0:
         return None
-    level = sum(v for _, v, _ in middle) / len(middle)
-    slope = _slope([s for s, _, _ in middle], [v for _, v, _ in middle])
-    drop = -slope * (middle[-1][0] - middle[0][0]) / level if level > 0 else 0.0
+    _, drop = _fitted_drop([s for s, _, _ in middle], [v for _, v, _ in middle])
     ratio = sum(lr for _, _, lr in tail) / len(tail) / peak
     if drop < MID_FALLING or ratio > DECAYED:
         return None
