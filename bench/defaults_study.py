@@ -3,10 +3,8 @@ does not see (schedule + warmup, max_grad_norm, LoRA dropout, weight decay, lear
 default, epochs around the recipe's), each run through the public API (`STAGES[stage].run(cfg)`), each setting's
 held-out metric per task, its rank on each task and its mean rank across tasks, written to docs/defaults.md.
 
-    python bench/defaults_study.py                      # 4 tasks x 11 settings x 3 seeds (the embedded models)
-    python bench/defaults_study.py --seeds 0            # one seed
-    python bench/defaults_study.py --quick              # CI subset (~3 min on an idle 2-core machine)
-    python bench/defaults_study.py --quick --tasks quickstart --settings defaults,constant --lm-model DIR --out X.md
+    python bench/defaults_study.py --workers 2 --threads 1   # 4 tasks x 13 settings x 3 seeds (the embedded models)
+    python bench/defaults_study.py --quick                   # CI subset (small data, 2 tasks x 2 settings x 1 seed)
 
 Tasks (held-out metric): facts (pycountry's ISO 3166 table: country -> alpha-3 code, asked in another wording at
 eval; exact match), quickstart (sentence -> JSON, eval names/items/cities unseen; exact match), pretrain (a domain
@@ -17,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -26,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,8 +142,10 @@ def build_config(task: Task, setting: dict, model: str, train: Path, evals: Path
     return cfg
 
 
-def run_one(task: Task, setting: dict, model: str, seed: int, work: Path, quick: bool) -> dict:
+def run_one(task_name: str, setting_name: str, model: str, seed: int, work: str, quick: bool) -> dict:
     from tuneforge.stages import STAGES
+
+    task, setting = TASKS[task_name], SETTINGS[setting_name]
 
     train_rows, eval_rows = task.make(quick, seed)
     run_dir = Path(tempfile.mkdtemp(dir=work))
@@ -157,19 +159,17 @@ def run_one(task: Task, setting: dict, model: str, seed: int, work: Path, quick:
             "epochs": metrics["recipe"]["epochs"]["value"], "under_learned": metrics["learning"]["under_learned"]}
 
 
+def _init_worker(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def rank(values: dict[str, float], higher_is_better: bool) -> dict[str, float]:
     """Rank 1 = best; ties share the mean of their ranks."""
-    order = sorted(values, key=lambda k: -values[k] if higher_is_better else values[k])
-    ranks: dict[str, float] = {}
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in order[i : j + 1]:
-            ranks[k] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    ordered = sorted(values.values(), reverse=higher_is_better)
+    return {k: statistics.mean(i + 1 for i, v in enumerate(ordered) if v == values[k]) for k in values}
 
 
 def table(results: dict, tasks: list[str], settings: list[str]) -> tuple[list[str], dict[str, float]]:
@@ -236,10 +236,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--lm-model", default="smollm2-135m-instruct")
     parser.add_argument("--cls-model", default="minilm-l6")
     parser.add_argument("--out", default=str(ROOT / "docs" / "defaults.md"))
-    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "defaults_study.json"),
-                        help="every run's figures, saved after each run (the table is computed from them)")
-    parser.add_argument("--threads", type=int, help="torch threads (1 on a shared, loaded machine: spinning "
-                        "OpenMP threads that are not scheduled slow every step)")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "defaults_study.json"), help="runs' figures")
+    parser.add_argument("--threads", type=int, help="torch threads per run (1 on a shared or 2-core machine)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process")
     parser.add_argument("--resume", action="store_true", help="keep the finished runs in --json and run the rest")
     parser.add_argument("--render", action="store_true", help="only write the table from --json (a partial study too)")
     args = parser.parse_args(argv)
@@ -256,35 +255,40 @@ def main(argv: list[str] | None = None) -> Path:
     settings = args.settings.split(",") if args.settings else (QUICK["settings"] if args.quick else list(SETTINGS))
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else (QUICK["seeds"] if args.quick else [0, 1, 2])
     models = {"lm": args.lm_model, "cls": args.cls_model}
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _init_worker(args.threads)
     started = time.perf_counter()
     command = ("python bench/defaults_study.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     results: dict = {t: {s: [] for s in settings} for t in tasks}
     done_before = 0.0
     if args.resume and Path(args.json).is_file():  # go on with a stopped study: its finished runs are kept
         saved = json.loads(Path(args.json).read_text())
-        for t in tasks:
-            for s in settings:
-                results[t][s] = [r for r in saved["results"].get(t, {}).get(s, []) if r["seed"] in seeds]
+        results = {t: {s: [r for r in saved["results"].get(t, {}).get(s, []) if r["seed"] in seeds] for s in settings}
+                   for t in tasks}
         done_before = saved.get("wall_seconds", 0.0)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    # seed outermost: a study stopped early has every task x setting at the first seeds, not some settings only
+    todo = [(seed, t, s) for seed in seeds for t in tasks for s in settings
+            if not any(r["seed"] == seed for r in results[t][s])]
+
+    def record(seed: int, t: str, s: str, r: dict) -> None:
+        results[t][s].append({"seed": seed, **r})
+        print(f"{t:10s} {s:34s} seed {seed}: {TASKS[t].metric} {r['value']:.4f} "
+              f"({r['steps']} steps, {r['seconds']:.0f}s)", flush=True)
+        Path(args.json).write_text(json.dumps({  # after every run: a stopped study keeps what it ran
+            "command": command, "models": models, "results": results, "workers": args.workers,
+            "wall_seconds": done_before + time.perf_counter() - started}, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="defaults-study-") as work:
-        # seed outermost: a study stopped early has every task x setting at the first seeds, not some settings only
-        for seed in seeds:
-            for t in tasks:
-                for s in settings:
-                    if any(r["seed"] == seed for r in results[t][s]):
-                        continue
-                    r = run_one(TASKS[t], SETTINGS[s], models[TASKS[t].kind], seed, Path(work), args.quick)
-                    results[t][s].append({"seed": seed, **r})
-                    print(f"{t:10s} {s:28s} seed {seed}: {TASKS[t].metric} {r['value']:.4f} "
-                          f"({r['steps']} steps, {r['seconds']:.0f}s)", flush=True)
-                    Path(args.json).write_text(json.dumps({  # after every run: a stopped study keeps what it ran
-                        "command": command, "models": models, "results": results,
-                        "wall_seconds": done_before + time.perf_counter() - started}, indent=1))
+        if args.workers > 1:  # independent runs in separate processes (each with --threads torch threads)
+            with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(args.threads,)) as pool:
+                futures = {pool.submit(run_one, t, s, models[TASKS[t].kind], seed, work, args.quick): (seed, t, s)
+                           for seed, t, s in todo}
+                for future in as_completed(futures):
+                    record(*futures[future], future.result())
+        else:
+            for seed, t, s in todo:
+                record(seed, t, s, run_one(t, s, models[TASKS[t].kind], seed, work, args.quick))
     out = Path(args.out)
     write_doc(out, render(results, tasks, settings, seeds, command, models,
                           done_before + time.perf_counter() - started))

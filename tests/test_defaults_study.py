@@ -37,11 +37,14 @@ def test_table_means_ranks_and_sorts(study):
 
 
 @pytest.mark.slow  # two tiny classify runs, recipe-sized (152 optimizer steps each): the study's CI unit
-def test_quick_unit_writes_the_table_from_real_runs(study, tiny_bert_dir, tmp_path):
+def test_quick_unit_writes_the_table_from_real_runs(study, tiny_bert_dir, tmp_path, monkeypatch):
     out, js = tmp_path / "defaults.md", tmp_path / "defaults.json"
-    study.main(["--quick", "--tasks", "classify", "--settings", "defaults,lr x4", "--seeds", "0",
-                "--cls-model", str(tiny_bert_dir), "--out", str(out), "--json", str(js)])
-    results = json.loads(js.read_text())["results"]["classify"]
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # the two worker processes import the study by name
+    study.main(["--quick", "--tasks", "classify", "--settings", "defaults,lr x4", "--seeds", "0", "--workers", "2",
+                "--threads", "1", "--cls-model", str(tiny_bert_dir), "--out", str(out), "--json", str(js)])
+    saved = json.loads(js.read_text())
+    results = saved["results"]["classify"]
+    assert saved["workers"] == 2
     md = out.read_text()
     assert "python bench/defaults_study.py --quick --tasks classify" in md
     for setting in ("defaults", "lr x4"):
