@@ -24,6 +24,7 @@ import tuneforge.stages.skeleton as skeleton
 from tuneforge.config.schema import Config, DpoConfig
 from tuneforge.data.dpo_pairs import DpoExample
 from tuneforge.data.preference import use_template
+from tuneforge.data.trl_dataset import trl_dataset
 from tuneforge.errors import ConfigError
 from tuneforge.report.margins import plot_margins
 from tuneforge.train import hf_bridge
@@ -87,12 +88,12 @@ def _trainer_class():
 
 
 def build_trainer(cfg: Config, model, tokenizer, examples: list[DpoExample], out: Path, precision: str,
-                  callbacks: list[TrainerCallback], counter: _Counter | None = None):
+                  callbacks: list[TrainerCallback], counter: _Counter | None = None,
+                  log: Callable[[str], None] = print):
     """DPOTrainer on a model the method was already applied to. PEFT: ref_model None, and the reference is
     the adapter-disabled policy (TRL 1.16 would copy a pre-wrapped model's adapter as a 'ref' adapter; for
     zero-initialised adapters that is the base again, so the copy is dropped; PiSSA keeps it, because its
     adapter-disabled model is the residual, not the base). Full / freeze: TRL loads a frozen copy."""
-    from datasets import Dataset
     from trl import DPOConfig
 
     dcfg = cfg.dpo
@@ -100,9 +101,10 @@ def build_trainer(cfg: Config, model, tokenizer, examples: list[DpoExample], out
                      loss_type=[to_trl_loss_type(dcfg)], label_smoothing=dcfg.label_smoothing,
                      max_length=cfg.training.max_length, trust_remote_code=cfg.trust_remote_code,
                      disable_dropout=True)  # policy and reference must score alike (TRL's default)
-    # TRL 1.16 walks a datasets.Dataset whole: every pair is materialised here from the token cache (docs/data.md)
+    # TRL 1.16 takes a datasets.Dataset: an Arrow file in the token cache, memory-mapped (data.trl_dataset)
+    dataset = trl_dataset(examples, "dpo", lambda: (e.row() for e in examples), log)
     trainer = _trainer_class()(model=model, ref_model=None, args=args, processing_class=tokenizer,
-                               train_dataset=Dataset.from_list([e.row() for e in examples]), callbacks=callbacks)
+                               train_dataset=dataset, callbacks=callbacks)
     trainer.counter = counter
     if "ref" in getattr(model, "peft_config", {}) and getattr(cfg.method, "init", "default") != "pissa":
         model.delete_adapter("ref")
@@ -150,7 +152,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
         if data.eval else None
     trained = train_with_callbacks(
         cfg, out, lambda callbacks, counter: build_trainer(cfg, model, run.tokenizer, data.train, out, precision,
-                                                           callbacks, counter),
+                                                           callbacks, counter, run.log),
         evaluate, on_eval, resumed_from, run.log)
     trainer, result = trained.trainer, trained.result
 

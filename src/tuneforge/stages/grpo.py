@@ -28,15 +28,15 @@ Choices, and why:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 import tuneforge.stages.skeleton as skeleton
 from tuneforge.config.schema import Config
+from tuneforge.data.trl_dataset import Column, trl_dataset
 from tuneforge.report.rl import plot_reward_kl, question, samples_table, summary, template_name, write_samples
 from tuneforge.rl.policy_eval import evaluate_policy
 from tuneforge.rl.prompts import PromptExample
@@ -94,7 +94,7 @@ class PromptIdsTrainer(GRPOTrainer):
     `index` column: two rows may render to the same text with different ids (a user turn holding control tokens
     is escaped, a real turn is not), so the text cannot be the key."""
 
-    def __init__(self, *args, prompt_ids: list[list[int]], **kwargs) -> None:
+    def __init__(self, *args, prompt_ids: Sequence[list[int]], **kwargs) -> None:
         self._prompt_ids = prompt_ids
         self._batch_rows: list[int] = []
         super().__init__(*args, **kwargs)
@@ -180,13 +180,14 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     before, details = skeleton.eval_before(run, initial) if data.eval else ({}, {})
     counter, guard = Counter(), hf.GuardCallback(cfg.training.max_bad_steps, guards=run_guards(cfg))
     evals = EvalCallback(evaluate, cfg.training.eval_steps if data.eval else None, on_eval)
-    # TRL 1.16 takes a datasets.Dataset: the prompts are materialised here from the token cache (docs/data.md)
-    dataset = Dataset.from_dict({"prompt": [e.text for e in data.train], "index": list(range(len(data.train)))})
+    # TRL 1.16 takes a datasets.Dataset: an Arrow file in the token cache, memory-mapped (data.trl_dataset)
+    dataset = trl_dataset(data.train, "grpo", lambda: ({"prompt": e.text, "index": k}
+                                                       for k, e in enumerate(data.train)), run.log)
     callbacks = [evals, guard, hf.MetricLogCallback(cfg, out)]  # the order hf_bridge asks for
     trainer = PromptIdsTrainer(
         model=model, args=to_grpo_config(cfg, out, run.precision), train_dataset=dataset, callbacks=callbacks,
         reward_funcs=to_reward_funcs(rewards, data.train, counter), processing_class=run.tokenizer,
-        prompt_ids=[e.input_ids for e in data.train])
+        prompt_ids=Column(data.train, "input_ids"))
     trainer.remove_callback(PrinterCallback)  # with the progress bar off it prints every log dict to stdout
     if resumed_from:
         run.log(f"resuming from {resumed_from}")

@@ -102,7 +102,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     evaluate = (lambda: scorer.metrics(scorer.logps(model), base_logps)) if data.eval else None
     trained = train_with_callbacks(
         cfg, out, lambda callbacks, counter: build_trainer(cfg, model, run.tokenizer, data.train, out, run.precision,
-                                                           callbacks, counter),
+                                                           callbacks, counter, run.log),
         evaluate, on_eval, resumed_from, run.log)
     trainer, result = trained.trainer, trained.result
 

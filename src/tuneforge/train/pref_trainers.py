@@ -14,12 +14,14 @@ does); full / freeze: TRL's frozen copy. orpo, simpo and cpo have no reference.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch.nn.functional as F
 from transformers import PrinterCallback, TrainerCallback
 
 from tuneforge.config.schema import Config
+from tuneforge.data.trl_dataset import trl_dataset
 from tuneforge.train import hf_bridge
 from tuneforge.train.preference import Counter
 
@@ -34,17 +36,22 @@ def pair_row(example) -> dict:
     return row
 
 
-def kto_rows(examples: list, batch_size: int, seed: int) -> list[dict]:
+def iter_kto_rows(examples: Sequence, batch_size: int, seed: int) -> Iterator[dict]:
     """KtoExample rows shuffled once with the run's seed (TRL samples kto data in order: the KL completions are
     paired within each batch), each with the completion of the row before it in its batch as `KL_completion_ids`
-    (TRL's rotation: (x_1, y_n), (x_2, y_1), ...), the mismatched pairs the KL estimate z0 is taken from."""
-    rows = [e.row() for e in examples]
-    random.Random(seed).shuffle(rows)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
+    (TRL's rotation: (x_1, y_n), (x_2, y_1), ...), the mismatched pairs the KL estimate z0 is taken from. Read
+    one batch at a time: only the order (an int per row) is held."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)  # the permutation shuffling the rows themselves would make
+    for start in range(0, len(order), batch_size):
+        batch = [examples[j].row() for j in order[start : start + batch_size]]
         for i, row in enumerate(batch):
             row["KL_completion_ids"] = batch[i - 1]["completion_ids"]
-    return rows
+        yield from batch
+
+
+def kto_rows(examples: Sequence, batch_size: int, seed: int) -> list[dict]:
+    return list(iter_kto_rows(examples, batch_size, seed))
 
 
 def _trainer_class(stage: str):
@@ -107,20 +114,29 @@ def _args(cfg: Config, out: Path, precision: str):
     return CPOConfig(**common, beta=block.beta, loss_type="sigmoid", cpo_alpha=block.cpo_alpha)
 
 
-def build_trainer(cfg: Config, model, tokenizer, examples: list, out: Path, precision: str,
-                  callbacks: list[TrainerCallback], counter: Counter | None = None):
+def build_trainer(cfg: Config, model, tokenizer, examples: Sequence, out: Path, precision: str,
+                  callbacks: list[TrainerCallback], counter: Counter | None = None,
+                  log: Callable[[str], None] = print):
     """The stage's TRL trainer on a model the method was already applied to (`examples`: DpoExample pairs,
     or KtoExample rows for kto)."""
     from datasets import Dataset
 
     args = _args(cfg, out, precision)
+    # TRL 1.16 takes a datasets.Dataset: an Arrow file in the token cache, memory-mapped (data.trl_dataset)
     if cfg.stage == "kto":
-        rows = kto_rows(examples, cfg.training.batch_size, cfg.seed)
+        bs, seed = cfg.training.batch_size, cfg.seed
+        dataset = trl_dataset(examples, "kto", lambda: iter_kto_rows(examples, bs, seed), log,
+                              {"batch_size": bs, "seed": seed})
         extra = {"ref_model": None}
     else:
-        rows, extra = [pair_row(e) for e in examples], {}
+        dataset, extra = trl_dataset(examples, "pairs", lambda: (pair_row(e) for e in examples), log), {}
+    # orpo / cpo map the rows three times in __init__ (identities on pre-tokenized rows, but each would write a
+    # copy of a file-backed dataset): the trainer is built on the first row and handed the whole file after
+    first = dataset if cfg.stage == "kto" or not dataset.cache_files else Dataset.from_list([dataset[0]])
     trainer = _trainer_class(cfg.stage)(model=model, args=args, processing_class=tokenizer,
-                                        train_dataset=Dataset.from_list(rows), callbacks=callbacks, **extra)
+                                        train_dataset=first, callbacks=callbacks, **extra)
+    if first is not dataset:
+        trainer.train_dataset = dataset
     trainer.counter = counter
     if "ref" in getattr(model, "peft_config", {}) and getattr(cfg.method, "init", "default") != "pissa":
         model.delete_adapter("ref")  # zero-initialised adapters: the adapter-disabled model is the same base
