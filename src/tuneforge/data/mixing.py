@@ -1,6 +1,7 @@
 """Several training sources mixed by weight (`data.train: [{path: a.jsonl, weight: 0.7}, {path: b.jsonl,
-weight: 0.3}]`), and several eval sources each scored on its own. Each source is checked and tokenized into its
-own cache (data.token_cache); the mix is an index over them, fixed by the seed, so a resumed run trains on the same mix.
+weight: 0.3}]`), and several eval sources each scored on its own. Each source, train or eval, is checked and tokenized
+into its own cache (data.token_cache); the mix is an index over them, fixed by the seed, so a resumed run trains on the
+same mix; the eval sources are read one after another (concat_sources).
 
 The mix holds as many sequences as the sources together; source i contributes weight_i / sum(weights) of them
 (largest-remainder rounding, at least one): a source with fewer sequences than its share is repeated (each
@@ -20,8 +21,9 @@ import numpy as np
 
 from tuneforge.config.schema import Config
 from tuneforge.data.batching import epoch_order
-from tuneforge.data.dataset import DataStats, load_checked_records
+from tuneforge.data.dataset import DataStats
 from tuneforge.data.load import Record
+from tuneforge.data.stage_cache import load_cached_eval
 from tuneforge.data.token_cache import load_cached_examples
 
 
@@ -134,14 +136,21 @@ def load_mixed_train(cfg: Config, tokenizer, log: Callable[[str], None] = print
     return mix, merged, per_source
 
 
-def load_eval_sources(cfg: Config, tokenizer, build: Callable, log: Callable[[str], None] = print
-                      ) -> tuple[dict[str, list], dict[str, DataStats], list[Record]]:
-    """Each eval source's examples (built by `build(records)` -> (examples, stats), cut to eval.max_samples)
-    and stats by name, and all their records in order."""
+def concat_sources(parts: list[Sequence]) -> MixedExamples:
+    """The examples of every source one after another, read from each by index (nothing copied)."""
+    source = np.concatenate([np.full(len(p), s, dtype=np.uint16) for s, p in enumerate(parts)])
+    example = np.concatenate([np.arange(len(p), dtype=np.int32) for p in parts])
+    return MixedExamples(parts, source, example)
+
+
+def load_eval_sources(cfg: Config, tokenizer, log: Callable[[str], None] = print
+                      ) -> tuple[dict[str, Sequence], dict[str, DataStats], list[Record]]:
+    """Each eval source's examples from its own token cache (cut to eval.max_samples) and stats by name, and all
+    their records in order (the generation items' text)."""
     paths = [p for p, _ in source_list(cfg.data.eval)]
     examples, stats, records = {}, {}, []
     for name, path in zip(source_names(paths), paths, strict=True):
-        mine = load_checked_records(cfg, path, log)
-        examples[name], stats[name] = build(mine[: cfg.eval.max_samples or len(mine)])
-        records += mine
+        split = load_cached_eval(cfg, tokenizer, path, log)
+        examples[name], stats[name] = split.eval, split.eval_stats
+        records += split.eval_records
     return examples, stats, records

@@ -5,6 +5,7 @@ pass, under the same key rules, lock and reuse log line, then read lazily by ind
 and data.eval_split splits one cache by record: each part's counts come from the per-record counts.
 
     split = load_cached_split(cfg, tokenizer, log)     # train / eval examples (Sequences), stats, eval records
+    split = load_cached_eval(cfg, tokenizer, path, log)   # one eval file of several (its eval part only)
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def load_cached_split(cfg: Config, tokenizer, log: Callable[[str], None] = print
     eval held out of train by data.eval_split when there is no eval file, eval cut to eval.max_samples."""
     kind = KINDS[stage_info(cfg.stage).examples](cfg, tokenizer)
     reader, meta = open_cache(cfg, tokenizer, cfg.data.train, log, kind)
-    n, cap = meta["records"], cfg.eval.max_samples
+    n = meta["records"]
     held = None
     if not cfg.data.eval and cfg.data.eval_split > 0:
         held = np.array(sorted(held_out(n, cfg.data.eval_split, cfg.seed)), dtype=np.int64)
@@ -98,10 +99,26 @@ def load_cached_split(cfg: Config, tokenizer, log: Callable[[str], None] = print
         eval_path, available = cfg.data.train, held
     else:
         return split
+    _eval_part(split, cfg, kind, eval_path, reader, meta, available, labels)
+    return split
+
+
+def _eval_part(split: CachedSplit, cfg: Config, kind, path, reader: TokenReader, meta: dict, available: np.ndarray,
+               labels: list[str] | None) -> None:
+    """split.eval*: the examples of the `available` eval records, cut to eval.max_samples."""
     split.eval_available = len(available)
     if not len(available):
-        raise DataError(f"{eval_path}: no records to build {cfg.stage} examples from")
-    split.eval, split.eval_stats = _part(kind, eval_path, reader, meta, available[:cap], labels)
+        raise DataError(f"{path}: no records to build {cfg.stage} examples from")
+    split.eval, split.eval_stats = _part(kind, path, reader, meta, available[: cfg.eval.max_samples], labels)
     if isinstance(kind, LmKind):
-        split.eval_records = records_at(eval_path, available.tolist())
+        split.eval_records = records_at(path, available.tolist())
+
+
+def load_cached_eval(cfg: Config, tokenizer, path: str, log: Callable[[str], None] = print) -> CachedSplit:
+    """One eval file of several (data.eval as a list: sft / pretrain) from its own token cache, as the eval part
+    of a CachedSplit (no train part): its examples cut to eval.max_samples, stats, records."""
+    kind = KINDS[stage_info(cfg.stage).examples](cfg, tokenizer)
+    reader, meta = open_cache(cfg, tokenizer, path, log, kind)
+    split = CachedSplit(train=[], train_stats=None)
+    _eval_part(split, cfg, kind, path, reader, meta, np.arange(meta["records"]), None)
     return split

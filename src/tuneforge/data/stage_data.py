@@ -1,7 +1,7 @@
 """Every stage's examples, built one way for training, `tuneforge validate` and the example tests: a run's
 data files are checked and tokenized once into token caches (data.stage_cache) by the builder the stage
 declares (`stage_info(stage).examples`), and read back lazily; validate prints the counts of exactly this build.
-load_stage_examples builds the same examples in memory from records (tests, several eval sources).
+load_stage_examples builds the same examples in memory from records (tests).
 
     data = load_stage_data(cfg, tokenizer, log)          # train + eval examples, metrics.json's data block
     examples, stats = load_stage_examples(cfg, tokenizer, records)   # one record set; stats.summary()
@@ -24,7 +24,7 @@ from tuneforge.data.dataset import load_examples
 from tuneforge.data.dpo_pairs import load_dpo_examples
 from tuneforge.data.kto_rows import load_kto_examples
 from tuneforge.data.load import Record
-from tuneforge.data.mixing import load_eval_sources, load_mixed_train, merge_stats
+from tuneforge.data.mixing import concat_sources, load_eval_sources, load_mixed_train, merge_stats
 from tuneforge.data.preference import load_pair_examples
 from tuneforge.data.stage_cache import CachedSplit, load_cached_split
 from tuneforge.data.templates import apply_template
@@ -77,7 +77,7 @@ class StageData:
     eval_stats: Any = None
     labels: list[str] | None = None  # classify: the label order of the run
     eval_records: list[Record] = field(default_factory=list)  # checked eval records (generation items use them)
-    eval_sources: dict[str, list] = field(default_factory=dict)  # several eval files: each one's examples by name
+    eval_sources: dict[str, Sequence] = field(default_factory=dict)  # several eval files: each one's examples by name
     summary: dict[str, dict] = field(default_factory=dict)  # metrics.json's `data` block: {"train": ..., "eval": ...}
 
 
@@ -99,9 +99,8 @@ def load_stage_data(cfg: Config, tokenizer, log: Callable[[str], None] = print) 
     if sources:
         data.summary["train"]["sources"] = sources
     if isinstance(cfg.data.eval, list):  # each eval source scored on its own too (its loss in metrics.json)
-        data.eval_sources, by_name, data.eval_records = load_eval_sources(
-            cfg, tokenizer, lambda records: load_stage_examples(cfg, tokenizer, records, labels), log)
-        data.eval = [example for examples in data.eval_sources.values() for example in examples]
+        data.eval_sources, by_name, data.eval_records = load_eval_sources(cfg, tokenizer, log)
+        data.eval = concat_sources(list(data.eval_sources.values()))
         data.eval_stats = merge_stats(list(by_name.values()), " + ".join(by_name))
         data.summary["eval"] = data.eval_stats.summary() | {
             "sources": {name: stats.summary() for name, stats in by_name.items()}}
