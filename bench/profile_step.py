@@ -1,0 +1,208 @@
+"""Where a LoRA SFT step's time goes, and which levers take it (issue 19 item 2). Loads the embedded default
+through tuneforge's own skeleton (begin, load_data, open_output, load_base, apply_method), builds one fixed
+list of micro-batches from the benchmark's real rows (bench/data, Self-Instruct's hand-written seed tasks,
+alpaca-length), then either profiles steps with torch.profiler (--profile: the top ops by self CPU time) or
+times the levers side by side (--levers): every repetition runs each lever once over the same batches, in
+turn, so a burst of load hits them alike; the median and the min-max of the per-lever step time are printed
+with each lever's ratio to `base`. Weights are restored between levers (AdamW with lr 0: the step's cost,
+not its effect), so every lever sees the same model.
+
+    python bench/profile_step.py --profile --batch 4 --steps 3 --threads 1
+    python bench/profile_step.py --levers base,bf16-frozen --batch 4,8 --reps 3 --steps 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.sftbench.data import load_rows, split_rows  # noqa: E402
+
+
+def setup(model: str, rows: int, tmp: str, dropout: float):
+    import tuneforge.stages.skeleton as skeleton
+    from tuneforge.config.schema import Config
+
+    path = Path(tmp) / "train.jsonl"
+    train, _ = split_rows(load_rows(), train_rows=rows)
+    path.write_text("".join(json.dumps(s) + "\n" for s in train), encoding="utf-8")
+    cfg = Config.model_validate({
+        "model": model, "stage": "sft", "output_dir": f"{tmp}/run", "data": {"train": str(path)},
+        "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": dropout, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"batch_size": 4, "learning_rate": 1e-3, "epochs": 1, "max_length": 512, "progress": False}})
+    run = skeleton.begin(cfg, lambda _m: None)
+    data = skeleton.load_data(run)
+    skeleton.open_output(run)
+    model, _ = skeleton.apply_method(run, skeleton.load_base(run))
+    return cfg, run, model, data.train
+
+
+def make_steps(examples, batch: int, steps: int, pack_length: int) -> list[list]:
+    """`steps` optimizer steps of one micro-batch of `batch` rows each, packed as the loop packs them."""
+    from tuneforge.data.batching import collate
+
+    return [collate(examples[s * batch:(s + 1) * batch], True, pack_length) for s in range(steps)]
+
+
+def one_step(model, optimizer, batches, precision: str, loss_sum) -> tuple[float, int]:
+    from tuneforge.train.precision import autocast
+
+    n_sup = sum(b.n_supervised for b in batches)
+    total = 0.0
+    for b in batches:
+        with autocast(precision):
+            loss = loss_sum(model, b)
+        (loss / n_sup).backward()
+        total += float(loss.detach())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / n_sup, sum(b.n_tokens for b in batches)
+
+
+def levers(model, precision: str) -> dict[str, tuple]:
+    """name -> (context manager factory: the lever is on inside it, the model as it was after; precision)."""
+    from tuneforge.train import speed
+
+    return {
+        "base": (contextlib.nullcontext, precision),
+        "bf16-frozen": (lambda: speed.frozen_in_bf16(model), precision),
+        "bf16-frozen+head": (lambda: speed.frozen_in_bf16(model, head=True), precision),
+        "fp32": (contextlib.nullcontext, "fp32"),
+        "packed-attn": (lambda: speed.packed_attention(model), precision),
+        "bf16-frozen+packed-attn": (lambda: _both(speed.frozen_in_bf16(model), speed.packed_attention(model)),
+                                    precision),
+        "fp32+packed-attn": (lambda: speed.packed_attention(model), "fp32"),
+        "no-dropout": (lambda: _no_dropout(model), precision),
+    }
+
+
+@contextlib.contextmanager
+def _both(first, second):
+    with first, second:
+        yield
+
+
+@contextlib.contextmanager
+def _no_dropout(model):
+    """Dropout modules switched to eval for the duration (what dropout 0 would cost, without a reload)."""
+    drops = [m for m in model.modules() if isinstance(m, __import__("torch").nn.Dropout)]
+    for m in drops:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in drops:
+            m.train()
+
+
+def profile(model, optimizer, steps, precision, loss_sum, top: int) -> str:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    one_step(model, optimizer, steps[0], precision, loss_sum)  # warm-up (oneDNN kernels, allocator)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batches in steps:
+            one_step(model, optimizer, batches, precision, loss_sum)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40)
+
+
+def compare(model, optimizer, steps, precision, loss_sum, names: list[str], reps: int) -> dict:
+    """Per lever: CPU seconds (the process's user + system: what a step costs, much less moved by other
+    processes than wall time on a shared machine) and wall seconds per step, over `reps` interleaved rounds
+    after one warm-up step per lever."""
+    import torch
+
+    table = levers(model, precision)
+    snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    losses: dict[str, float] = {}
+    tokens = sum(b.n_tokens for s in steps for b in s) / len(steps)
+    for rep in range(reps + 1):  # rep 0: one warm-up step per lever, not kept
+        for name in names:
+            ctx, prec = table[name]
+            with ctx():
+                started, cpu0 = time.perf_counter(), time.process_time()
+                step_losses = [one_step(model, optimizer, b, prec, loss_sum)[0] for b in (steps if rep else steps[:1])]
+                elapsed, used = time.perf_counter() - started, time.process_time() - cpu0
+            with torch.no_grad():
+                for n_, p in model.named_parameters():
+                    if n_ in snapshot:
+                        p.copy_(snapshot[n_])
+            if rep:
+                cpu[name].append(used / len(steps))
+                wall[name].append(elapsed / len(steps))
+                losses[name] = statistics.mean(step_losses)
+    return {name: {"cpu_s": cpu[name], "wall_s": wall[name], "median_cpu_s": statistics.median(cpu[name]),
+                   "min_cpu_s": min(cpu[name]), "max_cpu_s": max(cpu[name]),
+                   "median_wall_s": statistics.median(wall[name]), "tokens_per_step": tokens,
+                   "tok_per_cpu_s": tokens / statistics.median(cpu[name]), "loss": losses[name]} for name in names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--batch", default="4", help="comma-separated micro-batch sizes")
+    ap.add_argument("--steps", type=int, default=3, help="steps per measurement")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dropout", type=float, default=0.05)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--levers", default="base,bf16-frozen")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tuneforge.train.loss import loss_sum
+
+    result: dict = {"args": vars(args), "load_before": os.getloadavg(), "cpu": _cpu_model(), "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        batch_sizes = [int(b) for b in args.batch.split(",")]
+        cfg, run, model, examples = setup(args.model, max(batch_sizes) * args.steps, tmp, args.dropout)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=0.0)
+        for batch in batch_sizes:
+            steps = make_steps(examples, batch, args.steps, cfg.training.pack_length)
+            tok = sum(b.n_tokens for s in steps for b in s) / len(steps)
+            head = f"batch {batch}: {tok:.0f} tokens per step, precision {run.precision}, threads {args.threads}"
+            if args.profile:
+                print(head, "load", os.getloadavg())
+                print(profile(model, optimizer, steps, run.precision, loss_sum, args.top))
+                continue
+            res = compare(model, optimizer, steps, run.precision, loss_sum, args.levers.split(","), args.reps)
+            result["runs"][str(batch)] = res
+            print(head)
+            base = res[args.levers.split(",")[0]]["median_cpu_s"]
+            for name, r in res.items():
+                print(f"  {name:18s} {r['median_cpu_s']:.3f} CPU s/step ({r['min_cpu_s']:.3f}-{r['max_cpu_s']:.3f}), "
+                      f"wall {r['median_wall_s']:.2f} s, {r['tok_per_cpu_s']:.0f} tok per CPU s, "
+                      f"speed x{base / r['median_cpu_s']:.2f}, loss {r['loss']:.5f}")
+    result["load_after"] = os.getloadavg()
+    print("load", result["load_before"], "->", result["load_after"])
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Step-speed levers for the training loop (issue 19 item 2), measured side by side by bench/profile_step.py
+(docs/benchmarks.md, "Where a step's time goes") and parity-tested in tests/unit/test_speed.py.
+
+    with frozen_in_bf16(model) as lever:   # under bf16 autocast: frozen linear weights held in bf16
+        ... training steps ...
+        with lever.paused():               # the model exactly as it was (fp32), e.g. for an evaluation
+            ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class FrozenBf16:
+    """The swap itself: `on()` puts bf16 copies of the chosen fp32 tensors in place (param.data), `off()` the
+    original fp32 tensors back (kept aside, never re-widened from bf16, so off() restores them bit for bit)."""
+
+    def __init__(self, model: nn.Module, head: bool = False) -> None:
+        self.model, self.head = model, head
+        self.params = _frozen_linear_params(model)
+        self.originals: list[torch.Tensor] = []
+        self.head_swap: tuple[nn.Module, str, nn.Module] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.params) + (self.head_swap is not None)
+
+    def on(self) -> None:
+        if self.originals:
+            return
+        self.originals = [p.data for p in self.params]
+        for p in self.params:
+            p.data = p.data.to(torch.bfloat16)
+        self.head_swap = _bf16_head(self.model) if self.head else None
+
+    def off(self) -> None:
+        for p, data in zip(self.params, self.originals, strict=True):
+            p.data = data
+        self.originals = []
+        if self.head_swap is not None:
+            parent, name, original = self.head_swap
+            setattr(parent, name, original)
+            self.head_swap = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        was_on = bool(self.originals)
+        self.off()
+        try:
+            yield
+        finally:
+            if was_on:
+                self.on()
+
+
+@contextmanager
+def frozen_in_bf16(model: nn.Module, head: bool = False) -> Iterator[FrozenBf16]:
+    """Under bf16 autocast a linear layer's fp32 weight is cast to bf16 at every use, and autocast caches the
+    cast only for tensors that require grad: a frozen base is re-cast at every forward of every micro-batch.
+    Inside this context the frozen fp32 weights (and biases) of linear layers are bf16 tensors: the rounding
+    autocast applies, done once, so forward and backward are unchanged (tested bit for bit). Trainable
+    weights (LoRA A/B), embeddings and norms stay fp32, so the residual stream keeps its precision. Left alone:
+    a weight shared with an embedding (a tied LM head: `head=True` gives the output layer a bf16 copy of its
+    own for the duration) and DoRA's base layers (DoRA adds the base weight to the LoRA product outside a
+    matmul). On exit every tensor is the fp32 one it was, so what is saved, merged or evaluated afterwards is
+    unchanged. Only for code that runs under bf16 autocast: an fp32 forward would meet bf16 weights."""
+    lever = FrozenBf16(model, head)
+    lever.on()
+    try:
+        yield lever
+    finally:
+        lever.off()
+
+
+def _frozen_fp32(p: torch.Tensor | None) -> bool:
+    return p is not None and not p.requires_grad and p.dtype == torch.float32
+
+
+def _frozen_linear_params(model: nn.Module) -> list[torch.Tensor]:
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    dora_bases = {id(m.base_layer) for m in model.modules()
+                  if len(getattr(m, "lora_magnitude_vector", ())) and hasattr(m, "base_layer")}
+    out, seen = [], set()
+    for module in model.modules():
+        if not isinstance(module, nn.Linear) or id(module) in dora_bases:
+            continue
+        for p in (module.weight, module.bias):
+            if _frozen_fp32(p) and id(p) not in embedded and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def _bf16_head(model: nn.Module) -> tuple[nn.Module, str, nn.Module] | None:
+    """(parent, attribute, original) after putting a frozen bf16 copy of the output layer in its place."""
+    getter = getattr(model, "get_output_embeddings", None)
+    out = getter() if getter else None
+    if not isinstance(out, nn.Linear) or not _frozen_fp32(out.weight):
+        return None
+    for module in model.modules():
+        for child_name, child in module.named_children():
+            if child is out:
+                copy = nn.Linear(out.in_features, out.out_features, bias=out.bias is not None,
+                                 device=out.weight.device, dtype=torch.bfloat16).requires_grad_(False)
+                with torch.no_grad():
+                    copy.weight.copy_(out.weight)
+                    if out.bias is not None:
+                        copy.bias.copy_(out.bias)
+                setattr(module, child_name, copy)
+                return module, child_name, out
+    return None
+
+
+PACKED_SDPA = "tuneforge_packed_sdpa"
+
+
+def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA per sample of a packed row: positions restart at 0 where a sample starts, and each sample attends
+    causally to itself only, which is what the block-diagonal mask of the packed row says, without computing
+    the row's whole N x N scores (SDPA on the CPU does, even where the mask zeroes them). Anything else (a
+    padding mask, a KV cache, several rows) goes to transformers' SDPA unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    positions = kwargs.pop("position_ids", None)
+    n = query.shape[2]
+    if attention_mask is not None or positions is None or query.shape[0] != 1 or key.shape[2] != n \
+            or positions.shape[-1] != n:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    starts = (positions.reshape(-1) == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    bounds = [*starts, n]
+    outs = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None, dropout,
+                                   scaling, is_causal=True)[0] for s, e in zip(bounds, bounds[1:], strict=False)]
+    return torch.cat(outs, dim=1), None
+
+
+def _packed_mask(*args, **kwargs):
+    """No mask where the rows have no padding (the attention splits the packed row by its positions); the
+    usual SDPA mask otherwise, which sends the attention to transformers' SDPA."""
+    from transformers.masking_utils import flash_attention_mask, sdpa_mask
+
+    return None if flash_attention_mask(*args, **kwargs) is None else sdpa_mask(*args, **kwargs)
+
+
+@contextmanager
+def packed_attention(model: nn.Module) -> Iterator[bool]:
+    """Inside: a model that uses transformers' SDPA attention runs it per packed sample (_packed_sdpa). Yields
+    whether it was switched (other attention implementations are left alone); on exit it is SDPA again."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        yield False
+        return
+    AttentionInterface.register(PACKED_SDPA, _packed_sdpa)
+    AttentionMaskInterface.register(PACKED_SDPA, _packed_mask)
+    model.set_attn_implementation(PACKED_SDPA)
+    try:
+        yield True
+    finally:
+        model.set_attn_implementation("sdpa")
