@@ -56,6 +56,8 @@ def child(mode: str, corpus: str, out: str, steps: int, t0: float, phase_file: s
         return data
 
     def timed_forward_backward(*args, **kwargs):
+        marks.setdefault("step_begin_s", time.time() - t0)  # start-up over: imports, model, data, method
+        marks.setdefault("cpu_step_begin_s", time.process_time())
         result = forward_backward(*args, **kwargs)
         marks.setdefault("first_step_s", time.time() - t0)
         marks.setdefault("cpu_first_step_s", time.process_time())
@@ -156,6 +158,13 @@ def cpu_rate(r: dict) -> float:
     return r["corpus_tokens"] / max(r["cpu_data_ready_s"] - r["cpu_data_start_s"], 1e-9)
 
 
+def _begun(r: dict) -> str:
+    """Process start to the first step's start (runs recorded before this mark have only its end)."""
+    if "step_begin_s" not in r:
+        return ""
+    return f"{r['step_begin_s']:.1f} s, {r['cpu_step_begin_s']:.1f} CPU s to its start, "
+
+
 def ratios(entries: list[dict]) -> list[str]:
     """The goals' figures, computed from whatever runs the file holds."""
     by = {(e["corpus"], e["run"]): e for e in entries}
@@ -175,10 +184,10 @@ def ratios(entries: list[dict]) -> list[str]:
                      f"time, which the machine's load does not inflate): {rates}.")
     seconds = [by[(e["corpus"], RUNS[1])] for e in firsts if (e["corpus"], RUNS[1]) in by]
     if seconds:
-        starts = ", ".join(f"{e['corpus']} {r['first_step_s']:.1f} s, {r['cpu_first_step_s']:.1f} CPU s (data ready "
-                           f"{r['data_ready_s']:.1f} s, of it the data {r['data_ready_s'] - r['data_start_s']:.1f} s)"
-                           for e in seconds for r in [e["result"]])
-        lines.append(f"- Second run, process start to first step (goal: under 10 s): {starts}.")
+        starts = ", ".join(f"{e['corpus']} {_begun(r)}{r['first_step_s']:.1f} s, {r['cpu_first_step_s']:.1f} CPU s "
+                           f"to its end (data ready {r['data_ready_s']:.1f} s, of it the data "
+                           f"{r['data_ready_s'] - r['data_start_s']:.1f} s)" for e in seconds for r in [e["result"]])
+        lines.append(f"- Second run, process start to the first step (goal: under 10 s): {starts}.")
     for e in entries:
         if e["run"] == RUNS[2] and (e["corpus"], RUNS[0]) in by:
             mem, first = e["result"], by[(e["corpus"], RUNS[0])]["result"]

@@ -39,7 +39,8 @@ def test_runs_merge_and_render_with_the_goals_ratios(tmp_path):
     first = {"command": "python bench/bench_data_scale.py c100", "env": ENV}
     bench.merge_json(path, [entry("c100", 100, bench.RUNS[0], result(600, 2000))], first)
     small = [entry("c100", 100, bench.RUNS[0], result(640, 2300)),
-             entry("c100", 100, bench.RUNS[1], result(640, 2300, first_step=8.0, tok_s=110, rate=None)),
+             entry("c100", 100, bench.RUNS[1], {**result(640, 2300, first_step=8.0, tok_s=110, rate=None),
+                                                "step_begin_s": 6.5, "cpu_step_begin_s": 3.0}),
              entry("c100", 100, bench.RUNS[2], result(2300, 4100, tok_s=105, rate=None))]
     bench.merge_json(path, small, first)
     later = {"command": "python bench/bench_data_scale.py c4096", "env": {**ENV, "time_utc": "2026-12-06T13:00:00Z"}}
@@ -59,7 +60,8 @@ def test_runs_merge_and_render_with_the_goals_ratios(tmp_path):
     assert "| 90,000 | 2.5 | 14.5 | 50.0 | 0.5 | 25.0 | 640 | 2,300 | 100 | 3.0 / 4.0 |" in rows[0]
     assert "c4096 / c100: 2,530 / 2,300 MB = 1.10x" in text and "while building: 1.10x" in text
     assert "c100 90,000 (2,000 per CPU second), c4096 95,000 (2,000 per CPU second)" in text
-    assert "c100 8.0 s, 4.0 CPU s (data ready 14.5 s, of it the data 2.5 s)" in text
+    assert ("c100 6.5 s, 3.0 CPU s to its start, 8.0 s, 4.0 CPU s to its end (data ready 14.5 s, of it the data 2.5 s)"
+            in text)
     assert "training tok/s 0.95x (first run), 1.05x (second); RSS when the data is ready 0.28x" in text
     assert "commit abcdef123" in text and "Test CPU, 2 CPUs (avx512f)" in text
 
