@@ -45,6 +45,7 @@ from tuneforge.rl.rewards import Rewards, load_rewards
 from tuneforge.train import hf_bridge as hf
 from tuneforge.train.guards import run_guards
 from tuneforge.train.loop import TrainResult
+from tuneforge.train.preference import save_totals, totals_before
 
 KEY = "grpo.rewards"
 
@@ -65,11 +66,26 @@ def to_grpo_config(cfg: Config, out: Path, precision: str) -> GRPOConfig:
     )
 
 
-class Counter:
-    """Real tokens of the generated batches (prompt + completion, no padding), counted as TRL scores them."""
+class Counter(TrainerCallback):
+    """Real tokens of the generated batches (prompt + completion, no padding), counted as TRL scores them, and
+    train seconds (evaluation excluded); with the totals of the checkpoint a resumed run started from (`before`),
+    kept with each checkpoint, so a resumed run's figures count every process (train.preference's file)."""
 
-    def __init__(self) -> None:
+    def __init__(self, before: dict | None = None, evals: EvalCallback | None = None) -> None:
         self.tokens = self.completion_tokens = 0
+        self.before = before or {"tokens": 0, "completion_tokens": 0, "seconds": 0.0}
+        self.evals, self.started = evals, time.perf_counter()
+
+    def totals(self) -> dict:
+        seconds = time.perf_counter() - self.started - (self.evals.seconds if self.evals else 0.0)
+        return {"tokens": self.before["tokens"] + self.tokens, "seconds": self.before["seconds"] + seconds,
+                "completion_tokens": self.before["completion_tokens"] + self.completion_tokens}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):  # before GuardCallback's (it writes the manifest)
+        save_totals(args, state, self.totals())
 
 
 def to_reward_funcs(rewards: Rewards, examples: list[PromptExample], counter: Counter) -> list[Callable]:
@@ -178,12 +194,14 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
         return summary(result), {"samples": result["samples"]}
 
     before, details = skeleton.eval_before(run, initial) if data.eval else ({}, {})
-    counter, guard = Counter(), hf.GuardCallback(cfg.training.max_bad_steps, guards=run_guards(cfg))
+    guard = hf.GuardCallback(cfg.training.max_bad_steps, guards=run_guards(cfg))
     evals = EvalCallback(evaluate, cfg.training.eval_steps if data.eval else None, on_eval)
+    zero = {"tokens": 0, "completion_tokens": 0, "seconds": 0.0}
+    counter = Counter(totals_before(resumed_from, **zero), evals)
     # TRL 1.16 takes a datasets.Dataset: an Arrow file in the token cache, memory-mapped (data.trl_dataset)
     dataset = trl_dataset(data.train, "grpo", lambda: ({"prompt": e.text, "index": k}
                                                        for k, e in enumerate(data.train)), run.log)
-    callbacks = [evals, guard, hf.MetricLogCallback(cfg, out)]  # the order hf_bridge asks for
+    callbacks = [evals, counter, guard, hf.MetricLogCallback(cfg, out)]  # the order hf_bridge asks for
     trainer = PromptIdsTrainer(
         model=model, args=to_grpo_config(cfg, out, run.precision), train_dataset=dataset, callbacks=callbacks,
         reward_funcs=to_reward_funcs(rewards, data.train, counter), processing_class=run.tokenizer,
@@ -191,23 +209,21 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     trainer.remove_callback(PrinterCallback)  # with the progress bar off it prints every log dict to stdout
     if resumed_from:
         run.log(f"resuming from {resumed_from}")
-    first_step = int(resumed_from.rsplit("-", 1)[1]) if resumed_from else 0
-    started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resumed_from)
-    train_seconds = time.perf_counter() - started - evals.seconds  # this session's steps, without evaluation
+    totals = counter.totals()  # every process's steps, without evaluation
     guard.raise_if_stopped()
 
     history = [to_record(h, rewards.names) for h in hf.history_of(trainer)]
     after = evaluate() if data.eval else {}
     if "ref" in getattr(model, "peft_config", {}):  # TRL's copy of the initial adapter (beta > 0): not ours to save
         model.delete_adapter("ref")
-    result = TrainResult(trainer.state.global_step, history, evals.evals, counter.tokens, counter.completion_tokens,
-                         train_seconds, resumed_from)
+    result = TrainResult(trainer.state.global_step, history, evals.evals, totals["tokens"],
+                         totals["completion_tokens"], totals["seconds"], resumed_from)
     samples = details.get("samples") or [], after.get("samples") or []
     write_samples(out, *samples)
     if history:
         plot_steps(history, out / "rewards.png")
-    cost = {"seconds_per_step": train_seconds / max(trainer.state.global_step - first_step, 1),
+    cost = {"seconds_per_step": totals["seconds"] / max(trainer.state.global_step, 1),
             "skipped_steps": guard.skipped,
             "completions_per_step": cfg.training.batch_size * cfg.training.grad_accum * cfg.grpo.num_generations}
     template = {"template": template_name(cfg, run.tokenizer), "chat_template": run.tokenizer.chat_template,

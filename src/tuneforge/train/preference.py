@@ -99,6 +99,20 @@ class Counter:
 TOTALS = "step_totals.json"  # beside each Trainer checkpoint: the run's tokens, pairs and train seconds so far
 
 
+def totals_before(resumed_from: str | None, **zero) -> dict:
+    """The totals the checkpoint a resumed run starts from kept (`zero` for a fresh run, or a checkpoint of an
+    older version, which kept none)."""
+    path = Path(resumed_from) / TOTALS if resumed_from else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else dict(zero)
+
+
+def save_totals(args, state, totals: dict) -> None:
+    """Write `totals` into the checkpoint the Trainer just saved (call from on_save, before GuardCallback's)."""
+    path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+    if path.is_dir() and args.should_save:
+        (path / TOTALS).write_text(json.dumps(totals))
+
+
 class StepStats(TrainerCallback):
     """Real tokens, pairs and seconds of each optimizer step (batches are fetched after the previous step
     ended), and the periodic evaluation (training.eval_steps) with the stage's own metrics. Each checkpoint
@@ -121,9 +135,7 @@ class StepStats(TrainerCallback):
                 "seconds": before["seconds"] + sum(s["seconds"] for s in self.steps.values())}
 
     def on_save(self, args, state, control, **kwargs):  # before GuardCallback's (it writes the manifest)
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if path.is_dir() and args.should_save:
-            (path / TOTALS).write_text(json.dumps(self.totals()))
+        save_totals(args, state, self.totals())
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._mark = (time.perf_counter(), self.counter.tokens, self.counter.pairs)
@@ -163,8 +175,7 @@ def train_with_callbacks(cfg: Config, out, build: Callable[[list[TrainerCallback
     guard = hf_bridge.GuardCallback(cfg.training.max_bad_steps, run_guards(cfg))
     metric_log = hf_bridge.MetricLogCallback(cfg, out)
     stats = StepStats(counter, evaluate, cfg.training.eval_steps, metric_log, on_eval)
-    if resumed_from and (Path(resumed_from) / TOTALS).is_file():  # (a checkpoint of an older version: not kept)
-        stats.before = json.loads((Path(resumed_from) / TOTALS).read_text())
+    stats.before = totals_before(resumed_from, **stats.before)
     trainer = build([stats, guard, metric_log], counter)  # the guard after the evaluation: a signal there stops
     if resumed_from:                                        # this step
         log(f"resuming from {resumed_from}")
