@@ -7,7 +7,7 @@ PIP     := $(BIN)/pip
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo rlhf test test-fast bench gpu-check lint clean
+.PHONY: setup demo rlhf test test-fast bench gpu-check deepspeed-check lint clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,15 @@ bench: setup
 GPU_PYTHON ?= python3
 gpu-check:
 	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) bench/gpu_check.py $(GPU_ARGS)  # keeps carried wheels' path
+
+# DeepSpeed ZeRO-2/3 through tuneforge's loop on 2 CPU processes (tests/distributed/test_deepspeed_train.py,
+# docs/distributed.md). Installs deepspeed (an extra, pinned by the constraints; DS_BUILD_OPS=0: no ops prebuilt).
+# Its CPU comm op JIT-compiles with ninja at the first start on a machine (~8 min on 2 busy cores; then cached in
+# ~/.cache/torch_extensions), so the check is not part of `make test`.
+deepspeed-check: setup
+	DS_BUILD_OPS=0 $(PIP) install --quiet -c constraints-dev.txt -e '.[deepspeed]'
+	PATH=$(abspath $(BIN)):$$PATH TUNEFORGE_DEEPSPEED_CHECK=1 $(BIN)/python -m pytest -q -s \
+		tests/distributed/test_deepspeed_train.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts

@@ -1,7 +1,8 @@
 """training.distributed: deepspeed (tuneforge/train/zero.py) and `tuneforge plan`'s launcher choice
-(tuneforge/plan/launch.py). DeepSpeed is not driven by the training loop: the combination is validated, training
-refuses it (exit 2, naming the key), and plan writes the accelerate + DeepSpeed files, whose contents are checked
-here with accelerate's own launch validation. Nothing runs DeepSpeed."""
+(tuneforge/plan/launch.py). The combination is validated; training refuses what the loop's DeepSpeed engine has not
+been proven to run (offload, methods other than full / lora: exit 2, naming the key); plan writes the accelerate +
+DeepSpeed files, whose contents are checked here with accelerate's own launch validation. Nothing here runs DeepSpeed
+(test_deepspeed_train.py does, under `make deepspeed-check`)."""
 
 import json
 
@@ -40,15 +41,36 @@ def test_good_combinations_pass_and_a_block_without_deepspeed_is_refused():
         check_deepspeed(TrainingConfig(deepspeed={"zero_stage": 3}), "sft", "full")
 
 
-def test_training_refuses_deepspeed_before_anything_runs(make_config, tmp_path, run_cli, capsys):
-    cfg = make_config(training__distributed="deepspeed", training__deepspeed={"zero_stage": 3})
-    with pytest.raises(ConfigError, match="does not drive a DeepSpeed engine yet"):
+@pytest.mark.parametrize("method, ds, message", [
+    ("full", {"zero_stage": 3, "offload_optimizer": "cpu"}, "offloading is not wired"),
+    ("ia3", {"zero_stage": 2}, "'ia3' is not proven with it yet"),
+])
+def test_training_refuses_unproven_deepspeed_settings_before_anything_runs(method, ds, message, make_config, tmp_path,
+                                                                           run_cli, capsys):
+    cfg = make_config(method={"name": method}, training__distributed="deepspeed", training__deepspeed=ds)
+    with pytest.raises(ConfigError, match=message):
         check_config(cfg)
     path = tmp_path / "ds.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     assert run_cli(["train", str(path)]) == 2
-    assert "key 'training.distributed': deepspeed is validated" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_proven_deepspeed_settings_pass_the_checks(make_config):
+    for method in ("full", "lora"):  # trained on 2 ranks by test_deepspeed_train.py (make deepspeed-check)
+        for stage in (2, 3):
+            check_config(make_config(method={"name": method}, training__distributed="deepspeed",
+                                     training__deepspeed={"zero_stage": stage}))
+
+
+def test_engine_config_keeps_fp32_weights_and_the_loop_s_optimizer():
+    from tuneforge.train.deepspeed_engine import to_engine_config
+
+    config = to_engine_config(_training(zero_stage=3))
+    assert "bf16" not in config and "fp16" not in config  # the loop's autocast picks the compute dtype
+    assert config["zero_allow_untested_optimizer"] and "optimizer" not in config  # the client AdamW
+    assert config["zero_optimization"]["stage"] == 3 and config["gradient_clipping"] == 1.0
 
 
 def test_deepspeed_json_follows_the_training_block():

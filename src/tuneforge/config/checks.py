@@ -33,5 +33,5 @@ def check_config(cfg: Config) -> None:
     if not info.distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(f"stage {cfg.stage!r} runs in one process; run it without --nproc / torchrun")
     check_deepspeed(cfg.training, cfg.stage, cfg.method.name)
-    if cfg.training.distributed == "deepspeed":
-        raise not_wired()
+    if cfg.training.distributed == "deepspeed" and (refused := not_wired(cfg.training, cfg.method.name)):
+        raise refused

@@ -269,21 +269,26 @@ def find_resume(resume: str, ckpt_root: Path) -> tuple[Path, dict[str, Any]] | N
     return None
 
 
-def restore(loaded: dict[str, Any], model, optimizer, scheduler) -> TrainState:
+def restore(loaded: dict[str, Any], model, optimizer, scheduler, put=None) -> TrainState:
+    """`put(weights, optimizer tensors, optimizer meta)`, if given, restores the tensors instead (DeepSpeed)."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     saved = loaded["weights"]
     missing = [n for n in params if n not in saved]
     unexpected = [n for n in saved if n not in params]
-    reshaped = [n for n in saved if n in params and saved[n].shape != params[n].shape]
+    # (ZeRO-3 parameters are empty outside a forward; ds_shape is their whole shape)
+    reshaped = [n for n in saved if n in params and saved[n].shape != getattr(params[n], "ds_shape", params[n].shape)]
     if missing or unexpected or reshaped:
         raise ConfigError(f"the checkpoint does not match the model's trainable parameters (did the method or "
                           f"model change?): missing {missing[:3]}, unexpected {unexpected[:3]}, "
                           f"shape differs {reshaped[:3]}")
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(fsdp.like(value, params[name]))  # this rank's shard under FSDP
     meta = loaded["meta"]
-    _restore_optimizer(optimizer, loaded["optimizer"], meta["optimizer"])
+    if put is not None:
+        put(saved, loaded["optimizer"], meta["optimizer"])
+    else:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(fsdp.like(value, params[name]))  # this rank's shard under FSDP
+        _restore_optimizer(optimizer, loaded["optimizer"], meta["optimizer"])
     scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
     rng_state.restore(loaded["rng"])
     return TrainState(meta["step"], meta["bad_steps"], meta["history"], meta["tokens_seen"], meta["train_seconds"],

@@ -9,7 +9,8 @@ every line is something the run contract promises (docs/reliability.md lists the
 Under torchrun / accelerate launch (WORLD_SIZE > 1) each step's examples are split across ranks and the
 gradients summed (tuneforge.train.distributed); rank 0 alone logs, evaluates and saves. With
 training.distributed=fsdp the model is sharded over the ranks for training (tuneforge.train.fsdp) and
-gathered back whole at the end, so the stage evaluates and saves an ordinary model.
+gathered back whole at the end, so the stage evaluates and saves an ordinary model. With
+training.distributed=deepspeed the model and AdamW go through a DeepSpeed ZeRO engine (train/deepspeed_engine.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tuneforge.data.batching import collate, epoch_microbatches
 from tuneforge.data.templates import Example
 from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
 from tuneforge.train import checkpoint as ckpt
+from tuneforge.train import deepspeed_engine as ds_engine
 from tuneforge.train import distributed as ddp
 from tuneforge.train import fsdp
 from tuneforge.train import guards as guards_mod
@@ -86,6 +88,9 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
         fsdp.shard_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, cfg, total_steps)
+    zero = ds_engine.wrap(model, optimizer, t, precision) if t.distributed == "deepspeed" and ddp.world_size() > 1 \
+        else None  # ZeRO partitions the AdamW state (and, ZeRO-3, the weights); the schedule stays the loop's
+    even = sharded or zero is not None  # every forward/backward a collective: the same count on every rank
     scaler = grad_scaler(precision)  # fp16 (GPUs without bf16) only
     ckpt_root = output_dir / "checkpoints"
     guards = guards_mod.run_guards(cfg)
@@ -94,7 +99,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     resumed_from, changes = None, []
     if cfg.resume:
         resumed_from, restored, changes = resume_run(cfg, ckpt_root, guards, model, optimizer, scheduler, log,
-                                                     output_dir)
+                                                     output_dir, zero)
         state = restored or state
         if scaler is not None and state.scaler:
             scaler.load_state_dict(state.scaler)  # fp16: resume with the scale the run had reached
@@ -104,7 +109,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     main = ddp.is_main()
     writer = open_metric_log(cfg, output_dir, state.step + 1 if resumed_from else None)
     def eval_due() -> bool:
-        return bool((main or sharded) and t.eval_steps and eval_examples and state.step % t.eval_steps == 0)
+        return bool((main or even) and t.eval_steps and eval_examples and state.step % t.eval_steps == 0)
 
     def periodic_eval() -> None:
         result = objective.evaluate(model, eval_examples)
@@ -124,24 +129,29 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
             epoch, k = divmod(state.step, per_epoch)
             micro = epoch_microbatches(len(train_examples), t.batch_size, cfg.seed, epoch)
             batches, n_real = step_batches(objective, train_examples, micro[k * t.grad_accum : (k + 1) * t.grad_accum],
-                                           even=sharded)
+                                           even=even)
             # normalise by the supervised tokens of the whole (global) step, whatever rank holds them
             n_sup, n_tok = (int(v) for v in ddp.sum_values(sum(b.n_supervised for b in batches[:n_real]),
                                                             sum(b.n_tokens for b in batches[:n_real])))
             # one process may abandon a step between micro-batches; ranks must agree, so they finish it
-            step_loss, signum = forward_backward(objective, model, batches, n_real, n_sup, precision,
-                                                 stop_signal if ddp.world_size() == 1 else None, scaler)
+            # DeepSpeed: the engine's forward (it counts ZeRO-3's micro-steps, so gradients accumulate, not replace)
+            step_loss, signum = forward_backward(objective, zero.engine if zero else model, batches, n_real, n_sup,
+                                                 precision, stop_signal if ddp.world_size() == 1 else None, scaler,
+                                                 zero.backward if zero else None)
             if signum:
                 optimizer.zero_grad(set_to_none=True)
                 torch.set_rng_state(rng_at_start)  # resume replays this step exactly
                 path = save_on_signal(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit, guards)
                 raise TrainingInterrupted(signum, str(path))
-            if not sharded:  # FSDP has reduce-scattered (summed) the gradients during backward
+            if not even:  # FSDP / DeepSpeed have reduced (summed) the gradients during backward
                 ddp.sum_gradients(params)
             step_loss = ddp.sum_values(step_loss)[0] / n_sup
             if scaler is not None:
                 scaler.unscale_(optimizer)  # clip and check the true gradients
-            grad_norm = fsdp.full(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
+            if zero is not None:  # DeepSpeed clips and steps in one call; a non-finite loss is not stepped
+                grad_norm = zero.step() if math.isfinite(step_loss) else torch.tensor(float("nan"))
+            else:
+                grad_norm = fsdp.full(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
             state.step += 1
             finite = math.isfinite(step_loss) and bool(torch.isfinite(grad_norm))
             if not finite and scaler is not None and math.isfinite(step_loss):
@@ -151,6 +161,8 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                 state.skipped.append({"step": state.step, "loss": str(step_loss), "reason": "fp16 overflow"})
             elif not finite:
                 optimizer.zero_grad(set_to_none=True)
+                if zero is not None and not math.isfinite(step_loss):
+                    zero.skip()
                 writer.add_scalar("train/skipped_nonfinite", state.bad_steps + 1, state.step)
                 skip_nonfinite(state, step_loss, grad_norm, t.max_bad_steps, ckpt_root)
             else:
@@ -159,7 +171,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                     scaler.step(optimizer)
                     scaler.update()
                     state.scaler = scaler.state_dict()
-                else:
+                elif zero is None:  # (DeepSpeed has stepped)
                     optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -177,20 +189,23 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                 bar.update(task, completed=state.step, loss=step_loss, tps=state.tokens_seen / state.train_seconds)
             # a pending stop skips the periodic eval: it does not change training, and the save comes sooner.
             # Sharded, every rank evaluates (each forward all-gathers), so they must agree on it.
-            if (finite and eval_due() and not (ddp.max_value(stop_signal() or 0) if sharded else stop_signal())):
+            if (finite and eval_due() and not (ddp.max_value(stop_signal() or 0) if even else stop_signal())):
                 periodic_eval()
             signum = ddp.max_value(stop_signal() or 0)  # a signal seen by any rank stops all of them
             if (finite and t.save_steps and state.step % t.save_steps == 0) or signum:
-                tensors = ckpt.gather_state(model, optimizer) if sharded else None  # every rank all-gathers
+                # every rank all-gathers
+                tensors = zero.gather_state() if zero else ckpt.gather_state(model, optimizer) if sharded else None
                 path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, t.save_total_limit,
                                             guards=guards, tensors=tensors) if main else None
                 path = ddp.broadcast_object(path)  # also keeps the others from running ahead of the save
                 if signum:
                     raise TrainingInterrupted(signum, str(path))
     sharding = {"strategy": t.distributed if ddp.world_size() > 1 else "none",
-                "per_rank": ddp.gather_object(fsdp.local_bytes(model, optimizer))}
+                "per_rank": ddp.gather_object(zero.local_bytes() if zero else fsdp.local_bytes(model, optimizer))}
     if sharded:
         fsdp.unshard_model(model)  # every rank: the whole model again, for the stage to evaluate and save
+    if zero is not None:
+        zero.consolidate()
     bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if bad:  # the stage saves the model after this returns: never a non-finite one
         raise NonFiniteLoss(f"trainable weights became non-finite ({bad[0]}, ...); the model was not saved")

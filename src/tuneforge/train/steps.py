@@ -121,9 +121,10 @@ def step_batches(objective: Objective, train_examples, micro: list[list[int]], e
 
 
 def resume_run(cfg: Config, ckpt_root: Path, guards: dict, model, optimizer, scheduler, log: Callable[[str], None],
-            output_dir: Path) -> tuple[str | None, ckpt.TrainState | None, list[dict]]:
+            output_dir: Path, zero=None) -> tuple[str | None, ckpt.TrainState | None, list[dict]]:
     """Restore the checkpoint `cfg.resume` names (or the newest usable one) after checking that it was saved
-    by the same run (model, data, seed, learning rate) or that resume_allow_changes allows the difference."""
+    by the same run (model, data, seed, learning rate) or that resume_allow_changes allows the difference.
+    `zero` (tuneforge.train.deepspeed_engine.Zero): its restore puts the tensors into DeepSpeed's partitions."""
     found = ckpt.find_resume(cfg.resume, ckpt_root)
     if not found:
         if ckpt_root.is_dir() and any(p.name.startswith("step-") for p in ckpt_root.iterdir()):
@@ -131,7 +132,7 @@ def resume_run(cfg: Config, ckpt_root: Path, guards: dict, model, optimizer, sch
         return None, None, []
     path, loaded = found
     changes = guards_mod.check_guards(loaded, guards, cfg.resume_allow_changes, path)
-    state = ckpt.restore(loaded, model, optimizer, scheduler)
+    state = ckpt.restore(loaded, model, optimizer, scheduler, put=zero.restore if zero else None)
     wall.resumed(loaded["meta"].get("wall_seconds"))  # the earlier processes' seconds, for metrics.json
     if any(c["key"] == "learning_rate" for c in changes):  # allowed: the new rate takes over the schedule
         lr = cfg.training.learning_rate
@@ -151,11 +152,13 @@ def resume_run(cfg: Config, ckpt_root: Path, guards: dict, model, optimizer, sch
 
 
 def forward_backward(objective: Objective, model, batches: list, n_real: int, n_sup: int, precision: str,
-                     stop_signal: Callable[[], int | None] | None, scaler=None) -> tuple[float, int | None]:
+                     stop_signal: Callable[[], int | None] | None, scaler=None,
+                     backward: Callable[[torch.Tensor, bool], None] | None = None) -> tuple[float, int | None]:
     """(summed loss of the step, signal number if one arrived before the last micro-batch: the step is
     abandoned so the process stops within one micro-batch, not one whole accumulated step). Inputs past
     `n_real` are step_batches' fillers: their loss is multiplied by 0 (zero gradients, same collectives).
-    Each input goes to the model's device here; `scaler` (fp16) scales the loss before backward."""
+    Each input goes to the model's device here; `scaler` (fp16) scales the loss before backward; `backward(loss,
+    last)` replaces loss.backward() (DeepSpeed's engine; `last`: the step's last micro-batch)."""
     step_loss = 0.0
     device = model_device(model)
     for i, batch in enumerate(batches):
@@ -164,7 +167,10 @@ def forward_backward(objective: Objective, model, batches: list, n_real: int, n_
         if i >= n_real:
             loss = loss * 0.0
         scaled = loss / n_sup
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if backward is not None:
+            backward(scaled, i == len(batches) - 1)
+        else:
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         step_loss += float(loss.detach())
         if stop_signal and i < len(batches) - 1 and stop_signal():
             return step_loss, stop_signal()

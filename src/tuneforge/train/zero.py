@@ -1,8 +1,7 @@
 """`training.distributed: deepspeed` (ZeRO-2 / ZeRO-3 through accelerate): the checks of the combination and the
-files a user launches with. What was and was not run is in docs/distributed.md: DeepSpeed 0.19.8 runs ZeRO-2/3
-here on a toy model (CPU, gloo; scripts/deepspeed_cpu_smoke.py), but tuneforge's loop does not drive a DeepSpeed
-engine yet, so training refuses the setting (exit 2) after validating it; `tuneforge plan CONFIG --launch-files DIR`
-writes the files.
+files a user launches with. The loop drives the engine (tuneforge.train.deepspeed_engine) for ZeRO-2/3 without
+offload and the methods in PROVEN_METHODS; other settings are refused (exit 2, not_wired). What was run is in
+docs/distributed.md; `tuneforge plan CONFIG --launch-files DIR` writes the files.
 
     check_deepspeed(cfg.training, cfg.stage, cfg.method.name)     # ConfigError naming the key
     write_launch_files(cfg.training, Path("launch"), processes=8)  # ds_config.json + accelerate.yaml
@@ -50,10 +49,19 @@ def check_deepspeed(training: TrainingConfig, stage: str, method: str) -> None:
                           "small), or training.distributed: fsdp")
 
 
-def not_wired() -> ConfigError:
-    return ConfigError("key 'training.distributed': deepspeed is validated, and `tuneforge plan CONFIG --launch-files "
-                       "DIR` writes its accelerate + DeepSpeed files, but tuneforge's training loop does not drive "
-                       "a DeepSpeed engine yet (docs/distributed.md); use fsdp (shards like ZeRO-3) or ddp")
+PROVEN_METHODS = ("full", "lora")  # what tests/distributed/test_deepspeed_train.py trains (make deepspeed-check)
+
+
+def not_wired(training: TrainingConfig, method: str) -> ConfigError | None:
+    """The refusal for what the loop's DeepSpeed engine (train/deepspeed_engine.py) has not been proven to run."""
+    ds = training.deepspeed or DeepSpeedConfig()
+    if ds.offload_optimizer != "none" or ds.offload_params != "none":
+        return ConfigError(f"key '{KEY}.offload_optimizer' / 'offload_params': offloading is not wired in tuneforge's "
+                           "DeepSpeed loop yet (docs/distributed.md); use none (ZeRO-2/3 without offload train)")
+    if method not in PROVEN_METHODS:
+        return ConfigError(f"key 'training.distributed': deepspeed trains methods {', '.join(PROVEN_METHODS)} here; "
+                           f"{method!r} is not proven with it yet (docs/distributed.md); use fsdp or ddp")
+    return None
 
 
 def _offload(device: str, nvme_path: str | None) -> dict:
