@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="CSV or JSONL file (by suffix); default: stdout in the input's format")
     p.add_argument("--base", action="store_true", help="use the base model with the untrained head (for comparison)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: the run's training.device)")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(fn=cmd_predict)
     for module in COMMAND_MODULES:

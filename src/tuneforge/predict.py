@@ -111,11 +111,13 @@ def _write(rows: list[dict], labels: list[str], output: str | None, kind: str) -
 
 
 def run_predict(run_dir: str, input_path: str, output: str | None, base: bool = False, batch_size: int = 32,
-                device: str = "auto") -> dict:
-    """Write predictions; returns a summary (rows, and accuracy when the input has known labels)."""
-    from tuneforge.device import select
+                device: str | None = None) -> dict:
+    """Write predictions; returns a summary (rows, and accuracy when the input has known labels).
+    `device`: --device, else the run's training.device (checked before the model loads)."""
+    from tuneforge.device import for_command
+    from tuneforge.models.chain import run_config
 
-    where = select(device, "--device")
+    where = for_command(device, run_config(run_dir).training.device)
     kind = "csv" if Path(output or input_path).suffix.lower() == ".csv" else "jsonl"
     if output and Path(output).resolve() == Path(input_path).resolve():
         raise UserError(f"--output {output}: refusing to overwrite the input file")
