@@ -1,7 +1,8 @@
 """Precision per device, decided in one place: `auto` is bf16 on a GPU that supports it, fp16 (always with a
 gradient scaler, in the loop) on one that does not, fp32 on MPS, and on the CPU bf16 autocast where it has
-native bf16 (AVX512-BF16 / AMX), fp32 otherwise. Weights stay fp32 (the master copy); matmuls run in the low
-precision under autocast, on the device type set by use_device (one device per process; the CPU by default).
+native bf16 (AVX512-BF16 / AMX) that a matmul probe finds at least as fast as fp32, fp32 otherwise. Weights
+stay fp32 (the master copy); matmuls run in the low precision under autocast, on the device type set by
+use_device (one device per process; the CPU by default).
 
     precision = resolve_precision(cfg.training.precision, device)
     with autocast(precision): loss = ...
@@ -16,17 +17,20 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import ConfigError
+from tuneforge.train.speed import bf16_matmul_speedup
 
 _DEVICE_TYPE = ["cpu"]  # autocast's device type for this process (tuneforge.device.select sets it)
 
 
 @cache
 def cpu_has_bf16() -> bool:
+    """Native bf16 (AVX512-BF16 / AMX) whose matmuls are also at least as fast as fp32's here: not every such CPU's
+    are (a Xeon without AMX: 0.6x fp32, a LoRA step 1.65x slower; tuneforge.train.speed.bf16_matmul_speedup)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return ("avx512_bf16" in flags or "amx_bf16" in flags) and bf16_matmul_speedup() >= 1.0
 
 
 def use_device(device: torch.device) -> None:

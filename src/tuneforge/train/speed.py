@@ -1,10 +1,13 @@
 """Step-speed levers for the training loop (issue 19 item 2), measured side by side by bench/profile_step.py
-(docs/benchmarks.md, "Where a step's time goes") and parity-tested in tests/unit/test_speed.py.
+(docs/benchmarks.md, "Where a step's time goes") and parity-tested in tests/unit/test_speed.py. Whether bf16
+autocast pays on this CPU at all is measured too (bf16_matmul_speedup; train/precision.py asks it).
 
-    with frozen_in_bf16(model) as lever:   # under bf16 autocast: frozen linear weights held in bf16
-        ... training steps ...
-        with lever.paused():               # the model exactly as it was (fp32), e.g. for an evaluation
-            ...
+    ratio = bf16_matmul_speedup()       # fp32 / bf16 matmul CPU time: precision auto on the CPU asks it
+    with frozen_in_bf16(model): ...     # bf16 autocast over frozen linear weights held in bf16
+    with packed_attention(model): ...   # SDPA per sample of a packed row instead of the row's masked N x N
+The last two keep parity (bit for bit; 1e-5 in fp32) but gained nothing measurable on the machine measured
+(1.00-1.01x a LoRA step, within the noise), so the loop does not use them; bench/profile_step.py measures
+them again on another machine (an AMX one, where autocast's weight casts weigh more).
 """
 
 from __future__ import annotations
@@ -116,6 +119,32 @@ def _bf16_head(model: nn.Module) -> tuple[nn.Module, str, nn.Module] | None:
     return None
 
 
+def bf16_matmul_speedup(rows: int = 256, shapes: tuple[tuple[int, int], ...] = ((576, 1536), (1536, 576)),
+                        reps: int = 4) -> float:
+    """fp32 CPU seconds / bf16 CPU seconds of the matmuls of a small model's MLP (SmolLM2-135M's shapes, `rows`
+    tokens) on one thread: the cores' own bf16 / fp32 rate (CPU seconds, not wall: other processes move them far
+    less; 2 threads measured under load drift towards 1 with OpenMP's waits). Measured on a 2-core Xeon whose
+    AVX512-BF16 runs without AMX: 0.58-0.68 (bf16 slower), and a whole LoRA step under bf16 autocast 1.65x
+    slower than fp32 (docs/benchmarks.md); AMX machines reach ~4x. ~0.13 CPU s."""
+    import time
+
+    timings = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            pairs = [(torch.randn(rows, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for k, n in shapes]
+            for a, b in pairs:  # warms oneDNN's kernels up
+                a @ b
+            started = time.process_time()
+            for _ in range(reps):
+                for a, b in pairs:
+                    a @ b
+            timings[dtype] = time.process_time() - started
+    torch.set_num_threads(threads)
+    return timings[torch.float32] / max(timings[torch.bfloat16], 1e-9)
+
+
 PACKED_SDPA = "tuneforge_packed_sdpa"
 
 
@@ -123,13 +152,13 @@ def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     """SDPA per sample of a packed row: positions restart at 0 where a sample starts, and each sample attends
     causally to itself only, which is what the block-diagonal mask of the packed row says, without computing
     the row's whole N x N scores (SDPA on the CPU does, even where the mask zeroes them). Anything else (a
-    padding mask, a KV cache, several rows) goes to transformers' SDPA unchanged."""
+    padding mask, a KV cache, several rows, a bidirectional encoder) goes to transformers' SDPA unchanged."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     positions = kwargs.pop("position_ids", None)
     n = query.shape[2]
     if attention_mask is not None or positions is None or query.shape[0] != 1 or key.shape[2] != n \
-            or positions.shape[-1] != n:
+            or positions.shape[-1] != n or not getattr(module, "is_causal", False):  # an encoder attends both ways
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     starts = (positions.reshape(-1) == 0).nonzero().flatten().tolist()
     if not starts or starts[0] != 0:
@@ -166,3 +195,4 @@ def packed_attention(model: nn.Module) -> Iterator[bool]:
         yield True
     finally:
         model.set_attn_implementation("sdpa")
+
