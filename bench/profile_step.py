@@ -7,8 +7,10 @@ turn, so a burst of load hits them alike; the median and the min-max of the per-
 with each lever's ratio to `base`. Weights are restored between levers (AdamW with lr 0: the step's cost,
 not its effect), so every lever sees the same model.
 
-    python bench/profile_step.py --profile --batch 4 --steps 3 --threads 1
-    python bench/profile_step.py --levers base,bf16-frozen --batch 4,8 --reps 3 --steps 3 --threads 1
+    python bench/profile_step.py --profile --batch 4 --steps 3 --threads 1 [--precision bf16]
+    python bench/profile_step.py --levers bf16,bf16-frozen,fp32 --batch 4,8 --reps 3 --steps 1 --threads 1
+Levers: base (as the run would train: precision auto), bf16, fp32, bf16-frozen (+head), packed-attn,
+bf16-frozen+packed-attn, fp32+packed-attn, no-dropout (tuneforge.train.speed has the levers themselves).
 """
 
 from __future__ import annotations
@@ -70,17 +72,19 @@ def one_step(model, optimizer, batches, precision: str, loss_sum) -> tuple[float
 
 
 def levers(model, precision: str) -> dict[str, tuple]:
-    """name -> (context manager factory: the lever is on inside it, the model as it was after; precision)."""
+    """name -> (context manager factory: the lever is on inside it, the model as it was after; precision).
+    `base` trains as the run would (`precision`: what training.precision auto resolved to here)."""
     from tuneforge.train import speed
 
     return {
         "base": (contextlib.nullcontext, precision),
-        "bf16-frozen": (lambda: speed.frozen_in_bf16(model), precision),
-        "bf16-frozen+head": (lambda: speed.frozen_in_bf16(model, head=True), precision),
+        "bf16": (contextlib.nullcontext, "bf16"),
         "fp32": (contextlib.nullcontext, "fp32"),
+        "bf16-frozen": (lambda: speed.frozen_in_bf16(model), "bf16"),
+        "bf16-frozen+head": (lambda: speed.frozen_in_bf16(model, head=True), "bf16"),
         "packed-attn": (lambda: speed.packed_attention(model), precision),
         "bf16-frozen+packed-attn": (lambda: _both(speed.frozen_in_bf16(model), speed.packed_attention(model)),
-                                    precision),
+                                    "bf16"),
         "fp32+packed-attn": (lambda: speed.packed_attention(model), "fp32"),
         "no-dropout": (lambda: _no_dropout(model), precision),
     }
@@ -158,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dropout", type=float, default=0.05)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--precision", default="", help="the profile's precision (default: what auto resolves to)")
     ap.add_argument("--top", type=int, default=15)
-    ap.add_argument("--levers", default="base,bf16-frozen")
+    ap.add_argument("--levers", default="base,bf16,fp32")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
 
@@ -177,12 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batch_sizes:
             steps = make_steps(examples, batch, args.steps, cfg.training.pack_length)
             tok = sum(b.n_tokens for s in steps for b in s) / len(steps)
-            head = f"batch {batch}: {tok:.0f} tokens per step, precision {run.precision}, threads {args.threads}"
+            precision = args.precision or run.precision
+            head = f"batch {batch}: {tok:.0f} tokens per step, precision {precision}, threads {args.threads}"
             if args.profile:
                 print(head, "load", os.getloadavg())
-                print(profile(model, optimizer, steps, run.precision, loss_sum, args.top))
+                print(profile(model, optimizer, steps, precision, loss_sum, args.top))
                 continue
-            res = compare(model, optimizer, steps, run.precision, loss_sum, args.levers.split(","), args.reps)
+            res = compare(model, optimizer, steps, precision, loss_sum, args.levers.split(","), args.reps)
             result["runs"][str(batch)] = res
             print(head)
             base = res[args.levers.split(",")[0]]["median_cpu_s"]
