@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO on the CPU, outside tuneforge: deepspeed.initialize on a 3-layer MLP over gloo, 3 steps, and (ZeRO-3)
-how many parameters each rank holds. What docs/distributed.md reports as run here; tuneforge's loop does not drive
-DeepSpeed. Needs `deepspeed` (not a tuneforge dependency; DS_BUILD_OPS=0 pip install deepspeed, a CPU build JIT-compiles
-its shared-memory comm op with ninja at the first init_distributed: minutes on 2 cores).
+how many parameters each rank holds: a check of the DeepSpeed install alone (tuneforge's own check, with its loop
+driving the engine, is `make deepspeed-check`). Needs `deepspeed` (pip install 'tuneforge[deepspeed]' with
+DS_BUILD_OPS=0; a CPU build JIT-compiles its shared-memory comm op with ninja at the first init_distributed: minutes).
 
     ZS=2 python scripts/deepspeed_cpu_smoke.py
     ZS=3 python -m torch.distributed.run --standalone --nproc_per_node 2 scripts/deepspeed_cpu_smoke.py

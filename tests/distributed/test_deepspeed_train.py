@@ -15,12 +15,12 @@ import importlib.util
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_fsdp import _launch, _log, _logits  # the same launch and read-back helpers as the FSDP test
 
 from tuneforge.stages import STAGES
 from tuneforge.train.checkpoint import list_checkpoints
@@ -30,31 +30,6 @@ pytestmark = pytest.mark.skipif(
     reason="DeepSpeed check: `make deepspeed-check` (needs deepspeed; its comm op JIT-builds for minutes)")
 
 RTOL = 1e-4  # fp32; only the order of additions differs (partitions, reduce-scatter, clipping norm)
-
-
-def _log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-
-
-def _logits(out: Path, base: Path, ids: torch.Tensor, adapter: bool) -> torch.Tensor:
-    from transformers import AutoModelForCausalLM
-
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(out)
-    with torch.no_grad():
-        return model.eval()(input_ids=ids).logits
-
-
-def _launch(run_cli, capfd, path: Path, *overrides: str) -> None:
-    capfd.readouterr()
-    code = run_cli(["train", str(path), *overrides, "--nproc", "2"])
-    captured = capfd.readouterr()
-    assert code == 0, (captured.out + captured.err)[-5000:]
-    assert captured.out.count("done:") <= 1  # rank 0 alone reports
 
 
 @pytest.mark.parametrize("method, stage", [("lora", 2), ("full", 3), ("lora", 3), ("full", 2)])
@@ -82,14 +57,13 @@ def test_zero_two_ranks_match_one_process(method, stage, make_config, tmp_path, 
         assert json.loads((out / "metrics.json").read_text())["train"]["resumed_from"].endswith("step-0000002")
         assert [h["loss"] for h in _log(out)] == pytest.approx([h["loss"] for h in first], rel=RTOL)
 
-    ref, got = _log(single), _log(out)
+    (ref, ref_metrics), (got, metrics) = ((_log(run), json.loads((run / "metrics.json").read_text()))
+                                          for run in (single, out))
     assert [h["supervised_tokens"] for h in got] == [h["supervised_tokens"] for h in ref]
-    assert [h["loss"] for h in got] == pytest.approx([h["loss"] for h in ref], rel=RTOL)
+    for name, series in {"train": lambda log, m: [h["loss"] for h in log],  # per step; evals every 2 and after
+                         "eval": lambda log, m: [e["loss"] for e in m["evals"]] + [m["eval_after"]["loss"]]}.items():
+        assert series(got, metrics) == pytest.approx(series(ref, ref_metrics), rel=RTOL), name
     worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(got, ref, strict=True))
-    metrics = json.loads((out / "metrics.json").read_text())
-    ref_metrics = json.loads((single / "metrics.json").read_text())
-    assert metrics["eval_after"]["loss"] == pytest.approx(ref_metrics["eval_after"]["loss"], rel=RTOL)
-    assert [e["loss"] for e in metrics["evals"]] == pytest.approx([e["loss"] for e in ref_metrics["evals"]], rel=RTOL)
 
     whole = ref_metrics["train"]["sharding"]["per_rank"][0]
     ranks = metrics["train"]["sharding"]["per_rank"]
@@ -102,12 +76,15 @@ def test_zero_two_ranks_match_one_process(method, stage, make_config, tmp_path, 
         assert all(r["param_bytes"] == whole["param_bytes"] for r in ranks)
     print(f"\n{method} ZeRO-{stage}: one process {whole}; per rank {ranks}; max loss rel diff {worst:.2e}")
 
-    # the checkpoint is a one-process checkpoint (gathered from the partitions: same tensors)
-    for name in ("trainable.safetensors", "optimizer.safetensors"):
+    # the checkpoint is a one-process checkpoint (gathered from the partitions: same tensors). Weights: atol 1e-4
+    # (3% of one AdamW step at lr 3e-3): where a gradient element is near AdamW's eps (LoRA A's second step; its first
+    # gradient is 0 since B starts at 0) the update m/(sqrt(v)+eps) amplifies last-bit differences of the summation
+    # order; measured 3.7e-5 on one of 512 elements with ZeRO-3, while the losses agree to 1e-7
+    for name, atol in (("trainable.safetensors", 1e-4), ("optimizer.safetensors", 1e-6)):
         mine, theirs = (load_file(run / "checkpoints" / "step-0000002" / name) for run in (out, single))
         assert mine.keys() == theirs.keys()
         for key in mine:
-            torch.testing.assert_close(mine[key], theirs[key], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(mine[key], theirs[key], rtol=1e-4, atol=atol)
 
     # the saved model is the ordinary run format, consolidated: plain transformers / peft give the same logits
     assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(p.name for p in single.glob("*.safetensors"))
