@@ -6,7 +6,15 @@ import pytest
 
 from tuneforge.config.schema import TrainingConfig
 from tuneforge.methods import METHODS
-from tuneforge.train.recipe import MAX_EPOCHS, TARGET_STEPS, apply_recipe, choose, choose_epochs, steps_per_epoch
+from tuneforge.train.recipe import (
+    MAX_EPOCHS,
+    TARGET_STEPS,
+    apply_recipe,
+    choose,
+    choose_epochs,
+    default_rate,
+    steps_per_epoch,
+)
 
 
 def test_schema_leaves_rate_and_epochs_open():
@@ -68,3 +76,13 @@ def test_explicit_keys_win(make_config):
 def test_preference_stage_keeps_one_pass(make_config):
     cfg = make_config(stage="dpo", training__max_steps=None)
     assert choose(cfg, 64)["epochs"]["value"] == 1.0
+
+
+@pytest.mark.parametrize("stage, want", [("sft", 8e-4), ("pretrain", 8e-4), ("classify", 8e-4), ("dpo", 2e-4),
+                                         ("reward", 2e-4), ("grpo", 2e-4), ("kto", 2e-4)])
+def test_lora_open_rate_depends_on_the_stage_kind(stage, want):
+    """LoRA's open rate is the defaults study's 8e-4 on the supervised stages it measured and stays 2e-4 on the
+    preference / RL / reward stages, which it did not; a method without pairs_lr uses one rate everywhere."""
+    assert default_rate("lora", stage)[0] == want and default_rate("qlora", stage)[0] == want
+    assert default_rate("full", stage)[0] == METHODS["full"].default_lr
+    assert ("pairs/prompts" in default_rate("lora", stage)[1]) == (want == 2e-4)

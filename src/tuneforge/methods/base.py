@@ -32,7 +32,8 @@ class Method:
     stages: frozenset[str]
     # `load(load_base, run_dir)`: the model a finished run saved (adapter on its base, or the whole model).
     load: Callable[[LoadBase, Path], nn.Module]
-    # A sensible starting learning rate for short runs (`tuneforge compare` uses it for methods it switches to).
+    # The rate of a run that gives no training.learning_rate on a supervised stage (sft, pretrain, classify), and
+    # of the methods `tuneforge compare` switches to; chosen by bench/defaults_study.py (docs/defaults.md).
     default_lr: float
     # Prompt learning prepends virtual tokens per row, so samples cannot share a packed row.
     packing: bool = True
@@ -43,3 +44,6 @@ class Method:
     # How the run stores the result; default `model.save_pretrained` (peft adapter or full model).
     save: Callable[[nn.Module, Path], None] | None = None
     why_not_mergeable: str = ""
+    # The open rate on a preference / RL / reward stage (one pass over pairs or prompts, a reference model to stay
+    # near), where the defaults study did not measure: None means default_lr.
+    pairs_lr: float | None = None

@@ -88,6 +88,7 @@ def form_schema() -> dict[str, Any]:
     from tuneforge.models.hub import ALIASES
 
     methods = {name: {"stages": sorted(METHODS[name].stages), "default_lr": METHODS[name].default_lr,
+                      "pairs_lr": METHODS[name].pairs_lr,
                       "mergeable": METHODS[name].mergeable, "saves_whole_model": METHODS[name].saves_whole_model,
                       "help": (cfg.__doc__ or "").strip(), "fields": _fields("method.", cfg, ("name",))}
                for name, cfg in METHOD_CONFIGS.items()}

@@ -43,15 +43,24 @@ def choose_epochs(n_examples: int, per_epoch: int, sized: bool) -> tuple[float, 
                            f"reach ~{epochs * per_epoch} steps (target {TARGET_STEPS}){capped}")
 
 
+def default_rate(method: str, stage: str) -> tuple[float, str]:
+    """(rate, why) for a run that leaves training.learning_rate open: the method's default_lr on a supervised stage
+    (the stages the recipe sizes), its pairs_lr (else default_lr) on a preference / RL / reward stage."""
+    m = METHODS[method]
+    if stage_info(stage).loss_unit in SIZED_LOSS_UNITS or m.pairs_lr is None:
+        return m.default_lr, f"training.learning_rate not given: method {method}'s default rate"
+    return m.pairs_lr, f"training.learning_rate not given: method {method}'s default rate for {stage}'s pairs/prompts"
+
+
 def choose(cfg: Config, n_examples: int, world_size: int = 1) -> dict:
     """The recipe block for `cfg` and a training set of `n_examples`, without changing cfg:
     {"learning_rate": {"value", "source", "why"}, "epochs": {...}, "steps_per_epoch"}."""
-    t, method = cfg.training, METHODS[cfg.method.name]
+    t = cfg.training
     if t.learning_rate is not None:
         lr = {"value": t.learning_rate, "source": "config", "why": "training.learning_rate given"}
     else:
-        lr = {"value": method.default_lr, "source": "method default",
-              "why": f"training.learning_rate not given: method {cfg.method.name}'s default rate"}
+        value, why = default_rate(cfg.method.name, cfg.stage)
+        lr = {"value": value, "source": "method default", "why": why}
     per_epoch = steps_per_epoch(n_examples, t.batch_size, t.grad_accum, world_size)
     if t.epochs is not None:
         epochs = {"value": t.epochs, "source": "config", "why": "training.epochs given"}
@@ -68,7 +77,7 @@ def rate_and_epochs(cfg: Config) -> tuple[float, float]:
     """(learning rate, epochs) of cfg.training, open keys read as the method's default rate and one pass: for a
     component called without a stage (which applies the recipe first), so it never sees None."""
     t = cfg.training
-    lr = t.learning_rate if t.learning_rate is not None else METHODS[cfg.method.name].default_lr
+    lr = t.learning_rate if t.learning_rate is not None else default_rate(cfg.method.name, cfg.stage)[0]
     return lr, (t.epochs if t.epochs is not None else 1.0)
 
 

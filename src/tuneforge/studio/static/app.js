@@ -95,7 +95,8 @@ function fillMethods() {
 
 function methodFields() {
   const m = SCHEMA.methods[$("#f-method").value];
-  $("#method-help").textContent = `${m.help} (default learning rate for short CPU runs: ${m.default_lr})`;
+  const pairs = m.pairs_lr ? `; preference, RL and reward stages: ${m.pairs_lr}` : "";
+  $("#method-help").textContent = `${m.help} (default learning rate: ${m.default_lr}${pairs})`;
   $("#method-fields").replaceChildren(...m.fields.map(fieldInput));
 }
 
