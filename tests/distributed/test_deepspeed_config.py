@@ -97,6 +97,7 @@ def test_plan_writes_launch_files_that_accelerate_accepts(make_config, tmp_path,
     assert run_cli(["plan", str(path), "--gpus", "4", "--gpu-gb", "24", "--nodes", "2",
                     "--launch-files", str(out)]) == 0
     printed = capsys.readouterr().out
+    assert "torchrun --nnodes 2" in printed and "training.distributed=deepspeed" in printed
     assert "accelerate launch --config_file LAUNCH_DIR/accelerate.yaml" in printed and "sharding zero3" in printed
     ds = json.loads((out / "ds_config.json").read_text())
     assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
@@ -131,6 +132,8 @@ def test_launcher_choice_follows_the_memory_arithmetic():
     small = choose({"gib": FULL}, "fsdp", gpus=2, gpu_gib=24)
     assert not small["fits"] and "does not fit even fully sharded over 2 GPUs" in small["note"]
     cpu = choose({"gib": LORA}, "deepspeed", gpus=0, gpu_gib=0)
-    assert cpu["launcher"] == "one process" and cpu["note"].startswith("deepspeed needs GPUs")
+    assert cpu["launcher"] == "torchrun (--nproc)" and cpu["note"].startswith("deepspeed on the CPU: --nproc N")
+    assert "--nproc 2" in cpu["command"] and "training.distributed=deepspeed" in cpu["command"]
     z2 = choose({"gib": FULL}, "deepspeed", gpus=8, gpu_gib=80, zero_stage=2)
-    assert z2["launcher"] == "accelerate launch" and z2["per_gpu_gib"] == pytest.approx(30.85, abs=0.02)
+    assert z2["launcher"] == "torchrun (--nproc)" and z2["per_gpu_gib"] == pytest.approx(30.85, abs=0.02)
+    assert "--nproc 8" in z2["command"] and "training.distributed=deepspeed" in z2["command"]

@@ -47,17 +47,21 @@ def choose(row: dict, distributed: str, gpus: int, gpu_gib: float, nodes: int = 
         note = ("CPU: one process uses every core; --nproc N / torchrun run ddp or fsdp over gloo (proven in CI); "
                 "`accelerate launch` starts a single process on a CPU machine (measured, accelerate 1.15)")
         if distributed == "deepspeed":
-            note = "deepspeed needs GPUs; on the CPU use fsdp (--nproc N) or one process. " + note
-        cmd = _train(distributed, 1, 1) if distributed != "fsdp" else _train("fsdp", 2, 1)
-        return {"launcher": "torchrun (--nproc)" if distributed == "fsdp" else "one process", "sharding": "none",
+            note = ("deepspeed on the CPU: --nproc N over gloo (ZeRO-2/3 proven on 2 ranks by make deepspeed-check; "
+                    "needs tuneforge[deepspeed]); fsdp shards the same columns without the extra. " + note)
+        sharded = distributed in ("fsdp", "deepspeed")
+        cmd = _train(distributed, 2, 1) if sharded else _train(distributed, 1, 1)
+        return {"launcher": "torchrun (--nproc)" if sharded else "one process", "sharding": "none",
                 "per_gpu_gib": None, "fits": None, "command": cmd, "note": note}
     if distributed == "deepspeed":
         sharding = f"zero{zero_stage}"
         need = per_gpu_gib(gib, sharding, n)
-        return {"launcher": "accelerate launch", "sharding": sharding, "per_gpu_gib": need, "fits": need <= gpu_gib,
-                "command": "accelerate launch --config_file LAUNCH_DIR/accelerate.yaml -m tuneforge train CONFIG.yaml",
-                "note": "files from `tuneforge plan CONFIG --launch-files LAUNCH_DIR`; the training loop does not "
-                        "drive DeepSpeed yet (it refuses the setting): fsdp shards the same columns as ZeRO-3"}
+        return {"launcher": "torchrun" + (" (--nproc)" if nodes == 1 else f", {nodes} nodes"), "sharding": sharding,
+                "per_gpu_gib": need, "fits": need <= gpu_gib, "command": _train("deepspeed", gpus, nodes),
+                "note": "the loop drives the DeepSpeed engine itself (its config from the training block; proven on "
+                        "CPU ranks, not yet on GPUs); `--launch-files LAUNCH_DIR` also writes ds_config.json + "
+                        "accelerate.yaml for `accelerate launch --config_file LAUNCH_DIR/accelerate.yaml` (validated, "
+                        "not run)"}
     whole = per_gpu_gib(gib, "ddp", n)
     if n == 1:
         note = "" if whole <= gpu_gib else ("does not fit one GPU: try gradient checkpointing, a smaller batch, "
