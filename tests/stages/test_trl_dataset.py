@@ -27,6 +27,13 @@ from tuneforge.train.pref_trainers import kto_rows
 LORA = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
 
 
+@pytest.fixture(autouse=True)
+def own_data_cache(tmp_path, monkeypatch):
+    """A cache of this test's own: another test's run on the same generated pairs (the suite shares one
+    $TUNEFORGE_DATA_CACHE) would already have written the Arrow file this test must see written."""
+    monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(tmp_path / "data-cache"))
+
+
 def run_spied(cfg, module, monkeypatch) -> tuple[Dataset, list[str], Path]:
     """Run the stage, keeping the dataset data.trl_dataset gave its trainer and the log."""
     seen, logs = [], []
