@@ -102,7 +102,7 @@ SETTINGS = {
     "lr x4": {"lr_scale": 4.0},
     "epochs x0.5": {"epochs_scale": 0.5},
     "epochs x2": {"epochs_scale": 2.0},
-    "lr x10": {"lr_scale": 10.0},
+    "lr x5": {"lr_scale": 5.0}, "lr x10": {"lr_scale": 10.0},
     "constant+no-clip+dropout-0": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,
                                    "training.max_grad_norm": None, "method.dropout": 0.0},
     "constant+no-clip+dropout-0+lr x4": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,
