@@ -48,9 +48,11 @@ def _run_cli_child(path: Path, flag: Path, at_call: int, hold: float, signals: l
     def child() -> int:
         real_loss, real_save, calls = loop.loss_sum, ckpt.save_file, [0]
 
-        def hold_here():
-            flag.write_text("here")
-            time.sleep(hold)
+        def hold_here():  # a long step: short sleeps, so Python runs a signal's handler between them as it would
+            flag.write_text("here")  # between a step's ops (one 5 s native sleep held a signal that reached another
+            end = time.monotonic() + hold  # thread until its end, so two SIGINTs arrived as one: CI at load ~10)
+            while time.monotonic() < end:
+                time.sleep(0.05)
 
         def loss_sum(model, batch):
             calls[0] += 1
@@ -131,9 +133,7 @@ def test_signal_during_a_save_lets_it_finish(make_config, tmp_path, capfd, tally
 def test_second_signal_is_a_hard_stop(make_config, tmp_path, capfd, signum, tally):
     with one_thread():
         cfg, path = _config(make_config, tmp_path, "run")
-        # 1.5 s apart (both inside the 5 s hold): two signals of one number that reach a child not scheduled in
-        # between are one signal to Python (seen in CI at load ~10 with the 0.2 s default gap)
-        status, _ = _run_cli_child(path, tmp_path / "flag", 5, 5.0, [signum, signum], gap=1.5)
+        status, _ = _run_cli_child(path, tmp_path / "flag", 5, 5.0, [signum, signum], gap=1.5)  # both in the hold
         err = capfd.readouterr().err
         if signum == signal.SIGTERM:  # the default action: the process is terminated by the signal
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, (status, err)
@@ -191,3 +191,27 @@ def test_sigint_to_the_real_cli_process_exits_130_then_resumes(make_config, tmp_
     print(f"real process: SIGINT at step {step}, checkpoint complete {saved:.2f} s and exit 130 {grace:.2f} s "
           "after the signal")
     tally("signals", faults=1, resumed=1)
+
+
+def test_second_sigint_is_a_hard_stop_whatever_handler_was_installed_before():
+    """The loop's handler makes the second SIGINT a KeyboardInterrupt itself: restoring the handler found before the
+    loop (here one that swallows SIGINT, as a library or an earlier run in the process may leave) made the second
+    signal a graceful stop in CI. The found handler is back after the loop."""
+    from tuneforge.train.steps import stop_on_signals
+
+    def swallow(_signum, _frame):
+        pass
+
+    found = signal.signal(signal.SIGINT, swallow)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with stop_on_signals() as stop_signal:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs here
+                assert stop_signal() == signal.SIGINT
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # KeyboardInterrupt out of here
+                pytest.fail("the second SIGINT did not stop")
+        assert signal.getsignal(signal.SIGINT) is swallow
+    finally:
+        signal.signal(signal.SIGINT, found)

@@ -56,9 +56,9 @@ def stop_on_signals() -> Iterator[Callable[[], int | None]]:
     received: list[int] = []
     previous = {}
 
-    def handler(signum, _frame):
-        received.append(signum)
-        signal.signal(signum, previous[signum])
+    def handler(signum, _frame):  # the second signal: the hard stop itself, not whatever was installed before us
+        received.append(signum)  # (a handler left by a library or an earlier run would swallow it)
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
     for s in (signal.SIGINT, signal.SIGTERM):
         try:
