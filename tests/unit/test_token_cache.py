@@ -120,3 +120,38 @@ def test_pretrain_splits_by_default_so_every_corpus_token_is_used(tmp_path, tiny
     cut = load_stage_data(_cfg(tiny_model_dir, train, "pretrain", overlength="truncate"), tiny_tokenizer,
                           log=lambda _m: None).summary["train"]
     assert cut["corpus_tokens"] == summary["corpus_tokens"] and cut["tokens"] < cut["corpus_tokens"]
+
+
+def test_the_file_hash_is_remembered_by_stat_and_a_change_is_always_seen(tmp_path, monkeypatch):
+    """A second hash of an unchanged file reads none of it (the memo beside the caches); a rewrite of the same
+    size, a same-size rewrite with the old mtime put back, or a file changed just before its hashing began (the
+    racy window) is hashed again."""
+    import hashlib
+    import os
+    data = tmp_path / "corpus.jsonl"
+    data.write_text('{"text": "aaaa"}\n')
+    reads = []
+    real_open = open
+
+    def counting_open(path, *args, **kwargs):
+        if Path(path) == data:
+            reads.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    truth = hashlib.sha256(data.read_bytes()).hexdigest()
+    # just written: inside the racy window, so hashed every time and never served from the memo
+    assert token_cache.file_sha256(data) == truth and token_cache.file_sha256(data) == truth and len(reads) == 2
+    monkeypatch.setattr(token_cache, "RACY_S", 0.0)
+    assert token_cache.file_sha256(data) == truth and len(reads) == 3  # hashed, remembered
+    assert token_cache.file_sha256(data) == truth and len(reads) == 3  # served from the memo: not read
+    old = os.stat(data)
+    data.write_text('{"text": "bbbb"}\n')  # same size, new bytes
+    os.utime(data, ns=(old.st_atime_ns, old.st_mtime_ns))  # and the old mtime put back (cp -p, rsync -t)
+    new_truth = hashlib.sha256(data.read_bytes()).hexdigest()
+    assert new_truth != truth and token_cache.file_sha256(data) == new_truth and len(reads) == 4  # ctime moved
+    assert token_cache.file_sha256(data) == new_truth and len(reads) == 4
+    monkeypatch.setattr(token_cache, "RACY_S", 3600.0)  # every file is now "just changed": hashed again
+    assert token_cache.file_sha256(data) == new_truth and len(reads) == 5
+    memo_dir = token_cache.data_cache_dir() / "file-sha256"
+    assert [json.loads(p.read_text())["path"] for p in memo_dir.iterdir()] == [str(data.resolve())]

@@ -51,11 +51,42 @@ def data_cache_dir() -> Path:
     return Path(override) if override else tuneforge_home() / "data"
 
 
+RACY_S = 2.0  # a file changed this close to (or after) its hashing is hashed again: timestamps are coarse
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def file_sha256(path: str | Path) -> str:
+    """sha256 of the file's bytes. Hashing a 4 GB corpus costs ~3 s a run, so the digest is remembered beside
+    the caches with the file's stat (device, inode, size, mtime, ctime: any write, rename over it, chmod or
+    `cp -p` changes ctime) and reused while the stat is unchanged, as git's index does; a file whose mtime or
+    ctime lies within RACY_S of the moment its hashing began is always hashed again (a write in the same
+    timestamp tick would not change the stat)."""
+    path = Path(path)
+    st = os.stat(path)
+    memo = data_cache_dir() / "file-sha256" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+                                               + ".json")
+    try:
+        seen = json.loads(memo.read_text())
+        if seen["stat"] == _stat_key(st) and max(st.st_mtime_ns, st.st_ctime_ns) < seen["began_ns"] - RACY_S * 1e9:
+            return str(seen["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    began_ns = time.time_ns()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
+    # remembered only if unchanged while it was read and old enough to be trusted by the next run
+    if _stat_key(os.stat(path)) == _stat_key(st) and max(st.st_mtime_ns, st.st_ctime_ns) < began_ns - RACY_S * 1e9:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(memo, {"path": str(path.resolve()), "stat": _stat_key(st), "began_ns": began_ns,
+                                     "sha256": digest.hexdigest()})
+        except OSError:
+            pass  # a read-only cache only costs the next run a rehash
     return digest.hexdigest()
 
 
