@@ -10,7 +10,7 @@ not its effect), so every lever sees the same model.
     python bench/profile_step.py --profile --batch 4 --steps 3 --threads 1 [--precision bf16]
     python bench/profile_step.py --levers bf16,bf16-frozen,fp32 --batch 4,8 --reps 3 --steps 1 --threads 1
 Levers: base (as the run would train: precision auto), bf16, fp32, bf16-frozen (+head), packed-attn,
-bf16-frozen+packed-attn, fp32+packed-attn, no-dropout (tuneforge.train.speed has the levers themselves).
+bf16-frozen+packed-attn, fp32+packed-attn, no-dropout (bench/speed_levers.py has the levers themselves).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def one_step(model, optimizer, batches, precision: str, loss_sum) -> tuple[float
 def levers(model, precision: str) -> dict[str, tuple]:
     """name -> (context manager factory: the lever is on inside it, the model as it was after; precision).
     `base` trains as the run would (`precision`: what training.precision auto resolved to here)."""
-    from tuneforge.train import speed
+    import speed_levers as speed  # bench/speed_levers.py, beside this script
 
     return {
         "base": (contextlib.nullcontext, precision),

@@ -1,8 +1,11 @@
-"""Step-speed levers keep parity (tuneforge.train.speed): frozen linear weights held in bf16 give the same loss
+"""Step-speed levers keep parity (bench/speed_levers.py): frozen linear weights held in bf16 give the same loss
 and gradients as bf16 autocast over the fp32 weights (bit for bit), stay close to the fp32 reference, and leave
 the model exactly as it was afterwards (so save / merge / export see the fp32 weights)."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +13,9 @@ import torch
 from tuneforge.data.batching import collate
 from tuneforge.data.templates import Example
 from tuneforge.train.loss import loss_sum
-from tuneforge.train.speed import frozen_in_bf16
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from speed_levers import frozen_in_bf16  # noqa: E402
 
 
 def _lora_model(tiny_model_dir, **lora):
@@ -103,8 +108,7 @@ def test_packed_attention_is_per_sample_attention(tiny_model_dir, monkeypatch):
     """Per-sample SDPA over a packed row: the loss and gradients of the packed row equal the samples' own (fp32),
     one SDPA call per sample and layer (not the row's N x N), a padded batch is untouched, SDPA after."""
     import transformers.integrations.sdpa_attention as sdpa_module
-
-    from tuneforge.train.speed import packed_attention
+    from speed_levers import packed_attention
 
     model = _lora_model(tiny_model_dir)
     assert model.config._attn_implementation == "sdpa"
@@ -151,12 +155,12 @@ def test_precision_auto_takes_bf16_on_the_cpu_only_where_its_matmuls_keep_up(mon
     """precision auto on the CPU: bf16 autocast needs the flags AND bf16 matmuls at least as fast as fp32 (on a
     Xeon without AMX they ran at 0.6x and a LoRA step 1.65x slower than fp32); the probe runs on one thread
     and gives the process its threads back."""
-    from tuneforge.train import precision, speed
+    from tuneforge.train import precision
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        ratio = speed.bf16_matmul_speedup(rows=16, reps=1)
+        ratio = precision.bf16_matmul_speedup(rows=16, reps=1)
         assert ratio > 0 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

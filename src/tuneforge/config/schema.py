@@ -101,7 +101,7 @@ class TrainingConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     # auto: bf16 on a GPU that supports it, fp16 with a gradient scaler on one that does not, on the CPU bf16
     # autocast where it has native bf16 and a probe finds bf16 matmuls at least as fast as fp32 (without AMX they
-    # are slower), else fp32 (tuneforge/train/precision.py, train/speed.py). fp16: CUDA only.
+    # are slower), else fp32 (tuneforge/train/precision.py). fp16: CUDA only.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # auto | cpu | cuda | cuda:N | mps; auto = CUDA if present, else MPS, else CPU (tuneforge/device.py).
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")

@@ -11,21 +11,45 @@ use_device (one device per process; the CPU by default).
 from __future__ import annotations
 
 import contextlib
+import time
 from functools import cache
 from pathlib import Path
 
 import torch
 
 from tuneforge.errors import ConfigError
-from tuneforge.train.speed import bf16_matmul_speedup
 
 _DEVICE_TYPE = ["cpu"]  # autocast's device type for this process (tuneforge.device.select sets it)
+
+
+def bf16_matmul_speedup(rows: int = 256, shapes: tuple[tuple[int, int], ...] = ((576, 1536), (1536, 576)),
+                        reps: int = 4) -> float:
+    """fp32 CPU seconds / bf16 CPU seconds of the matmuls of a small model's MLP (SmolLM2-135M's shapes, `rows`
+    tokens) on one thread: the cores' own bf16 / fp32 rate (CPU seconds, not wall: other processes move them far
+    less; 2 threads measured under load drift towards 1 with OpenMP's waits). Measured on a 2-core Xeon whose
+    AVX512-BF16 runs without AMX: 0.58-0.68 (bf16 slower), and a whole LoRA step under bf16 autocast 1.65x
+    slower than fp32 (docs/benchmarks.md); AMX machines reach ~4x. ~0.13 CPU s."""
+    timings = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            pairs = [(torch.randn(rows, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for k, n in shapes]
+            for a, b in pairs:  # warms oneDNN's kernels up
+                a @ b
+            started = time.process_time()
+            for _ in range(reps):
+                for a, b in pairs:
+                    a @ b
+            timings[dtype] = time.process_time() - started
+    torch.set_num_threads(threads)
+    return timings[torch.float32] / max(timings[torch.bfloat16], 1e-9)
 
 
 @cache
 def cpu_has_bf16() -> bool:
     """Native bf16 (AVX512-BF16 / AMX) whose matmuls are also at least as fast as fp32's here: not every such CPU's
-    are (a Xeon without AMX: 0.6x fp32, a LoRA step 1.65x slower; tuneforge.train.speed.bf16_matmul_speedup)."""
+    are (a Xeon without AMX: 0.6x fp32, a LoRA step 1.65x slower; bf16_matmul_speedup below)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

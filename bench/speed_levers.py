@@ -1,13 +1,11 @@
-"""Step-speed levers for the training loop (issue 19 item 2), measured side by side by bench/profile_step.py
-(docs/benchmarks.md, "Where a step's time goes") and parity-tested in tests/unit/test_speed.py. Whether bf16
-autocast pays on this CPU at all is measured too (bf16_matmul_speedup; train/precision.py asks it).
+"""Step-speed levers tried for issue 19 item 2, measured side by side by bench/profile_step.py (docs/benchmarks.md,
+"Where a step's time goes") and parity-tested in tests/unit/test_speed.py. Both keep parity (bit for bit; 1e-5 in
+fp32) but gained nothing measurable on the machine measured (1.00-1.01x a LoRA step, within the noise), so they
+live here beside the benchmark, not in the library: bench/profile_step.py measures them again on another machine
+(an AMX one, where autocast's weight casts weigh more), and a lever that gains there moves into tuneforge.train.
 
-    ratio = bf16_matmul_speedup()       # fp32 / bf16 matmul CPU time: precision auto on the CPU asks it
     with frozen_in_bf16(model): ...     # bf16 autocast over frozen linear weights held in bf16
     with packed_attention(model): ...   # SDPA per sample of a packed row instead of the row's masked N x N
-The last two keep parity (bit for bit; 1e-5 in fp32) but gained nothing measurable on the machine measured
-(1.00-1.01x a LoRA step, within the noise), so the loop does not use them; bench/profile_step.py measures
-them again on another machine (an AMX one, where autocast's weight casts weigh more).
 """
 
 from __future__ import annotations
@@ -117,32 +115,6 @@ def _bf16_head(model: nn.Module) -> tuple[nn.Module, str, nn.Module] | None:
                 setattr(module, child_name, copy)
                 return module, child_name, out
     return None
-
-
-def bf16_matmul_speedup(rows: int = 256, shapes: tuple[tuple[int, int], ...] = ((576, 1536), (1536, 576)),
-                        reps: int = 4) -> float:
-    """fp32 CPU seconds / bf16 CPU seconds of the matmuls of a small model's MLP (SmolLM2-135M's shapes, `rows`
-    tokens) on one thread: the cores' own bf16 / fp32 rate (CPU seconds, not wall: other processes move them far
-    less; 2 threads measured under load drift towards 1 with OpenMP's waits). Measured on a 2-core Xeon whose
-    AVX512-BF16 runs without AMX: 0.58-0.68 (bf16 slower), and a whole LoRA step under bf16 autocast 1.65x
-    slower than fp32 (docs/benchmarks.md); AMX machines reach ~4x. ~0.13 CPU s."""
-    import time
-
-    timings = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.no_grad():
-        for dtype in (torch.float32, torch.bfloat16):
-            pairs = [(torch.randn(rows, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for k, n in shapes]
-            for a, b in pairs:  # warms oneDNN's kernels up
-                a @ b
-            started = time.process_time()
-            for _ in range(reps):
-                for a, b in pairs:
-                    a @ b
-            timings[dtype] = time.process_time() - started
-    torch.set_num_threads(threads)
-    return timings[torch.float32] / max(timings[torch.bfloat16], 1e-9)
 
 
 PACKED_SDPA = "tuneforge_packed_sdpa"
