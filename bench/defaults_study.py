@@ -243,14 +243,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--render", action="store_true", help="only write the table from --json (a partial study too)")
     args = parser.parse_args(argv)
     if args.render:
-        saved = json.loads(Path(args.json).read_text())
-        tasks = [t for t in saved["results"] if any(saved["results"][t].values())]  # tasks with a finished run
-        settings = list(dict.fromkeys(s for t in tasks for s in saved["results"][t]))
-        seeds = sorted({r["seed"] for t in tasks for s in settings for r in saved["results"][t].get(s, [])})
-        out = Path(args.out)
-        write_doc(out, render(saved["results"], tasks, settings, seeds, saved["command"], saved["models"],
-                              saved.get("wall_seconds", 0.0)))
-        return out
+        return render_saved(Path(args.json), Path(args.out))
     tasks = args.tasks.split(",") if args.tasks else (QUICK["tasks"] if args.quick else list(TASKS))
     settings = args.settings.split(",") if args.settings else (QUICK["settings"] if args.quick else list(SETTINGS))
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else (QUICK["seeds"] if args.quick else [0, 1, 2])
@@ -259,12 +252,15 @@ def main(argv: list[str] | None = None) -> Path:
     started = time.perf_counter()
     command = ("python bench/defaults_study.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     results: dict = {t: {s: [] for s in settings} for t in tasks}
-    done_before = 0.0
-    if args.resume and Path(args.json).is_file():  # go on with a stopped study: its finished runs are kept
-        saved = json.loads(Path(args.json).read_text())
-        results = {t: {s: [r for r in saved["results"].get(t, {}).get(s, []) if r["seed"] in seeds] for s in settings}
-                   for t in tasks}
+    done_before, commands = 0.0, [command]
+    if args.resume and Path(args.json).is_file():  # go on with (or add to) a study: every finished run is kept,
+        saved = json.loads(Path(args.json).read_text())  # other tasks' and settings' too, and every command
+        results = saved["results"]
+        for t in tasks:
+            for s in settings:
+                results.setdefault(t, {}).setdefault(s, [])
         done_before = saved.get("wall_seconds", 0.0)
+        commands = [c for c in saved["command"].splitlines() if c != command] + [command]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     # seed outermost: a study stopped early has every task x setting at the first seeds, not some settings only
     todo = [(seed, t, s) for seed in seeds for t in tasks for s in settings
@@ -275,7 +271,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{t:10s} {s:34s} seed {seed}: {TASKS[t].metric} {r['value']:.4f} "
               f"({r['steps']} steps, {r['seconds']:.0f}s)", flush=True)
         Path(args.json).write_text(json.dumps({  # after every run: a stopped study keeps what it ran
-            "command": command, "models": models, "results": results, "workers": args.workers,
+            "command": "\n".join(commands), "models": models, "results": results, "workers": args.workers,
             "wall_seconds": done_before + time.perf_counter() - started}, indent=1))
 
     with tempfile.TemporaryDirectory(prefix="defaults-study-") as work:
@@ -289,10 +285,19 @@ def main(argv: list[str] | None = None) -> Path:
         else:
             for seed, t, s in todo:
                 record(seed, t, s, run_one(t, s, models[TASKS[t].kind], seed, work, args.quick))
-    out = Path(args.out)
-    write_doc(out, render(results, tasks, settings, seeds, command, models,
-                          done_before + time.perf_counter() - started))
+    out = render_saved(Path(args.json), Path(args.out))  # the whole study in the file, not only this grid
     print(f"wrote {out} and {args.json}")
+    return out
+
+
+def render_saved(path: Path, out: Path) -> Path:
+    """The table of every finished run in the study's JSON (a partial or merged study too) into `out`."""
+    saved = json.loads(path.read_text())
+    tasks = [t for t in saved["results"] if any(saved["results"][t].values())]  # tasks with a finished run
+    settings = list(dict.fromkeys(s for t in tasks for s in saved["results"][t] if saved["results"][t][s]))
+    seeds = sorted({r["seed"] for t in tasks for s in settings for r in saved["results"][t].get(s, [])})
+    write_doc(out, render(saved["results"], tasks, settings, seeds, saved["command"], saved["models"],
+                          saved.get("wall_seconds", 0.0)))
     return out
 
 

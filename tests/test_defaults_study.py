@@ -67,3 +67,32 @@ def test_render_writes_a_partial_study_from_its_json(study, tmp_path):
     md = out.read_text()
     assert "old table" not in md and md.endswith(study.NOTES + "\nhand-written findings\n")
     assert "| lr x2 | 0.750 (1) | - | 1.00 |" in md and "| defaults | 0.500 (2) | 0.250 (1) | 1.50 |" in md
+
+
+def test_resume_adds_a_grid_and_keeps_every_earlier_run_and_command(study, tmp_path, monkeypatch):
+    """--resume with another grid: the runs already in the JSON (other tasks and settings too) are kept and not
+    run again, the new ones are added, every invocation's command is listed, and the table shows them all."""
+    ran = []
+
+    def fake_run(task, setting, model, seed, work, quick):
+        ran.append((task, setting, seed))
+        return {"value": 0.9 if setting == "lr x2" else 0.4, "seconds": 1.0, "steps": 10, "learning_rate": 1e-3,
+                "epochs": 3.0, "under_learned": False}
+
+    monkeypatch.setattr(study, "run_one", fake_run)
+    js, md = tmp_path / "s.json", tmp_path / "d.md"
+    study.main(["--tasks", "classify", "--settings", "defaults", "--seeds", "0", "--json", str(js), "--out", str(md)])
+    study.main(["--resume", "--tasks", "classify,facts", "--settings", "defaults,lr x2", "--seeds", "0",
+                "--json", str(js), "--out", str(md)])
+    assert ran == [("classify", "defaults", 0), ("classify", "lr x2", 0),
+                   ("facts", "defaults", 0), ("facts", "lr x2", 0)]
+    saved = json.loads(js.read_text())
+    assert {t: {s: len(r) for s, r in v.items()} for t, v in saved["results"].items()} == {
+        "classify": {"defaults": 1, "lr x2": 1}, "facts": {"defaults": 1, "lr x2": 1}}
+    assert saved["command"].splitlines() == [
+        "python bench/defaults_study.py --tasks classify --settings defaults --seeds 0 --json "
+        f"{js} --out {md}",
+        "python bench/defaults_study.py --resume --tasks classify,facts --settings 'defaults,lr x2' --seeds 0 "
+        f"--json {js} --out {md}"]
+    text = md.read_text()
+    assert "| lr x2 | 0.900 (1) | 0.900 (1) | 1.00 |" in text and "| defaults | 0.400 (2) | 0.400 (2) | 2.00 |" in text
