@@ -143,3 +143,24 @@ def test_a_refused_resume_leaves_the_runs_config_as_it_was(make_config):
                        match=r"checkpoint .*step-0000002 was saved by a different run \(seed changed: 0 -> 7\)"):
         STAGES["sft"](again)
     assert (out / "config.yaml").read_bytes() == before
+
+
+def test_the_data_guard_is_the_files_sha256_and_is_not_read_again_while_unchanged(make_config, tmp_path,
+                                                                                    monkeypatch):
+    """One training file's guard is its bytes' sha256, the value checkpoints saved before the memo hold (so they
+    still resume), served from the data cache's stat memo on later starts: a 4 GB corpus is not read again."""
+    import hashlib
+
+    from tuneforge.data import token_cache
+    from tuneforge.train.guards import run_guards
+
+    monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(token_cache, "RACY_S", 0.0)
+    cfg = make_config(output_dir=str(tmp_path / "out"))
+    data = cfg.data.train
+    first = run_guards(cfg)
+    assert first["data"]["sha256"] == hashlib.sha256(open(data, "rb").read()).hexdigest()
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: (opened.append(str(p)), real_open(p, *a, **k))[1])
+    assert run_guards(cfg) == first and str(data) not in opened
