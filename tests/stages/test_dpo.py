@@ -243,3 +243,17 @@ def test_stage_writes_the_run_and_chains(dpo_config, tmp_path, monkeypatch):
     mean_chosen = float(logps(chained, evals)[0].mean())
     assert mean_chosen == pytest.approx(after["chosen_logp"], abs=1e-3)
 
+
+
+def test_an_error_inside_training_leaves_the_signal_handlers_as_they_were(dpo_config):
+    """An exception inside trainer.train() skips the Trainer's on_train_end: the guard's SIGINT / SIGTERM handlers
+    must still be taken back, or the next Ctrl-C in the process (a notebook, the test suite) only sets a flag."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def boom(step, _result):
+        raise RuntimeError(f"boom at step {step}")
+
+    cfg = dpo_config(method=LORA, training__max_steps=4, training__eval_steps=2, eval__before=False)
+    with pytest.raises(RuntimeError, match="boom at step 2"):
+        dpo.run(cfg, on_eval=boom)
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -209,7 +209,10 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     trainer.remove_callback(PrinterCallback)  # with the progress bar off it prints every log dict to stdout
     if resumed_from:
         run.log(f"resuming from {resumed_from}")
-    trainer.train(resume_from_checkpoint=resumed_from)
+    try:
+        trainer.train(resume_from_checkpoint=resumed_from)
+    finally:
+        guard.restore_signals()  # also when train() raises: on_train_end is skipped then
     totals = counter.totals()  # every process's steps, without evaluation
     guard.raise_if_stopped()
 

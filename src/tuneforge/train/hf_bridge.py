@@ -8,7 +8,10 @@ trainer.
     guard = GuardCallback(cfg.training.max_bad_steps, guards=run_guards(cfg))
     trainer = DPOTrainer(model, args=DPOConfig(**to_trainer_args(cfg, out, precision), beta=...),
                          callbacks=[guard, MetricLogCallback(cfg, out)], ...)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(cfg, out))
+    try:
+        trainer.train(resume_from_checkpoint=resume_checkpoint(cfg, out))
+    finally:
+        guard.restore_signals()       # an exception inside train() skips on_train_end
     guard.raise_if_stopped()          # TrainingInterrupted (exit 128+signum) / NonFiniteLoss (exit 2)
     history = history_of(trainer)
 """
@@ -113,6 +116,12 @@ class GuardCallback(TrainerCallback):
                 pass
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.restore_signals()
+
+    def restore_signals(self) -> None:
+        """The handlers found at on_train_begin back. on_train_end does it when training ends; the caller does it
+        too, in a `finally` around trainer.train(): an exception inside train() skips on_train_end and would
+        leave this handler behind, and that handler turns the next Ctrl-C in the process into a mere flag."""
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous.clear()

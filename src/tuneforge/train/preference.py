@@ -179,7 +179,10 @@ def train_with_callbacks(cfg: Config, out, build: Callable[[list[TrainerCallback
     trainer = build([stats, guard, metric_log], counter)  # the guard after the evaluation: a signal there stops
     if resumed_from:                                        # this step
         log(f"resuming from {resumed_from}")
-    trainer.train(resume_from_checkpoint=resumed_from)
+    try:
+        trainer.train(resume_from_checkpoint=resumed_from)
+    finally:
+        guard.restore_signals()  # also when train() raises: on_train_end is skipped then
     guard.raise_if_stopped()
     history = [{**h, **stats.steps.get(h["step"], {})} for h in hf_bridge.history_of(trainer)]
     totals = stats.totals()
