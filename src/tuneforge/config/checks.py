@@ -13,6 +13,7 @@ from tuneforge.config.schema import Config
 from tuneforge.errors import ConfigError
 from tuneforge.methods import check_compat
 from tuneforge.stage_info import stage_info
+from tuneforge.train.compile import check_compile
 from tuneforge.train.zero import check_deepspeed, not_wired
 
 
@@ -32,6 +33,7 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("key 'data.eval_split': with several train sources, give data.eval instead")
     if not info.distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(f"stage {cfg.stage!r} runs in one process; run it without --nproc / torchrun")
+    check_compile(cfg)
     check_deepspeed(cfg.training, cfg.stage, cfg.method.name)
     if cfg.training.distributed == "deepspeed" and (refused := not_wired(cfg.training, cfg.method.name)):
         raise refused

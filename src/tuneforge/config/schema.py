@@ -106,6 +106,9 @@ class TrainingConfig(Strict):
     # auto | cpu | cuda | cuda:N | mps; auto = CUDA if present, else MPS, else CPU (tuneforge/device.py).
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
     gradient_checkpointing: bool = False
+    # torch.compile (inductor) for the training forward, dynamic shapes; the first step includes compile time.
+    # Measured in docs/benchmarks.md ("torch.compile"); not with fsdp / deepspeed (tuneforge/train/compile.py).
+    compile: bool = False
     # Under torchrun / --nproc: ddp = every rank holds the whole model; fsdp = torch's fully_shard (FSDP2):
     # parameters, gradients and optimizer states split over the ranks (docs/distributed.md). deepspeed: ZeRO
     # through accelerate, validated and its launch files generated (tuneforge plan --launch-files), not trained yet.

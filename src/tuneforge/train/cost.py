@@ -43,6 +43,7 @@ def cost_block(result: TrainResult, wall_start: float, model, counts: tuple[int,
         "total_params": total,
         "trainable_percent": 100 * trainable / total,
         "precision": precision,
+        "compile": result.compiled,  # training.compile: the training forward ran through torch.compile
         "model_flops": model_flops(model, result.tokens_seen, trainable, total),
         "resumed_from": result.resumed_from,
         "world_size": ddp.world_size(),  # processes that shared each step (torchrun / accelerate launch)

@@ -29,6 +29,7 @@ from tuneforge.data.batching import collate, epoch_microbatches
 from tuneforge.data.templates import Example
 from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
 from tuneforge.train import checkpoint as ckpt
+from tuneforge.train import compile as compile_mod
 from tuneforge.train import deepspeed_engine as ds_engine
 from tuneforge.train import distributed as ddp
 from tuneforge.train import fsdp
@@ -73,6 +74,7 @@ class TrainResult:
     skipped_steps: list[dict] = field(default_factory=list)  # non-finite steps, update skipped
     # how the model was spread over the ranks: strategy, and each rank's parameter / optimizer-state bytes
     sharding: dict = field(default_factory=dict)
+    compiled: bool = False  # training.compile: the training forward ran through torch.compile
 
 
 def train(model, train_examples: list[Example], eval_examples: list[Example], cfg: Config, output_dir: Path,
@@ -91,6 +93,8 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     zero = ds_engine.wrap(model, optimizer, t, precision) if t.distributed == "deepspeed" and ddp.world_size() > 1 \
         else None  # ZeRO partitions the AdamW state (and, ZeRO-3, the weights); the schedule stays the loop's
     even = sharded or zero is not None  # every forward/backward a collective: the same count on every rank
+    # training.compile: forwards that train run compiled; the model itself (saved, evaluated) stays as it is
+    runner = compile_mod.compiled_forward(model, log) if t.compile and not even else model
     scaler = grad_scaler(precision)  # fp16 (GPUs without bf16) only
     ckpt_root = output_dir / "checkpoints"
     guards = guards_mod.run_guards(cfg)
@@ -135,7 +139,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                                                             sum(b.n_tokens for b in batches[:n_real])))
             # one process may abandon a step between micro-batches; ranks must agree, so they finish it
             # DeepSpeed: the engine's forward (it counts ZeRO-3's micro-steps, so gradients accumulate, not replace)
-            step_loss, signum = forward_backward(objective, zero.engine if zero else model, batches, n_real, n_sup,
+            step_loss, signum = forward_backward(objective, zero.engine if zero else runner, batches, n_real, n_sup,
                                                  precision, stop_signal if ddp.world_size() == 1 else None, scaler,
                                                  zero.backward if zero else None)
             if signum:
@@ -210,4 +214,4 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     if bad:  # the stage saves the model after this returns: never a non-finite one
         raise NonFiniteLoss(f"trainable weights became non-finite ({bad[0]}, ...); the model was not saved")
     return TrainResult(state.step, state.history, state.evals, state.tokens_seen, supervised_seen,
-                       state.train_seconds, resumed_from, changes, state.skipped, sharding)
+                       state.train_seconds, resumed_from, changes, state.skipped, sharding, runner is not model)
