@@ -10,7 +10,9 @@ not its effect), so every lever sees the same model.
     python bench/profile_step.py --profile --batch 4 --steps 3 --threads 1 [--precision bf16]
     python bench/profile_step.py --levers bf16,bf16-frozen,fp32 --batch 4,8 --reps 3 --steps 1 --threads 1
 Levers: base (as the run would train: precision auto), bf16, fp32, bf16-frozen (+head), packed-attn,
-bf16-frozen+packed-attn, fp32+packed-attn, no-dropout (bench/speed_levers.py has the levers themselves).
+bf16-frozen+packed-attn, fp32+packed-attn, no-dropout, compile, fp32+compile (training.compile: torch.compile with
+dynamic shapes), compile-padded, fp32+compile-padded (static graphs over rows padded to pack_length);
+bench/speed_levers.py has the levers themselves. A compiled lever's first step (its compile) is reported apart.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def one_step(model, optimizer, batches, precision: str, loss_sum) -> tuple[float
     return total / n_sup, sum(b.n_tokens for b in batches)
 
 
-def levers(model, precision: str) -> dict[str, tuple]:
+def levers(model, precision: str, pack_length: int = 512) -> dict[str, tuple]:
     """name -> (context manager factory: the lever is on inside it, the model as it was after; precision).
     `base` trains as the run would (`precision`: what training.precision auto resolved to here)."""
     import speed_levers as speed  # bench/speed_levers.py, beside this script
@@ -87,6 +89,12 @@ def levers(model, precision: str) -> dict[str, tuple]:
                                     "bf16"),
         "fp32+packed-attn": (lambda: speed.packed_attention(model), "fp32"),
         "no-dropout": (lambda: _no_dropout(model), precision),
+        # training.compile (dynamic shapes), and static graphs over rows padded to pack_length (what it was
+        # measured against); the first step of each is its compile, reported apart (compare: first_step)
+        "compile": (lambda: speed.compiled(model), precision),
+        "fp32+compile": (lambda: speed.compiled(model), "fp32"),
+        "compile-padded": (lambda: speed.compiled(model, padded_to=pack_length), precision),
+        "fp32+compile-padded": (lambda: speed.compiled(model, padded_to=pack_length), "fp32"),
     }
 
 
@@ -120,25 +128,31 @@ def profile(model, optimizer, steps, precision, loss_sum, top: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40)
 
 
-def compare(model, optimizer, steps, precision, loss_sum, names: list[str], reps: int) -> dict:
+def compare(model, optimizer, steps, precision, loss_sum, names: list[str], reps: int, pack_length: int = 512
+            ) -> dict:
     """Per lever: CPU seconds (the process's user + system: what a step costs, much less moved by other
     processes than wall time on a shared machine) and wall seconds per step, over `reps` interleaved rounds
-    after one warm-up step per lever."""
+    after one warm-up step per lever. The warm-up step's own CPU seconds (this process and its children: g++
+    for inductor) and wall seconds are kept as `first_step`: a compiled lever's compile time."""
     import torch
 
-    table = levers(model, precision)
+    table = levers(model, precision, pack_length)
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     wall: dict[str, list[float]] = {n: [] for n in names}
     losses: dict[str, float] = {}
+    first: dict[str, dict] = {}
     tokens = sum(b.n_tokens for s in steps for b in s) / len(steps)
     for rep in range(reps + 1):  # rep 0: one warm-up step per lever, not kept
         for name in names:
             ctx, prec = table[name]
-            with ctx():
-                started, cpu0 = time.perf_counter(), time.process_time()
-                step_losses = [one_step(model, optimizer, b, prec, loss_sum)[0] for b in (steps if rep else steps[:1])]
+            with ctx() as lever:
+                runner, fn = lever if isinstance(lever, tuple) else (model, loss_sum)  # compiled levers
+                started, cpu0, kids0 = time.perf_counter(), time.process_time(), _children_cpu()
+                step_losses = [one_step(runner, optimizer, b, prec, fn)[0] for b in (steps if rep else steps[:1])]
                 elapsed, used = time.perf_counter() - started, time.process_time() - cpu0
+            if not rep:
+                first[name] = {"cpu_s": used + _children_cpu() - kids0, "wall_s": elapsed}
             with torch.no_grad():
                 for n_, p in model.named_parameters():
                     if n_ in snapshot:
@@ -150,7 +164,13 @@ def compare(model, optimizer, steps, precision, loss_sum, names: list[str], reps
     return {name: {"cpu_s": cpu[name], "wall_s": wall[name], "median_cpu_s": statistics.median(cpu[name]),
                    "min_cpu_s": min(cpu[name]), "max_cpu_s": max(cpu[name]),
                    "median_wall_s": statistics.median(wall[name]), "tokens_per_step": tokens,
-                   "tok_per_cpu_s": tokens / statistics.median(cpu[name]), "loss": losses[name]} for name in names}
+                   "tok_per_cpu_s": tokens / statistics.median(cpu[name]), "loss": losses[name],
+                   "first_step": first[name]} for name in names}
+
+
+def _children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
 
-    import torch
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # inductor compiles in this process (and g++):
+    import torch  # its CPU seconds are counted, and it keeps to one core
 
     torch.set_num_threads(args.threads)
     from tuneforge.train.loss import loss_sum
@@ -188,14 +209,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(head, "load", os.getloadavg())
                 print(profile(model, optimizer, steps, precision, loss_sum, args.top))
                 continue
-            res = compare(model, optimizer, steps, precision, loss_sum, args.levers.split(","), args.reps)
+            res = compare(model, optimizer, steps, precision, loss_sum, args.levers.split(","), args.reps,
+                          cfg.training.pack_length)
             result["runs"][str(batch)] = res
             print(head)
             base = res[args.levers.split(",")[0]]["median_cpu_s"]
             for name, r in res.items():
                 print(f"  {name:18s} {r['median_cpu_s']:.3f} CPU s/step ({r['min_cpu_s']:.3f}-{r['max_cpu_s']:.3f}), "
                       f"wall {r['median_wall_s']:.2f} s, {r['tok_per_cpu_s']:.0f} tok per CPU s, "
-                      f"speed x{base / r['median_cpu_s']:.2f}, loss {r['loss']:.5f}")
+                      f"speed x{base / r['median_cpu_s']:.2f}, loss {r['loss']:.5f}, first step "
+                      f"{r['first_step']['cpu_s']:.1f} CPU s / {r['first_step']['wall_s']:.1f} s wall")
     result["load_after"] = os.getloadavg()
     print("load", result["load_before"], "->", result["load_after"])
     if args.out:

@@ -6,6 +6,7 @@ live here beside the benchmark, not in the library: bench/profile_step.py measur
 
     with frozen_in_bf16(model): ...     # bf16 autocast over frozen linear weights held in bf16
     with packed_attention(model): ...   # SDPA per sample of a packed row instead of the row's masked N x N
+    with compiled(model) as (runner, loss_fn): loss_fn(runner, batch)   # torch.compile, as training.compile does
 """
 
 from __future__ import annotations
@@ -168,3 +169,43 @@ def packed_attention(model: nn.Module) -> Iterator[bool]:
     finally:
         model.set_attn_implementation("sdpa")
 
+
+
+_COMPILED: dict[tuple[int, bool], nn.Module] = {}
+
+
+@contextmanager
+def compiled(model: nn.Module, padded_to: int = 0) -> Iterator[tuple[nn.Module, object]]:
+    """torch.compile as the loop uses it (training.compile: tuneforge.train.compile, dynamic shapes), or, with
+    `padded_to`, the alternative it was measured against: static graphs (dynamic=False), every packed row padded
+    to a multiple of `padded_to` tokens and the kept (supervised) positions to a multiple of 128, so a handful of
+    graphs serve every step. Yields (the module to call, the loss_sum to call it with); the wrapper is built once
+    per model and kept (a new one would compile again), and shares the model's parameters."""
+    from tuneforge.train.compile import compiled_forward
+    from tuneforge.train.loss import loss_sum
+
+    key = (id(model), bool(padded_to))
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(model, dynamic=False) if padded_to else compiled_forward(model, lambda _m: None)
+    yield _COMPILED[key], (lambda m, b: padded_loss_sum(m, b, padded_to)) if padded_to else loss_sum
+
+
+def padded_loss_sum(model: nn.Module, batch, length: int, bucket: int = 128) -> torch.Tensor:
+    """loss_sum over a packed row padded to a multiple of `length` (the padding is one more packed sample: its
+    positions restart at 0, so no real token attends to it; its targets are ignored) with the kept positions
+    padded to a multiple of `bucket` by ignored ones: the same loss, on a few fixed shapes."""
+    import torch.nn.functional as F
+
+    from tuneforge.data.templates import IGNORE
+
+    n = batch.input_ids.shape[1]
+    pad = -n % length
+    ids = torch.cat([batch.input_ids, torch.zeros(1, pad, dtype=torch.long)], dim=1)
+    pos = torch.cat([batch.position_ids, torch.arange(pad).unsqueeze(0)], dim=1)
+    targets = torch.cat([batch.targets, torch.full((pad,), IGNORE, dtype=torch.long)])
+    ignored = targets == IGNORE
+    keep = (~ignored).nonzero().squeeze(1)
+    extra = ignored.nonzero().squeeze(1)[: -keep.numel() % bucket]
+    keep = torch.cat([keep, extra]).sort().values
+    out = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=keep)
+    return F.cross_entropy(out.logits[0].float(), targets[keep], reduction="sum")

@@ -113,6 +113,33 @@ def test_compiled_gradients_match_eager(tiny_model_dir):
         assert float((grad - ref[n]).norm() / ref[n].norm()) <= 1e-5, n
 
 
+def test_rows_padded_for_static_graphs_give_the_same_loss(tiny_model_dir):
+    """The lever training.compile was measured against (bench/speed_levers.py: packed rows padded to pack_length,
+    kept positions to a multiple of 128): eagerly, the same loss as the unpadded row, so the benchmark compared
+    the same step."""
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.data.batching import collate
+    from tuneforge.data.templates import Example
+    from tuneforge.train.loss import loss_sum
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from speed_levers import padded_loss_sum
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(1)
+    examples = [Example(input_ids=(ids := torch.randint(4, model.config.vocab_size, (n,), generator=g).tolist()),
+                        labels=[-100] * 4 + ids[4:]) for n in (40, 25, 61)]
+    [batch] = collate(examples, True, 512)
+    with torch.no_grad():
+        ref = float(loss_sum(model, batch))
+        for length in (128, 512):
+            assert abs(float(padded_loss_sum(model, batch, length)) - ref) <= 1e-5 * abs(ref)
+
+
 def test_metrics_record_compile(make_config, tmp_path):
     from tuneforge.train.cost import cost_block
     from tuneforge.train.loop import TrainResult
