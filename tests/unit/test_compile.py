@@ -103,7 +103,7 @@ def test_compiled_gradients_match_eager(tiny_model_dir):
         model.zero_grad(set_to_none=True)
         loss = loss_sum(runner, batch)
         loss.backward()
-        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     ref_loss, ref = loss_and_grads(model)
     loss, grads = loss_and_grads(compiled_forward(model, lambda _m: None))
