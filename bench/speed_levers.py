@@ -3,6 +3,8 @@
 fp32) but gained nothing measurable on the machine measured (1.00-1.01x a LoRA step, within the noise), so they
 live here beside the benchmark, not in the library: bench/profile_step.py measures them again on another machine
 (an AMX one, where autocast's weight casts weigh more), and a lever that gains there moves into tuneforge.train.
+`compiled` is torch.compile as training.compile runs it (tuneforge.train.compile), beside the static-shape variant
+it was measured against (docs/benchmarks.md, "torch.compile"; parity in tests/unit/test_compile.py).
 
     with frozen_in_bf16(model): ...     # bf16 autocast over frozen linear weights held in bf16
     with packed_attention(model): ...   # SDPA per sample of a packed row instead of the row's masked N x N
