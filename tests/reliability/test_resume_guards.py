@@ -151,11 +151,11 @@ def test_the_data_guard_is_the_files_sha256_and_is_not_read_again_while_unchange
     still resume), served from the data cache's stat memo on later starts: a 4 GB corpus is not read again."""
     import hashlib
 
-    from tuneforge.data import token_cache
+    from tuneforge.data import cache_keys
     from tuneforge.train.guards import run_guards
 
     monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(token_cache, "RACY_S", 0.0)
+    monkeypatch.setattr(cache_keys, "RACY_S", 0.0)
     cfg = make_config(output_dir=str(tmp_path / "out"))
     data = cfg.data.train
     first = run_guards(cfg)

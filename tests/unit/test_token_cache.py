@@ -12,7 +12,7 @@ import pytest
 
 import tiny
 from tuneforge.config.schema import Config
-from tuneforge.data import token_cache
+from tuneforge.data import cache_keys, token_cache
 from tuneforge.data.dataset import load_train_eval_records
 from tuneforge.data.stage_data import load_stage_data, load_stage_examples
 from tuneforge.errors import DataError
@@ -142,7 +142,7 @@ def test_the_file_hash_is_remembered_by_stat_and_a_change_is_always_seen(tmp_pat
     truth = hashlib.sha256(data.read_bytes()).hexdigest()
     # just written: inside the racy window, so hashed every time and never served from the memo
     assert token_cache.file_sha256(data) == truth and token_cache.file_sha256(data) == truth and len(reads) == 2
-    monkeypatch.setattr(token_cache, "RACY_S", 0.0)
+    monkeypatch.setattr(cache_keys, "RACY_S", 0.0)
     assert token_cache.file_sha256(data) == truth and len(reads) == 3  # hashed, remembered
     assert token_cache.file_sha256(data) == truth and len(reads) == 3  # served from the memo: not read
     old = os.stat(data)
@@ -151,7 +151,7 @@ def test_the_file_hash_is_remembered_by_stat_and_a_change_is_always_seen(tmp_pat
     new_truth = hashlib.sha256(data.read_bytes()).hexdigest()
     assert new_truth != truth and token_cache.file_sha256(data) == new_truth and len(reads) == 4  # ctime moved
     assert token_cache.file_sha256(data) == new_truth and len(reads) == 4
-    monkeypatch.setattr(token_cache, "RACY_S", 3600.0)  # every file is now "just changed": hashed again
+    monkeypatch.setattr(cache_keys, "RACY_S", 3600.0)  # every file is now "just changed": hashed again
     assert token_cache.file_sha256(data) == new_truth and len(reads) == 5
     memo_dir = token_cache.data_cache_dir() / "file-sha256"
     assert [json.loads(p.read_text())["path"] for p in memo_dir.iterdir()] == [str(data.resolve())]

@@ -40,7 +40,7 @@ def _hash_file(digest, path: Path, edge: int | None = None) -> None:
 def run_guards(cfg) -> dict[str, Any]:
     """What resume compares: the model (config, tokenizer and weight files; a hub id by name), the training
     data (sha256 of the file's bytes), the seed and the learning rate."""
-    from tuneforge.data.token_cache import file_sha256
+    from tuneforge.data.cache_keys import file_sha256
     from tuneforge.models import resolve_model
 
     resolved = Path(resolve_model(cfg.model))
