@@ -212,8 +212,19 @@ def render(results: dict, tasks: list[str], settings: list[str], seeds: list[int
            "Recipe of the first setting (learning rate, epochs, optimizer steps): " + "; ".join(
                f"{t}: {recipe[t]['learning_rate']:g}, {recipe[t]['epochs']:g}, {recipe[t]['steps']}" for t in recipe)
            + ".", "",
-           f"Best by mean rank: **{min(mean_rank, key=lambda k: (mean_rank[k], k))}**.", ""]
+           best_line(results, tasks, mean_rank), ""]
     return "\n".join(out)
+
+
+def best_line(results: dict, tasks: list[str], mean_rank: dict[str, float]) -> str:
+    """The best mean rank among the settings run on every task (a setting run on one task ranks only there)."""
+    complete = [s for s in mean_rank if all(results[t].get(s) for t in tasks)]
+    if not complete:
+        return "No setting has run on every task yet."
+    best = min(complete, key=lambda k: (mean_rank[k], k))
+    partial = len(mean_rank) - len(complete)
+    return (f"Best by mean rank among the {len(complete)} setting(s) run on every task: **{best}**"
+            + (f" ({partial} other(s) ran on only some tasks and rank only there)." if partial else "."))
 
 
 NOTES = "<!-- notes: kept when the table is regenerated -->"

@@ -67,6 +67,8 @@ def test_render_writes_a_partial_study_from_its_json(study, tmp_path):
     md = out.read_text()
     assert "old table" not in md and md.endswith(study.NOTES + "\nhand-written findings\n")
     assert "| lr x2 | 0.750 (1) | - | 1.00 |" in md and "| defaults | 0.500 (2) | 0.250 (1) | 1.50 |" in md
+    # lr x2 ranks first but ran on one task only: the best is named among the settings that ran on every task
+    assert "run on every task: **defaults** (1 other(s) ran on only some tasks and rank only there)." in md
 
 
 def test_resume_adds_a_grid_and_keeps_every_earlier_run_and_command(study, tmp_path, monkeypatch):

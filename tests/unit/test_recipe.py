@@ -78,10 +78,10 @@ def test_preference_stage_keeps_one_pass(make_config):
     assert choose(cfg, 64)["epochs"]["value"] == 1.0
 
 
-@pytest.mark.parametrize("stage, want", [("sft", 1e-3), ("pretrain", 1e-3), ("classify", 1e-3), ("dpo", 2e-4),
+@pytest.mark.parametrize("stage, want", [("sft", 2e-3), ("pretrain", 2e-3), ("classify", 2e-3), ("dpo", 2e-4),
                                          ("reward", 2e-4), ("grpo", 2e-4), ("kto", 2e-4)])
 def test_lora_open_rate_depends_on_the_stage_kind(stage, want):
-    """LoRA's open rate is the defaults study's 1e-3 on the supervised stages it measured and stays 2e-4 on the
+    """LoRA's open rate is the defaults study's 2e-3 on the supervised stages it measured and stays 2e-4 on the
     preference / RL / reward stages, which it did not; a method without pairs_lr uses one rate everywhere."""
     assert default_rate("lora", stage)[0] == want and default_rate("qlora", stage)[0] == want
     assert default_rate("full", stage)[0] == METHODS["full"].default_lr

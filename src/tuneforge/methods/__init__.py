@@ -25,15 +25,15 @@ RL_PEFT = frozenset({"dpo", "ppo", "grpo"}) | PREFERENCE
 RL_COPY = frozenset({"dpo", "grpo"}) | PREFERENCE
 
 # default_lr: the rate of a run that gives no training.learning_rate on a supervised stage; pairs_lr on a
-# preference / RL / reward stage (train/recipe.py default_rate; compare's switched methods). LoRA 1e-3: docs/defaults.md
+# preference / RL / reward stage (train/recipe.py default_rate; compare's switched methods). LoRA 2e-3: docs/defaults.md
 METHODS: dict[str, Method] = {
     "full": Method(freeze.apply_full, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=5e-5, saves_whole_model=True,
                    why_not_mergeable="full fine-tuning already saves a whole model"),
     "freeze": Method(freeze.apply_freeze, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=1e-4,
                      saves_whole_model=True, why_not_mergeable="partial fine-tuning already saves a whole model"),
-    "lora": Method(peft_methods.apply_lora, LM_AND_CLS | RL_PEFT, peft_methods.load_peft, default_lr=1e-3,
+    "lora": Method(peft_methods.apply_lora, LM_AND_CLS | RL_PEFT, peft_methods.load_peft, default_lr=2e-3,
                    pairs_lr=2e-4, mergeable=True, save=peft_methods.save_lora),
-    "qlora": Method(peft_methods.apply_qlora, LM | RL_PEFT, peft_methods.load_peft, default_lr=1e-3,
+    "qlora": Method(peft_methods.apply_qlora, LM | RL_PEFT, peft_methods.load_peft, default_lr=2e-3,
                     pairs_lr=2e-4, quantized_base=True, mergeable=True),
     "ia3": Method(peft_methods.apply_ia3, LM_AND_CLS | RL_PEFT, peft_methods.load_peft, default_lr=3e-3,
                   mergeable=True),
