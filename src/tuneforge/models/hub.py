@@ -108,6 +108,18 @@ def _extract_zip(alias: Alias, name: str, dest: Path) -> None:
         raise
 
 
+def _materialize(alias: Alias, name: str, dest: Path) -> None:
+    """Build the alias's directory once, under a file lock: processes that start together on a fresh cache (hpo
+    workers, torchrun ranks, a study's runs) wait for the first one instead of converting it again and failing to
+    rename onto the directory it made."""
+    from filelock import FileLock
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.parent / f".{name}.lock")):
+        if not (dest / "config.json").is_file():  # another process may have built it while this one waited
+            (_extract_zip if alias.filename.endswith(".zip") else _convert_gguf)(alias, name, dest)
+
+
 def no_such_directory(name: str) -> ModelError:
     return ModelError(f"model {name!r}: no such run or model directory (a run to continue from must have "
                       "finished first)")
@@ -140,8 +152,7 @@ def resolve_path(name: str) -> str:
     if name in ALIASES:
         dest = tuneforge_home() / "models" / name
         if not (dest / "config.json").is_file():
-            alias = ALIASES[name]
-            (_extract_zip if alias.filename.endswith(".zip") else _convert_gguf)(alias, name, dest)
+            _materialize(ALIASES[name], name, dest)
         return str(dest)
     path = Path(name).expanduser()
     if path.exists():
