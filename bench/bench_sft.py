@@ -131,9 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     measured = peaks(args, data["hidden_size"], data["intermediate_size"])
     names = args.recipes.split(",")
     raw: dict[str, list[dict]] = {n: [] for n in names}
+    partial = Path(args.out).with_suffix(".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
     for rep in range(args.reps):
         for name in names:  # interleaved: a b c d e, a b c d e, ...
             raw[name].append(run_rep(args, name, rep))
+            # after every repetition: a run stopped early keeps what it measured (the final JSON replaces it)
+            partial.write_text(json.dumps({"args": vars(args), "env": env_start, "data": data,
+                                           "peak_measurements": measured, "raw": raw}, indent=2) + "\n")
     measured += peaks(args, data["hidden_size"], data["intermediate_size"])
     peak = {d: max(m["flops"] for m in measured if m["dtype"] == d) for d in ("fp32", "bf16")}
     summary = summarise(raw, peak)
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    partial.unlink(missing_ok=True)
     print(f"wrote {out}")
     failed = [f"{n} rep {r['rep'] + 1}" for n, reps in raw.items() for r in reps if "error" in r]
     if failed:

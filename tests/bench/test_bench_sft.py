@@ -41,15 +41,21 @@ def test_parent_interleaves_repetitions_and_summarises_them(tiny_model_dir, tmp_
     order: list[tuple[str, int]] = []
     walls = {"seed-fp32": [30.0, 50.0, 40.0], "tuneforge": [11.0, 9.0, 13.0]}
 
+    out = tmp_path / "sft.json"
+    partial = tmp_path / "sft.partial.json"
+
     def fake_run_rep(args, recipe, rep):
+        if order:  # every finished repetition is on disk before the next starts (a stopped run keeps them)
+            saved = json.loads(partial.read_text())["raw"]
+            assert sum(len(v) for v in saved.values()) == len(order)
         order.append((recipe, rep))
         return _fake_rep(recipe, rep, walls[recipe][rep])
 
     monkeypatch.setattr(bench_sft, "run_rep", fake_run_rep)
-    out = tmp_path / "sft.json"
     rc = bench_sft.main(["--model", str(tiny_model_dir), "--recipes", "seed-fp32,tuneforge", "--reps", "3",
                          "--threads", "1", "--peak-seconds", "0.02", "--out", str(out)])
     assert rc == 0
+    assert not partial.exists()  # replaced by the whole record
     assert order == [("seed-fp32", 0), ("tuneforge", 0), ("seed-fp32", 1), ("tuneforge", 1),
                      ("seed-fp32", 2), ("tuneforge", 2)]
     summary = json.loads(out.read_text())["summary"]
