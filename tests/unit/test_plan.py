@@ -23,6 +23,8 @@ KNOWN_TOTALS = {  # from the published checkpoints
     "mistral-7b": 7_241_732_096,
     "qwen2.5-7b": 7_615_616_512,
     "smollm2-135m": 134_515_008,
+    "smollm2-360m": 361_821_120,
+    "smollm2-1.7b": 1_711_376_384,
 }
 H, INTER, L, HEADS, KV_HEADS, VOCAB = 64, 128, 2, 4, 2, 256
 KV = KV_HEADS * H // HEADS

@@ -30,6 +30,8 @@ ARCHS: dict[str, tuple[str, ...]] = {
     "mistral-7b-v0.1": ("mistral-7b", "mistralai/mistral-7b-v0.1"),
     "qwen2.5-7b": ("qwen2.5", "qwen/qwen2.5-7b"),
     "smollm2-135m": ("smollm2-135m-instruct", "huggingfacetb/smollm2-135m", "huggingfacetb/smollm2-135m-instruct"),
+    "smollm2-360m": ("smollm2-360m-instruct", "huggingfacetb/smollm2-360m", "huggingfacetb/smollm2-360m-instruct"),
+    "smollm2-1.7b": ("smollm2-1.7b-instruct", "huggingfacetb/smollm2-1.7b", "huggingfacetb/smollm2-1.7b-instruct"),
     "distilbert-base-uncased": ("distilbert", "distilbert/distilbert-base-uncased"),
     "all-minilm-l6-v2": ("minilm-l6", "sentence-transformers/all-minilm-l6-v2"),
 }
