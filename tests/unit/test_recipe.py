@@ -86,3 +86,17 @@ def test_lora_open_rate_depends_on_the_stage_kind(stage, want):
     assert default_rate("lora", stage)[0] == want and default_rate("qlora", stage)[0] == want
     assert default_rate("full", stage)[0] == METHODS["full"].default_lr
     assert ("pairs/prompts" in default_rate("lora", stage)[1]) == (want == 2e-4)
+
+
+def test_classification_is_sized_to_more_steps(make_config):
+    """A classifier's new head needs ~900 steps (docs/defaults.md: 150 left one of three labels unlearned)."""
+    from tuneforge.train.recipe import TARGET_STEPS_BY_UNIT, target_steps
+
+    assert target_steps("samples") == TARGET_STEPS_BY_UNIT["samples"] == 900
+    assert target_steps("supervised_tokens") == TARGET_STEPS
+    cls = choose(make_config(stage="classify", training__max_steps=None, training__batch_size=8), 400)
+    assert cls["epochs"]["value"] == 18.0 and "target 900" in cls["epochs"]["why"]  # 50 steps a pass
+    sft = choose(make_config(training__max_steps=None, training__batch_size=8), 400)
+    assert sft["epochs"]["value"] == 3.0 and "target 150" in sft["epochs"]["why"]
+    big = choose(make_config(stage="classify", training__max_steps=None, training__batch_size=8), 8000)
+    assert big["epochs"]["value"] == 1.0  # 1000 steps a pass: one pass
