@@ -98,3 +98,12 @@ def test_resume_adds_a_grid_and_keeps_every_earlier_run_and_command(study, tmp_p
         f"--json {js} --out {md}"]
     text = md.read_text()
     assert "| lr x2 | 0.900 (1) | 0.900 (1) | 1.00 |" in text and "| defaults | 0.400 (2) | 0.400 (2) | 2.00 |" in text
+
+
+def test_shipped_doc_is_the_render_of_the_shipped_runs(study, tmp_path):
+    """docs/defaults.md's table is computed from bench/results/defaults_study.json, not typed."""
+    doc = ROOT / "docs" / "defaults.md"
+    copy = tmp_path / "defaults.md"
+    copy.write_text(doc.read_text(encoding="utf-8"), encoding="utf-8")
+    study.main(["--render", "--json", str(ROOT / "bench" / "results" / "defaults_study.json"), "--out", str(copy)])
+    assert copy.read_text(encoding="utf-8") == doc.read_text(encoding="utf-8")
