@@ -149,3 +149,29 @@ def test_a_build_evicts_lru_caches_above_the_cap_but_not_one_a_live_reader_holds
     logs.clear()
     load(files[0], logs.append)  # a reuse stamps the last use
     assert any(line.startswith("data cache: reused") for line in logs) and stamp.stat().st_mtime > 1.0
+
+
+def test_clear_removes_the_remembered_file_digests(caches, tmp_path_factory, monkeypatch):
+    """`tuneforge data cache --clear` left file-sha256/ behind; a full clear removes it, --older-than only the
+    digests of files that are gone or changed."""
+    from tuneforge.data import cache_keys
+
+    monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(caches))
+    monkeypatch.setattr(cache_keys, "RACY_S", 0)  # remember digests of files written just now
+    data = tmp_path_factory.mktemp("data")
+    kept, changed, gone = (data / n for n in ("kept.jsonl", "changed.jsonl", "gone.jsonl"))
+    for f in (kept, changed, gone):
+        f.write_text('{"text": "x"}\n')
+        past = time.time() - 60
+        os.utime(f, (past, past))
+    for f in (kept, changed, gone):
+        cache_keys.file_sha256(f)
+    memo = caches / "file-sha256"
+    assert len(list(memo.glob("*.json"))) == 3
+    changed.write_text('{"text": "y"}\n')
+    gone.unlink()
+    cache_admin.clear(caches, older_than_days=5)
+    left = [json.loads(p.read_text())["path"] for p in memo.glob("*.json")]
+    assert left == [str(kept.resolve())]
+    cache_admin.clear(caches)
+    assert list(memo.glob("*.json")) == []

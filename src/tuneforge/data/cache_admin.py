@@ -125,9 +125,28 @@ def _stale_builds(root: Path) -> list[Path]:
     return out
 
 
+def prune_digests(root: Path, everything: bool) -> int:
+    """Remove remembered file digests (`<root>/file-sha256/`, data.cache_keys.file_sha256): all of them, or only
+    those whose file is gone or has changed since (they would never be used again). Returns how many."""
+    from tuneforge.data.cache_keys import _stat_key
+
+    removed = 0
+    for memo in sorted((root / "file-sha256").glob("*.json")):
+        if not everything:
+            try:
+                seen = json.loads(memo.read_text())
+                if seen["stat"] == _stat_key(os.stat(seen["path"])):
+                    continue
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable, or its file is gone: stale
+        memo.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def clear(root: Path, older_than_days: float | None = None, now: float | None = None) -> tuple[list, list]:
-    """Remove the caches not used for `older_than_days` (None: all) and dead builds' leftovers; returns
-    (removed entries, entries skipped because in use)."""
+    """Remove the caches not used for `older_than_days` (None: all), dead builds' leftovers and the remembered
+    file digests (None: all; else the stale ones); returns (removed entries, entries skipped because in use)."""
     now = time.time() if now is None else now
     removed, skipped = [], []
     for entry in list_caches(root):
@@ -136,6 +155,7 @@ def clear(root: Path, older_than_days: float | None = None, now: float | None = 
         (removed if _remove(root, entry) else skipped).append(entry)
     for path in _stale_builds(root):
         shutil.rmtree(path, ignore_errors=True)
+    prune_digests(root, everything=older_than_days is None)
     return removed, skipped
 
 
