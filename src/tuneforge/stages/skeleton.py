@@ -44,6 +44,7 @@ from tuneforge.report.write import write_report
 from tuneforge.stage_info import StageInfo, stage_info
 from tuneforge.train import distributed as ddp
 from tuneforge.train import wall
+from tuneforge.train.checkpoint import saved_precision
 from tuneforge.train.cost import cost_block
 from tuneforge.train.guards import check_resume_config
 from tuneforge.train.loop import TrainResult
@@ -134,7 +135,22 @@ def open_output(run: StageRun) -> Path:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     run.out, run.precision = out, resolve_precision(cfg.training.precision, run.device)
+    if cfg.training.precision == "auto":
+        run.precision = _auto_precision_kept(run, out)
     return out
+
+
+def _auto_precision_kept(run: StageRun, out: Path) -> str:
+    """precision auto on CPU is a timing probe (bf16 only where its matmuls are not slower), which can come out
+    otherwise under load: a resumed run keeps the precision its checkpoint trained with, and every rank takes
+    rank 0's choice, so one run never mixes bf16 and fp32 steps."""
+    precision = run.precision
+    if run.cfg.resume:
+        saved = saved_precision(run.cfg.resume, out / "checkpoints")
+        if saved is not None and saved != precision:
+            run.log(f"resume: precision auto kept as {saved}, the checkpoint's (this start's probe chose {precision})")
+            precision = saved
+    return ddp.broadcast_object(precision)
 
 
 def load_base(run: StageRun, labels: list[str] | None = None):
