@@ -20,7 +20,7 @@ OUTPUTS = {load_config(p).output_dir for p in EXAMPLES}
 
 
 def test_there_are_examples():
-    assert {p.name for p in EXAMPLES} >= {"quickstart.yaml", "pretrain.yaml", "classify.yaml"}
+    assert {p.name for p in EXAMPLES} >= {"quickstart.yaml", "pretrain.yaml", "classify.yaml", "sft_mix.yaml"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -31,8 +31,9 @@ def test_example_config_validates(path, monkeypatch, tiny_tokenizer):
     cfg = load_config(path)
     check_config(cfg)
     for split in ("train", "eval"):
-        file = getattr(cfg.data, split)
-        if file:  # every record parses and builds; the tiny tokenizer stands in for speed
+        value = getattr(cfg.data, split)
+        for file in value if isinstance(value, list) else [value] if value else []:  # a mix: every source
+            file = getattr(file, "path", file)  # every record parses and builds; the tiny tokenizer for speed
             examples, stats = load_stage_examples(cfg, tiny_tokenizer, load_checked_records(cfg, file))
             assert examples and stats.summary()["records"] == stats.summary()["examples"]
     block = getattr(cfg, cfg.stage, None)
