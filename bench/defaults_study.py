@@ -162,7 +162,15 @@ def run_one(task_name: str, setting_name: str, model: str, seed: int, work: str,
     metrics = json.loads((out / "metrics.json").read_text())
     return {"value": metrics["eval_after"][task.metric], "seconds": time.perf_counter() - started,
             "steps": metrics["train"]["steps"], "learning_rate": metrics["recipe"]["learning_rate"]["value"],
-            "epochs": metrics["recipe"]["epochs"]["value"], "under_learned": metrics["learning"]["under_learned"]}
+            "epochs": metrics["recipe"]["epochs"]["value"], "under_learned": metrics["learning"]["under_learned"],
+            "precision": metrics["train"]["precision"], "cpu": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _init_worker(threads: int | None) -> None:

@@ -50,6 +50,7 @@ def test_quick_unit_writes_the_table_from_real_runs(study, tiny_bert_dir, tmp_pa
     for setting in ("defaults", "lr x4"):
         (run,) = results[setting]
         assert 0.0 <= run["value"] <= 1.0 and run["steps"] == 160 and run["epochs"] == 20  # 8 steps a pass, capped
+        assert run["precision"] in ("fp32", "bf16") and run["cpu"]  # what each figure was measured with
         row = next(line for line in md.splitlines() if line.startswith(f"| {setting} |"))
         value = float(re.match(r"([0-9.]+)", row.strip("|").split("|")[1].strip()).group(1))
         assert value == pytest.approx(run["value"], abs=1e-3)  # the cell is the run's own metrics.json figure
