@@ -7,7 +7,7 @@ PIP     := $(BIN)/pip
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo rlhf test test-fast bench gpu-check deepspeed-check lint clean
+.PHONY: setup demo rlhf test test-fast bench bench-cost gpu-check deepspeed-check lint clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/bench_sft.py
+
+# tokens/s and peak RSS against model size (135M, 360M, 1.7B) and rows per micro-batch, beside tuneforge plan
+bench-cost: setup
+	$(BIN)/python bench/bench_cost.py
 
 # On a GPU machine, with the CUDA torch, transformers, peft and accelerate already installed there (never the
 # pinned CPU torch of `setup`): GPU_PYTHON=/path/to/python make gpu-check [GPU_ARGS="--max-steps 10"]

@@ -124,7 +124,8 @@ def run_cell(model: Path, method: str, batch: int, steps: int, data: Path, work:
     steps_log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
     later = steps_log[1:] or steps_log
     return {
-        "steps": len(steps_log), "tokens_per_second": sum(s["tokens"] for s in later) / sum(s["seconds"] for s in later),
+        "steps": len(steps_log),
+        "tokens_per_second": sum(s["tokens"] for s in later) / sum(s["seconds"] for s in later),
         "tokens_per_step": sum(s["tokens"] for s in steps_log) / len(steps_log),
         "first_step_s": steps_log[0]["seconds"], "step_s": [s["seconds"] for s in steps_log],
         "peak_rss_mb": train["peak_rss_mb"], "precision": train["precision"], "process_wall_s": wall,

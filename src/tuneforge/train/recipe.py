@@ -1,8 +1,8 @@
 """The recipe a run trains with when the config leaves it open. training.learning_rate null: the method's own
 default rate (each method carries `default_lr`). training.epochs null: enough passes over a small data set to
 learn it, about TARGET_STEPS optimizer steps (TARGET_STEPS_BY_UNIT for classification; at most MAX_EPOCHS
-passes), and one pass over a corpus that gives that many steps or more by itself. Explicit keys always win. What was chosen and why goes to the log and to
-metrics.json's `recipe` block.
+passes), and one pass over a corpus that gives that many steps or more by itself. Explicit keys always win. What
+was chosen and why goes to the log and to metrics.json's `recipe` block.
 
     recipe = apply_recipe(cfg, n_train_examples, log)   # fills cfg.training in place; returns the recipe block
 """
