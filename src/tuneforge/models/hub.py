@@ -115,7 +115,9 @@ def _materialize(alias: Alias, name: str, dest: Path) -> None:
     from filelock import FileLock
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest.parent / f".{name}.lock")):
+    locks = tuneforge_home() / "locks"  # beside models/, so that models/ holds only models (and nothing on failure)
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"model-{name}.lock")):
         if not (dest / "config.json").is_file():  # another process may have built it while this one waited
             (_extract_zip if alias.filename.endswith(".zip") else _convert_gguf)(alias, name, dest)
 
