@@ -9,7 +9,8 @@ import json
 
 from tuneforge.stages import STAGES
 from tuneforge.train import precision as precision_mod
-from tuneforge.train.checkpoint import list_checkpoints, saved_precision
+from tuneforge.train.checkpoint import list_checkpoints
+from tuneforge.train.guards import saved_precision
 
 
 def _probe(monkeypatch, bf16: bool) -> None:

@@ -166,7 +166,7 @@ def test_clear_removes_the_remembered_file_digests(caches, tmp_path_factory, mon
         os.utime(f, (past, past))
     for f in (kept, changed, gone):
         cache_keys.file_sha256(f)
-    memo = caches / "file-sha256"
+    memo = caches / cache_keys.MEMO_DIR
     assert len(list(memo.glob("*.json"))) == 3
     changed.write_text('{"text": "y"}\n')
     gone.unlink()

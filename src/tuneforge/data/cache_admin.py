@@ -128,14 +128,14 @@ def _stale_builds(root: Path) -> list[Path]:
 def prune_digests(root: Path, everything: bool) -> int:
     """Remove remembered file digests (`<root>/file-sha256/`, data.cache_keys.file_sha256): all of them, or only
     those whose file is gone or has changed since (they would never be used again). Returns how many."""
-    from tuneforge.data.cache_keys import _stat_key
+    from tuneforge.data.cache_keys import MEMO_DIR, stat_key
 
     removed = 0
-    for memo in sorted((root / "file-sha256").glob("*.json")):
+    for memo in sorted((root / MEMO_DIR).glob("*.json")):
         if not everything:
             try:
                 seen = json.loads(memo.read_text())
-                if seen["stat"] == _stat_key(os.stat(seen["path"])):
+                if seen["stat"] == stat_key(os.stat(seen["path"])):
                     continue
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable, or its file is gone: stale

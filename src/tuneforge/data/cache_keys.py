@@ -34,7 +34,10 @@ def data_cache_dir() -> Path:
 RACY_S = 2.0  # a file changed this close to (or after) its hashing is hashed again: timestamps are coarse
 
 
-def _stat_key(st: os.stat_result) -> list[int]:
+MEMO_DIR = "file-sha256"  # under data_cache_dir(): file_sha256's remembered digests, one JSON per file
+
+
+def stat_key(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -46,11 +49,11 @@ def file_sha256(path: str | Path) -> str:
     timestamp tick would not change the stat)."""
     path = Path(path)
     st = os.stat(path)
-    memo = data_cache_dir() / "file-sha256" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    memo = data_cache_dir() / MEMO_DIR / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
                                                + ".json")
     try:
         seen = json.loads(memo.read_text())
-        if seen["stat"] == _stat_key(st) and max(st.st_mtime_ns, st.st_ctime_ns) < seen["began_ns"] - RACY_S * 1e9:
+        if seen["stat"] == stat_key(st) and max(st.st_mtime_ns, st.st_ctime_ns) < seen["began_ns"] - RACY_S * 1e9:
             return str(seen["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -60,10 +63,10 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     # remembered only if unchanged while it was read and old enough to be trusted by the next run
-    if _stat_key(os.stat(path)) == _stat_key(st) and max(st.st_mtime_ns, st.st_ctime_ns) < began_ns - RACY_S * 1e9:
+    if stat_key(os.stat(path)) == stat_key(st) and max(st.st_mtime_ns, st.st_ctime_ns) < began_ns - RACY_S * 1e9:
         try:
             memo.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(memo, {"path": str(path.resolve()), "stat": _stat_key(st), "began_ns": began_ns,
+            write_json_atomic(memo, {"path": str(path.resolve()), "stat": stat_key(st), "began_ns": began_ns,
                                      "sha256": digest.hexdigest()})
         except OSError:
             pass  # a read-only cache only costs the next run a rehash

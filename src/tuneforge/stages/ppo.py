@@ -126,7 +126,7 @@ def train_ppo(policy: PolicyWithValue, tokenizer, examples: list[PromptExample],
     per_epoch, total = plan_rollouts(cfg, len(examples))
     optimizer, scheduler = make_optimizer([q for q in policy.parameters() if q.requires_grad], cfg, total)
     ckpt_root = out / "checkpoints"
-    guards = {**run_guards(cfg), "precision": precision}  # resume refuses a changed model, data, seed or LR
+    guards = run_guards(cfg, precision)  # resume refuses a changed model, data, seed or LR (resume_allow_changes)
     resumed_from, state, changes = None, None, []
     if cfg.resume:
         resumed_from, state, changes = resume_run(cfg, ckpt_root, guards, policy, optimizer, scheduler, log, out)

@@ -44,9 +44,8 @@ from tuneforge.report.write import write_report
 from tuneforge.stage_info import StageInfo, stage_info
 from tuneforge.train import distributed as ddp
 from tuneforge.train import wall
-from tuneforge.train.checkpoint import saved_precision
 from tuneforge.train.cost import cost_block
-from tuneforge.train.guards import check_resume_config
+from tuneforge.train.guards import check_resume_config, saved_precision
 from tuneforge.train.loop import TrainResult
 from tuneforge.train.precision import resolve_precision
 from tuneforge.train.recipe import apply_recipe

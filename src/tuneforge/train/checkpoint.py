@@ -269,19 +269,6 @@ def find_resume(resume: str, ckpt_root: Path) -> tuple[Path, dict[str, Any]] | N
     return None
 
 
-def saved_precision(resume: str, ckpt_root: Path) -> str | None:
-    """The precision the checkpoint a resume would take trained with (its guards'; None: none recorded, or no
-    checkpoint). Read before the model is loaded, so precision auto can keep it (stages.skeleton)."""
-    paths = [Path(resume)] if resume != "auto" else list(reversed(list_checkpoints(ckpt_root)))
-    for path in paths:
-        try:
-            guards = json.loads((path / "state.json").read_text()).get("guards") or {}
-        except (OSError, ValueError, AttributeError):
-            continue  # unreadable: resume skips it too
-        return guards.get("precision")
-    return None
-
-
 def restore(loaded: dict[str, Any], model, optimizer, scheduler, put=None) -> TrainState:
     """`put(weights, optimizer tensors, optimizer meta)`, if given, restores the tensors instead (DeepSpeed)."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}

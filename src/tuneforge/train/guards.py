@@ -9,6 +9,7 @@ with a ConfigError naming it, unless `resume_allow_changes` lists it (then it is
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import ConfigError
-from tuneforge.train.checkpoint import MARKER
+from tuneforge.train.checkpoint import MARKER, list_checkpoints
 
 GUARDED = ("model", "data", "seed", "learning_rate")
 EDGE = 1 << 20  # bytes hashed at each end of a weights file: cheap, and catches a different model of one size
@@ -37,9 +38,10 @@ def _hash_file(digest, path: Path, edge: int | None = None) -> None:
             digest.update(f.read(edge))
 
 
-def run_guards(cfg) -> dict[str, Any]:
+def run_guards(cfg, precision: str | None = None) -> dict[str, Any]:
     """What resume compares: the model (config, tokenizer and weight files; a hub id by name), the training
-    data (sha256 of the file's bytes), the seed and the learning rate."""
+    data (sha256 of the file's bytes), the seed and the learning rate; with `precision`, the resolved precision
+    too (recorded, not compared: a resume with precision auto keeps it, saved_precision)."""
     from tuneforge.data.cache_keys import file_sha256
     from tuneforge.models import resolve_model
 
@@ -66,7 +68,21 @@ def run_guards(cfg) -> dict[str, Any]:
     data = ", ".join(str(getattr(s, "path", s)) for s in sources)
     return {"model": {"name": cfg.model, "path": str(resolved), "sha256": model_digest.hexdigest()},
             "data": {"path": data, "sha256": data_sha},
-            "seed": cfg.seed, "learning_rate": cfg.training.learning_rate}
+            "seed": cfg.seed, "learning_rate": cfg.training.learning_rate,
+            **({"precision": precision} if precision is not None else {})}
+
+
+def saved_precision(resume: str, ckpt_root: Path) -> str | None:
+    """The precision the checkpoint a resume would take trained with (its guards'; None: none recorded, or no
+    checkpoint). Read before the model is loaded, so precision auto can keep it (stages.skeleton)."""
+    paths = [Path(resume)] if resume != "auto" else list(reversed(list_checkpoints(ckpt_root)))
+    for path in paths:
+        try:
+            guards = json.loads((path / "state.json").read_text()).get("guards") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable: resume skips it too
+        return guards.get("precision")
+    return None
 
 
 def _compared(guards: dict[str, Any], key: str) -> tuple[Any, str]:

@@ -97,7 +97,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     runner = compile_mod.compiled_forward(model, log) if t.compile and not even else model
     scaler = grad_scaler(precision)  # fp16 (GPUs without bf16) only
     ckpt_root = output_dir / "checkpoints"
-    guards = {**guards_mod.run_guards(cfg), "precision": precision}  # precision: kept by a resume, not compared
+    guards = guards_mod.run_guards(cfg, precision)
 
     state = ckpt.TrainState(step=0, bad_steps=0, history=[], tokens_seen=0, train_seconds=0.0)
     resumed_from, changes = None, []
