@@ -12,6 +12,7 @@ Every repetition's raw figures, all settings, versions, commit and CPU flags go 
 
     python bench/bench_sft.py                         # `make bench`: 3 repetitions x 5 recipes, ~75 min on 2 idle cores
     python bench/bench_sft.py --reps 5 --recipes seed-fp32,tuneforge
+    python bench/bench_sft.py --recipes tuneforge,tuneforge-no-trim --out bench/results/trim.json   # one lever
     python bench/bench_sft.py --quick --out /tmp/q.json   # CI: 2 recipes, 1 repetition, 2 steps, 8 rows
 """
 
@@ -34,7 +35,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PA
 
 import torch  # noqa: E402
 from env_record import environment, load_average, matmul_peak  # noqa: E402
-from sftbench.recipes import DESCRIPTIONS, RECIPES, Common  # noqa: E402
+from sftbench.recipes import DESCRIPTIONS, PEERS, RECIPES, Common  # noqa: E402
 from sftbench.report import summarise, table  # noqa: E402
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
@@ -45,7 +46,7 @@ QUICK = {"recipes": "seed-fp32,tuneforge", "reps": 1, "max_steps": 2, "train_row
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="alias or HF directory (tests: the tiny one)")
-    p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--recipes", default=",".join(PEERS), help=f"comma list of {', '.join(RECIPES)}")
     p.add_argument("--reps", type=int, default=3, help="repetitions per recipe (interleaved)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3, help="one learning rate for every recipe")

@@ -141,3 +141,24 @@ def toy_cls_rows(n: int, seed: int = 0, labels: tuple[str, ...] = ("pos", "neg")
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
     return rows
+
+
+def train_checked(cfg):
+    """The stage skeleton's LoRA (or other method) setup and the training loop on `cfg` (fp32), asserting that
+    every frozen weight stayed as it was. Returns (model, TrainResult, output dir)."""
+    import torch
+
+    import tuneforge.stages.skeleton as skeleton
+    from tuneforge.train.loop import train
+
+    torch.manual_seed(0)
+    run = skeleton.begin(cfg, lambda _m: None)
+    data = skeleton.load_data(run)
+    out = skeleton.open_output(run)
+    model, _ = skeleton.apply_method(run, skeleton.load_base(run))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    result = train(model, data.train, [], cfg, out, "fp32", log=lambda _m: None)
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen weight {n} changed"
+    return model, result, out

@@ -140,16 +140,17 @@ def recipe_trl_cpu(train: list[Sample], tok: Any, tmp: str, c: Common) -> Setup:
                 per_device_train_batch_size=trl_cpu_rows(c, mean))
 
 
-def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common) -> Setup:
+def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common, **keys: Any) -> Setup:
     """The steps of `tuneforge train` (tuneforge.stages.lm.run_lm) up to training, through the same skeleton
-    functions, with tuneforge's defaults for every key the Common settings do not fix."""
+    functions, with tuneforge's defaults for every key the Common settings (and `keys`, training keys) do not fix."""
     import tuneforge.stages.skeleton as skeleton
     from tuneforge.config.schema import Config
     from tuneforge.train.loop import train as tf_train
 
     path = Path(tmp) / "train.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in train), encoding="utf-8")
-    training: dict[str, Any] = {"batch_size": c.batch, "learning_rate": c.lr, "epochs": 1, "max_length": c.max_len}
+    training: dict[str, Any] = {"batch_size": c.batch, "learning_rate": c.lr, "epochs": 1, "max_length": c.max_len,
+                                **keys}
     if c.max_steps:
         training["max_steps"] = c.max_steps
     lora = {"r": c.lora["r"], "alpha": c.lora["alpha"], "dropout": c.lora["dropout"],
@@ -170,7 +171,7 @@ def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common) -> Setu
 
     t = cfg.training
     settings = {**_fields(t, "precision pack_length lr_scheduler warmup_ratio warmup_steps gradient_checkpointing "
-                             "weight_decay max_grad_norm batch_size learning_rate epochs"),
+                             "weight_decay max_grad_norm batch_size learning_rate epochs trim_memory"),
                 "packing": run.method.packing, "resolved_precision": run.precision, "matmul_dtype": run.precision}
     return Setup(model, fit, settings, lambda: result["train"].steps, log)
 
@@ -181,11 +182,15 @@ RECIPES: dict[str, Callable[[list[Sample], Any, str, Common], Setup]] = {
     "trl-default": recipe_trl_default,
     "trl-cpu": recipe_trl_cpu,
     "tuneforge": recipe_tuneforge,
+    # a lever measured against its absence (not one of the peers): bench_sft.py --recipes tuneforge,tuneforge-no-trim
+    "tuneforge-no-trim": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, trim_memory=False),
 }
+PEERS = ("seed-fp32", "seed-bf16", "trl-default", "trl-cpu", "tuneforge")  # what `make bench` runs
 DESCRIPTIONS = {
     "seed-fp32": "transformers.Trainer + peft, padding to max_length, fp32 (the seeds' recipe)",
     "seed-bf16": "the same with TrainingArguments(bf16=True): bf16 autocast",
     "trl-default": "trl.SFTTrainer with its defaults (gradient checkpointing, bf16, dynamic padding)",
     "trl-cpu": "trl.SFTTrainer tuned for CPU: bf16, no gradient checkpointing, packing='bfd' (padding-free)",
     "tuneforge": "tuneforge's skeleton + train loop with its defaults (precision auto, padding-free packing)",
+    "tuneforge-no-trim": "the same with training.trim_memory off (freed memory stays in malloc's heap)",
 }

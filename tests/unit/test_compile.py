@@ -12,10 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tuneforge.stages.skeleton as skeleton
+import tiny
 from tuneforge.errors import ConfigError
 from tuneforge.train.compile import check_compile
-from tuneforge.train.loop import train
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="inductor's CPU backend needs g++")
 
@@ -24,16 +23,7 @@ def _trained(make_config, tmp_path, compile_: bool):
     """(model after 4 LoRA steps, per-step losses, output dir, train result) with training.compile on or off."""
     cfg = make_config(training__max_steps=4, training__compile=compile_, training__learning_rate=1e-2,
                       output_dir=str(tmp_path / f"run-{compile_}"))
-    torch.manual_seed(0)
-    run = skeleton.begin(cfg, lambda _m: None)
-    data = skeleton.load_data(run)
-    out = skeleton.open_output(run)
-    model, _ = skeleton.apply_method(run, skeleton.load_base(run))
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    result = train(model, data.train, [], cfg, out, "fp32", log=lambda _m: None)
-    for n, p in model.named_parameters():
-        if n in frozen:
-            assert torch.equal(p, frozen[n]), f"frozen weight {n} changed"
+    model, result, out = tiny.train_checked(cfg)
     return model, [h["loss"] for h in result.history], out, result
 
 

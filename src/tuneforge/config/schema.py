@@ -106,6 +106,9 @@ class TrainingConfig(Strict):
     # auto | cpu | cuda | cuda:N | mps; auto = CUDA if present, else MPS, else CPU (tuneforge/device.py).
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
     gradient_checkpointing: bool = False
+    # On the CPU, hand the memory freed by each optimizer step back to the system (glibc malloc_trim), so peak
+    # RSS follows what is in use rather than what the heap once held (tuneforge/train/heap.py).
+    trim_memory: bool = True
     # torch.compile (inductor) for the training forward, dynamic shapes; the first step includes compile time.
     # Measured in docs/benchmarks.md ("torch.compile"); not with fsdp / deepspeed (tuneforge/train/compile.py).
     compile: bool = False

@@ -27,12 +27,13 @@ import torch
 from tuneforge.config.schema import Config
 from tuneforge.data.batching import collate, epoch_microbatches
 from tuneforge.data.templates import Example
+from tuneforge.device import model_device
 from tuneforge.errors import NonFiniteLoss, TrainingInterrupted
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import compile as compile_mod
 from tuneforge.train import deepspeed_engine as ds_engine
 from tuneforge.train import distributed as ddp
-from tuneforge.train import fsdp
+from tuneforge.train import fsdp, heap
 from tuneforge.train import guards as guards_mod
 from tuneforge.train.loss import evaluate_loss, loss_sum
 from tuneforge.train.metric_log import open_metric_log
@@ -96,6 +97,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     # training.compile: forwards that train run compiled; the model itself (saved, evaluated) stays as it is
     runner = compile_mod.compiled_forward(model, log) if t.compile and not even else model
     scaler = grad_scaler(precision)  # fp16 (GPUs without bf16) only
+    trim = t.trim_memory and model_device(model).type == "cpu"  # CPU heap only (tuneforge/train/heap.py)
     ckpt_root = output_dir / "checkpoints"
     guards = guards_mod.run_guards(cfg, precision)
 
@@ -179,6 +181,8 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
                     optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if trim:
+                    heap.release_free_memory()
                 elapsed = time.perf_counter() - started
                 state.train_seconds += elapsed
                 state.tokens_seen += n_tok
