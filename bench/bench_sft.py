@@ -12,7 +12,7 @@ Every repetition's raw figures, all settings, versions, commit and CPU flags go 
 
     python bench/bench_sft.py                         # `make bench`: 3 repetitions x 5 recipes, ~75 min on 2 idle cores
     python bench/bench_sft.py --reps 5 --recipes seed-fp32,tuneforge
-    python bench/bench_sft.py --recipes tuneforge,tuneforge-no-trim --out bench/results/trim.json   # one lever
+    python bench/bench_sft.py --recipes tuneforge,tuneforge-trim --out /tmp/trim.json   # one lever
     python bench/bench_sft.py --quick --out /tmp/q.json   # CI: 2 recipes, 1 repetition, 2 steps, 8 rows
 """
 

@@ -182,8 +182,8 @@ RECIPES: dict[str, Callable[[list[Sample], Any, str, Common], Setup]] = {
     "trl-default": recipe_trl_default,
     "trl-cpu": recipe_trl_cpu,
     "tuneforge": recipe_tuneforge,
-    # a lever measured against its absence (not one of the peers): bench_sft.py --recipes tuneforge,tuneforge-no-trim
-    "tuneforge-no-trim": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, trim_memory=False),
+    # a lever measured against its absence (not one of the peers): bench_sft.py --recipes tuneforge,tuneforge-trim
+    "tuneforge-trim": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, trim_memory=True),
 }
 PEERS = ("seed-fp32", "seed-bf16", "trl-default", "trl-cpu", "tuneforge")  # what `make bench` runs
 DESCRIPTIONS = {
@@ -192,5 +192,5 @@ DESCRIPTIONS = {
     "trl-default": "trl.SFTTrainer with its defaults (gradient checkpointing, bf16, dynamic padding)",
     "trl-cpu": "trl.SFTTrainer tuned for CPU: bf16, no gradient checkpointing, packing='bfd' (padding-free)",
     "tuneforge": "tuneforge's skeleton + train loop with its defaults (precision auto, padding-free packing)",
-    "tuneforge-no-trim": "the same with training.trim_memory off (freed memory stays in malloc's heap)",
+    "tuneforge-trim": "the same with training.trim_memory on (freed heap pages go back after each step)",
 }

@@ -107,8 +107,9 @@ class TrainingConfig(Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
     gradient_checkpointing: bool = False
     # On the CPU, hand the memory freed by each optimizer step back to the system (glibc malloc_trim), so peak
-    # RSS follows what is in use rather than what the heap once held (tuneforge/train/heap.py).
-    trim_memory: bool = True
+    # RSS follows what is in use rather than what the heap once held: measured 0.84x the peak RSS for 0.87x the
+    # training speed (docs/benchmarks.md, "Memory"), so off unless memory is what limits you.
+    trim_memory: bool = False
     # torch.compile (inductor) for the training forward, dynamic shapes; the first step includes compile time.
     # Measured in docs/benchmarks.md ("torch.compile"); not with fsdp / deepspeed (tuneforge/train/compile.py).
     compile: bool = False

@@ -4,9 +4,9 @@ A training step on the CPU allocates activations of a different size at every st
 length), and glibc's malloc keeps what is freed in its heap for reuse: sizes that do not fit again are kept
 anyway, so the process's resident memory climbs over the run. Measured on the benchmark's LoRA SFT of the
 embedded default (bench/bench_sft.py, 35 steps): peak live allocations 1.6 GB, but 1.4 GB more sat free in the
-heap after training, and peak RSS was 3.2 GB; `malloc_trim(0)` after each step returned the free pages and the
-peak fell to 2.7 GB (docs/benchmarks.md, "Memory"). Elsewhere (macOS, musl, Windows) there is no
-malloc_trim and this does nothing.
+heap after training, and peak RSS was 3.3 GB; `malloc_trim(0)` after each step returns the free pages: peak RSS
+0.84x, but training 0.87x as fast (the next step faults the pages back in), so it is off by default
+(docs/benchmarks.md, "Memory"). Elsewhere (macOS, musl, Windows) there is no malloc_trim and this does nothing.
 
     if trim: release_free_memory()
 """
