@@ -41,3 +41,23 @@ def test_explicit_rate_and_epochs_win(make_config, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recipe"]["learning_rate"]["source"] == metrics["recipe"]["epochs"]["source"] == "config"
     assert metrics["train"]["steps"] == 11 and not any(x.startswith("recipe:") for x in lines)
+
+
+def test_open_schedule_trains_lora_at_a_constant_rate(make_config):
+    """No training.lr_scheduler in the config: LoRA's default schedule (constant, no warmup) is what the steps
+    used, and what metrics.json, report.md and config.yaml say."""
+    from tuneforge.config.schema import Config
+
+    raw = make_config(training__max_steps=6, training__learning_rate=5e-3, eval__generate_samples=0,
+                      eval__before=False).model_dump(exclude_unset=True)
+    raw["training"] = {k: v for k, v in raw["training"].items() if k not in ("lr_scheduler", "warmup_ratio")}
+    out = STAGES["sft"].run(Config.model_validate(raw), lambda _m: None)
+    history = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [h["lr"] for h in history] == [5e-3] * 6
+    losses = [h["loss"] for h in history]
+    assert all(x == x for x in losses) and losses[-1] < losses[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"]["lr_scheduler"]["source"] == "method default"
+    saved = yaml.safe_load((out / "config.yaml").read_text())["training"]
+    assert (saved["lr_scheduler"], saved["warmup_ratio"]) == ("constant", 0.0)
+    assert "| training.lr_scheduler | constant (warmup_ratio 0) |" in (out / "report.md").read_text()

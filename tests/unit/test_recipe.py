@@ -100,3 +100,43 @@ def test_classification_is_sized_to_more_steps(make_config):
     assert sft["epochs"]["value"] == 3.0 and "target 150" in sft["epochs"]["why"]
     big = choose(make_config(stage="classify", training__max_steps=None, training__batch_size=8), 8000)
     assert big["epochs"]["value"] == 1.0  # 1000 steps a pass: one pass
+
+
+def _open_schedule(make_config, **overrides):
+    """make_config's run with training.lr_scheduler and warmup_ratio left out of the config (as a user who names
+    neither), other keys as given."""
+    from tuneforge.config.schema import Config
+
+    raw = make_config(**overrides).model_dump(exclude_unset=True)
+    raw["training"] = {k: v for k, v in raw["training"].items() if k not in ("lr_scheduler", "warmup_ratio")}
+    return Config.model_validate(raw)
+
+
+def test_lora_without_a_schedule_trains_at_a_constant_rate_and_says_why(make_config):
+    cfg = _open_schedule(make_config)
+    assert cfg.training.lr_scheduler == "cosine" and cfg.training.warmup_ratio == 0.03  # the schema's, unset
+    lines: list[str] = []
+    recipe = apply_recipe(cfg, 64, lines.append)
+    assert (cfg.training.lr_scheduler, cfg.training.warmup_ratio) == ("constant", 0.0)
+    assert recipe["lr_scheduler"] == {"value": "constant", "warmup_ratio": 0.0, "source": "method default",
+                                      "why": "training.lr_scheduler not given: method lora's default schedule for sft"}
+    assert any(x.startswith("recipe: training.lr_scheduler=constant, warmup_ratio=0") for x in lines)
+    again = choose(cfg, 64)["lr_scheduler"]  # config.yaml saves the chosen schedule: a rerun keeps it
+    assert (again["value"], again["source"]) == ("constant", "config")
+
+
+def test_a_named_schedule_or_warmup_wins_and_other_methods_and_stages_keep_the_schemas(make_config):
+    from tuneforge.config.schema import Config
+
+    raw = _open_schedule(make_config).model_dump(exclude_unset=True)
+    named = Config.model_validate({**raw, "training": {**raw["training"], "lr_scheduler": "cosine"}})
+    assert choose(named, 64)["lr_scheduler"] == {"value": "cosine", "warmup_ratio": 0.03, "source": "config",
+                                                 "why": "training.lr_scheduler given"}
+    warm = Config.model_validate({**raw, "training": {**raw["training"], "warmup_ratio": 0.1}})
+    assert choose(warm, 64)["lr_scheduler"]["warmup_ratio"] == 0.1
+    assert choose(warm, 64)["lr_scheduler"]["value"] == "constant"
+    full = _open_schedule(make_config, method={"name": "full"})
+    assert choose(full, 64)["lr_scheduler"]["source"] == "schema" and full.training.lr_scheduler == "cosine"
+    pretrain = Config.model_validate({**raw, "stage": "pretrain"})
+    assert choose(pretrain, 64)["lr_scheduler"]["value"] == "cosine"
+    assert METHODS["lora"].default_schedule == METHODS["qlora"].default_schedule == "constant"

@@ -47,3 +47,7 @@ class Method:
     # The open rate on a preference / RL / reward stage (one pass over pairs or prompts, a reference model to stay
     # near), where the defaults study did not measure: None means default_lr.
     pairs_lr: float | None = None
+    # The LR schedule of a supervised run that names no training.lr_scheduler (train/recipe.py); None: the schema's
+    # (cosine after 3% warmup). "constant" (no warmup) where the defaults study found it learns more in the same
+    # steps (LoRA: docs/defaults-zen4.md).
+    default_schedule: str | None = None

@@ -64,13 +64,16 @@ def _fmt(value: Any) -> str:
 
 
 def recipe_lines(recipe: dict | None) -> list[str]:
-    """The learning rate and epochs the run used, and why (given, the method's default, sized to the data)."""
+    """The learning rate, epochs and schedule the run used, and why (given, the method's default, sized to the data)."""
     if not recipe:
         return []
     lines = ["", "## Recipe", "", "| key | value | why |", "|---|---|---|"]
     for key in ("learning_rate", "epochs"):
         if key in recipe:
             lines.append(f"| training.{key} | {recipe[key]['value']:g} | {recipe[key]['why']} |")
+    if "lr_scheduler" in recipe:
+        s = recipe["lr_scheduler"]
+        lines.append(f"| training.lr_scheduler | {s['value']} (warmup_ratio {s['warmup_ratio']:g}) | {s['why']} |")
     return lines
 
 

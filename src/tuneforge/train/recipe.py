@@ -1,8 +1,9 @@
 """The recipe a run trains with when the config leaves it open. training.learning_rate null: the method's own
 default rate (each method carries `default_lr`). training.epochs null: enough passes over a small data set to
 learn it, about TARGET_STEPS optimizer steps (TARGET_STEPS_BY_UNIT for classification; at most MAX_EPOCHS
-passes), and one pass over a corpus that gives that many steps or more by itself. Explicit keys always win. What
-was chosen and why goes to the log and to metrics.json's `recipe` block.
+passes), and one pass over a corpus that gives that many steps or more by itself. training.lr_scheduler not given,
+on a stage in SCHEDULED_STAGES: the method's default_schedule where it has one (LoRA / QLoRA: constant, no
+warmup). Explicit keys always win. What was chosen and why goes to the log and to metrics.json's `recipe` block.
 
     recipe = apply_recipe(cfg, n_train_examples, log)   # fills cfg.training in place; returns the recipe block
 """
@@ -25,6 +26,9 @@ MAX_EPOCHS = 20
 # Stages whose loss is a supervised objective over a fixed data set: the recipe sizes their epochs. Preference
 # and RL stages keep one pass (more passes over pairs / prompts overfit the reference or cost generations).
 SIZED_LOSS_UNITS = ("supervised_tokens", "samples")
+# Where a method's default_schedule applies (measured there: docs/defaults-zen4.md; the preference / RL stages go
+# through TRL's own schedules and were not measured).
+SCHEDULED_STAGES = ("sft", "classify")
 
 
 def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int, world_size: int = 1) -> int:
@@ -79,7 +83,23 @@ def choose(cfg: Config, n_examples: int, world_size: int = 1) -> dict:
         unit = stage_info(cfg.stage).loss_unit
         value, why = choose_epochs(n_examples, per_epoch, unit in SIZED_LOSS_UNITS, target_steps(unit))
         epochs = {"value": value, "source": "data size", "why": why}
-    return {"learning_rate": lr, "epochs": epochs, "steps_per_epoch": per_epoch, "train_examples": n_examples}
+    return {"learning_rate": lr, "epochs": epochs, "lr_scheduler": choose_schedule(cfg), "steps_per_epoch": per_epoch,
+            "train_examples": n_examples}
+
+
+def choose_schedule(cfg: Config) -> dict:
+    """{"value", "warmup_ratio", "source", "why"}: the configured schedule, or the method's default_schedule on a
+    stage in SCHEDULED_STAGES when the config names none (a schedule named in the config, even the schema's own
+    cosine, is kept; so is a warmup given with the method's schedule)."""
+    t, m = cfg.training, METHODS[cfg.method.name]
+    given = "lr_scheduler" in t.model_fields_set
+    if given or m.default_schedule is None or cfg.stage not in SCHEDULED_STAGES:
+        why = "training.lr_scheduler given" if given else "the schema's default schedule"
+        return {"value": t.lr_scheduler, "warmup_ratio": t.warmup_ratio, "source": "config" if given else "schema",
+                "why": why}
+    warmup = t.warmup_ratio if "warmup_ratio" in t.model_fields_set else 0.0
+    return {"value": m.default_schedule, "warmup_ratio": warmup, "source": "method default",
+            "why": f"training.lr_scheduler not given: method {cfg.method.name}'s default schedule for {cfg.stage}"}
 
 
 def rate_and_epochs(cfg: Config) -> tuple[float, float]:
@@ -97,6 +117,11 @@ def apply_recipe(cfg: Config, n_examples: int, log: Callable[[str], None] = prin
     recipe = choose(cfg, n_examples, world_size)
     cfg.training.learning_rate = recipe["learning_rate"]["value"]
     cfg.training.epochs = recipe["epochs"]["value"]
+    schedule = recipe["lr_scheduler"]
+    if schedule["source"] == "method default":
+        cfg.training.lr_scheduler, cfg.training.warmup_ratio = schedule["value"], schedule["warmup_ratio"]
+        log(f"recipe: training.lr_scheduler={schedule['value']}, warmup_ratio={schedule['warmup_ratio']:g} "
+            f"({schedule['why']})")
     for key in ("learning_rate", "epochs"):
         part = recipe[key]
         if part["source"] != "config":
