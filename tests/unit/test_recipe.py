@@ -138,5 +138,8 @@ def test_a_named_schedule_or_warmup_wins_and_other_methods_and_stages_keep_the_s
     full = _open_schedule(make_config, method={"name": "full"})
     assert choose(full, 64)["lr_scheduler"]["source"] == "schema" and full.training.lr_scheduler == "cosine"
     pretrain = Config.model_validate({**raw, "stage": "pretrain"})
-    assert choose(pretrain, 64)["lr_scheduler"]["value"] == "cosine"
+    assert choose(pretrain, 64)["lr_scheduler"]["value"] == "constant"
+    dpo = Config.model_validate({**raw, "stage": "dpo"})  # TRL's schedules, not measured: the schema's
+    assert choose(dpo, 64)["lr_scheduler"] == {"value": "cosine", "warmup_ratio": 0.03, "source": "schema",
+                                               "why": "the schema's default schedule"}
     assert METHODS["lora"].default_schedule == METHODS["qlora"].default_schedule == "constant"

@@ -28,7 +28,7 @@ MAX_EPOCHS = 20
 SIZED_LOSS_UNITS = ("supervised_tokens", "samples")
 # Where a method's default_schedule applies (measured there: docs/defaults-zen4.md; the preference / RL stages go
 # through TRL's own schedules and were not measured).
-SCHEDULED_STAGES = ("sft", "classify")
+SCHEDULED_STAGES = ("sft", "pretrain", "classify")
 
 
 def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int, world_size: int = 1) -> int:
