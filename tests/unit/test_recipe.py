@@ -143,3 +143,20 @@ def test_a_named_schedule_or_warmup_wins_and_other_methods_and_stages_keep_the_s
     assert choose(dpo, 64)["lr_scheduler"] == {"value": "cosine", "warmup_ratio": 0.03, "source": "schema",
                                                "why": "the schema's default schedule"}
     assert METHODS["lora"].default_schedule == METHODS["qlora"].default_schedule == "constant"
+
+
+@pytest.mark.parametrize("warmup, want", [(0, [1e-2] * 6), (3, [0.0, 1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2, 1e-2])])
+def test_a_constant_rate_keeps_its_warmup(make_config, warmup, want):
+    """transformers' "constant" schedule drops num_warmup_steps; the loop's optimizer must not."""
+    import torch
+
+    from tuneforge.train.steps import make_optimizer
+
+    cfg = make_config(training__lr_scheduler="constant", training__warmup_steps=warmup, training__learning_rate=1e-2)
+    optimizer, scheduler = make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg, 6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx(want)

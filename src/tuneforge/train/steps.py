@@ -99,7 +99,9 @@ def make_optimizer(params: list, cfg: Config, total_steps: int) -> tuple[torch.o
     t = cfg.training
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     warmup = t.warmup_steps if t.warmup_steps is not None else int(round(t.warmup_ratio * total_steps))
-    return optimizer, get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    # transformers' "constant" ignores num_warmup_steps: a constant rate with a warmup is its constant_with_warmup
+    name = "constant_with_warmup" if t.lr_scheduler == "constant" and warmup else t.lr_scheduler
+    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 def step_batches(objective: Objective, train_examples, micro: list[list[int]], even: bool = False
