@@ -223,7 +223,7 @@ def render(results: dict, tasks: list[str], settings: list[str], seeds: list[int
            "method (LoRA, default options) and data; the setting changes what its name says. Cells: the held-out "
            "metric (mean over seeds ± stdev) and its rank on that task (1 = best); rows sorted by mean rank.", "",
            *lines, "",
-           "Recipe of the first setting (learning rate, epochs, optimizer steps): " + "; ".join(
+           f"Recipe of `{settings[0]}` (learning rate, epochs, optimizer steps): " + "; ".join(
                f"{t}: {recipe[t]['learning_rate']:g}, {recipe[t]['epochs']:g}, {recipe[t]['steps']}" for t in recipe)
            + ".", "",
            best_line(results, tasks, mean_rank), ""]
