@@ -34,7 +34,7 @@ from tuneforge.train import wall
 from tuneforge.train.checkpoint import MARKER, check_manifest, write_manifest
 from tuneforge.train.guards import check_guards, run_guards
 from tuneforge.train.metric_log import MetricLog, open_metric_log
-from tuneforge.train.recipe import rate_and_epochs
+from tuneforge.train.recipe import rate_and_epochs, schedule_name
 
 GUARDS = "tuneforge_guards.json"  # what the run was (train.guards.run_guards), checked on resume
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -47,7 +47,7 @@ def to_trainer_args(cfg: Config, out: Path, precision: str) -> dict:
     t = cfg.training
     learning_rate, epochs = rate_and_epochs(cfg)  # the stage has applied the recipe; a direct caller may not
     warmup = t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio  # a float < 1 is a ratio (5.x)
-    scheduler = "constant_with_warmup" if t.lr_scheduler == "constant" and warmup else t.lr_scheduler
+    scheduler = schedule_name(t.lr_scheduler, warmup)
     return {
         "output_dir": str(out / "checkpoints"),
         "max_steps": t.max_steps or -1,

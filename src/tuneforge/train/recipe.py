@@ -102,6 +102,12 @@ def choose_schedule(cfg: Config) -> dict:
             "why": f"training.lr_scheduler not given: method {cfg.method.name}'s default schedule for {cfg.stage}"}
 
 
+def schedule_name(lr_scheduler: str, warmup: float) -> str:
+    """transformers' schedule for training.lr_scheduler with `warmup` (steps or ratio): its "constant" ignores
+    num_warmup_steps, so a constant rate with a warmup is its constant_with_warmup (the loop and the TRL bridge)."""
+    return "constant_with_warmup" if lr_scheduler == "constant" and warmup else lr_scheduler
+
+
 def rate_and_epochs(cfg: Config) -> tuple[float, float]:
     """(learning rate, epochs) of cfg.training, open keys read as the method's default rate and one pass: for a
     component called without a stage (which applies the recipe first), so it never sees None."""

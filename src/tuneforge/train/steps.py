@@ -33,6 +33,7 @@ from tuneforge.train import distributed as ddp
 from tuneforge.train import guards as guards_mod
 from tuneforge.train import wall
 from tuneforge.train.precision import autocast
+from tuneforge.train.recipe import schedule_name
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,8 @@ def make_optimizer(params: list, cfg: Config, total_steps: int) -> tuple[torch.o
     t = cfg.training
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     warmup = t.warmup_steps if t.warmup_steps is not None else int(round(t.warmup_ratio * total_steps))
-    # transformers' "constant" ignores num_warmup_steps: a constant rate with a warmup is its constant_with_warmup
-    name = "constant_with_warmup" if t.lr_scheduler == "constant" and warmup else t.lr_scheduler
-    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return optimizer, get_scheduler(schedule_name(t.lr_scheduler, warmup), optimizer, num_warmup_steps=warmup,
+                                    num_training_steps=total_steps)
 
 
 def step_batches(objective: Objective, train_examples, micro: list[list[int]], even: bool = False
