@@ -76,7 +76,7 @@ def one_step(model, optimizer, batches, precision: str, loss_sum) -> tuple[float
 def levers(model, precision: str, pack_length: int = 512) -> dict[str, tuple]:
     """name -> (context manager factory: the lever is on inside it, the model as it was after; precision).
     `base` trains as the run would (`precision`: what training.precision auto resolved to here)."""
-    import speed_levers as speed  # bench/speed_levers.py, beside this script
+    from bench import speed_levers as speed
 
     return {
         "base": (contextlib.nullcontext, precision),
@@ -125,7 +125,23 @@ def profile(model, optimizer, steps, precision, loss_sum, top: int) -> str:
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for batches in steps:
             one_step(model, optimizer, batches, precision, loss_sum)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40)
+    averages = prof.key_averages()
+    table = averages.table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40)
+    return table + "\n" + matmul_share(averages)
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_share(averages) -> str:
+    """One line: the matmul kernels' share of the profiled self CPU time, whatever the table's top rows are
+    (on a tiny model other ops can fill them). Only the leaf kernels count (mm, addmm, bmm, baddbmm); matmul
+    and linear are wrappers whose self time is dispatch."""
+    total = sum(e.self_cpu_time_total for e in averages)
+    leaves = [e for e in averages if e.key in MATMUL_OPS]
+    mm = sum(e.self_cpu_time_total for e in leaves)
+    names = ", ".join(sorted(e.key for e in leaves)) or "none"
+    return f"matmul kernels ({names}): {mm / 1e3:.1f} ms of {total / 1e3:.1f} ms self CPU ({mm / max(total, 1):.0%})"
 
 
 def compare(model, optimizer, steps, precision, loss_sum, names: list[str], reps: int, pack_length: int = 512
