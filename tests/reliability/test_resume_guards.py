@@ -1,8 +1,8 @@
-"""Resume guards: a checkpoint records the model and data fingerprints, the seed and the learning rate.
-Resuming with any of them changed is a ConfigError naming the change (old -> new) and the override key;
-listed in resume_allow_changes, the change is allowed, logged and kept in output_dir/resume_log.jsonl (a
-changed learning rate takes over the schedule). A moved copy of the same model or data is no change; a
-checkpoint saved before fingerprints resumes with a warning."""
+"""Resume guards: a checkpoint records the model and data fingerprints, the seed, the learning rate and its
+schedule. Resuming with any of them changed is a ConfigError naming the change (old -> new) and the override
+key; listed in resume_allow_changes, the change is allowed, logged and kept in output_dir/resume_log.jsonl (a
+changed learning rate takes over the schedule, a changed schedule takes over the rate). A moved copy of the
+same model or data is no change; a checkpoint saved before fingerprints resumes with a warning."""
 
 import json
 import shutil
@@ -40,6 +40,8 @@ def _changed(runs, key: str) -> dict:
         return {"training__learning_rate": 0.01}
     if key == "seed":
         return {"seed": 7}
+    if key == "lr_scheduler":
+        return {"training__lr_scheduler": "linear"}
     if key == "data":
         rows = toy_sft_rows(42) + [{"prompt": "what color is the sky ?", "completion": "the sky is blue ."}]
         return {"data__train": str(write_jsonl(runs.base_dir / "other.jsonl", rows))}
@@ -49,7 +51,7 @@ def _changed(runs, key: str) -> dict:
     return {"model": str(model_dir)}
 
 
-@pytest.mark.parametrize("key", ["model", "data", "seed", "learning_rate"])
+@pytest.mark.parametrize("key", ["model", "data", "seed", "learning_rate", "lr_scheduler"])
 def test_a_changed_run_is_refused_unless_allowed(runs, key, tally):
     out = _interrupted(runs, f"changed-{key}")
     change = _changed(runs, key)
@@ -70,6 +72,10 @@ def test_a_changed_run_is_refused_unless_allowed(runs, key, tally):
     if key == "learning_rate":  # the new rate takes over the same schedule from step 4 on
         ref = runs.reference[0].history
         assert [h["lr"] for h in result.history[3:]] == pytest.approx([h["lr"] * 0.01 / 3e-2 for h in ref[3:]])
+    if key == "lr_scheduler":  # the linear decay takes over from step 4 on: a fresh linear run's rates there
+        linear, _ = runs.train("linear", **change)
+        assert [h["lr"] for h in result.history[3:]] == pytest.approx([h["lr"] for h in linear.history[3:]])
+        assert result.history[-1]["lr"] < result.history[3]["lr"] < 3e-2
     tally("resume guards", resumed=1)
 
 
@@ -143,6 +149,32 @@ def test_a_refused_resume_leaves_the_runs_config_as_it_was(make_config):
                        match=r"checkpoint .*step-0000002 was saved by a different run \(seed changed: 0 -> 7\)"):
         STAGES["sft"](again)
     assert (out / "config.yaml").read_bytes() == before
+
+
+def test_a_run_saved_before_a_default_schedule_changed_is_not_switched_on_resume(make_config):
+    """A run whose config.yaml holds the schedule it trained with (cosine after warmup, the schema's) resumed with
+    a config that names no schedule, which now resolves to the method's default (LoRA on sft: constant, no
+    warmup), is refused naming both, rather than switched mid-run; naming the old schedule resumes it."""
+    from tuneforge.stages import STAGES
+
+    cfg = make_config(training__max_steps=4, training__save_steps=2, training__lr_scheduler="cosine",
+                      training__warmup_ratio=0.25, eval__before=False, eval__generate_samples=0)
+    with one_thread():
+        out = STAGES["sft"](cfg)
+    shutil.rmtree(list_checkpoints(out / "checkpoints")[-1])
+    raw = cfg.model_dump(mode="json", exclude_unset=True)
+    for key in ("lr_scheduler", "warmup_ratio"):
+        del raw["training"][key]  # the original YAML of a run that relied on the old default
+    open_ended = type(cfg).model_validate({**raw, "resume": "auto"})
+    with pytest.raises(ConfigError, match=r"lr_scheduler changed: 'cosine, warmup_ratio 0.25' -> 'constant, "
+                                          r"warmup_ratio 0'.*resume_allow_changes=\[lr_scheduler\]"):
+        STAGES["sft"](open_ended)
+    named = type(cfg).model_validate({**raw, "resume": "auto",
+                                      "training": {**raw["training"], "lr_scheduler": "cosine", "warmup_ratio": 0.25}})
+    with one_thread():
+        STAGES["sft"](named)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["resumed_from"].endswith("step-0000002") and metrics["train"]["steps"] == 4
 
 
 def test_the_data_guard_is_the_files_sha256_and_is_not_read_again_while_unchanged(make_config, tmp_path,

@@ -118,7 +118,8 @@ def test_lora_without_a_schedule_trains_at_a_constant_rate_and_says_why(make_con
     lines: list[str] = []
     recipe = apply_recipe(cfg, 64, lines.append)
     assert (cfg.training.lr_scheduler, cfg.training.warmup_ratio) == ("constant", 0.0)
-    assert recipe["lr_scheduler"] == {"value": "constant", "warmup_ratio": 0.0, "source": "method default",
+    assert recipe["lr_scheduler"] == {"value": "constant", "warmup_ratio": 0.0, "warmup_steps": None,
+                                      "source": "method default",
                                       "why": "training.lr_scheduler not given: method lora's default schedule for sft"}
     assert any(x.startswith("recipe: training.lr_scheduler=constant, warmup_ratio=0") for x in lines)
     again = choose(cfg, 64)["lr_scheduler"]  # config.yaml saves the chosen schedule: a rerun keeps it
@@ -130,18 +131,22 @@ def test_a_named_schedule_or_warmup_wins_and_other_methods_and_stages_keep_the_s
 
     raw = _open_schedule(make_config).model_dump(exclude_unset=True)
     named = Config.model_validate({**raw, "training": {**raw["training"], "lr_scheduler": "cosine"}})
-    assert choose(named, 64)["lr_scheduler"] == {"value": "cosine", "warmup_ratio": 0.03, "source": "config",
-                                                 "why": "training.lr_scheduler given"}
+    assert choose(named, 64)["lr_scheduler"] == {"value": "cosine", "warmup_ratio": 0.03, "warmup_steps": None,
+                                                 "source": "config", "why": "training.lr_scheduler given"}
     warm = Config.model_validate({**raw, "training": {**raw["training"], "warmup_ratio": 0.1}})
     assert choose(warm, 64)["lr_scheduler"]["warmup_ratio"] == 0.1
     assert choose(warm, 64)["lr_scheduler"]["value"] == "constant"
+    steps = Config.model_validate({**raw, "training": {**raw["training"], "warmup_steps": 5}})
+    lines: list[str] = []  # warmup_steps wins over the ratio in training: the log and the report say steps
+    assert apply_recipe(steps, 64, lines.append)["lr_scheduler"]["warmup_steps"] == 5
+    assert any(x.startswith("recipe: training.lr_scheduler=constant, warmup_steps=5 (") for x in lines), lines
     full = _open_schedule(make_config, method={"name": "full"})
     assert choose(full, 64)["lr_scheduler"]["source"] == "schema" and full.training.lr_scheduler == "cosine"
     pretrain = Config.model_validate({**raw, "stage": "pretrain"})
     assert choose(pretrain, 64)["lr_scheduler"]["value"] == "constant"
     dpo = Config.model_validate({**raw, "stage": "dpo"})  # TRL's schedules, not measured: the schema's
-    assert choose(dpo, 64)["lr_scheduler"] == {"value": "cosine", "warmup_ratio": 0.03, "source": "schema",
-                                               "why": "the schema's default schedule"}
+    assert choose(dpo, 64)["lr_scheduler"] == {"value": "cosine", "warmup_ratio": 0.03, "warmup_steps": None,
+                                               "source": "schema", "why": "the schema's default schedule"}
     assert METHODS["lora"].default_schedule == METHODS["qlora"].default_schedule == "constant"
 
 
@@ -160,3 +165,14 @@ def test_a_constant_rate_keeps_its_warmup(make_config, warmup, want):
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx(want)
+
+
+def test_the_reports_recipe_row_names_the_warmup_the_run_used():
+    from tuneforge.report.write import recipe_lines
+
+    schedule = {"value": "constant", "warmup_ratio": 0.03, "source": "config", "why": "training.lr_scheduler given"}
+    assert "| training.lr_scheduler | constant (warmup_steps 5) |" in "\n".join(
+        recipe_lines({"lr_scheduler": {**schedule, "warmup_steps": 5}}))
+    for old in (schedule, {**schedule, "warmup_steps": None}):  # metrics.json written before warmup_steps was kept
+        row = "| training.lr_scheduler | constant (warmup_ratio 0.03) |"
+        assert row in "\n".join(recipe_lines({"lr_scheduler": old}))

@@ -160,9 +160,10 @@ class Config(Strict):
     output_dir: str
     seed: int = 42
     resume: str | None = Field(None, description="auto | PATH to a checkpoint")
-    # Resuming with a changed model, training data, seed or learning rate is refused unless that change is
-    # listed here (and then logged).
-    resume_allow_changes: list[Literal["model", "data", "seed", "learning_rate"]] = Field(default_factory=list)
+    # Resuming with a changed model, training data, seed, learning rate or schedule (lr_scheduler and its
+    # warmup) is refused unless that change is listed here (and then logged).
+    resume_allow_changes: list[Literal["model", "data", "seed", "learning_rate", "lr_scheduler"]] = Field(
+        default_factory=list)
     overwrite: bool = False
     trust_remote_code: bool = False
     # The block of the preference / RL stage; only that stage's block may be given.

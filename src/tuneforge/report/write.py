@@ -9,6 +9,7 @@ from typing import Any
 from tuneforge.config.load import run_header
 from tuneforge.fsutil import save_figure_atomic, write_json_atomic, write_text_atomic
 from tuneforge.report.learning import learning_lines
+from tuneforge.train.recipe import warmup_text
 
 
 def plot_loss(history: list[dict], evals: list[dict], before: dict | None, after: dict | None, path: Path) -> None:
@@ -73,7 +74,8 @@ def recipe_lines(recipe: dict | None) -> list[str]:
             lines.append(f"| training.{key} | {recipe[key]['value']:g} | {recipe[key]['why']} |")
     if "lr_scheduler" in recipe:
         s = recipe["lr_scheduler"]
-        lines.append(f"| training.lr_scheduler | {s['value']} (warmup_ratio {s['warmup_ratio']:g}) | {s['why']} |")
+        warmup = warmup_text(s["warmup_ratio"], s.get("warmup_steps"))  # metrics.json before 'warmup_steps': None
+        lines.append(f"| training.lr_scheduler | {s['value']} ({warmup}) | {s['why']} |")
     return lines
 
 

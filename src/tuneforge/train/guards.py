@@ -1,6 +1,6 @@
 """Resume guards: what a checkpoint records about the run that saved it (the model's files, the training data's
-bytes, the seed, the learning rate), and the check that a resumed run is the same run. A change is refused
-with a ConfigError naming it, unless `resume_allow_changes` lists it (then it is logged).
+bytes, the seed, the learning rate and its schedule), and the check that a resumed run is the same run. A change
+is refused with a ConfigError naming it, unless `resume_allow_changes` lists it (then it is logged).
 
     guards = run_guards(cfg)                                   # saved with every checkpoint
     changes = check_guards(loaded, guards, cfg.resume_allow_changes, path)
@@ -18,8 +18,9 @@ from typing import Any
 
 from tuneforge.errors import ConfigError
 from tuneforge.train.checkpoint import MARKER, list_checkpoints
+from tuneforge.train.recipe import warmup_text
 
-GUARDED = ("model", "data", "seed", "learning_rate")
+GUARDED = ("model", "data", "seed", "learning_rate", "lr_scheduler")
 EDGE = 1 << 20  # bytes hashed at each end of a weights file: cheap, and catches a different model of one size
 
 
@@ -38,9 +39,16 @@ def _hash_file(digest, path: Path, edge: int | None = None) -> None:
             digest.update(f.read(edge))
 
 
+def schedule_text(training) -> str:
+    """training's schedule and warmup as one comparable text: 'cosine, warmup_ratio 0.03' or 'constant,
+    warmup_steps 5' (warmup_steps wins over the ratio, as in the loop and the TRL bridge)."""
+    return f"{training.lr_scheduler}, {warmup_text(training.warmup_ratio, training.warmup_steps)}"
+
+
 def run_guards(cfg, precision: str | None = None) -> dict[str, Any]:
     """What resume compares: the model (config, tokenizer and weight files; a hub id by name), the training
-    data (sha256 of the file's bytes), the seed and the learning rate; with `precision`, the resolved precision
+    data (sha256 of the file's bytes), the seed, the learning rate and its schedule (schedule_text; a
+    checkpoint saved before the schedule was guarded is not compared on it); with `precision`, the resolved precision
     too (recorded, not compared: a resume with precision auto keeps it, saved_precision)."""
     from tuneforge.data.cache_keys import file_sha256
     from tuneforge.models import resolve_model
@@ -69,6 +77,7 @@ def run_guards(cfg, precision: str | None = None) -> dict[str, Any]:
     return {"model": {"name": cfg.model, "path": str(resolved), "sha256": model_digest.hexdigest()},
             "data": {"path": data, "sha256": data_sha},
             "seed": cfg.seed, "learning_rate": cfg.training.learning_rate,
+            "lr_scheduler": schedule_text(cfg.training),
             **({"precision": precision} if precision is not None else {})}
 
 
@@ -99,7 +108,7 @@ def check_guards(loaded: dict[str, Any], current: dict[str, Any], allowed: Itera
     saved = loaded["meta"].get("guards")
     if not saved:
         warnings.warn(f"checkpoint {path} records no model/data fingerprints (saved before tuneforge checked "
-                      "them): a changed model, data, seed or learning rate cannot be detected", stacklevel=2)
+                      "them): a changed model, data, seed, learning rate or schedule cannot be detected", stacklevel=2)
         return []
     changes = []
     for key in GUARDED:
@@ -118,11 +127,14 @@ def check_guards(loaded: dict[str, Any], current: dict[str, Any], allowed: Itera
 
 def check_resume_config(saved_cfg, cfg, ckpt_root: Path) -> None:
     """Before output_dir/config.yaml is rewritten for a resumed run: the guarded keys of the run's saved
-    config against the new one (a refused resume must leave the run's config as it was). The file contents
+    config against the new one (a refused resume must leave the run's config as it was). Both are resolved by
+    the recipe (the schedule a config leaves open is the method's), so a run saved before a default changed and
+    resumed with its original YAML is refused rather than switched to the new default mid-run. The file contents
     (model weights, data bytes) are compared later against the checkpoint's fingerprints."""
     pairs = {"model": (saved_cfg.model, cfg.model), "data": (saved_cfg.data.train, cfg.data.train),
              "seed": (saved_cfg.seed, cfg.seed),
-             "learning_rate": (saved_cfg.training.learning_rate, cfg.training.learning_rate)}
+             "learning_rate": (saved_cfg.training.learning_rate, cfg.training.learning_rate),
+             "lr_scheduler": (schedule_text(saved_cfg.training), schedule_text(cfg.training))}
     refused = [(key, old, new) for key, (old, new) in pairs.items()
                if old != new and key not in cfg.resume_allow_changes]
     complete = sorted((p for p in ckpt_root.glob("*-*") if (p / MARKER).is_file()),

@@ -88,18 +88,24 @@ def choose(cfg: Config, n_examples: int, world_size: int = 1) -> dict:
 
 
 def choose_schedule(cfg: Config) -> dict:
-    """{"value", "warmup_ratio", "source", "why"}: the configured schedule, or the method's default_schedule on a
-    stage in SCHEDULED_STAGES when the config names none (a schedule named in the config, even the schema's own
-    cosine, is kept; so is a warmup given with the method's schedule)."""
+    """{"value", "warmup_ratio", "warmup_steps", "source", "why"}: the configured schedule, or the method's
+    default_schedule on a stage in SCHEDULED_STAGES when the config names none (a schedule named in the config,
+    even the schema's own cosine, is kept; so is a warmup given with the method's schedule)."""
     t, m = cfg.training, METHODS[cfg.method.name]
     given = "lr_scheduler" in t.model_fields_set
     if given or m.default_schedule is None or cfg.stage not in SCHEDULED_STAGES:
         why = "training.lr_scheduler given" if given else "the schema's default schedule"
-        return {"value": t.lr_scheduler, "warmup_ratio": t.warmup_ratio, "source": "config" if given else "schema",
-                "why": why}
+        return {"value": t.lr_scheduler, "warmup_ratio": t.warmup_ratio, "warmup_steps": t.warmup_steps,
+                "source": "config" if given else "schema", "why": why}
     warmup = t.warmup_ratio if "warmup_ratio" in t.model_fields_set else 0.0
-    return {"value": m.default_schedule, "warmup_ratio": warmup, "source": "method default",
+    return {"value": m.default_schedule, "warmup_ratio": warmup, "warmup_steps": t.warmup_steps,
+            "source": "method default",
             "why": f"training.lr_scheduler not given: method {cfg.method.name}'s default schedule for {cfg.stage}"}
+
+
+def warmup_text(warmup_ratio: float, warmup_steps: int | None) -> str:
+    """'warmup_steps 5' when given (it wins over the ratio in the loop and the TRL bridge), else 'warmup_ratio 0.03'."""
+    return f"warmup_steps {warmup_steps}" if warmup_steps is not None else f"warmup_ratio {warmup_ratio:g}"
 
 
 def schedule_name(lr_scheduler: str, warmup: float) -> str:
@@ -126,8 +132,8 @@ def apply_recipe(cfg: Config, n_examples: int, log: Callable[[str], None] = prin
     schedule = recipe["lr_scheduler"]
     if schedule["source"] == "method default":
         cfg.training.lr_scheduler, cfg.training.warmup_ratio = schedule["value"], schedule["warmup_ratio"]
-        log(f"recipe: training.lr_scheduler={schedule['value']}, warmup_ratio={schedule['warmup_ratio']:g} "
-            f"({schedule['why']})")
+        warmup = warmup_text(schedule["warmup_ratio"], schedule["warmup_steps"]).replace(" ", "=")
+        log(f"recipe: training.lr_scheduler={schedule['value']}, {warmup} ({schedule['why']})")
     for key in ("learning_rate", "epochs"):
         part = recipe[key]
         if part["source"] != "config":
