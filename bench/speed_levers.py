@@ -19,6 +19,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from tuneforge.train.frozen import frozen_linear_params
+
 
 class FrozenBf16:
     """The swap itself: `on()` puts bf16 copies of the chosen fp32 tensors in place (param.data), `off()` the
@@ -26,7 +28,7 @@ class FrozenBf16:
 
     def __init__(self, model: nn.Module, head: bool = False) -> None:
         self.model, self.head = model, head
-        self.params = _frozen_linear_params(model)
+        self.params = frozen_linear_params(model)  # the library's choice (training.frozen_bf16)
         self.originals: list[torch.Tensor] = []
         self.head_swap: tuple[nn.Module, str, nn.Module] | None = None
 
@@ -83,21 +85,6 @@ def frozen_in_bf16(model: nn.Module, head: bool = False) -> Iterator[FrozenBf16]
 
 def _frozen_fp32(p: torch.Tensor | None) -> bool:
     return p is not None and not p.requires_grad and p.dtype == torch.float32
-
-
-def _frozen_linear_params(model: nn.Module) -> list[torch.Tensor]:
-    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    dora_bases = {id(m.base_layer) for m in model.modules()
-                  if len(getattr(m, "lora_magnitude_vector", ())) and hasattr(m, "base_layer")}
-    out, seen = [], set()
-    for module in model.modules():
-        if not isinstance(module, nn.Linear) or id(module) in dora_bases:
-            continue
-        for p in (module.weight, module.bias):
-            if _frozen_fp32(p) and id(p) not in embedded and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
 
 
 def _bf16_head(model: nn.Module) -> tuple[nn.Module, str, nn.Module] | None:

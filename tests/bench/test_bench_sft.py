@@ -106,24 +106,27 @@ def test_quick_mode_runs_and_records_everything(tiny_model_dir, tmp_path):
     assert rec["table"] in proc.stdout
 
 
-def test_the_trim_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir, tmp_path, monkeypatch):
-    """`--recipes tuneforge,tuneforge-trim` measures training.trim_memory against its absence; `make bench`
+@pytest.mark.parametrize("lever, key, default", [("tuneforge-trim", "trim_memory", False),
+                                                  ("tuneforge-fp32-frozen", "frozen_bf16", True)])
+def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir, tmp_path, monkeypatch, lever, key,
+                                                                 default):
+    """`--recipes tuneforge,<lever>` measures one training key against tuneforge's default; `make bench`
     (the default recipes) still runs the five peers only."""
     from sftbench.recipes import PEERS, RECIPES
     from transformers import AutoTokenizer
 
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
-    assert bench_sft.parse_args([]).recipes.split(",") == list(PEERS) and "tuneforge-trim" not in PEERS
+    assert bench_sft.parse_args([]).recipes.split(",") == list(PEERS) and lever not in PEERS
     common = bench_sft.common(bench_sft.parse_args(["--model", str(tiny_model_dir), "--max-steps", "1"]))
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     train, _ = split_rows(load_rows(), 8, 4)
     settings = {}
-    for name in ("tuneforge", "tuneforge-trim"):
+    for name in ("tuneforge", lever):
         (tmp_path / name).mkdir()
         setup = RECIPES[name](train, tok, str(tmp_path / name), common)
         setup.fit()
         assert setup.steps() == 1
         settings[name] = setup.settings
-    assert settings["tuneforge"].pop("trim_memory") is False  # the default
-    assert settings["tuneforge-trim"].pop("trim_memory") is True
-    assert settings["tuneforge"] == settings["tuneforge-trim"]
+    assert settings["tuneforge"].pop(key) is default
+    assert settings[lever].pop(key) is (not default)
+    assert settings["tuneforge"] == settings[lever]

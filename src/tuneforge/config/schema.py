@@ -110,6 +110,11 @@ class TrainingConfig(Strict):
     # RSS follows what is in use rather than what the heap once held: measured 0.84x the peak RSS for 0.87x the
     # training speed (docs/benchmarks.md, "Memory"), so off unless memory is what limits you.
     trim_memory: bool = False
+    # Under bf16 autocast, hold the frozen linear weights (a LoRA / QLoRA base, frozen layers) in bf16 while
+    # training: autocast rounds them to bf16 at every use anyway, so training is bit for bit the same, without
+    # the fp32 weights and their per-forward casts in memory; they are read back in fp32 from the model's files
+    # when training ends (tuneforge/train/frozen.py; measured in docs/benchmarks.md, "Memory").
+    frozen_bf16: bool = True
     # torch.compile (inductor) for the training forward, dynamic shapes; the first step includes compile time.
     # Measured in docs/benchmarks.md ("torch.compile"); not with fsdp / deepspeed (tuneforge/train/compile.py).
     compile: bool = False

@@ -33,7 +33,7 @@ from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import compile as compile_mod
 from tuneforge.train import deepspeed_engine as ds_engine
 from tuneforge.train import distributed as ddp
-from tuneforge.train import fsdp, heap
+from tuneforge.train import frozen, fsdp, heap
 from tuneforge.train import guards as guards_mod
 from tuneforge.train.loss import evaluate_loss, loss_sum
 from tuneforge.train.metric_log import open_metric_log
@@ -82,7 +82,16 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
           precision: str, log: Callable[[str], None] = print, packed: bool = True,
           objective: Objective | None = None, on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
     """`on_eval(step, result)` is called after each periodic evaluation (on rank 0); an exception it raises
-    (e.g. optuna.TrialPruned) stops training and propagates."""
+    (e.g. optuna.TrialPruned) stops training and propagates. Under bf16 autocast the frozen linear weights are
+    held in bf16 while the loop runs, and in fp32 again when it returns (training.frozen_bf16, train/frozen.py)."""
+    with frozen.held_in_bf16(model, cfg, precision, log, ddp.world_size()):
+        return _train(model, train_examples, eval_examples, cfg, output_dir, precision, log, packed, objective,
+                      on_eval)
+
+
+def _train(model, train_examples: list[Example], eval_examples: list[Example], cfg: Config, output_dir: Path,
+           precision: str, log: Callable[[str], None], packed: bool, objective: Objective | None,
+           on_eval: Callable[[int, dict], None] | None) -> TrainResult:
     t = cfg.training
     objective = objective or lm_objective(cfg, precision, packed)
     per_epoch, total_steps = plan_steps(cfg, len(train_examples))

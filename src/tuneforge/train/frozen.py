@@ -1,0 +1,153 @@
+"""Frozen linear weights held in bf16 while training under bf16 autocast (training.frozen_bf16).
+
+Under bf16 autocast a linear layer's fp32 weight is cast to bf16 at every use, and autocast caches the cast only
+for tensors that require grad: a frozen base is cast again at every forward, and each cast is kept for the
+backward. Holding the frozen weights as those bf16 tensors does the rounding once, so forward and backward are
+bit for bit what they were (tests/unit/test_frozen.py), while the fp32 weights and the per-forward casts leave
+memory. The weights loaded from safetensors are views of the file's mapping, resident once read; the mapping is
+let go only when no tensor of the model points into it, so the tensors that stay fp32 (embeddings, norms, the
+trained ones) are copied out of it first.
+
+Only weights that can come back exactly are held: each one's fp32 value must equal the tensor its name maps to
+in the model's safetensors files (a weight transformers changed on load stays fp32). When training ends, in
+every case, each is read back from its file, checked against the bf16 value held, and put back in fp32, so
+evaluation, generation and saving afterwards see the model as loaded. Left alone: weights tied to an embedding
+(a tied LM head), DoRA's base layers (DoRA adds the base weight to the LoRA product outside a matmul), anything
+already quantized, and runs in fp32 or fp16.
+
+    with held_in_bf16(model, cfg, precision, log):
+        ...  # the training loop
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tuneforge.errors import ModelError
+
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class Held:
+    param: nn.Parameter
+    key: str
+    file: Path
+
+
+def frozen_linear_params(model: nn.Module) -> list[nn.Parameter]:
+    """The frozen fp32 weights and biases of nn.Linear layers, less those tied to an embedding and DoRA bases."""
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    dora_bases = {id(m.base_layer) for m in model.modules()
+                  if len(getattr(m, "lora_magnitude_vector", ())) and hasattr(m, "base_layer")}
+    out, seen = [], set()
+    for module in model.modules():
+        if not isinstance(module, nn.Linear) or id(module) in dora_bases:
+            continue
+        for p in (module.weight, module.bias):
+            if p is not None and not p.requires_grad and p.dtype == torch.float32 and id(p) not in embedded \
+                    and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def file_keys(model_dir: Path) -> dict[str, Path]:
+    """Every tensor name in the directory's safetensors files -> its file."""
+    from safetensors import safe_open
+
+    index: dict[str, Path] = {}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            index.update(dict.fromkeys(f.keys(), path))
+    return index
+
+
+def key_candidates(name: str, prefix: str) -> list[str]:
+    """A parameter's name in the (PEFT-wrapped) model -> the names it may have in the checkpoint files: PEFT's
+    wrapper prefix and `.base_layer` dropped, then also without the architecture's base_model_prefix (an encoder
+    saved bare, loaded under a task head: `bert.encoder...` -> `encoder...`)."""
+    name = name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")
+    return [name] + ([name.removeprefix(prefix + ".")] if prefix and name.startswith(prefix + ".") else [])
+
+
+def _read(file: Path, key: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        return f.get_tensor(key)
+
+
+def hold(model: nn.Module, model_dir: Path) -> tuple[list[Held], int]:
+    """Put bf16 copies in place of the frozen linear weights that equal their file's tensor; copy every other
+    CPU tensor of the model out of the file mapping. (held, count of candidates kept fp32)."""
+    index = file_keys(model_dir)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(base, "base_model_prefix", "")
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    held, kept = [], 0
+    for p in frozen_linear_params(model):
+        found = [k for k in key_candidates(names.get(id(p), ""), prefix) if k in index]
+        if found and torch.equal(_read(index[found[0]], found[0]).to(device=p.device, dtype=p.dtype), p.data):
+            held.append(Held(p, found[0], index[found[0]]))
+        else:
+            kept += 1
+    for h in held:
+        h.param.data = h.param.data.to(torch.bfloat16)
+    if not held:
+        return held, kept
+    mine = {id(h.param) for h in held}
+    for p in model.parameters():
+        if id(p) not in mine and p.device.type == "cpu":
+            p.data = p.data.clone()  # out of the file's mapping, so it can be let go
+    for module in model.modules():
+        for key, buf in module._buffers.items():
+            if buf is not None and buf.device.type == "cpu":
+                module._buffers[key] = buf.clone()
+    return held, kept
+
+
+def restore(held: list[Held]) -> None:
+    """Each held weight back in fp32 from its file, after checking the file still holds what was held."""
+    for h in held:
+        weight = _read(h.file, h.key).to(device=h.param.device, dtype=torch.float32)
+        if not torch.equal(weight.to(torch.bfloat16), h.param.data):
+            raise ModelError(f"{h.file}: tensor {h.key!r} changed while the run trained; the frozen weight held "
+                             "in bf16 cannot be put back in fp32 (set training.frozen_bf16=false to keep an fp32 "
+                             "copy in memory instead)")
+        h.param.data = weight
+
+
+def applies(cfg, precision: str, world_size: int) -> bool:
+    """bf16 autocast, and not sharded (FSDP / DeepSpeed hold the weights themselves)."""
+    t = cfg.training
+    return bool(t.frozen_bf16) and precision == "bf16" and not (t.distributed in ("fsdp", "deepspeed")
+                                                                 and world_size > 1)
+
+
+@contextmanager
+def held_in_bf16(model: nn.Module, cfg, precision: str, log: Callable[[str], None], world_size: int = 1
+                 ) -> Iterator[list[Held]]:
+    """Inside: the frozen weights held in bf16 when `applies`; after, in fp32 again (also on an exception)."""
+    if not applies(cfg, precision, world_size):
+        yield []
+        return
+    from tuneforge.models import resolve_model
+
+    model_dir = Path(resolve_model(cfg.model))
+    held, kept = hold(model, model_dir)
+    if held or kept:
+        n = sum(h.param.numel() for h in held)
+        log(f"frozen weights: {len(held)} linear tensors ({n / 1e6:.1f}M parameters) held in bf16 while training "
+            f"(bf16 autocast rounds them so at every use; fp32 again from {model_dir} after)"
+            + (f"; {kept} kept fp32 (not found as they are in the model's files)" if kept else ""))
+    try:
+        yield held
+    finally:
+        restore(held)
