@@ -96,9 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         sampler.phase("base eval")
         setup.fit()
         sampler.phase(f"training, {setup.steps()} steps")
+        tuned = eval_loss(setup.model, examples)
+        sampler.phase("tuned eval")
     if args.json:
         Path(args.json).write_text(json.dumps({"recipe": args.recipe, "model": args.model, "threads": args.threads,
-                                               "eval_loss_base": base, "phases": sampler.phases}, indent=1))
+                                               "eval_loss_base": base, "eval_loss": tuned,
+                                               "phases": sampler.phases}, indent=1))
     return 0
 
 

@@ -108,7 +108,8 @@ class TrainingConfig(Strict):
     gradient_checkpointing: bool = False
     # On the CPU, hand the memory freed by each optimizer step back to the system (glibc malloc_trim), so peak
     # RSS follows what is in use rather than what the heap once held: measured 0.84x the peak RSS for 0.87x the
-    # training speed (docs/benchmarks.md, "Memory"), so off unless memory is what limits you.
+    # training speed (docs/benchmarks.md, "Memory"), so off unless memory is what limits you. Either way the heap
+    # is handed back once when training ends, before the evaluation after it.
     trim_memory: bool = False
     # Under bf16 autocast, hold the frozen linear weights (a LoRA / QLoRA base, frozen layers) in bf16 while
     # training: autocast rounds them to bf16 at every use anyway, so training is bit for bit the same, without

@@ -83,10 +83,14 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
           objective: Objective | None = None, on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
     """`on_eval(step, result)` is called after each periodic evaluation (on rank 0); an exception it raises
     (e.g. optuna.TrialPruned) stops training and propagates. Under bf16 autocast the frozen linear weights are
-    held in bf16 while the loop runs, and in fp32 again when it returns (training.frozen_bf16, train/frozen.py)."""
+    held in bf16 while the loop runs, and in fp32 again when it returns (training.frozen_bf16, train/frozen.py).
+    On the CPU the heap's free pages go back to the system once training ends (tuneforge/train/heap.py)."""
     with frozen.held_in_bf16(model, cfg, precision, log, ddp.world_size()):
-        return _train(model, train_examples, eval_examples, cfg, output_dir, precision, log, packed, objective,
-                      on_eval)
+        result = _train(model, train_examples, eval_examples, cfg, output_dir, precision, log, packed, objective,
+                        on_eval)
+        if model_device(model).type == "cpu":  # once: the steps' fragmented heap goes back before the fp32
+            heap.release_free_memory()  # weights and the evaluation after training are allocated on top of it
+    return result
 
 
 def _train(model, train_examples: list[Example], eval_examples: list[Example], cfg: Config, output_dir: Path,
