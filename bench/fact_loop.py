@@ -4,6 +4,7 @@ its defaults for everything else. Both are judged alike: greedy generation of ea
 model's chat template, tuneforge's exact_match.
 
     python bench/fact_loop.py --seeds 0,1 --json bench/results/fact_loop.json
+    python bench/fact_loop.py --seeds 0 --arms tuneforge --json /tmp/f.json   # one arm (after a default changed)
 
 The loop: constant rate, no clipping, no dropout, AdamW's own weight decay (0.01), bf16 autocast where the CPU
 has it, loss on the answer tokens only. The goal (issue 20): tuneforge matches or beats the loop.
@@ -104,7 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (1 on a shared, loaded machine)")
     parser.add_argument("--loop-like", action="store_true",
                         help="also run tuneforge with the loop's schedule, clipping and dropout (a diagnosis)")
+    parser.add_argument("--arms", default="loop,tuneforge",
+                        help="which of loop, tuneforge to run (an arm left out records null)")
     args = parser.parse_args(argv)
+    arms = set(args.arms.split(","))
+    if not arms or arms - {"loop", "tuneforge"}:
+        parser.error(f"--arms: a comma list of loop, tuneforge (got {args.arms!r})")
     from tuneforge.models.hub import resolve_path
 
     if args.quick:
@@ -121,20 +127,28 @@ def main(argv: list[str] | None = None) -> dict:
             for sub in ("defaults", "loop-like"):
                 (Path(work) / sub).mkdir()
             t0 = time.perf_counter()
-            loop = run_loop(model_dir, train, evals, seed)
+            loop = run_loop(model_dir, train, evals, seed) if "loop" in arms else None
             t1 = time.perf_counter()
-            print(f"seed {seed}: exact match loop {loop:.3f} ({t1 - t0:.0f}s)", flush=True)
-            ours = run_tuneforge(args.model, train, evals, seed, Path(work) / "defaults")
+            if loop is not None:
+                print(f"seed {seed}: exact match loop {loop:.3f} ({t1 - t0:.0f}s)", flush=True)
+            ours = run_tuneforge(args.model, train, evals, seed, Path(work) / "defaults") if "tuneforge" in arms \
+                else None
             t2 = time.perf_counter()
             like = (run_tuneforge(args.model, train, evals, seed, Path(work) / "loop-like", LOOP_LIKE)
                     if args.loop_like else None)
             t3 = time.perf_counter()
         results.append({"seed": seed, "loop": loop, "tuneforge": ours, "tuneforge_loop_like": like,
-                        "loop_s": t1 - t0, "tuneforge_s": t2 - t1,
+                        "loop_s": t1 - t0 if loop is not None else None,
+                        "tuneforge_s": t2 - t1 if ours is not None else None,
                         "loop_like_s": t3 - t2 if like is not None else None})
-        print(f"seed {seed}: exact match loop {loop:.3f} ({t1 - t0:.0f}s), tuneforge {ours:.3f} ({t2 - t1:.0f}s)"
-              + (f", tuneforge loop-like {like:.3f} ({t3 - t2:.0f}s)" if like is not None else ""), flush=True)
-    report = {"settings": SETTINGS, "facts": len(evals), "results": results}
+        shown = [(name, value, secs) for name, value, secs in (("loop", loop, t1 - t0), ("tuneforge", ours, t2 - t1),
+                                                                ("tuneforge loop-like", like, t3 - t2))
+                 if value is not None]
+        print(f"seed {seed}: exact match " + ", ".join(f"{n} {v:.3f} ({s:.0f}s)" for n, v, s in shown), flush=True)
+    from env_record import environment
+
+    report = {"settings": SETTINGS, "facts": len(evals), "arms": sorted(arms), "results": results,
+              "environment": environment()}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))

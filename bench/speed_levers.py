@@ -1,10 +1,11 @@
 """Step-speed levers tried for issue 19 item 2, measured side by side by bench/profile_step.py (docs/benchmarks.md,
 "Where a step's time goes") and parity-tested in tests/unit/test_speed.py. Both keep parity (bit for bit; 1e-5 in
-fp32) but gained nothing measurable on the machine measured (1.00-1.01x a LoRA step, within the noise), so they
-live here beside the benchmark, not in the library: bench/profile_step.py measures them again on another machine
-(an AMX one, where autocast's weight casts weigh more), and a lever that gains there moves into tuneforge.train.
-`compiled` is torch.compile as training.compile runs it (tuneforge.train.compile), beside the static-shape variant
-it was measured against (docs/benchmarks.md, "torch.compile"; parity in tests/unit/test_compile.py).
+fp32) but gained nothing measurable in a step on the machine measured (1.00-1.01x a LoRA step, within the noise).
+The frozen-weights lever went into the library as training.frozen_bf16 (tuneforge/train/frozen.py) for the memory
+it saves once the fp32 weights are dropped rather than kept aside (docs/benchmarks.md, "Memory"); `frozen_in_bf16`
+here keeps them aside, as a step-time lever profile_step can toggle on one model. `compiled` is torch.compile as
+training.compile runs it (tuneforge.train.compile), beside the static-shape variant it was measured against
+(docs/benchmarks.md, "torch.compile"; parity in tests/unit/test_compile.py).
 
     with frozen_in_bf16(model): ...     # bf16 autocast over frozen linear weights held in bf16
     with packed_attention(model): ...   # SDPA per sample of a packed row instead of the row's masked N x N

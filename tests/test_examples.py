@@ -98,3 +98,26 @@ def test_sentiment_rules_defeat_the_keyword_baseline():
     assert min(counts.values()) > 0.25 * len(rows)
     train = (ROOT / "examples/data/sentiment/train.jsonl").read_text()
     assert not any(p in train for p in gen.EVAL_PRODUCTS)  # eval products are held out
+
+
+def test_the_readmes_config_block_validates(tmp_path, monkeypatch):
+    """README.md's "### Config" block is a config a user could copy: it loads and checks (every key it shows is
+    a real one), and the method alternatives in its comments are valid methods too."""
+    import re
+
+    import yaml
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### Config", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "readme.yaml").write_text(block)
+    cfg = load_config(tmp_path / "readme.yaml")
+    check_config(cfg)
+    assert cfg.training.frozen_bf16 is True and cfg.method.name == "lora"
+    alternatives = re.findall(r"(\{name: [^}]*\})", block.split("# or ", 1)[1].split("\ndata:", 1)[0])
+    assert len(alternatives) == 7
+    for method in alternatives:
+        raw = yaml.safe_load(block)
+        raw["method"] = yaml.safe_load(method)
+        (tmp_path / "alt.yaml").write_text(yaml.safe_dump(raw))
+        assert load_config(tmp_path / "alt.yaml").method.name == raw["method"]["name"]

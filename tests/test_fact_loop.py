@@ -24,3 +24,6 @@ def test_quick_mode_runs_both_and_records_the_settings(tiny_model_dir, tmp_path)
         assert 0.0 <= run[key] <= 1.0
     for key in ("loop_s", "tuneforge_s", "loop_like_s"):
         assert run[key] > 0
+    assert report["environment"]["git"] and report["arms"] == ["loop", "tuneforge"]
+    one = module.main(["--quick", "--arms", "tuneforge", "--model", str(tiny_model_dir)])["results"][0]
+    assert one["loop"] is None and one["loop_s"] is None and 0.0 <= one["tuneforge"] <= 1.0
