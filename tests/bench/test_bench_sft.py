@@ -130,3 +130,16 @@ def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir,
     assert settings["tuneforge"].pop(key) is default
     assert settings[lever].pop(key) is (not default)
     assert settings["tuneforge"] == settings[lever]
+
+
+def test_the_frozen_bf16_figures_in_the_docs_are_the_jsons():
+    """docs/benchmarks.md's frozen_bf16 table and ratios are bench/results/frozen_bf16.json's medians, not typed."""
+    summary = json.loads((ROOT / "bench" / "results" / "frozen_bf16.json").read_text())["summary"]["recipes"]
+    docs = (ROOT / "docs" / "benchmarks.md").read_text().split("### `training.frozen_bf16`", 1)[1]
+    rss = {name: summary[name]["peak_rss_mb"]["median"] for name in ("seed-fp32", "tuneforge", "tuneforge-fp32-frozen")}
+    for value in rss.values():
+        assert f"{value:,.0f}" in docs
+    assert f"Peak RSS {rss['tuneforge'] / rss['tuneforge-fp32-frozen']:.3f}x with the key on" in docs
+    assert f"**{rss['tuneforge'] / rss['seed-fp32']:.3f}x**" in docs
+    speed = summary["tuneforge-fp32-frozen"]["process_s"]["median"] / summary["tuneforge"]["process_s"]["median"]
+    assert f"for {speed:.2f}x the process speed" in docs
