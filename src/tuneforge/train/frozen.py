@@ -22,7 +22,7 @@ already quantized, and runs in fp32 or fp16.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +77,24 @@ def key_candidates(name: str, prefix: str) -> list[str]:
     return [name] + ([name.removeprefix(prefix + ".")] if prefix and name.startswith(prefix + ".") else [])
 
 
-def _read(file: Path, key: str) -> torch.Tensor:
-    from safetensors import safe_open
+class _Files:
+    """Each safetensors file opened once for the tensors read from it."""
 
-    with safe_open(str(file), framework="pt") as f:
-        return f.get_tensor(key)
+    def __init__(self) -> None:
+        self.stack, self.open = ExitStack(), {}
+
+    def read(self, file: Path, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if file not in self.open:
+            self.open[file] = self.stack.enter_context(safe_open(str(file), framework="pt"))
+        return self.open[file].get_tensor(key)
+
+    def __enter__(self) -> _Files:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
 
 
 def hold(model: nn.Module, model_dir: Path) -> tuple[list[Held], int]:
@@ -92,12 +105,13 @@ def hold(model: nn.Module, model_dir: Path) -> tuple[list[Held], int]:
     prefix = getattr(base, "base_model_prefix", "")
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     held, kept = [], 0
-    for p in frozen_linear_params(model):
-        found = [k for k in key_candidates(names.get(id(p), ""), prefix) if k in index]
-        if found and torch.equal(_read(index[found[0]], found[0]).to(device=p.device, dtype=p.dtype), p.data):
-            held.append(Held(p, found[0], index[found[0]]))
-        else:
-            kept += 1
+    with _Files() as files:
+        for p in frozen_linear_params(model):
+            found = [k for k in key_candidates(names.get(id(p), ""), prefix) if k in index]
+            if found and torch.equal(files.read(index[found[0]], found[0]).to(device=p.device, dtype=p.dtype), p.data):
+                held.append(Held(p, found[0], index[found[0]]))
+            else:
+                kept += 1
     for h in held:
         h.param.data = h.param.data.to(torch.bfloat16)
     if not held:
@@ -115,13 +129,14 @@ def hold(model: nn.Module, model_dir: Path) -> tuple[list[Held], int]:
 
 def restore(held: list[Held]) -> None:
     """Each held weight back in fp32 from its file, after checking the file still holds what was held."""
-    for h in held:
-        weight = _read(h.file, h.key).to(device=h.param.device, dtype=torch.float32)
-        if not torch.equal(weight.to(torch.bfloat16), h.param.data):
-            raise ModelError(f"{h.file}: tensor {h.key!r} changed while the run trained; the frozen weight held "
-                             "in bf16 cannot be put back in fp32 (set training.frozen_bf16=false to keep an fp32 "
-                             "copy in memory instead)")
-        h.param.data = weight
+    with _Files() as files:
+        for h in held:
+            weight = files.read(h.file, h.key).to(device=h.param.device, dtype=torch.float32)
+            if not torch.equal(weight.to(torch.bfloat16), h.param.data):
+                raise ModelError(f"{h.file}: tensor {h.key!r} changed while the run trained; the frozen weight "
+                                 "held in bf16 cannot be put back in fp32 (set training.frozen_bf16=false to keep an "
+                                 "fp32 copy in memory instead)")
+            h.param.data = weight
 
 
 def applies(cfg, precision: str, world_size: int) -> bool:
