@@ -55,7 +55,10 @@ def test_release_returns_the_heaps_free_pages_to_the_system():
 
 
 def test_available_where_glibc_is():
-    assert heap.available() == GLIBC or not GLIBC
+    """glibc has malloc_trim; elsewhere (macOS, musl) there is none, and releasing is a no-op saying so."""
+    assert heap.available() == GLIBC
+    if not GLIBC:
+        assert heap.release_free_memory() is False
 
 
 def _trained(make_config, tmp_path, trim: bool, monkeypatch):
