@@ -27,3 +27,11 @@ def test_quick_mode_runs_both_and_records_the_settings(tiny_model_dir, tmp_path)
     assert report["environment"]["git"] and report["arms"] == ["loop", "tuneforge"]
     one = module.main(["--quick", "--arms", "tuneforge", "--model", str(tiny_model_dir)])["results"][0]
     assert one["loop"] is None and one["loop_s"] is None and 0.0 <= one["tuneforge"] <= 1.0
+
+
+def test_the_docs_table_is_the_render_of_the_runs():
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("fact_loop", ROOT / "bench" / "fact_loop.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "fact-loop.md").read_text() == module.render()
