@@ -181,6 +181,14 @@ def test_fits_against_budget(capsys):
     assert rows["full"]["fits"] is False and rows["qlora"]["fits"] is True
     settings = rows["full"]["settings"]
     assert (settings["precision"], settings["seq_len"], settings["batch_size"]) == ("bf16-mixed", 256, 1)
+    gib = {}
+    for key in ("true", "false"):  # the config's training.frozen_bf16 reaches the estimate
+        assert run_plan(["model=llama-2-7b", "method.name=lora", "training.precision=bf16",
+                         f"training.frozen_bf16={key}", "--json"]) == 0
+        [row] = json.loads(capsys.readouterr().out)
+        assert row["settings"]["frozen_bf16"] is (key == "true")
+        gib[key] = row["gib"]["weights"]
+    assert gib["false"] - gib["true"] > 11  # 7B's Linear weights (~6.5B) at 2 B instead of 4
 
 
 def test_table_lists_every_method_and_unsupported_ones_say_why(capsys):
@@ -236,8 +244,12 @@ def test_cli_plan_exit_codes(capsys, monkeypatch):
     assert "match no layer" in capsys.readouterr().err
 
 
-def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch: int, seq: int) -> int:
-    """Bytes autograd keeps for backward (parameters excluded), counted once per storage."""
+def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch: int, seq: int,
+                        held: bool = False) -> int:
+    """Bytes autograd keeps for backward (parameters excluded), counted once per storage. held: the frozen
+    linear weights in bf16, as training.frozen_bf16 holds them (tuneforge/train/frozen.py's selection)."""
+    from tuneforge.train.frozen import frozen_linear_params
+
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     if method == "lora":
@@ -245,6 +257,8 @@ def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch:
     elif method == "freeze":
         model.requires_grad_(False)
         model.model.layers[-1].requires_grad_(True)
+    for p in frozen_linear_params(model) if held else []:
+        p.data = p.data.to(torch.bfloat16)
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -262,15 +276,35 @@ def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch:
     return sum(n for ptr, n in seen.items() if ptr not in params)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+@pytest.mark.parametrize("precision, held", [("fp32", False), ("bf16-mixed", False), ("bf16-mixed", True)])
 @pytest.mark.parametrize("method", ["full", "lora", "freeze"])
-def test_activation_formula_matches_saved_tensors(method, precision):
-    """Saved tensors = the per-layer terms + the fp32 log-softmax (the formula's other 4V is its gradient)."""
+def test_activation_formula_matches_saved_tensors(method, precision, held):
+    """Saved tensors = the per-layer terms + the fp32 log-softmax (the formula's other 4V is its gradient); with
+    training.frozen_bf16 (held) the frozen linear weights' autocast copies are gone."""
     config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=128, tie_word_embeddings=True)
     batch, seq = 2, 64
-    r = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision,
+    r = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision, frozen_bf16=held,
                  **({"last_n_layers": 1} if method == "freeze" else {}))
-    head_copy = 2 * 128 * 256 if precision != "fp32" else 0
+    head_copy = 2 * 128 * 256 if precision != "fp32" else 0  # the tied head is not held
     predicted = r["bytes"]["activations_layers"] + batch * seq * 4 * 128 + head_copy
-    assert predicted == pytest.approx(_saved_tensor_bytes(config, method, precision, batch, seq), rel=0.1)
+    assert predicted == pytest.approx(_saved_tensor_bytes(config, method, precision, batch, seq, held), rel=0.1)
+
+
+def test_frozen_bf16_weights_are_two_bytes_while_training():
+    """bf16-mixed with training.frozen_bf16: a LoRA base's Linear weights 2 B each and no per-layer copies of
+    them; freeze holds the frozen blocks' only; fp32, bf16-master, QLoRA and the key off are unchanged."""
+    def b(method, precision="bf16-mixed", **kw):
+        return estimate("smollm2-135m", method, batch_size=1, seq_len=64, precision=precision, **kw)
+
+    on, off = b("lora"), b("lora", frozen_bf16=False)
+    linear = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)  # q, o, k, v, gate, up, down per block
+    assert off["bytes"]["weights"] - on["bytes"]["weights"] == 2 * linear
+    assert on["bytes"]["activations_weight_copies"] == off["bytes"]["activations_weight_copies"] - 2 * linear
+    assert on["settings"]["frozen_bf16"] is True and off["settings"]["frozen_bf16"] is False
+    freeze, freeze_off = b("freeze", last_n_layers=2), b("freeze", last_n_layers=2, frozen_bf16=False)
+    assert freeze_off["bytes"]["weights"] - freeze["bytes"]["weights"] == 2 * linear * 28 // 30
+    assert freeze["bytes"]["activations"] == freeze_off["bytes"]["activations"]  # trained blocks keep copies
+    for method, precision in (("lora", "fp32"), ("lora", "bf16-master"), ("qlora", "bf16-mixed"),
+                              ("full", "bf16-mixed")):
+        assert b(method, precision)["bytes"] == b(method, precision, frozen_bf16=False)["bytes"]

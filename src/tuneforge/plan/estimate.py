@@ -64,10 +64,25 @@ def _layer_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precis
     return mem.frozen_layer(lay, p, seq, attention) + (extra(lay, counts, p) if extra else 0.0)
 
 
-def _per_layer_constant(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision) -> float:
-    """Token-independent bytes each gradient-path layer keeps: bf16 weight copies, DoRA temporaries."""
+def held_bf16(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision, frozen_bf16: bool) -> int:
+    """Frozen linear weights training.frozen_bf16 holds in bf16 under bf16-mixed (tuneforge/train/frozen.py): the
+    backbone's Linear layers under a method that trains none of them, the frozen blocks' under full / freeze;
+    none on a quantized base. (An untied frozen LM head is held too but not counted here: a small over-count.)"""
+    m = METHODS[mcfg.name]
+    if not (frozen_bf16 and p.autocast) or m.quantized_base:
+        return 0
+    if m.saves_whole_model:
+        return (lay.layers - counts.grad_blocks) * lay.block_linear_params
+    return lay.backbone_linear_params
+
+
+def _per_layer_constant(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision,
+                        frozen_bf16: bool = True) -> float:
+    """Token-independent bytes each gradient-path layer keeps: bf16 weight copies (none where frozen_bf16 holds
+    the layer's weights in bf16 already), DoRA temporaries."""
     total = 0.0
-    if p.autocast and not METHODS[mcfg.name].quantized_base:  # bitsandbytes dequantizes again in backward
+    held = METHODS[mcfg.name].saves_whole_model is False and held_bf16(lay, counts, mcfg, p, frozen_bf16) > 0
+    if p.autocast and not METHODS[mcfg.name].quantized_base and not held:  # bnb dequantizes again in backward
         total += 2 * lay.block_linear_params
     if counts.resolved.get("use_dora"):
         targets = counts.resolved.get("target_modules", [])
@@ -78,11 +93,11 @@ def _per_layer_constant(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem
 
 def activation_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision, *, batch_size: int,
                      seq_len: int, gradient_checkpointing: bool = False, attention: str = "sdpa",
-                     supervised_fraction: float = 1.0) -> dict[str, float]:
+                     supervised_fraction: float = 1.0, frozen_bf16: bool = True) -> dict[str, float]:
     seq = seq_len + (counts.resolved.get("num_virtual_tokens", 0) if mcfg.name in LENGTHENS_SEQUENCE else 0)
     tokens = batch_size * seq
     per_layer = _layer_bytes(lay, counts, mcfg, p, seq, attention)
-    const = _per_layer_constant(lay, counts, mcfg, p)
+    const = _per_layer_constant(lay, counts, mcfg, p, frozen_bf16)
     if gradient_checkpointing:
         # Each checkpointed layer keeps only its input; backward recomputes one layer at a time.
         layers = counts.grad_blocks * lay.hidden * p.residual * tokens + per_layer * tokens + const
@@ -97,15 +112,17 @@ def activation_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Pr
             "activations_weight_copies": copies}
 
 
-def state_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision) -> dict[str, float]:
-    """Weights, gradients, AdamW states and the fp32 master copy (bf16-master only)."""
+def state_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision,
+                frozen_bf16: bool = True) -> dict[str, float]:
+    """Weights (the frozen linear ones held in bf16 under frozen_bf16), gradients, AdamW states and the fp32
+    master copy (bf16-master only). Training's footprint: the weights are loaded in fp32 first."""
     added = counts.total - counts.base_total  # adapter parameters, fp32
     if METHODS[mcfg.name].quantized_base:
         quantized = lay.backbone_linear_params
         weights = quantized * mem.NF4_BYTES_PER_PARAM + (counts.base_total - quantized) * p.weight
     else:
         weights = counts.base_total * p.weight
-    weights += added * mem.ADAPTER_BYTES
+    weights += added * mem.ADAPTER_BYTES - held_bf16(lay, counts, mcfg, p, frozen_bf16) * (p.weight - 2)
     base_trainable, adapter_trainable = counts.trainable_base, counts.trainable - counts.trainable_base
     return {
         "weights": weights,
@@ -118,13 +135,14 @@ def state_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precisi
 def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_size: int, seq_len: int,
              precision: str = "fp32", budget_gb: float | None = None, gradient_checkpointing: bool = False,
              attention: str = "sdpa", supervised_fraction: float = 1.0, classifier: bool | None = None,
-             **method_params) -> dict:
+             frozen_bf16: bool = True, **method_params) -> dict:
     """Parameter counts and training memory (bytes and GiB) of `method` on `config`; no weights loaded.
 
     config: a transformers config, or a name/directory for load_arch_config. method: a method name (its
     options as keyword arguments with the config's key names, e.g. r=16, target_modules="all-linear",
     last_n_layers=2) or a method config object. precision: fp32, bf16-mixed (alias bf16: tuneforge's autocast
     over fp32 weights) or bf16-master. classifier: a sequence-classification model (default: encoders).
+    frozen_bf16: training.frozen_bf16 (bf16-mixed only: frozen linear weights held in bf16 while training).
     """
     mcfg = method_config(method, **method_params)
     if isinstance(config, str):
@@ -133,10 +151,10 @@ def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_s
     meta = build_meta_model(config, classifier)
     lay = mem.layout(meta)  # before the method wraps the Linear layers
     counts = count_params(meta, mcfg)
-    parts = {**state_bytes(lay, counts, mcfg, p),
+    parts = {**state_bytes(lay, counts, mcfg, p, frozen_bf16),
              **activation_bytes(lay, counts, mcfg, p, batch_size=batch_size, seq_len=seq_len,
                                 gradient_checkpointing=gradient_checkpointing, attention=attention,
-                                supervised_fraction=supervised_fraction)}
+                                supervised_fraction=supervised_fraction, frozen_bf16=frozen_bf16)}
     total = parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["master_weights"] + parts["activations"]
     gib = {k: mem.gib(v) for k, v in parts.items()}
     return {
@@ -146,7 +164,8 @@ def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_s
         "method_params": counts.resolved,
         "settings": {"batch_size": batch_size, "seq_len": seq_len, "precision": p.name,
                      "gradient_checkpointing": gradient_checkpointing, "attention": attention,
-                     "supervised_fraction": supervised_fraction, "task": meta.task},
+                     "supervised_fraction": supervised_fraction, "task": meta.task,
+                     "frozen_bf16": bool(frozen_bf16 and p.autocast)},
         "bytes": {**{k: int(v) for k, v in parts.items()}, "total": int(total)},
         "gib": {**gib, "total": mem.gib(total)},
         "budget_gib": budget_gb, "fits": None if budget_gb is None else mem.gib(total) <= budget_gb,

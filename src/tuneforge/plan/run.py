@@ -118,7 +118,8 @@ def _estimates(args: argparse.Namespace) -> list[dict]:
     budget = args.budget_gb if args.budget_gb is not None else psutil.virtual_memory().total / 2**30
     common = dict(batch_size=training.batch_size, seq_len=training.max_length, budget_gb=budget,
                   precision=_precision(args.precision or training.precision),
-                  gradient_checkpointing=training.gradient_checkpointing, attention=args.attention,
+                  gradient_checkpointing=training.gradient_checkpointing, frozen_bf16=training.frozen_bf16,
+                  attention=args.attention,
                   supervised_fraction=args.supervised_fraction,
                   classifier=stage_info(stage).has_labels)
     rows = []
