@@ -81,8 +81,10 @@ def _per_layer_constant(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem
     """Token-independent bytes each gradient-path layer keeps: bf16 weight copies (none where frozen_bf16 holds
     the layer's weights in bf16 already), DoRA temporaries."""
     total = 0.0
-    held = METHODS[mcfg.name].saves_whole_model is False and held_bf16(lay, counts, mcfg, p, frozen_bf16) > 0
-    if p.autocast and not METHODS[mcfg.name].quantized_base and not held:  # bnb dequantizes again in backward
+    m = METHODS[mcfg.name]
+    # a method that trains no base Linear: with frozen_bf16 every gradient-path layer's weights are bf16 already
+    weights_held = not m.saves_whole_model and held_bf16(lay, counts, mcfg, p, frozen_bf16) > 0
+    if p.autocast and not m.quantized_base and not weights_held:  # bitsandbytes dequantizes again in backward
         total += 2 * lay.block_linear_params
     if counts.resolved.get("use_dora"):
         targets = counts.resolved.get("target_modules", [])

@@ -58,17 +58,6 @@ def frozen_linear_params(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-def file_keys(model_dir: Path) -> dict[str, Path]:
-    """Every tensor name in the directory's safetensors files -> its file."""
-    from safetensors import safe_open
-
-    index: dict[str, Path] = {}
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            index.update(dict.fromkeys(f.keys(), path))
-    return index
-
-
 def key_candidates(name: str, prefix: str) -> list[str]:
     """A parameter's name in the (PEFT-wrapped) model -> the names it may have in the checkpoint files: PEFT's
     wrapper prefix and `.base_layer` dropped, then also without the architecture's base_model_prefix (an encoder
@@ -78,17 +67,25 @@ def key_candidates(name: str, prefix: str) -> list[str]:
 
 
 class _Files:
-    """Each safetensors file opened once for the tensors read from it."""
+    """Each safetensors file opened once, for its tensor names and the tensors read from it."""
 
     def __init__(self) -> None:
         self.stack, self.open = ExitStack(), {}
 
-    def read(self, file: Path, key: str) -> torch.Tensor:
+    def _handle(self, file: Path):
         from safetensors import safe_open
 
         if file not in self.open:
             self.open[file] = self.stack.enter_context(safe_open(str(file), framework="pt"))
-        return self.open[file].get_tensor(key)
+        return self.open[file]
+
+    def keys(self, model_dir: Path) -> dict[str, Path]:
+        """Every tensor name in the directory's safetensors files -> its file."""
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        return {key: path for path in files for key in self._handle(path).keys()}
+
+    def read(self, file: Path, key: str) -> torch.Tensor:
+        return self._handle(file).get_tensor(key)
 
     def __enter__(self) -> _Files:
         return self
@@ -100,12 +97,12 @@ class _Files:
 def hold(model: nn.Module, model_dir: Path) -> tuple[list[Held], int]:
     """Put bf16 copies in place of the frozen linear weights that equal their file's tensor; copy every other
     CPU tensor of the model out of the file mapping. (held, count of candidates kept fp32)."""
-    index = file_keys(model_dir)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     prefix = getattr(base, "base_model_prefix", "")
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     held, kept = [], 0
     with _Files() as files:
+        index = files.keys(model_dir)
         for p in frozen_linear_params(model):
             found = [k for k in key_candidates(names.get(id(p), ""), prefix) if k in index]
             if found and torch.equal(files.read(index[found[0]], found[0]).to(device=p.device, dtype=p.dtype), p.data):
