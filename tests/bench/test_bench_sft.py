@@ -107,7 +107,8 @@ def test_quick_mode_runs_and_records_everything(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("lever, key, default", [("tuneforge-trim", "trim_memory", False),
-                                                  ("tuneforge-fp32-frozen", "frozen_bf16", True)])
+                                                  ("tuneforge-fp32-frozen", "frozen_bf16", True),
+                                                  ("tuneforge-plain-loss", "chunked_loss", True)])
 def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir, tmp_path, monkeypatch, lever, key,
                                                                  default):
     """`--recipes tuneforge,<lever>` measures one training key against tuneforge's default; `make bench`

@@ -164,7 +164,8 @@ def test_activations_scale_and_checkpointing_and_freeze_reduce_them():
     def act(method="lora", key="activations", **kw):
         return estimate("smollm2-135m", method, **{"batch_size": 4, "seq_len": 256, **kw})["bytes"][key]
 
-    assert act(batch_size=8) == pytest.approx(2 * act(), rel=1e-6)
+    assert act(batch_size=8, chunked_loss=False) == pytest.approx(2 * act(chunked_loss=False), rel=1e-6)
+    assert act(batch_size=8, key="activations_layers") == pytest.approx(2 * act(key="activations_layers"), rel=1e-6)
     assert act(gradient_checkpointing=True) < act() / 3
     # backward stops at the first trained block: 2 of 30 layers keep activations
     assert act("freeze", "activations_layers") == pytest.approx(act("full", "activations_layers") * 2 / 30)
@@ -245,7 +246,7 @@ def test_cli_plan_exit_codes(capsys, monkeypatch):
 
 
 def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch: int, seq: int,
-                        held: bool = False) -> int:
+                        held: bool = False, chunked: bool = False) -> int:
     """Bytes autograd keeps for backward (parameters excluded), counted once per storage. held: the frozen
     linear weights in bf16, as training.frozen_bf16 holds them (tuneforge/train/frozen.py's selection)."""
     from tuneforge.train.frozen import frozen_linear_params
@@ -271,8 +272,15 @@ def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch:
     ids = torch.randint(0, config.vocab_size, (batch, seq))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
-        logits = model(input_ids=ids, use_cache=False).logits.float()
-        torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
+        if chunked:  # training.chunked_loss, as tuneforge's loss calls it (all positions supervised)
+            from tuneforge.train.chunked_loss import chunked_cross_entropy, lm_head_parts
+
+            decoder, head = lm_head_parts(model)
+            hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
+            chunked_cross_entropy(hidden.flatten(0, 1), head.weight, ids.flatten())
+        else:
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
     return sum(n for ptr, n in seen.items() if ptr not in params)
 
 
@@ -285,10 +293,43 @@ def test_activation_formula_matches_saved_tensors(method, precision, held):
                          num_key_value_heads=2, vocab_size=128, tie_word_embeddings=True)
     batch, seq = 2, 64
     r = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision, frozen_bf16=held,
-                 **({"last_n_layers": 1} if method == "freeze" else {}))
+                 chunked_loss=False, **({"last_n_layers": 1} if method == "freeze" else {}))
     head_copy = 2 * 128 * 256 if precision != "fp32" else 0  # the tied head is not held
     predicted = r["bytes"]["activations_layers"] + batch * seq * 4 * 128 + head_copy
     assert predicted == pytest.approx(_saved_tensor_bytes(config, method, precision, batch, seq, held), rel=0.1)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_chunked_loss_formula_matches_saved_tensors(method, precision):
+    """training.chunked_loss: what the loss keeps for backward is the hidden states' fp32 gradient per position
+    (and the head weight's fp32 gradient where it trains: full's tied head), not the [positions x vocab]
+    log-probabilities; the estimate's head term is that plus one chunk's transient logits and the bf16 head copy
+    (with this 128-token vocabulary no smaller than the plain loss's: the saving is the next test's)."""
+    config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128, tie_word_embeddings=True)
+    batch, seq = 2, 64
+    r = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision, chunked_loss=True,
+                 frozen_bf16=False)  # measured below without holding the frozen weights in bf16
+    kept = batch * seq * 256 * 4 + (4 * 128 * 256 if method == "full" else 0)
+    measured = _saved_tensor_bytes(config, method, precision, batch, seq, chunked=True)
+    assert r["bytes"]["activations_layers"] + kept == pytest.approx(measured, rel=0.1)
+    chunk = batch * seq * 128 * 12  # one chunk: logits, log-probabilities and their gradient, 12 B an entry
+    copy = 2 * 128 * 256 if precision != "fp32" else 0
+    assert r["bytes"]["activations_head"] == kept + chunk + copy
+    plain = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision, chunked_loss=False)
+    assert r["settings"]["chunked_loss"] is True and plain["settings"]["chunked_loss"] is False
+
+
+def test_chunked_loss_on_smollm2_saves_the_vocab_sized_tensors():
+    """SmolLM2 (49,152 tokens), 8 x 512 positions, LoRA under bf16-mixed: the plain loss keeps 10 B per position
+    and vocab entry; the chunked one a chunk's worth and 4 B x hidden per position."""
+    on = estimate("smollm2-135m", "lora", batch_size=8, seq_len=512, precision="bf16-mixed")
+    off = estimate("smollm2-135m", "lora", batch_size=8, seq_len=512, precision="bf16-mixed", chunked_loss=False)
+    tokens, vocab, hidden = 8 * 512, 49152, 576
+    assert off["bytes"]["activations_head"] - on["bytes"]["activations_head"] == pytest.approx(
+        tokens * vocab * 10 - (tokens * hidden * 4 + (8 * 2**20 // vocab) * vocab * 12), abs=1)
+    assert on["bytes"]["activations_layers"] == off["bytes"]["activations_layers"]
 
 
 def test_frozen_bf16_weights_are_two_bytes_while_training():

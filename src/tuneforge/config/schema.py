@@ -116,6 +116,11 @@ class TrainingConfig(Strict):
     # the fp32 weights and their per-forward casts in memory; they are read back in fp32 from the model's files
     # when training ends (tuneforge/train/frozen.py; measured in docs/benchmarks.md, "Memory").
     frozen_bf16: bool = True
+    # The LM loss makes the head's logits a chunk of supervised positions at a time, with their gradient at once,
+    # so the [positions x vocabulary] logits and log-probabilities never exist whole (~0.5 MB a supervised token
+    # on a 49k vocabulary); the same loss and gradients within float rounding (tuneforge/train/chunked_loss.py).
+    # Plain causal LMs (Llama, Mistral, Qwen, Phi-3, OLMo), not with compile, fsdp or deepspeed.
+    chunked_loss: bool = True
     # torch.compile (inductor) for the training forward, dynamic shapes; the first step includes compile time.
     # Measured in docs/benchmarks.md ("torch.compile"); not with fsdp / deepspeed (tuneforge/train/compile.py).
     compile: bool = False

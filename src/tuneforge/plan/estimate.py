@@ -95,7 +95,8 @@ def _per_layer_constant(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem
 
 def activation_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision, *, batch_size: int,
                      seq_len: int, gradient_checkpointing: bool = False, attention: str = "sdpa",
-                     supervised_fraction: float = 1.0, frozen_bf16: bool = True) -> dict[str, float]:
+                     supervised_fraction: float = 1.0, frozen_bf16: bool = True,
+                     chunked_loss: bool = True) -> dict[str, float]:
     seq = seq_len + (counts.resolved.get("num_virtual_tokens", 0) if mcfg.name in LENGTHENS_SEQUENCE else 0)
     tokens = batch_size * seq
     per_layer = _layer_bytes(lay, counts, mcfg, p, seq, attention)
@@ -108,7 +109,11 @@ def activation_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Pr
         layers = counts.grad_blocks * (per_layer * tokens + const)
         const_total = counts.grad_blocks * const
     logits_tokens = tokens * supervised_fraction
-    head = logits_tokens * mem.head_per_token(lay, p) + (2 * lay.head_weight if p.autocast else 0)
+    if chunked_loss and lay.vocab and METHODS[mcfg.name].packing:  # padded methods (prefix, prompt): the plain loss
+        per_tokens = mem.chunked_head(lay, p, logits_tokens, counts.head_trains)
+    else:
+        per_tokens = logits_tokens * mem.head_per_token(lay, p)
+    head = per_tokens + (2 * lay.head_weight if p.autocast else 0)
     copies = const_total + (2 * lay.head_weight if p.autocast else 0)  # a subset of the two terms above
     return {"activations": layers + head, "activations_layers": layers, "activations_head": head,
             "activations_weight_copies": copies}
@@ -137,7 +142,7 @@ def state_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precisi
 def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_size: int, seq_len: int,
              precision: str = "fp32", budget_gb: float | None = None, gradient_checkpointing: bool = False,
              attention: str = "sdpa", supervised_fraction: float = 1.0, classifier: bool | None = None,
-             frozen_bf16: bool = True, **method_params) -> dict:
+             frozen_bf16: bool = True, chunked_loss: bool = True, **method_params) -> dict:
     """Parameter counts and training memory (bytes and GiB) of `method` on `config`; no weights loaded.
 
     config: a transformers config, or a name/directory for load_arch_config. method: a method name (its
@@ -145,6 +150,7 @@ def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_s
     last_n_layers=2) or a method config object. precision: fp32, bf16-mixed (alias bf16: tuneforge's autocast
     over fp32 weights) or bf16-master. classifier: a sequence-classification model (default: encoders).
     frozen_bf16: training.frozen_bf16 (bf16-mixed only: frozen linear weights held in bf16 while training).
+    chunked_loss: training.chunked_loss (a causal LM's head and loss a chunk of positions at a time).
     """
     mcfg = method_config(method, **method_params)
     if isinstance(config, str):
@@ -156,7 +162,8 @@ def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_s
     parts = {**state_bytes(lay, counts, mcfg, p, frozen_bf16),
              **activation_bytes(lay, counts, mcfg, p, batch_size=batch_size, seq_len=seq_len,
                                 gradient_checkpointing=gradient_checkpointing, attention=attention,
-                                supervised_fraction=supervised_fraction, frozen_bf16=frozen_bf16)}
+                                supervised_fraction=supervised_fraction, frozen_bf16=frozen_bf16,
+                                chunked_loss=chunked_loss)}
     total = parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["master_weights"] + parts["activations"]
     gib = {k: mem.gib(v) for k, v in parts.items()}
     return {
@@ -167,7 +174,8 @@ def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_s
         "settings": {"batch_size": batch_size, "seq_len": seq_len, "precision": p.name,
                      "gradient_checkpointing": gradient_checkpointing, "attention": attention,
                      "supervised_fraction": supervised_fraction, "task": meta.task,
-                     "frozen_bf16": bool(frozen_bf16 and p.autocast)},
+                     "frozen_bf16": bool(frozen_bf16 and p.autocast),
+                     "chunked_loss": bool(chunked_loss and lay.vocab and METHODS[mcfg.name].packing)},
         "bytes": {**{k: int(v) for k, v in parts.items()}, "total": int(total)},
         "gib": {**gib, "total": mem.gib(total)},
         "budget_gib": budget_gb, "fits": None if budget_gb is None else mem.gib(total) <= budget_gb,

@@ -137,5 +137,16 @@ def head_per_token(lay: Layout, p: Precision) -> float:
     return lay.vocab * (8 + (p.compute if p.autocast else 0))
 
 
+def chunked_head(lay: Layout, p: Precision, logits_tokens: float, head_trains: bool) -> float:
+    """training.chunked_loss (tuneforge/train/chunked_loss.py): the hidden states' gradient kept per supervised
+    token, one chunk's logits at a time (matmul-dtype logits, fp32 log-probabilities, their gradient in both
+    dtypes), and the head weight's fp32 gradient where the head trains."""
+    from tuneforge.train.chunked_loss import CHUNK_ELEMENTS
+
+    rows = min(logits_tokens, max(1, CHUNK_ELEMENTS // lay.vocab))
+    chunk = rows * lay.vocab * (8 + (2 * p.compute if p.autocast else 4))
+    return logits_tokens * lay.hidden * p.residual + chunk + (4 * lay.head_weight if head_trains else 0)
+
+
 def gib(n_bytes: float) -> float:
     return n_bytes / 2**30

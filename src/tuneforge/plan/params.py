@@ -34,6 +34,7 @@ class Counts:
     counted_by: str
     grad_blocks: int  # blocks the backward pass must go through (they keep activations)
     trainable_base: int = 0  # trainable params that are base weights (full, freeze): stored in the weight dtype
+    head_trains: bool = False  # the LM head's weight (tied or not) gets a gradient
     resolved: dict = field(default_factory=dict)  # method parameters after defaults, for the report
 
 
@@ -83,6 +84,8 @@ def count_params(meta: MetaModel, mcfg: BaseModel) -> Counts:
         raise UserError(f"{mcfg.name}: peft rejected the config: {str(exc).splitlines()[0]}") from None
     trainable, total = count_trainable(model)
     trainable_base = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) in base_ids)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_trains = bool(getattr(getattr(head, "weight", None), "requires_grad", False))
     return Counts(total=total, trainable=trainable, base_total=base_total, grad_blocks=_grad_blocks(model, meta.blocks),
                   counted_by=f"tuneforge's {mcfg.name} applied on the meta device", trainable_base=trainable_base,
-                  resolved=_resolved(model, mcfg))
+                  head_trains=head_trains, resolved=_resolved(model, mcfg))

@@ -23,6 +23,7 @@ from tuneforge.methods import METHODS, check_compat
 from tuneforge.plan.archs import is_causal_lm, load_arch_config
 from tuneforge.plan.estimate import estimate
 from tuneforge.stage_info import stage_info
+from tuneforge.train.chunked_loss import chunked_loss_applies
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +120,7 @@ def _estimates(args: argparse.Namespace) -> list[dict]:
     common = dict(batch_size=training.batch_size, seq_len=training.max_length, budget_gb=budget,
                   precision=_precision(args.precision or training.precision),
                   gradient_checkpointing=training.gradient_checkpointing, frozen_bf16=training.frozen_bf16,
+                  chunked_loss=chunked_loss_applies(training),
                   attention=args.attention,
                   supervised_fraction=args.supervised_fraction,
                   classifier=stage_info(stage).has_labels)

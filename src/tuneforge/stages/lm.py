@@ -18,6 +18,7 @@ from tuneforge.data.templates import apply_template
 from tuneforge.evaluation.generate import generate
 from tuneforge.evaluation.items import GenerationItem, generation_items
 from tuneforge.evaluation.metrics import compute
+from tuneforge.train.chunked_loss import chunked_loss_applies
 from tuneforge.train.loop import plan_steps, train
 from tuneforge.train.loss import evaluate_loss
 
@@ -25,9 +26,14 @@ from tuneforge.train.loss import evaluate_loss
 def _evaluate(run: skeleton.StageRun, model, examples: list, items: list[GenerationItem], packed: bool,
               sources: dict[str, list] | None = None) -> tuple[dict, list[str]]:
     cfg, t = run.cfg, run.cfg.training
-    result = evaluate_loss(model, examples, t.batch_size, run.precision, packed, t.pack_length) if examples else {}
+    chunked = chunked_loss_applies(t)  # as the loop's periodic evaluations compute it
+
+    def loss(rows: list) -> dict:
+        return evaluate_loss(model, rows, t.batch_size, run.precision, packed, t.pack_length, chunked)
+
+    result = loss(examples) if examples else {}
     for name, mine in (sources or {}).items():  # several eval files: each one's loss too
-        result[f"loss/{name}"] = evaluate_loss(model, mine, t.batch_size, run.precision, packed, t.pack_length)["loss"]
+        result[f"loss/{name}"] = loss(mine)["loss"]
     outputs = generate(model, run.tokenizer, [i.prompt_ids for i in items], cfg.eval.max_new_tokens,
                        run.precision) if items else []
     if "exact_match" in run.info.metrics and items:

@@ -35,6 +35,7 @@ from tuneforge.train import deepspeed_engine as ds_engine
 from tuneforge.train import distributed as ddp
 from tuneforge.train import frozen, fsdp, heap
 from tuneforge.train import guards as guards_mod
+from tuneforge.train.chunked_loss import chunked_loss_applies
 from tuneforge.train.loss import evaluate_loss, loss_sum
 from tuneforge.train.metric_log import open_metric_log
 from tuneforge.train.precision import grad_scaler
@@ -55,11 +56,14 @@ from tuneforge.train.steps import (  # noqa: F401  (re-exported: ppo and tests i
 def lm_objective(cfg: Config, precision: str, packed: bool) -> Objective:
     """Next-token loss on supervised positions, packed padding-free unless the method needs padded rows."""
     t = cfg.training
+    chunked = chunked_loss_applies(cfg.training)
     return Objective(
         collate=lambda examples: collate(examples, packed, t.pack_length),
-        loss_sum=loss_sum,
-        evaluate=lambda model, examples: evaluate_loss(model, examples, t.batch_size, precision, packed, t.pack_length),
+        loss_sum=lambda model, batch: loss_sum(model, batch, chunked),
+        evaluate=lambda model, examples: evaluate_loss(model, examples, t.batch_size, precision, packed, t.pack_length,
+                                                       chunked),
     )
+
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The loss: cross-entropy summed over supervised positions only. Logits are computed just for those
-positions (`logits_to_keep` with an index tensor), which skips the LM head on prompt tokens. Callers
-divide by the supervised-token count of the whole accumulated batch, so batch 1 x accum 4 equals
-batch 4 x accum 1.
+positions (`logits_to_keep` with an index tensor), which skips the LM head on prompt tokens; with
+`chunked` (training.chunked_loss, tuneforge/train/chunked_loss.py) a chunk of those rows at a time, so the
+[positions x vocab] logits never exist whole. Callers divide by the supervised-token count of the whole
+accumulated batch, so batch 1 x accum 4 equals batch 4 x accum 1.
 """
 
 from __future__ import annotations
@@ -14,13 +15,21 @@ import torch.nn.functional as F
 from tuneforge.data.batching import Batch, collate, sequential_microbatches
 from tuneforge.data.templates import IGNORE, Example
 from tuneforge.device import model_device, move
+from tuneforge.train.chunked_loss import chunked_cross_entropy, lm_head_parts
 from tuneforge.train.precision import autocast
 
 
-def loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def loss_sum(model: torch.nn.Module, batch: Batch, chunked: bool = False) -> torch.Tensor:
     if batch.attention_mask is not None:
         return _padded_loss_sum(model, batch)
     keep = (batch.targets != IGNORE).nonzero().squeeze(1)
+    parts = lm_head_parts(model) if chunked else None
+    if parts is not None:
+        decoder, head = parts
+        out = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
+        loss = chunked_cross_entropy(out.last_hidden_state[0, keep], head.weight, batch.targets[keep])
+        if loss is not None:
+            return loss
     # use_cache=False: with a KV cache, transformers 5.23 does not build the block-diagonal mask from
     # restarted position ids and samples would attend across boundaries (DESIGN.md 4.5).
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep)
@@ -36,7 +45,7 @@ def _padded_loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: int, precision: str,
-                  packed: bool = True, pack_length: int = 512) -> dict:
+                  packed: bool = True, pack_length: int = 512, chunked: bool = False) -> dict:
     """Mean loss per supervised token and perplexity over `examples`."""
     was_training = model.training
     model.eval()
@@ -45,7 +54,7 @@ def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: i
     for idx in sequential_microbatches(len(examples), batch_size):
         for batch in collate([examples[i] for i in idx], packed, pack_length):
             with autocast(precision):
-                total += float(loss_sum(model, move(batch, device)))
+                total += float(loss_sum(model, move(batch, device), chunked))
             count += batch.n_supervised
     model.train(was_training)
     loss = total / max(count, 1)
