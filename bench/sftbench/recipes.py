@@ -172,7 +172,7 @@ def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common, **keys:
     t = cfg.training
     settings = {**_fields(t, "precision pack_length lr_scheduler warmup_ratio warmup_steps gradient_checkpointing "
                              "weight_decay max_grad_norm batch_size learning_rate epochs trim_memory "
-                             "frozen_bf16 chunked_loss"),
+                             "frozen_bf16 chunked_loss mmap_threshold_kb"),
                 "packing": run.method.packing, "resolved_precision": run.precision, "matmul_dtype": run.precision}
     return Setup(model, fit, settings, lambda: result["train"].steps, log)
 
@@ -187,6 +187,7 @@ RECIPES: dict[str, Callable[[list[Sample], Any, str, Common], Setup]] = {
     "tuneforge-trim": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, trim_memory=True),
     "tuneforge-fp32-frozen": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, frozen_bf16=False),
     "tuneforge-plain-loss": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, chunked_loss=False),
+    "tuneforge-mmap1m": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, mmap_threshold_kb=1024),
 }
 PEERS = ("seed-fp32", "seed-bf16", "trl-default", "trl-cpu", "tuneforge")  # what `make bench` runs
 DESCRIPTIONS = {
@@ -198,4 +199,5 @@ DESCRIPTIONS = {
     "tuneforge-trim": "the same with training.trim_memory on (freed heap pages go back after each step)",
     "tuneforge-fp32-frozen": "the same with training.frozen_bf16 off (frozen weights kept fp32, cast at every use)",
     "tuneforge-plain-loss": "the same with training.chunked_loss off (the head's whole logits, then cross-entropy)",
+    "tuneforge-mmap1m": "the same with training.mmap_threshold_kb 1024 (blocks >= 1 MB mapped apart from the heap)",
 }

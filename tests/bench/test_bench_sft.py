@@ -106,11 +106,12 @@ def test_quick_mode_runs_and_records_everything(tiny_model_dir, tmp_path):
     assert rec["table"] in proc.stdout
 
 
-@pytest.mark.parametrize("lever, key, default", [("tuneforge-trim", "trim_memory", False),
-                                                  ("tuneforge-fp32-frozen", "frozen_bf16", True),
-                                                  ("tuneforge-plain-loss", "chunked_loss", True)])
+@pytest.mark.parametrize("lever, key, default, value", [("tuneforge-trim", "trim_memory", False, True),
+                                                         ("tuneforge-fp32-frozen", "frozen_bf16", True, False),
+                                                         ("tuneforge-plain-loss", "chunked_loss", True, False),
+                                                         ("tuneforge-mmap1m", "mmap_threshold_kb", None, 1024)])
 def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir, tmp_path, monkeypatch, lever, key,
-                                                                 default):
+                                                                 default, value):
     """`--recipes tuneforge,<lever>` measures one training key against tuneforge's default; `make bench`
     (the default recipes) still runs the five peers only."""
     from sftbench.recipes import PEERS, RECIPES
@@ -129,7 +130,7 @@ def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir,
         assert setup.steps() == 1
         settings[name] = setup.settings
     assert settings["tuneforge"].pop(key) is default
-    assert settings[lever].pop(key) is (not default)
+    assert settings[lever].pop(key) == value
     assert settings["tuneforge"] == settings[lever]
 
 

@@ -81,3 +81,55 @@ def test_the_loop_releases_once_per_step_and_computes_the_same(make_config, tmp_
     assert on_losses[-1] < on_losses[0]  # it trains
     assert on_weights.keys() == off_weights.keys() and on_weights
     assert all(torch.equal(on_weights[n], off_weights[n]) for n in on_weights)
+
+
+# training.mmap_threshold_kb: 2 MB blocks, freed but every 10th, after the dynamic threshold rose to 8 MB; with the
+# limit (1 MB) they were mapped apart from the heap and went back when freed, without it they are holes in the heap
+_LIMIT_PROBE = r"""
+import ctypes, os, sys
+sys.path[:0] = [{src!r}]
+from tuneforge.train import heap
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.malloc.argtypes = [ctypes.c_size_t]
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+libc.free(libc.malloc(8 << 20))
+took = heap.limit_heap_blocks(1024) if {limit} else None
+base = rss_mb()
+blocks = [libc.malloc(2 << 20) for _ in range(100)]
+for b in blocks:
+    ctypes.memset(b, 1, 2 << 20)
+for i, b in enumerate(blocks):
+    if i % 10:
+        libc.free(b)
+print(rss_mb() - base, took)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_mmap_threshold_returns_large_blocks_when_freed():
+    src = str(__import__("pathlib").Path(heap.__file__).parents[2])
+
+    def grown(limit: bool) -> tuple[float, str]:
+        out = subprocess.run([sys.executable, "-c", _LIMIT_PROBE.format(src=src, limit=limit)], capture_output=True,
+                             text=True, check=True)
+        mb, took = out.stdout.split()
+        return float(mb), took
+
+    (held, _), (limited, took) = grown(False), grown(True)
+    assert took == "True"
+    assert held >= 150 and limited <= 40, (held, limited)  # 180 MB freed: kept as holes vs returned; 20 MB in use
+
+
+def test_the_loop_sets_the_threshold_from_the_key_and_computes_the_same(make_config, tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(loop_mod.heap, "limit_heap_blocks", lambda kb: calls.append(kb) or True)
+
+    def run(kb):
+        cfg = make_config(training__max_steps=4, training__mmap_threshold_kb=kb, training__learning_rate=1e-2,
+                          output_dir=str(tmp_path / f"run-{kb}"))
+        return [h["loss"] for h in tiny.train_checked(cfg)[1].history]
+
+    assert run(1024) == run(None) and calls == [1024]

@@ -111,6 +111,10 @@ class TrainingConfig(Strict):
     # training speed (docs/benchmarks.md, "Memory"), so off unless memory is what limits you. Either way the heap
     # is handed back once when training ends, before the evaluation after it.
     trim_memory: bool = False
+    # On the CPU (glibc), map blocks of at least this many KB apart from the heap so that freeing them returns them
+    # at once and they leave no holes in it (tuneforge/train/heap.py): 1024 measured 0.89x the peak RSS; off
+    # (null) by default, since every such block's pages are faulted in again (docs/benchmarks.md, "Memory").
+    mmap_threshold_kb: int | None = Field(None, ge=64, le=32768)
     # Under bf16 autocast, hold the frozen linear weights (a LoRA / QLoRA base, frozen layers) in bf16 while
     # training: autocast rounds them to bf16 at every use anyway, so training is bit for bit the same, without
     # the fp32 weights and their per-forward casts in memory; they are read back in fp32 from the model's files

@@ -115,6 +115,8 @@ def _train(model, train_examples: list[Example], eval_examples: list[Example], c
     runner = compile_mod.compiled_forward(model, log) if t.compile and not even else model
     scaler = grad_scaler(precision)  # fp16 (GPUs without bf16) only
     trim = t.trim_memory and model_device(model).type == "cpu"  # CPU heap only (tuneforge/train/heap.py)
+    if t.mmap_threshold_kb and model_device(model).type == "cpu" and not heap.limit_heap_blocks(t.mmap_threshold_kb):
+        log("training.mmap_threshold_kb: this C library has no glibc mallopt; the key does nothing here")
     ckpt_root = output_dir / "checkpoints"
     guards = guards_mod.run_guards(cfg, precision)
 
