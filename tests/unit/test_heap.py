@@ -22,7 +22,7 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 # 8 MB malloc + free raises glibc's mmap threshold above 1 MB, so the 1 MB blocks below come from the heap; every
 # 10th stays allocated, so the freed ones are holes inside the heap (what varying activation sizes leave), which
 # free() cannot trim from the top: only malloc_trim's release of free pages inside the heap returns them.
-_PROBE = r"""
+_PRELUDE = r"""
 import ctypes, os, sys
 sys.path[:0] = [{src!r}]
 from tuneforge.train import heap
@@ -32,6 +32,8 @@ libc.free.argtypes = [ctypes.c_void_p]
 libc.malloc.argtypes = [ctypes.c_size_t]
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+"""
+_PROBE = _PRELUDE + r"""
 libc.free(libc.malloc(8 << 20))
 blocks = [libc.malloc(1 << 20) for _ in range(200)]
 for b in blocks:
@@ -85,16 +87,7 @@ def test_the_loop_releases_once_per_step_and_computes_the_same(make_config, tmp_
 
 # training.mmap_threshold_kb: 2 MB blocks, freed but every 10th, after the dynamic threshold rose to 8 MB; with the
 # limit (1 MB) they were mapped apart from the heap and went back when freed, without it they are holes in the heap
-_LIMIT_PROBE = r"""
-import ctypes, os, sys
-sys.path[:0] = [{src!r}]
-from tuneforge.train import heap
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-libc.malloc.argtypes = [ctypes.c_size_t]
-def rss_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+_LIMIT_PROBE = _PRELUDE + r"""
 libc.free(libc.malloc(8 << 20))
 took = heap.limit_heap_blocks(1024) if {limit} else None
 base = rss_mb()
