@@ -101,10 +101,10 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     if dtype is None:
         return None
     rows = rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
-    if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
-        with torch.no_grad():
-            return _ChunkedCE.forward(_NoGrad(), hidden, weight, targets, dtype, rows)
-    with torch.autocast(hidden.device.type, enabled=False):
+    with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are set by hand, as autocast set them
+        if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
+            with torch.no_grad():
+                return _ChunkedCE.forward(_NoGrad(), hidden, weight, targets, dtype, rows)
         return _ChunkedCE.apply(hidden, weight, targets, dtype, rows)
 
 
