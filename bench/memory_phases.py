@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_sft  # noqa: E402
 import torch  # noqa: E402
+from env_record import environment  # noqa: E402
 from sftbench.data import encode, eval_loss, load_rows, split_rows  # noqa: E402
 from sftbench.recipes import RECIPES  # noqa: E402
 
@@ -51,6 +52,7 @@ def rss_mb() -> float:
 class Sampler:
     def __init__(self) -> None:
         self.peak = self.live_peak = 0.0
+        self.since = time.perf_counter()
         self.phases: list[dict] = []
         threading.Thread(target=self._loop, daemon=True).start()
 
@@ -62,8 +64,11 @@ class Sampler:
 
     def phase(self, name: str) -> None:
         live, free = malloc_mb()
+        now = time.perf_counter()
         row = {"phase": name, "rss_end_mb": rss_mb(), "rss_peak_mb": max(self.peak, rss_mb()),
-               "live_peak_mb": max(self.live_peak, live), "live_end_mb": live, "heap_free_end_mb": free}
+               "live_peak_mb": max(self.live_peak, live), "live_end_mb": live, "heap_free_end_mb": free,
+               "seconds": now - self.since}
+        self.since = now
         self.phases.append(row)
         print(" | ".join([name] + [f"{k} {v:,.0f}" for k, v in row.items() if k != "phase"]), flush=True)
         self.peak, self.live_peak = rss_mb(), live
@@ -101,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"recipe": args.recipe, "model": args.model, "threads": args.threads,
                                                "eval_loss_base": base, "eval_loss": tuned,
-                                               "phases": sampler.phases}, indent=1))
+                                               "malloc_env": {k: v for k, v in os.environ.items()
+                                                              if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))},
+                                               "phases": sampler.phases, "environment": environment()}, indent=1))
     return 0
 
 

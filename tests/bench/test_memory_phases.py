@@ -22,9 +22,11 @@ def test_phases_are_reported(tiny_model_dir, tmp_path):
     proc = subprocess.run([sys.executable, "bench/memory_phases.py", "--model", str(tiny_model_dir), "--max-steps",
                            "1", "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    phases = json.loads(out.read_text())["phases"]
+    report = json.loads(out.read_text())
+    phases = report["phases"]
+    assert report["environment"]["git"] and isinstance(report["malloc_env"], dict)
     assert [p["phase"] for p in phases] == ["imports", "model + data", "base eval", "training, 1 steps", "tuned eval"]
     for p in phases:
         assert p["rss_peak_mb"] >= p["rss_end_mb"] > 0 and p["live_peak_mb"] >= p["live_end_mb"] > 0
-        assert p["heap_free_end_mb"] >= 0
+        assert p["heap_free_end_mb"] >= 0 and p["seconds"] > 0
     assert phases[3]["rss_peak_mb"] > phases[0]["rss_end_mb"]  # the model and a step cost memory
