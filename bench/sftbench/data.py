@@ -89,7 +89,12 @@ class TokenCounter:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.real = self.fed = self.calls = 0
-        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        # the decoder (LlamaModel under the causal LM, under PEFT): every recipe's forward feeds it once, including
+        # tuneforge's chunked loss, which calls the decoder and the head itself rather than the causal LM's forward
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+        target = decoder if isinstance(decoder, torch.nn.Module) else model
+        self.handle = target.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if not module.training:

@@ -94,6 +94,8 @@ def test_quick_mode_runs_and_records_everything(tiny_model_dir, tmp_path):
         assert r["eval_loss_base"] > r["eval_loss"], name  # two steps at lr 1e-3 move the tiny model
         assert "?" not in r["settings"].values(), name
     assert rec["raw"]["seed-fp32"][0]["fed_tokens"] == 8 * 512  # padded to max_length: 2 steps x 4 rows
+    tf = rec["raw"]["tuneforge"][0]  # counted at the decoder, which the chunked loss calls (no padding: all real)
+    assert tf["real_tokens"] == tf["fed_tokens"] > 0 and tf["forwards"] >= 2
     assert rec["raw"]["tuneforge"][0]["settings"]["packing"] is True
     # the base is the same model for both: one shared eval
     assert rec["raw"]["seed-fp32"][0]["eval_loss_base"] == pytest.approx(rec["raw"]["tuneforge"][0]["eval_loss_base"])
@@ -145,3 +147,21 @@ def test_the_frozen_bf16_figures_in_the_docs_are_the_jsons():
     assert f"**{rss['tuneforge'] / rss['seed-fp32']:.3f}x**" in docs
     speed = summary["tuneforge-fp32-frozen"]["process_s"]["median"] / summary["tuneforge"]["process_s"]["median"]
     assert f"for {speed:.2f}x the process speed" in docs
+
+
+def test_the_chunked_loss_figures_in_the_docs_are_the_jsons():
+    """docs/benchmarks.md's chunked_loss / mmap_threshold_kb A/B and its ratios are bench/results/chunked_loss.json's
+    medians (against frozen_bf16.json's seed-fp32 peak), not typed."""
+    summary = json.loads((ROOT / "bench" / "results" / "chunked_loss.json").read_text())["summary"]["recipes"]
+    seed = json.loads((ROOT / "bench" / "results" / "frozen_bf16.json").read_text())["summary"]["recipes"]
+    docs = (ROOT / "docs" / "benchmarks.md").read_text().split("#### Side by side, whole process (session 12)", 1)[1]
+    rss = {n: summary[n]["peak_rss_mb"]["median"] for n in ("tuneforge", "tuneforge-plain-loss", "tuneforge-mmap1m")}
+    proc = {n: summary[n]["process_s"]["median"] for n in rss}
+    for name in rss:
+        assert f"| {proc[name]:.1f} (" in docs and f"| {rss[name]:,.0f} (" in docs, name
+    assert f"peak RSS {rss['tuneforge'] / rss['tuneforge-plain-loss']:.3f}x the plain loss's, for " \
+           f"{proc['tuneforge-plain-loss'] / proc['tuneforge']:.2f}x the process speed" in docs
+    assert f"peak RSS {rss['tuneforge-mmap1m'] / rss['tuneforge']:.3f}x, for " \
+           f"{proc['tuneforge'] / proc['tuneforge-mmap1m']:.2f}x the process speed" in docs
+    base = seed["seed-fp32"]["peak_rss_mb"]["median"]
+    assert f"**{rss['tuneforge'] / base:.3f}x**" in docs and f"**{rss['tuneforge-mmap1m'] / base:.3f}x**" in docs
