@@ -29,9 +29,9 @@ def runs(make_config, tmp_path):
 def _poison_loss(monkeypatch, bad_calls, value=float("nan")):
     real, calls = loop.loss_sum, []
 
-    def loss_sum(model, batch):
+    def loss_sum(model, batch, *rest):  # rest: the loop's chunked-loss flag
         calls.append(1)
-        loss = real(model, batch)
+        loss = real(model, batch, *rest)
         return loss * value if len(calls) in bad_calls else loss
 
     monkeypatch.setattr(loop, "loss_sum", loss_sum)
@@ -133,11 +133,11 @@ def test_bad_step_count_survives_a_resume(runs, monkeypatch, tally):
     """Steps 3-4 bad, SIGTERM during step 4: the checkpoint says 2 in a row; after resume, step 5 is the 3rd."""
     real, calls = loop.loss_sum, []
 
-    def loss_sum(model, batch):
+    def loss_sum(model, batch, *rest):
         calls.append(1)
         if len(calls) == 4:
             os.kill(os.getpid(), signal.SIGTERM)
-        loss = real(model, batch)
+        loss = real(model, batch, *rest)
         return loss * float("nan") if len(calls) in (3, 4) else loss
 
     monkeypatch.setattr(loop, "loss_sum", loss_sum)

@@ -54,11 +54,11 @@ def _run_cli_child(path: Path, flag: Path, at_call: int, hold: float, signals: l
             while time.monotonic() < end:
                 time.sleep(0.05)
 
-        def loss_sum(model, batch):
+        def loss_sum(model, batch, *rest):  # rest: the loop's chunked-loss flag
             calls[0] += 1
             if calls[0] == at_call and not during_save:
                 hold_here()
-            return real_loss(model, batch)
+            return real_loss(model, batch, *rest)
 
         def save_file(tensors, filename, metadata=None):
             if during_save and not flag.exists():
