@@ -91,9 +91,9 @@ class TokenCounter:
         self.real = self.fed = self.calls = 0
         # the decoder (LlamaModel under the causal LM, under PEFT): every recipe's forward feeds it once, including
         # tuneforge's chunked loss, which calls the decoder and the head itself rather than the causal LM's forward
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
-        target = decoder if isinstance(decoder, torch.nn.Module) else model
+        from tuneforge.train.chunked_loss import decoder_of
+
+        target = decoder_of(model) or model
         self.handle = target.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:

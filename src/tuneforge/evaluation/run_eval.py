@@ -125,9 +125,9 @@ def plan_model(model: str, first: Record, precision: str | None) -> Plan:
 def _loss(model, examples, cfg: Config, precision: str, packed: bool, advance: Callable[[int], None]) -> dict:
     """evaluate_loss over micro-batch-sized chunks (the same batches it would form) so progress can move."""
     total, count, step = 0.0, 0, cfg.training.batch_size
+    chunked = chunked_loss_applies(cfg.training)
     for i in range(0, len(examples), step):
-        part = evaluate_loss(model, examples[i : i + step], step, precision, packed, cfg.training.pack_length,
-                             chunked_loss_applies(cfg.training))
+        part = evaluate_loss(model, examples[i : i + step], step, precision, packed, cfg.training.pack_length, chunked)
         total += part["loss"] * part["supervised_tokens"]
         count += part["supervised_tokens"]
         advance(len(examples[i : i + step]))

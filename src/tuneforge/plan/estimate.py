@@ -93,6 +93,11 @@ def _per_layer_constant(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem
     return total
 
 
+def chunked_head_applies(lay: mem.Layout, mcfg: BaseModel, chunked_loss: bool) -> bool:
+    """training.chunked_loss reaches a causal LM's packed rows; padded methods (prefix, prompt) keep the plain loss."""
+    return bool(chunked_loss and lay.vocab and METHODS[mcfg.name].packing)
+
+
 def activation_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision, *, batch_size: int,
                      seq_len: int, gradient_checkpointing: bool = False, attention: str = "sdpa",
                      supervised_fraction: float = 1.0, frozen_bf16: bool = True,
@@ -109,7 +114,7 @@ def activation_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Pr
         layers = counts.grad_blocks * (per_layer * tokens + const)
         const_total = counts.grad_blocks * const
     logits_tokens = tokens * supervised_fraction
-    if chunked_loss and lay.vocab and METHODS[mcfg.name].packing:  # padded methods (prefix, prompt): the plain loss
+    if chunked_head_applies(lay, mcfg, chunked_loss):
         per_tokens = mem.chunked_head(lay, p, logits_tokens, counts.head_trains)
     else:
         per_tokens = logits_tokens * mem.head_per_token(lay, p)
@@ -175,7 +180,7 @@ def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_s
                      "gradient_checkpointing": gradient_checkpointing, "attention": attention,
                      "supervised_fraction": supervised_fraction, "task": meta.task,
                      "frozen_bf16": bool(frozen_bf16 and p.autocast),
-                     "chunked_loss": bool(chunked_loss and lay.vocab and METHODS[mcfg.name].packing)},
+                     "chunked_loss": chunked_head_applies(lay, mcfg, chunked_loss)},
         "bytes": {**{k: int(v) for k, v in parts.items()}, "total": int(total)},
         "gib": {**gib, "total": mem.gib(total)},
         "budget_gib": budget_gb, "fits": None if budget_gb is None else mem.gib(total) <= budget_gb,

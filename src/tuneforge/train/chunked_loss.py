@@ -37,6 +37,14 @@ def chunked_loss_applies(t: TrainingConfig) -> bool:
     return t.chunked_loss and not t.compile and t.distributed not in ("fsdp", "deepspeed")
 
 
+def decoder_of(model: nn.Module) -> nn.Module | None:
+    """The decoder under a causal LM (LlamaModel under LlamaForCausalLM), also inside a PEFT wrapper; None where the
+    model has no such attribute."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(causal, getattr(causal, "base_model_prefix", "model"), None)
+    return decoder if isinstance(decoder, nn.Module) and decoder is not causal else None
+
+
 def lm_head_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     """(decoder, head) of a plain causal LM (also inside a PEFT wrapper), or None where the plain loss must run."""
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -44,8 +52,8 @@ def lm_head_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     if getattr(config, "model_type", None) not in PLAIN_HEAD or not hasattr(causal, "get_output_embeddings"):
         return None
     head = causal.get_output_embeddings()
-    decoder = getattr(causal, getattr(causal, "base_model_prefix", "model"), None)
-    if type(head) is not nn.Linear or head.bias is not None or decoder is None or decoder is causal:
+    decoder = decoder_of(causal)
+    if type(head) is not nn.Linear or head.bias is not None or decoder is None:
         return None  # a LoRA-wrapped or biased head, or no separate decoder: the plain loss
     return decoder, head
 
@@ -57,40 +65,43 @@ def _matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype | N
     return hidden.dtype if hidden.dtype == weight.dtype else None
 
 
+def _chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype, rows: int,
+            need_h: bool, need_w: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(summed loss, gradient for hidden, fp32 gradient for weight), the gradients only where asked for."""
+    w = weight.to(dtype)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad_h = torch.empty_like(hidden) if need_h else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    for start in range(0, hidden.shape[0], rows):
+        h = hidden[start : start + rows].to(dtype)
+        t = targets[start : start + rows]
+        logp = torch.log_softmax((h @ w.T).float(), dim=-1)
+        total += -logp.gather(1, t[:, None]).sum()
+        if need_h or need_w:
+            g = logp.exp_()  # d(sum of -log p[target]) / d logits = softmax - one-hot
+            g[torch.arange(len(t), device=g.device), t] -= 1.0
+            g = g.to(dtype)
+            if need_h:
+                grad_h[start : start + rows] = g @ w
+            if need_w:
+                grad_w += (g.T @ h).float()
+    return total, grad_h, grad_w
+
+
 class _ChunkedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype,
                 rows: int) -> torch.Tensor:
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        w = weight.to(dtype)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        for start in range(0, hidden.shape[0], rows):
-            h = hidden[start : start + rows].to(dtype)
-            t = targets[start : start + rows]
-            logp = torch.log_softmax((h @ w.T).float(), dim=-1)
-            total += -logp.gather(1, t[:, None]).sum()
-            if need_h or need_w:
-                g = logp.exp_()  # d(sum of -log p[target]) / d logits = softmax - one-hot
-                g[torch.arange(len(t), device=g.device), t] -= 1.0
-                g = g.to(dtype)
-                if need_h:
-                    grad_h[start : start + rows] = g @ w
-                if need_w:
-                    grad_w += (g.T @ h).float()
-        ctx.save_for_backward(*(x for x in (grad_h, grad_w) if x is not None))
-        ctx.has = (need_h, need_w)
+        total, grad_h, grad_w = _chunks(hidden, weight, targets, dtype, rows, *ctx.needs_input_grad[:2])
+        ctx.save_for_backward(grad_h, grad_w)  # None where that input needs no gradient
         ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        saved = list(ctx.saved_tensors)
-        need_h, need_w = ctx.has
-        grad_h = saved.pop(0) * grad_out if need_h else None
-        grad_w = (saved.pop(0) * grad_out).to(ctx.weight_dtype) if need_w else None
-        return grad_h, grad_w, None, None, None
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out if grad_h is not None else None,
+                (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None, None, None, None)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -103,15 +114,6 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     rows = rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
     with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are set by hand, as autocast set them
         if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
-            with torch.no_grad():
-                return _ChunkedCE.forward(_NoGrad(), hidden, weight, targets, dtype, rows)
+            with torch.no_grad():  # evaluation: the loss alone
+                return _chunks(hidden, weight, targets, dtype, rows, False, False)[0]
         return _ChunkedCE.apply(hidden, weight, targets, dtype, rows)
-
-
-class _NoGrad:
-    """A stand-in for autograd's ctx when nothing needs a gradient (evaluation)."""
-
-    needs_input_grad = (False, False, False, False, False)
-
-    def save_for_backward(self, *tensors) -> None:
-        pass
