@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,28 +33,36 @@ libc.free.argtypes = [ctypes.c_void_p]
 libc.malloc.argtypes = [ctypes.c_size_t]
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def holes(size, count):  # `count` blocks of `size` bytes written, then all freed but every 10th
+    blocks = [libc.malloc(size) for _ in range(count)]
+    for b in blocks:
+        ctypes.memset(b, 1, size)
+    for i, b in enumerate(blocks):
+        if i % 10:
+            libc.free(b)
 """
 _PROBE = _PRELUDE + r"""
 libc.free(libc.malloc(8 << 20))
-blocks = [libc.malloc(1 << 20) for _ in range(200)]
-for b in blocks:
-    ctypes.memset(b, 1, 1 << 20)
-for i, b in enumerate(blocks):
-    if i % 10:
-        libc.free(b)
+holes(1 << 20, 200)
 before = rss_mb()
 released = heap.release_free_memory()
 print(before, rss_mb(), released)
 """
 
 
+def _probe(text: str, **fields) -> list[str]:
+    """Run a probe in a fresh Python (pytest's own heap would blur it); its printed words."""
+    src = str(Path(heap.__file__).parents[2])
+    out = subprocess.run([sys.executable, "-c", text.format(src=src, **fields)], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split()
+
+
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's; elsewhere release_free_memory does nothing")
 def test_release_returns_the_heaps_free_pages_to_the_system():
-    src = str(__import__("pathlib").Path(heap.__file__).parents[2])
-    out = subprocess.run([sys.executable, "-c", _PROBE.format(src=src)], capture_output=True, text=True, check=True)
-    before, after, released = out.stdout.split()
+    before, after, released = _probe(_PROBE)
     assert released == "True"
-    assert float(before) - float(after) >= 150, out.stdout  # 180 MB were freed inside the heap
+    assert float(before) - float(after) >= 150, (before, after)  # 180 MB were freed inside the heap
 
 
 def test_available_where_glibc_is():
@@ -91,24 +100,15 @@ _LIMIT_PROBE = _PRELUDE + r"""
 libc.free(libc.malloc(8 << 20))
 took = heap.limit_heap_blocks(1024) if {limit} else None
 base = rss_mb()
-blocks = [libc.malloc(2 << 20) for _ in range(100)]
-for b in blocks:
-    ctypes.memset(b, 1, 2 << 20)
-for i, b in enumerate(blocks):
-    if i % 10:
-        libc.free(b)
+holes(2 << 20, 100)
 print(rss_mb() - base, took)
 """
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
 def test_mmap_threshold_returns_large_blocks_when_freed():
-    src = str(__import__("pathlib").Path(heap.__file__).parents[2])
-
     def grown(limit: bool) -> tuple[float, str]:
-        out = subprocess.run([sys.executable, "-c", _LIMIT_PROBE.format(src=src, limit=limit)], capture_output=True,
-                             text=True, check=True)
-        mb, took = out.stdout.split()
+        mb, took = _probe(_LIMIT_PROBE, limit=limit)
         return float(mb), took
 
     (held, _), (limited, took) = grown(False), grown(True)

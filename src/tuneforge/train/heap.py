@@ -28,33 +28,28 @@ from collections.abc import Callable
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc(name: str, *argtypes: type) -> Callable[..., int] | None:
+    """`name` from the C library this process already uses (int result), or None where it has none (not glibc)."""
     try:
-        fn = ctypes.CDLL(None).malloc_trim  # the C library this process already uses
+        fn = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    fn.argtypes, fn.restype = list(argtypes), ctypes.c_int
     return fn
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    return _libc("malloc_trim", ctypes.c_size_t)
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-
-
-@functools.cache
-def _mallopt() -> Callable[[int, int], int] | None:
-    try:
-        fn = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return fn
 
 
 def limit_heap_blocks(kb: int) -> bool:
     """Map blocks of at least `kb` KB apart from the heap, and keep the heap's top (glibc: setting the mmap
     threshold stops both thresholds adapting; the trim threshold is set high so the heap top is not handed back
     and faulted in again at every step). True if glibc took both."""
-    fn = _mallopt()
+    fn = _libc("mallopt", ctypes.c_int, ctypes.c_int)
     if fn is None:
         return False
     return bool(fn(M_MMAP_THRESHOLD, kb * 1024)) and bool(fn(M_TRIM_THRESHOLD, 256 * 2**20))
