@@ -104,6 +104,15 @@ def environment() -> dict[str, object]:
             "torch": torch_info, "env": {k: os.environ.get(k) for k in env_keys}, "platform": platform.platform()}
 
 
+def with_environment(report: dict, path: str | None = None) -> dict:
+    """`report` with this run's environment added last, written as JSON to `path` (parents made) when one is given."""
+    report = {**report, "environment": environment()}
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=1))
+    return report
+
+
 def matmul_peak(dtype, shape: tuple[int, int, int] = (2048, 2048, 2048), seconds: float = 2.0,
                 window: float = 0.25) -> float:
     """Best FLOP/s over short windows of (m x k) @ (k x n) products: the best window, since cores may be shared."""

@@ -180,14 +180,10 @@ def main(argv: list[str] | None = None) -> dict:
                                                                 ("tuneforge loop-like", like, t3 - t2))
                  if value is not None]
         print(f"seed {seed}: exact match " + ", ".join(f"{n} {v:.3f} ({s:.0f}s)" for n, v, s in shown), flush=True)
-    from env_record import environment
+    from env_record import with_environment
 
-    report = {"settings": SETTINGS, "facts": len(evals), "arms": sorted(arms), "results": results,
-              "environment": environment()}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    return report
+    return with_environment({"settings": SETTINGS, "facts": len(evals), "arms": sorted(arms), "results": results},
+                            args.json)
 
 
 if __name__ == "__main__":

@@ -217,17 +217,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name}: sweep {[(r['lr'], r['val_loss']) for r in res['sweep']]} -> {res['chosen_lr']}; "
                   f"eval loss {_cell(res.get('eval_loss'), '.4f')}, exact match "
                   f"{_cell(res.get('exact_match'), '.3f')}", flush=True)
-    from env_record import environment
+    from env_record import with_environment
 
     report = {"command": "python bench/methods_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "steps": args.steps, "batch_size": base["training"]["batch_size"], "seeds": list(seeds),
               "factors": list(FACTORS), "val_rows": VAL_ROWS if not args.quick else 8,
               "train_rows": data["train_rows"], "eval_rows": data["eval_rows"], "threads": torch.get_num_threads(),
-              "minutes": (time.perf_counter() - t0) / 60, "methods": results, "environment": environment()}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    return report
+              "minutes": (time.perf_counter() - t0) / 60, "methods": results}
+    return with_environment(report, args.json)
 
 
 if __name__ == "__main__":
