@@ -28,6 +28,8 @@ from env_record import environment  # noqa: E402
 from sftbench.data import encode, eval_loss, load_rows, split_rows  # noqa: E402
 from sftbench.recipes import RECIPES  # noqa: E402
 
+ALLOCATOR_ENV = ("MALLOC_", "GLIBC_TUNABLES", "ONEDNN_", "LRU_CACHE")  # glibc's malloc, oneDNN's kernel caches
+
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"recipe": args.recipe, "model": args.model, "threads": args.threads,
                                                "eval_loss_base": base, "eval_loss": tuned,
                                                "malloc_env": {k: v for k, v in os.environ.items()
-                                                              if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))},
+                                                              if k.startswith(ALLOCATOR_ENV)},
                                                "phases": sampler.phases, "environment": environment()}, indent=1))
     return 0
 

@@ -30,3 +30,23 @@ def test_phases_are_reported(tiny_model_dir, tmp_path):
         assert p["rss_peak_mb"] >= p["rss_end_mb"] > 0 and p["live_peak_mb"] >= p["live_end_mb"] > 0
         assert p["heap_free_end_mb"] >= 0 and p["seconds"] > 0
     assert phases[3]["rss_peak_mb"] > phases[0]["rss_end_mb"]  # the model and a step cost memory
+
+
+def test_the_kernel_cache_sweep_in_the_docs_is_the_jsons():
+    """docs/benchmarks.md's kernel-cache table is bench/results/kernel_cache/summary.json, and that summary is its
+    runs' own JSON (not typed)."""
+    import json
+
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "bench" / "results" / "kernel_cache"
+    runs = json.loads((folder / "summary.json").read_text())["runs"]
+    docs = (root / "docs" / "benchmarks.md").read_text().split("### oneDNN's kernel caches", 1)[1]
+    assert len(runs) >= 5
+    for entries, r in runs.items():
+        phases = json.loads((folder / r["file"]).read_text())["phases"]
+        training = next(p for p in phases if p["phase"].startswith("training"))
+        assert (r["training_rss_peak_mb"], r["live_end_mb"]) == (round(training["rss_peak_mb"]),
+                                                                 round(training["live_end_mb"]))
+        row = (f" | {r['training_s']:.1f} | {r['training_rss_peak_mb']:,} | {r['training_live_peak_mb']:,} | "
+               f"{r['live_end_mb']:,} | {r['heap_free_end_mb']:,} |")
+        assert f"| {entries}" in docs and row in docs, entries

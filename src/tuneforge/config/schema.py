@@ -125,6 +125,12 @@ class TrainingConfig(Strict):
     # on a 49k vocabulary); the same loss and gradients within float rounding (tuneforge/train/chunked_loss.py).
     # Plain causal LMs (Llama, Mistral, Qwen, Phi-3, OLMo), not with compile, fsdp or deepspeed.
     chunked_loss: bool = True
+    # On the CPU, keep at most this many compiled kernels in each of oneDNN's two kernel caches (default 1,024
+    # each): packed rows change length every step, so the bf16 matmuls' kernels pile up at ~0.5-1 MB each; 64 took
+    # the benchmark's peak RSS from 2.5 to 1.7 GB at the same speed (tuneforge/train/kernel_cache.py). Set before
+    # the process's first bf16 matmul; ONEDNN_PRIMITIVE_CACHE_CAPACITY / LRU_CACHE_CAPACITY in the environment win.
+    # null: the libraries' defaults.
+    kernel_cache_entries: int | None = Field(64, ge=1)
     # torch.compile (inductor) for the training forward, dynamic shapes; the first step includes compile time.
     # Measured in docs/benchmarks.md ("torch.compile"); not with fsdp / deepspeed (tuneforge/train/compile.py).
     compile: bool = False

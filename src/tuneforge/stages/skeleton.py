@@ -46,6 +46,7 @@ from tuneforge.train import distributed as ddp
 from tuneforge.train import wall
 from tuneforge.train.cost import cost_block
 from tuneforge.train.guards import check_resume_config, saved_precision
+from tuneforge.train.kernel_cache import bound_kernel_caches
 from tuneforge.train.loop import TrainResult
 from tuneforge.train.precision import resolve_precision
 from tuneforge.train.recipe import apply_recipe
@@ -79,10 +80,14 @@ def begin(cfg: Config, log: Callable[[str], None] = print) -> StageRun:
     wall_start = wall.start()  # this process's clock; a resume adds the earlier processes' seconds (train/wall.py)
     info = stage_info(cfg.stage)
     check_config(cfg)
+    caches = bound_kernel_caches(cfg.training.kernel_cache_entries)  # before the first matmul (precision probe)
     device = select_device(cfg.training.device)  # exit 2 naming the key if this machine lacks it
     if info.distributed:
         ddp.init_from_env(device)
     log = log if ddp.is_main() else (lambda _msg: None)
+    if device.type == "cpu" and caches:
+        log("kernel caches: " + ", ".join(f"{k}={v}" for k, v in caches.items()) + " (training.kernel_cache_entries;"
+            " the environment's values win)")
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     return StageRun(cfg, info, log, tokenizer, METHODS[cfg.method.name], wall_start, device=device)
 
