@@ -172,9 +172,25 @@ def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common, **keys:
     t = cfg.training
     settings = {**_fields(t, "precision pack_length lr_scheduler warmup_ratio warmup_steps gradient_checkpointing "
                              "weight_decay max_grad_norm batch_size learning_rate epochs trim_memory "
-                             "frozen_bf16 chunked_loss mmap_threshold_kb"),
+                             "frozen_bf16 chunked_loss mmap_threshold_kb kernel_cache_entries"),
                 "packing": run.method.packing, "resolved_precision": run.precision, "matmul_dtype": run.precision}
     return Setup(model, fit, settings, lambda: result["train"].steps, log)
+
+
+def with_kernel_caches(recipe: Callable[[list[Sample], Any, str, Common], Setup], entries: int = 64
+                       ) -> Callable[[list[Sample], Any, str, Common], Setup]:
+    """A peer's recipe with oneDNN's kernel caches bounded as tuneforge bounds them (training.kernel_cache_entries),
+    set before the recipe's first matmul: what its user could do by exporting the two variables."""
+
+    def run(train: list[Sample], tok: Any, tmp: str, c: Common) -> Setup:
+        from tuneforge.train.kernel_cache import bound_kernel_caches
+
+        caches = bound_kernel_caches(entries)
+        setup = recipe(train, tok, tmp, c)
+        setup.settings["kernel_caches"] = caches
+        return setup
+
+    return run
 
 
 RECIPES: dict[str, Callable[[list[Sample], Any, str, Common], Setup]] = {
@@ -188,6 +204,8 @@ RECIPES: dict[str, Callable[[list[Sample], Any, str, Common], Setup]] = {
     "tuneforge-fp32-frozen": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, frozen_bf16=False),
     "tuneforge-plain-loss": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, chunked_loss=False),
     "tuneforge-mmap1m": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, mmap_threshold_kb=1024),
+    "tuneforge-cache1024": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, kernel_cache_entries=None),
+    "trl-cpu-cache64": with_kernel_caches(recipe_trl_cpu),  # the peer given tuneforge's kernel cache bound
 }
 PEERS = ("seed-fp32", "seed-bf16", "trl-default", "trl-cpu", "tuneforge")  # what `make bench` runs
 DESCRIPTIONS = {
@@ -200,4 +218,7 @@ DESCRIPTIONS = {
     "tuneforge-fp32-frozen": "the same with training.frozen_bf16 off (frozen weights kept fp32, cast at every use)",
     "tuneforge-plain-loss": "the same with training.chunked_loss off (the head's whole logits, then cross-entropy)",
     "tuneforge-mmap1m": "the same with training.mmap_threshold_kb 1024 (blocks >= 1 MB mapped apart from the heap)",
+    "trl-cpu-cache64": "trl-cpu with oneDNN's kernel caches bounded to 64 entries each, as tuneforge bounds them",
+    "tuneforge-cache1024": "the same with training.kernel_cache_entries null (oneDNN's kernel caches at their "
+                           "default 1,024 entries each)",
 }

@@ -111,7 +111,8 @@ def test_quick_mode_runs_and_records_everything(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("lever, key, default, value", [("tuneforge-trim", "trim_memory", False, True),
                                                          ("tuneforge-fp32-frozen", "frozen_bf16", True, False),
                                                          ("tuneforge-plain-loss", "chunked_loss", True, False),
-                                                         ("tuneforge-mmap1m", "mmap_threshold_kb", None, 1024)])
+                                                         ("tuneforge-mmap1m", "mmap_threshold_kb", None, 1024),
+                                                         ("tuneforge-cache1024", "kernel_cache_entries", 64, None)])
 def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir, tmp_path, monkeypatch, lever, key,
                                                                  default, value):
     """`--recipes tuneforge,<lever>` measures one training key against tuneforge's default; `make bench`
@@ -134,6 +135,29 @@ def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir,
     assert settings["tuneforge"].pop(key) is default
     assert settings[lever].pop(key) == value
     assert settings["tuneforge"] == settings[lever]
+
+
+def test_the_peer_with_bounded_kernel_caches_differs_in_them_alone(tiny_model_dir, tmp_path, monkeypatch):
+    """trl-cpu-cache64 is trl-cpu with the two capacities set before its first matmul (as tuneforge sets them)."""
+    from sftbench.recipes import RECIPES
+    from transformers import AutoTokenizer
+
+    from tuneforge.train.kernel_cache import CAPACITY_ENV
+
+    for name in CAPACITY_ENV:
+        monkeypatch.delenv(name, raising=False)  # restored (removed) when the test ends
+    common = bench_sft.common(bench_sft.parse_args(["--model", str(tiny_model_dir), "--max-steps", "1"]))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train, _ = split_rows(load_rows(), 8, 4)
+    settings = {}
+    for name in ("trl-cpu", "trl-cpu-cache64"):
+        (tmp_path / name).mkdir()
+        setup = RECIPES[name](train, tok, str(tmp_path / name), common)
+        setup.fit()
+        assert setup.steps() == 1
+        settings[name] = {k: v for k, v in setup.settings.items() if k != "output_dir"}
+    assert settings["trl-cpu-cache64"].pop("kernel_caches") == {name: "64" for name in CAPACITY_ENV}
+    assert settings["trl-cpu"] == settings["trl-cpu-cache64"]
 
 
 def test_the_frozen_bf16_figures_in_the_docs_are_the_jsons():
