@@ -189,3 +189,33 @@ def test_the_chunked_loss_figures_in_the_docs_are_the_jsons():
            f"{proc['tuneforge'] / proc['tuneforge-mmap1m']:.2f}x the process speed" in docs
     base = seed["seed-fp32"]["peak_rss_mb"]["median"]
     assert f"**{rss['tuneforge'] / base:.3f}x**" in docs and f"**{rss['tuneforge-mmap1m'] / base:.3f}x**" in docs
+
+
+def test_the_current_table_and_goals_in_the_docs_are_the_jsons():
+    """The top of docs/benchmarks.md (session 13's run) is the script's own table for bench/results/sft_s13.json,
+    and each goal's figure there is the JSON's summary, recomputed from its raw repetitions."""
+    rec = json.loads((ROOT / "bench" / "results" / "sft_s13.json").read_text())
+    assert rec["summary"] == json.loads(json.dumps(summarise(rec["raw"], rec["peak_flops"])))
+    docs = (ROOT / "docs" / "benchmarks.md").read_text().split("#### Session 9's run", 1)[0]
+    for line in rec["table"].splitlines():
+        if line.startswith("|"):
+            assert line in docs, line
+    goals, ratios = rec["summary"]["goals"], rec["summary"]["ratios"]
+    for key in ("process_speedup_vs_seed-fp32", "process_speedup_vs_seed-bf16", "process_speedup_vs_trl-cpu"):
+        assert f"**{goals[key]['value']:.2f}x**" in docs, key
+    assert f"**{100 * goals['mfu_tuneforge']['value']:.1f}%**" in docs
+    assert f"**{goals['peak_rss_tuneforge_over_seed-fp32']['value']:.3f}**" in docs
+    assert f"**{goals['eval_drop_tuneforge_over_seed-fp32']['value']:.2f}**" in docs
+    bound = ratios["peak_rss_tuneforge_over_tuneforge-cache1024"]
+    assert f"peak RSS {bound:.3f}x the libraries' default caches" in docs
+    assert rec["env"]["git"]["dirty"] is False and rec["summary"]["checks"]["untrained_base_fails_quality_goal"]
+
+
+def test_the_readmes_benchmark_sentence_is_the_jsons():
+    r = json.loads((ROOT / "bench" / "results" / "sft_s13.json").read_text())["summary"]["ratios"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"{r['process_speedup_vs_seed-fp32']:.1f}x the Trainer + peft recipe in fp32, "
+            f"{r['process_speedup_vs_seed-bf16']:.1f}x in bf16, "
+            f"{r['process_speedup_vs_trl-default']:.1f}x TRL's defaults, "
+            f"{r['process_speedup_vs_trl-cpu']:.2f}x TRL tuned for CPU") in readme
+    assert f"in {r['peak_rss_tuneforge_over_seed-fp32']:.2f}x the fp32 recipe's peak RSS" in readme
