@@ -1,11 +1,13 @@
 """Step-speed levers tried for issue 19 item 2, measured side by side by bench/profile_step.py (docs/benchmarks.md,
 "Where a step's time goes") and parity-tested in tests/unit/test_speed.py. Both keep parity (bit for bit; 1e-5 in
-fp32) but gained nothing measurable in a step on the machine measured (1.00-1.01x a LoRA step, within the noise).
-The frozen-weights lever went into the library as training.frozen_bf16 (tuneforge/train/frozen.py) for the memory
-it saves once the fp32 weights are dropped rather than kept aside (docs/benchmarks.md, "Memory"); `frozen_in_bf16`
-here keeps them aside, as a step-time lever profile_step can toggle on one model. `compiled` is torch.compile as
-training.compile runs it (tuneforge.train.compile), beside the static-shape variant it was measured against
-(docs/benchmarks.md, "torch.compile"; parity in tests/unit/test_compile.py).
+fp32) but gained nothing measurable in a step on the Xeon first measured (1.00-1.01x a LoRA step, within the noise).
+Per-sample attention gained 1.07x a step on a Zen 4 under bf16 (session 13) and went into the library as
+training.per_sample_attention (tuneforge/train/attention.py; `packed_attention` here is that). The frozen-weights
+lever went into the library as training.frozen_bf16 (tuneforge/train/frozen.py) for the memory it saves once the
+fp32 weights are dropped rather than kept aside (docs/benchmarks.md, "Memory"); `frozen_in_bf16` here keeps them
+aside, as a step-time lever profile_step can toggle on one model. `compiled` is torch.compile as training.compile
+runs it (tuneforge.train.compile), beside the static-shape variant it was measured against (docs/benchmarks.md,
+"torch.compile"; parity in tests/unit/test_compile.py).
 
     with frozen_in_bf16(model): ...     # bf16 autocast over frozen linear weights held in bf16
     with packed_attention(model): ...   # SDPA per sample of a packed row instead of the row's masked N x N
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from tuneforge.train.attention import per_sample_attention
 from tuneforge.train.frozen import frozen_linear_params
 
 
@@ -108,57 +111,9 @@ def _bf16_head(model: nn.Module) -> tuple[nn.Module, str, nn.Module] | None:
     return None
 
 
-PACKED_SDPA = "tuneforge_packed_sdpa"
-
-
-def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """SDPA per sample of a packed row: positions restart at 0 where a sample starts, and each sample attends
-    causally to itself only, which is what the block-diagonal mask of the packed row says, without computing
-    the row's whole N x N scores (SDPA on the CPU does, even where the mask zeroes them). Anything else (a
-    padding mask, a KV cache, several rows, a bidirectional encoder) goes to transformers' SDPA unchanged."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    positions = kwargs.pop("position_ids", None)
-    n = query.shape[2]
-    if attention_mask is not None or positions is None or query.shape[0] != 1 or key.shape[2] != n \
-            or positions.shape[-1] != n or not getattr(module, "is_causal", False):  # an encoder attends both ways
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    starts = (positions.reshape(-1) == 0).nonzero().flatten().tolist()
-    if not starts or starts[0] != 0:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    bounds = [*starts, n]
-    outs = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None, dropout,
-                                   scaling, is_causal=True)[0] for s, e in zip(bounds, bounds[1:], strict=False)]
-    return torch.cat(outs, dim=1), None
-
-
-def _packed_mask(*args, **kwargs):
-    """No mask where the rows have no padding (the attention splits the packed row by its positions); the
-    usual SDPA mask otherwise, which sends the attention to transformers' SDPA."""
-    from transformers.masking_utils import flash_attention_mask, sdpa_mask
-
-    return None if flash_attention_mask(*args, **kwargs) is None else sdpa_mask(*args, **kwargs)
-
-
-@contextmanager
-def packed_attention(model: nn.Module) -> Iterator[bool]:
-    """Inside: a model that uses transformers' SDPA attention runs it per packed sample (_packed_sdpa). Yields
-    whether it was switched (other attention implementations are left alone); on exit it is SDPA again."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa":
-        yield False
-        return
-    AttentionInterface.register(PACKED_SDPA, _packed_sdpa)
-    AttentionMaskInterface.register(PACKED_SDPA, _packed_mask)
-    model.set_attn_implementation(PACKED_SDPA)
-    try:
-        yield True
-    finally:
-        model.set_attn_implementation("sdpa")
-
+# per-sample attention over packed rows, as a lever profile_step can toggle on one model: the library's
+# training.per_sample_attention (tuneforge/train/attention.py)
+packed_attention = per_sample_attention
 
 
 _COMPILED: dict[tuple[int, bool], nn.Module] = {}

@@ -172,7 +172,7 @@ def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common, **keys:
     t = cfg.training
     settings = {**_fields(t, "precision pack_length lr_scheduler warmup_ratio warmup_steps gradient_checkpointing "
                              "weight_decay max_grad_norm batch_size learning_rate epochs trim_memory "
-                             "frozen_bf16 chunked_loss mmap_threshold_kb kernel_cache_entries"),
+                             "frozen_bf16 chunked_loss mmap_threshold_kb kernel_cache_entries per_sample_attention"),
                 "packing": run.method.packing, "resolved_precision": run.precision, "matmul_dtype": run.precision}
     return Setup(model, fit, settings, lambda: result["train"].steps, log)
 
@@ -206,6 +206,8 @@ RECIPES: dict[str, Callable[[list[Sample], Any, str, Common], Setup]] = {
     "tuneforge-mmap1m": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, mmap_threshold_kb=1024),
     "tuneforge-cache1024": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, kernel_cache_entries=None),
     "trl-cpu-cache64": with_kernel_caches(recipe_trl_cpu),  # the peer given tuneforge's kernel cache bound
+    "tuneforge-masked-attn": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c,
+                                                                         per_sample_attention=False),
 }
 PEERS = ("seed-fp32", "seed-bf16", "trl-default", "trl-cpu", "tuneforge")  # what `make bench` runs
 DESCRIPTIONS = {
@@ -218,6 +220,8 @@ DESCRIPTIONS = {
     "tuneforge-fp32-frozen": "the same with training.frozen_bf16 off (frozen weights kept fp32, cast at every use)",
     "tuneforge-plain-loss": "the same with training.chunked_loss off (the head's whole logits, then cross-entropy)",
     "tuneforge-mmap1m": "the same with training.mmap_threshold_kb 1024 (blocks >= 1 MB mapped apart from the heap)",
+    "tuneforge-masked-attn": "the same with training.per_sample_attention off (packed rows attend over the row's "
+                             "masked N x N)",
     "trl-cpu-cache64": "trl-cpu with oneDNN's kernel caches bounded to 64 entries each, as tuneforge bounds them",
     "tuneforge-cache1024": "the same with training.kernel_cache_entries null (oneDNN's kernel caches at their "
                            "default 1,024 entries each)",

@@ -108,11 +108,13 @@ def test_quick_mode_runs_and_records_everything(tiny_model_dir, tmp_path):
     assert rec["table"] in proc.stdout
 
 
-@pytest.mark.parametrize("lever, key, default, value", [("tuneforge-trim", "trim_memory", False, True),
-                                                         ("tuneforge-fp32-frozen", "frozen_bf16", True, False),
-                                                         ("tuneforge-plain-loss", "chunked_loss", True, False),
-                                                         ("tuneforge-mmap1m", "mmap_threshold_kb", None, 1024),
-                                                         ("tuneforge-cache1024", "kernel_cache_entries", 64, None)])
+LEVERS = [("tuneforge-trim", "trim_memory", False, True), ("tuneforge-fp32-frozen", "frozen_bf16", True, False),
+          ("tuneforge-plain-loss", "chunked_loss", True, False), ("tuneforge-mmap1m", "mmap_threshold_kb", None, 1024),
+          ("tuneforge-cache1024", "kernel_cache_entries", 64, None),
+          ("tuneforge-masked-attn", "per_sample_attention", True, False)]
+
+
+@pytest.mark.parametrize("lever, key, default, value", LEVERS)
 def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir, tmp_path, monkeypatch, lever, key,
                                                                  default, value):
     """`--recipes tuneforge,<lever>` measures one training key against tuneforge's default; `make bench`

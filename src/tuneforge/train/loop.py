@@ -35,6 +35,7 @@ from tuneforge.train import deepspeed_engine as ds_engine
 from tuneforge.train import distributed as ddp
 from tuneforge.train import frozen, fsdp, heap
 from tuneforge.train import guards as guards_mod
+from tuneforge.train.attention import per_sample_attention, per_sample_attention_applies
 from tuneforge.train.chunked_loss import chunked_loss_applies
 from tuneforge.train.loss import evaluate_loss, loss_sum
 from tuneforge.train.metric_log import open_metric_log
@@ -56,12 +57,12 @@ from tuneforge.train.steps import (  # noqa: F401  (re-exported: ppo and tests i
 def lm_objective(cfg: Config, precision: str, packed: bool) -> Objective:
     """Next-token loss on supervised positions, packed padding-free unless the method needs padded rows."""
     t = cfg.training
-    chunked = chunked_loss_applies(cfg.training)
+    chunked, per_sample = chunked_loss_applies(cfg.training), per_sample_attention_applies(cfg.training)
     return Objective(
         collate=lambda examples: collate(examples, packed, t.pack_length),
         loss_sum=lambda model, batch: loss_sum(model, batch, chunked),
         evaluate=lambda model, examples: evaluate_loss(model, examples, t.batch_size, precision, packed, t.pack_length,
-                                                       chunked),
+                                                       chunked, per_sample),
     )
 
 
@@ -89,7 +90,8 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     (e.g. optuna.TrialPruned) stops training and propagates. Under bf16 autocast the frozen linear weights are
     held in bf16 while the loop runs, and in fp32 again when it returns (training.frozen_bf16, train/frozen.py).
     On the CPU the heap's free pages go back to the system once training ends (tuneforge/train/heap.py)."""
-    with frozen.held_in_bf16(model, cfg, precision, log, ddp.world_size()):
+    per_sample = packed and per_sample_attention_applies(cfg.training)  # packed rows attend per sample
+    with frozen.held_in_bf16(model, cfg, precision, log, ddp.world_size()), per_sample_attention(model, per_sample):
         result = _train(model, train_examples, eval_examples, cfg, output_dir, precision, log, packed, objective,
                         on_eval)
         if model_device(model).type == "cpu":  # once: the steps' fragmented heap goes back before the fp32

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tuneforge.data.batching import Batch, collate, sequential_microbatches
 from tuneforge.data.templates import IGNORE, Example
 from tuneforge.device import model_device, move
+from tuneforge.train.attention import per_sample_attention
 from tuneforge.train.chunked_loss import chunked_cross_entropy, lm_head_parts
 from tuneforge.train.precision import autocast
 
@@ -45,17 +46,19 @@ def _padded_loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: int, precision: str,
-                  packed: bool = True, pack_length: int = 512, chunked: bool = False) -> dict:
-    """Mean loss per supervised token and perplexity over `examples`."""
+                  packed: bool = True, pack_length: int = 512, chunked: bool = False, per_sample: bool = False) -> dict:
+    """Mean loss per supervised token and perplexity over `examples`. `per_sample`: packed rows attend per sample
+    (training.per_sample_attention, as training computes them)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     device = model_device(model)
-    for idx in sequential_microbatches(len(examples), batch_size):
-        for batch in collate([examples[i] for i in idx], packed, pack_length):
-            with autocast(precision):
-                total += float(loss_sum(model, move(batch, device), chunked))
-            count += batch.n_supervised
+    with per_sample_attention(model, per_sample and packed):
+        for idx in sequential_microbatches(len(examples), batch_size):
+            for batch in collate([examples[i] for i in idx], packed, pack_length):
+                with autocast(precision):
+                    total += float(loss_sum(model, move(batch, device), chunked))
+                count += batch.n_supervised
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "supervised_tokens": count}
