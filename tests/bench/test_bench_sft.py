@@ -221,3 +221,17 @@ def test_the_readmes_benchmark_sentence_is_the_jsons():
             f"{r['process_speedup_vs_trl-default']:.1f}x TRL's defaults, "
             f"{r['process_speedup_vs_trl-cpu']:.2f}x TRL tuned for CPU") in readme
     assert f"in {r['peak_rss_tuneforge_over_seed-fp32']:.2f}x the fp32 recipe's peak RSS" in readme
+
+
+def test_the_per_sample_attention_figures_in_the_docs_are_the_jsons():
+    rec = json.loads((ROOT / "bench" / "results" / "per_sample_attention.json").read_text())
+    s, r = rec["summary"], rec["summary"]["ratios"]
+    docs = (ROOT / "docs" / "benchmarks.md").read_text().split("### Session 13: a Zen 4 under bf16", 1)[1]
+    for line in rec["table"].splitlines():
+        if line.startswith("|"):
+            assert line in docs, line
+    assert (f"{r['process_speedup_vs_tuneforge-masked-attn']:.3f}x the process speed "
+            f"({r['train_speedup_vs_tuneforge-masked-attn']:.3f}x training)") in docs
+    assert f"for {r['peak_rss_tuneforge_over_tuneforge-masked-attn']:.3f}x the peak RSS" in docs
+    mfu = {n: f"{100 * s['recipes'][n]['mfu']['median']:.1f}%" for n in ("tuneforge", "tuneforge-masked-attn")}
+    assert f"MFU {mfu['tuneforge']} vs\n{mfu['tuneforge-masked-attn']}" in docs
