@@ -53,6 +53,25 @@ def test_the_switch_is_scoped_and_nests(tiny_model_dir):
         assert not switched and eager.config._attn_implementation == "eager"  # another implementation: left alone
 
 
+def test_other_objectives_keep_their_attention(make_config, tmp_path, monkeypatch):
+    """A stage that brings its own objective (classify, reward: padded rows) trains with the model's attention."""
+    from tuneforge.train import loop
+
+    seen: list[str] = []
+    monkeypatch.setattr(loop, "_train", lambda model, *a, **k: seen.append(model.config._attn_implementation))
+    cfg = make_config(output_dir=str(tmp_path / "run"))
+    model = tiny_causal_lm(cfg.model)
+    loop.train(model, [], [], cfg, tmp_path, "fp32", objective=loop.lm_objective(cfg, "fp32", True))
+    loop.train(model, [], [], cfg, tmp_path, "fp32")
+    assert seen == ["sdpa", attention.PACKED_SDPA]
+
+
+def tiny_causal_lm(path: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+
+
 def test_compile_keeps_the_masked_attention(make_config):
     assert attention.per_sample_attention_applies(make_config().training)
     assert not attention.per_sample_attention_applies(make_config(training__compile=True).training)

@@ -90,7 +90,7 @@ def train(model, train_examples: list[Example], eval_examples: list[Example], cf
     (e.g. optuna.TrialPruned) stops training and propagates. Under bf16 autocast the frozen linear weights are
     held in bf16 while the loop runs, and in fp32 again when it returns (training.frozen_bf16, train/frozen.py).
     On the CPU the heap's free pages go back to the system once training ends (tuneforge/train/heap.py)."""
-    per_sample = packed and per_sample_attention_applies(cfg.training)  # packed rows attend per sample
+    per_sample = packed and objective is None and per_sample_attention_applies(cfg.training)  # the LM's packed rows
     with frozen.held_in_bf16(model, cfg, precision, log, ddp.world_size()), per_sample_attention(model, per_sample):
         result = _train(model, train_examples, eval_examples, cfg, output_dir, precision, log, packed, objective,
                         on_eval)
