@@ -146,8 +146,9 @@ def test_the_peer_with_bounded_kernel_caches_differs_in_them_alone(tiny_model_di
 
     from tuneforge.train.kernel_cache import CAPACITY_ENV
 
-    for name in CAPACITY_ENV:
-        monkeypatch.delenv(name, raising=False)  # restored (removed) when the test ends
+    for name in CAPACITY_ENV:  # set, then removed: pytest records the original state and restores it after
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
     common = bench_sft.common(bench_sft.parse_args(["--model", str(tiny_model_dir), "--max-steps", "1"]))
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     train, _ = split_rows(load_rows(), 8, 4)

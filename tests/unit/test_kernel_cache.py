@@ -25,8 +25,9 @@ SRC = str(Path(kernel_cache.__file__).parents[2])
 
 
 def test_the_bound_fills_what_the_environment_leaves_open(monkeypatch):
-    for name in CAPACITY_ENV:
-        monkeypatch.delenv(name, raising=False)
+    for name in CAPACITY_ENV:  # set, then removed: pytest records the original state and restores it after
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
     assert bound_kernel_caches(None) == {}  # null: the libraries' defaults, nothing set
     assert all(name not in os.environ for name in CAPACITY_ENV)
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "500")  # the user's export wins over the key
