@@ -28,9 +28,7 @@ from tuneforge.evaluation.items import generation_items
 from tuneforge.evaluation.metrics import METRICS, OPT_IN, compute
 from tuneforge.evaluation.request import Request, default_output, first_rows, is_run_dir
 from tuneforge.stage_info import stage_info
-from tuneforge.train.attention import per_sample_attention_applies
-from tuneforge.train.chunked_loss import chunked_loss_applies
-from tuneforge.train.loss import evaluate_loss
+from tuneforge.train.loss import evaluate_lm_loss
 from tuneforge.train.precision import resolve_precision
 
 LOSS_METRICS = ("loss", "perplexity")
@@ -124,12 +122,10 @@ def plan_model(model: str, first: Record, precision: str | None) -> Plan:
 
 
 def _loss(model, examples, cfg: Config, precision: str, packed: bool, advance: Callable[[int], None]) -> dict:
-    """evaluate_loss over micro-batch-sized chunks (the same batches it would form) so progress can move."""
+    """evaluate_lm_loss over micro-batch-sized chunks (the same batches it would form) so progress can move."""
     total, count, step = 0.0, 0, cfg.training.batch_size
-    chunked, per_sample = chunked_loss_applies(cfg.training), per_sample_attention_applies(cfg.training)
     for i in range(0, len(examples), step):
-        part = evaluate_loss(model, examples[i : i + step], step, precision, packed, cfg.training.pack_length, chunked,
-                             per_sample)
+        part = evaluate_lm_loss(model, examples[i : i + step], cfg.training, precision, packed)
         total += part["loss"] * part["supervised_tokens"]
         count += part["supervised_tokens"]
         advance(len(examples[i : i + step]))

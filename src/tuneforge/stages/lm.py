@@ -18,19 +18,16 @@ from tuneforge.data.templates import apply_template
 from tuneforge.evaluation.generate import generate
 from tuneforge.evaluation.items import GenerationItem, generation_items
 from tuneforge.evaluation.metrics import compute
-from tuneforge.train.attention import per_sample_attention_applies
-from tuneforge.train.chunked_loss import chunked_loss_applies
 from tuneforge.train.loop import plan_steps, train
-from tuneforge.train.loss import evaluate_loss
+from tuneforge.train.loss import evaluate_lm_loss
 
 
 def _evaluate(run: skeleton.StageRun, model, examples: list, items: list[GenerationItem], packed: bool,
               sources: dict[str, list] | None = None) -> tuple[dict, list[str]]:
     cfg, t = run.cfg, run.cfg.training
-    chunked, per_sample = chunked_loss_applies(t), per_sample_attention_applies(t)  # as the loop's evaluations
 
     def loss(rows: list) -> dict:
-        return evaluate_loss(model, rows, t.batch_size, run.precision, packed, t.pack_length, chunked, per_sample)
+        return evaluate_lm_loss(model, rows, t, run.precision, packed)  # as the loop's evaluations
 
     result = loss(examples) if examples else {}
     for name, mine in (sources or {}).items():  # several eval files: each one's loss too

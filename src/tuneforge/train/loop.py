@@ -37,7 +37,7 @@ from tuneforge.train import frozen, fsdp, heap
 from tuneforge.train import guards as guards_mod
 from tuneforge.train.attention import per_sample_attention, per_sample_attention_applies
 from tuneforge.train.chunked_loss import chunked_loss_applies
-from tuneforge.train.loss import evaluate_loss, loss_sum
+from tuneforge.train.loss import evaluate_lm_loss, loss_sum
 from tuneforge.train.metric_log import open_metric_log
 from tuneforge.train.precision import grad_scaler
 from tuneforge.train.steps import (  # noqa: F401  (re-exported: ppo and tests import them from here)
@@ -57,12 +57,11 @@ from tuneforge.train.steps import (  # noqa: F401  (re-exported: ppo and tests i
 def lm_objective(cfg: Config, precision: str, packed: bool) -> Objective:
     """Next-token loss on supervised positions, packed padding-free unless the method needs padded rows."""
     t = cfg.training
-    chunked, per_sample = chunked_loss_applies(cfg.training), per_sample_attention_applies(cfg.training)
+    chunked = chunked_loss_applies(t)
     return Objective(
         collate=lambda examples: collate(examples, packed, t.pack_length),
         loss_sum=lambda model, batch: loss_sum(model, batch, chunked),
-        evaluate=lambda model, examples: evaluate_loss(model, examples, t.batch_size, precision, packed, t.pack_length,
-                                                       chunked, per_sample),
+        evaluate=lambda model, examples: evaluate_lm_loss(model, examples, t, precision, packed),
     )
 
 

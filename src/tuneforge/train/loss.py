@@ -12,11 +12,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tuneforge.config.schema import TrainingConfig
 from tuneforge.data.batching import Batch, collate, sequential_microbatches
 from tuneforge.data.templates import IGNORE, Example
 from tuneforge.device import model_device, move
-from tuneforge.train.attention import per_sample_attention
-from tuneforge.train.chunked_loss import chunked_cross_entropy, lm_head_parts
+from tuneforge.train.attention import per_sample_attention, per_sample_attention_applies
+from tuneforge.train.chunked_loss import chunked_cross_entropy, chunked_loss_applies, lm_head_parts
 from tuneforge.train.precision import autocast
 
 
@@ -62,3 +63,12 @@ def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: i
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "supervised_tokens": count}
+
+
+def evaluate_lm_loss(model: torch.nn.Module, examples: list[Example], t: TrainingConfig, precision: str,
+                     packed: bool = True) -> dict:
+    """evaluate_loss as the loop's evaluations compute it, from the training block `t`: its batch size and pack
+    length, the chunked loss and per-sample attention where they apply. The stage's final evaluation and
+    `tuneforge eval` call this too, so their losses are training's."""
+    return evaluate_loss(model, examples, t.batch_size, precision, packed, t.pack_length, chunked_loss_applies(t),
+                         per_sample_attention_applies(t))
