@@ -10,7 +10,8 @@ not its effect), so every lever sees the same model.
     python bench/profile_step.py --profile --batch 4 --steps 3 --threads 1 [--precision bf16]
     python bench/profile_step.py --levers bf16,bf16-frozen,fp32 --batch 4,8 --reps 3 --steps 1 --threads 1
 Levers: base (as the run would train: precision auto), bf16, fp32, bf16-frozen (+head), packed-attn,
-bf16-frozen+packed-attn, fp32+packed-attn, no-dropout, compile, fp32+compile (training.compile: torch.compile with
+bf16-frozen+packed-attn, fp32+packed-attn, packed-attn-sdpa (every sample through SDPA), no-dropout,
+packed-attn+no-dropout, compile, fp32+compile (training.compile: torch.compile with
 dynamic shapes), compile-padded, fp32+compile-padded (static graphs over rows padded to pack_length);
 bench/speed_levers.py has the levers themselves. A compiled lever's first step (its compile) is reported apart.
 """
@@ -89,6 +90,10 @@ def levers(model, precision: str, pack_length: int = 512) -> dict[str, tuple]:
                                     "bf16"),
         "fp32+packed-attn": (lambda: speed.packed_attention(model), "fp32"),
         "no-dropout": (lambda: _no_dropout(model), precision),
+        # per-sample attention with SDPA for every sample (session 13's path, before the plain-ops path for short
+        # bf16 samples), and per-sample attention without the LoRA dropout masks
+        "packed-attn-sdpa": (lambda: _both(speed.packed_attention(model), _short_path(0)), precision),
+        "packed-attn+no-dropout": (lambda: _both(speed.packed_attention(model), _no_dropout(model)), precision),
         # training.compile (dynamic shapes), and static graphs over rows padded to pack_length (what it was
         # measured against); the first step of each is its compile, reported apart (compare: first_step)
         "compile": (lambda: speed.compiled(model), precision),
@@ -102,6 +107,18 @@ def levers(model, precision: str, pack_length: int = 512) -> dict[str, tuple]:
 def _both(first, second):
     with first, second:
         yield
+
+
+@contextlib.contextmanager
+def _short_path(tokens: int):
+    """tuneforge.train.attention.SHORT_SAMPLE_TOKENS set to `tokens` for the duration (0: SDPA for every sample)."""
+    from tuneforge.train import attention
+
+    before, attention.SHORT_SAMPLE_TOKENS = attention.SHORT_SAMPLE_TOKENS, tokens
+    try:
+        yield
+    finally:
+        attention.SHORT_SAMPLE_TOKENS = before
 
 
 @contextlib.contextmanager

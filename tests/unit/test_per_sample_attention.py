@@ -76,3 +76,57 @@ def test_compile_keeps_the_masked_attention(make_config):
     assert attention.per_sample_attention_applies(make_config().training)
     assert not attention.per_sample_attention_applies(make_config(training__compile=True).training)
     assert not attention.per_sample_attention_applies(make_config(training__per_sample_attention=False).training)
+
+
+@pytest.mark.parametrize("scaling", [None, 0.3])
+def test_short_sample_attention_is_causal_grouped_attention(scaling):
+    """The plain-ops path is SDPA's causal attention (grouped-query heads, the module's scaling), forward and
+    backward, to float precision (fp64 here: the maths, not the rounding)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 13, 8, generator=g, dtype=torch.float64).transpose(1, 2).contiguous()
+               .transpose(1, 2).requires_grad_() for h in (6, 2, 2))  # (b, heads, L, d) strided as the model's
+    grads = []
+    for fn in (lambda: attention._short_sample_attention(q, k, v, scaling, torch.float64),
+               lambda: torch.nn.functional.scaled_dot_product_attention(
+                   q, k, v, is_causal=True, enable_gqa=True, scale=scaling).transpose(1, 2)):
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append([out.detach().clone()] + [t.grad.clone() for t in (q, k, v)])
+        for t in (q, k, v):
+            t.grad = None
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _packed_bf16(tiny_model_dir, monkeypatch, short_tokens: int, precision: str):
+    """Loss and gradients of a packed row of three samples through per-sample attention, and the sample lengths
+    that took the plain-ops path."""
+    from test_speed import _batch, _lora_model, _loss_and_grads
+
+    taken: list[int] = []
+    inner = attention._short_sample_attention
+    monkeypatch.setattr(attention, "_short_sample_attention", lambda q, *a: taken.append(q.shape[2]) or inner(q, *a))
+    monkeypatch.setattr(attention, "SHORT_SAMPLE_TOKENS", short_tokens)
+    model = _lora_model(tiny_model_dir)
+    with attention.per_sample_attention(model):
+        loss, grads = _loss_and_grads(model, _batch(model.config.vocab_size), precision)
+    return loss, grads, taken
+
+
+def test_bf16_short_samples_take_plain_ops_as_accurate_as_sdpa(tiny_model_dir, monkeypatch):
+    """Under bf16 autocast, samples up to SHORT_SAMPLE_TOKENS take the plain-ops path (longer ones and fp32 rows
+    keep SDPA); against the fp32 reference its loss and gradients are as close as SDPA's bf16 kernel is."""
+    ref_loss, ref_grads, taken = _packed_bf16(tiny_model_dir, monkeypatch, 512, "fp32")
+    assert taken == []  # fp32: SDPA
+    sdpa_loss, sdpa_grads, taken = _packed_bf16(tiny_model_dir, monkeypatch, 0, "bf16")
+    assert taken == []
+    short_loss, short_grads, taken = _packed_bf16(tiny_model_dir, monkeypatch, 512, "bf16")
+    assert sorted(set(taken)) == [17, 23, 31] and len(taken) == 3 * 2  # every sample, both layers
+    _, _, taken = _packed_bf16(tiny_model_dir, monkeypatch, 23, "bf16")
+    assert sorted(set(taken)) == [17, 23]  # the 31-token sample went to SDPA
+    assert abs(short_loss - ref_loss) <= 2 * abs(sdpa_loss - ref_loss) + 1e-3 * abs(ref_loss)
+    for name, ref in ref_grads.items():
+        scale = ref.abs().max()
+        err_short = float((short_grads[name] - ref).abs().max() / scale)
+        err_sdpa = float((sdpa_grads[name] - ref).abs().max() / scale)
+        assert err_short <= 2 * err_sdpa + 2e-2, name
