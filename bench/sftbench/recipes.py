@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,7 @@ def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common, **keys:
     functions, with tuneforge's defaults for every key the Common settings (and `keys`, training keys) do not fix."""
     import tuneforge.stages.skeleton as skeleton
     from tuneforge.config.schema import Config
+    from tuneforge.train import attention
     from tuneforge.train.loop import train as tf_train
 
     path = Path(tmp) / "train.jsonl"
@@ -173,7 +174,8 @@ def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common, **keys:
     settings = {**_fields(t, "precision pack_length lr_scheduler warmup_ratio warmup_steps gradient_checkpointing "
                              "weight_decay max_grad_norm batch_size learning_rate epochs trim_memory "
                              "frozen_bf16 chunked_loss mmap_threshold_kb kernel_cache_entries per_sample_attention"),
-                "packing": run.method.packing, "resolved_precision": run.precision, "matmul_dtype": run.precision}
+                "packing": run.method.packing, "resolved_precision": run.precision, "matmul_dtype": run.precision,
+                "lora": lora, "short_sample_tokens": attention.SHORT_SAMPLE_TOKENS}
     return Setup(model, fit, settings, lambda: result["train"].steps, log)
 
 
@@ -193,6 +195,16 @@ def with_kernel_caches(recipe: Callable[[list[Sample], Any, str, Common], Setup]
     return run
 
 
+def _sdpa_samples(setup: Setup) -> Setup:
+    """tuneforge with every packed sample through SDPA (attention.SHORT_SAMPLE_TOKENS 0: session 13's per-sample
+    attention, before the plain-ops path for short bf16 samples); this process only."""
+    from tuneforge.train import attention
+
+    attention.SHORT_SAMPLE_TOKENS = 0
+    setup.settings["short_sample_tokens"] = 0
+    return setup
+
+
 RECIPES: dict[str, Callable[[list[Sample], Any, str, Common], Setup]] = {
     "seed-fp32": recipe_seed_fp32,
     "seed-bf16": recipe_seed_bf16,
@@ -208,6 +220,9 @@ RECIPES: dict[str, Callable[[list[Sample], Any, str, Common], Setup]] = {
     "trl-cpu-cache64": with_kernel_caches(recipe_trl_cpu),  # the peer given tuneforge's kernel cache bound
     "tuneforge-masked-attn": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c,
                                                                          per_sample_attention=False),
+    "tuneforge-sdpa-samples": lambda train, tok, tmp, c: _sdpa_samples(recipe_tuneforge(train, tok, tmp, c)),
+    "tuneforge-dropout0": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, replace(
+        c, lora={**c.lora, "dropout": 0.0})),
 }
 PEERS = ("seed-fp32", "seed-bf16", "trl-default", "trl-cpu", "tuneforge")  # what `make bench` runs
 DESCRIPTIONS = {
@@ -222,6 +237,9 @@ DESCRIPTIONS = {
     "tuneforge-mmap1m": "the same with training.mmap_threshold_kb 1024 (blocks >= 1 MB mapped apart from the heap)",
     "tuneforge-masked-attn": "the same with training.per_sample_attention off (packed rows attend over the row's "
                              "masked N x N)",
+    "tuneforge-sdpa-samples": "the same with every packed sample through SDPA's kernel (no plain-ops path for "
+                              "short bf16 samples)",
+    "tuneforge-dropout0": "the same with LoRA dropout 0 (not a peer setting: the others keep 0.05)",
     "trl-cpu-cache64": "trl-cpu with oneDNN's kernel caches bounded to 64 entries each, as tuneforge bounds them",
     "tuneforge-cache1024": "the same with training.kernel_cache_entries null (oneDNN's kernel caches at their "
                            "default 1,024 entries each)",

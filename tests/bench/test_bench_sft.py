@@ -111,7 +111,10 @@ def test_quick_mode_runs_and_records_everything(tiny_model_dir, tmp_path):
 LEVERS = [("tuneforge-trim", "trim_memory", False, True), ("tuneforge-fp32-frozen", "frozen_bf16", True, False),
           ("tuneforge-plain-loss", "chunked_loss", True, False), ("tuneforge-mmap1m", "mmap_threshold_kb", None, 1024),
           ("tuneforge-cache1024", "kernel_cache_entries", 64, None),
-          ("tuneforge-masked-attn", "per_sample_attention", True, False)]
+          ("tuneforge-masked-attn", "per_sample_attention", True, False),
+          ("tuneforge-sdpa-samples", "short_sample_tokens", 512, 0),
+          ("tuneforge-dropout0", "lora", {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
+           {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})]
 
 
 @pytest.mark.parametrize("lever, key, default, value", LEVERS)
@@ -122,6 +125,9 @@ def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir,
     from sftbench.recipes import PEERS, RECIPES
     from transformers import AutoTokenizer
 
+    from tuneforge.train import attention
+
+    monkeypatch.setattr(attention, "SHORT_SAMPLE_TOKENS", attention.SHORT_SAMPLE_TOKENS)  # a recipe sets it
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
     assert bench_sft.parse_args([]).recipes.split(",") == list(PEERS) and lever not in PEERS
     common = bench_sft.common(bench_sft.parse_args(["--model", str(tiny_model_dir), "--max-steps", "1"]))
@@ -134,8 +140,7 @@ def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir,
         setup.fit()
         assert setup.steps() == 1
         settings[name] = setup.settings
-    assert settings["tuneforge"].pop(key) is default
-    assert settings[lever].pop(key) == value
+    assert settings["tuneforge"].pop(key) == default and settings[lever].pop(key) == value
     assert settings["tuneforge"] == settings[lever]
 
 
