@@ -7,9 +7,10 @@ turn, so a burst of load hits them alike; the median and the min-max of the per-
 with each lever's ratio to `base`. Weights are restored between levers (AdamW with lr 0: the step's cost,
 not its effect), so every lever sees the same model.
 
-    python bench/profile_step.py --profile --batch 4 --steps 3 --threads 1 [--precision bf16]
+    python bench/profile_step.py --profile --batch 4 --steps 3 --threads 1 [--precision bf16] [--profile-lever L]
     python bench/profile_step.py --levers bf16,bf16-frozen,fp32 --batch 4,8 --reps 3 --steps 1 --threads 1
-Levers: base (as the run would train: precision auto), bf16, fp32, bf16-frozen (+head), packed-attn,
+Levers: loop (the step as tuneforge's loop takes it by default), loop-sdpa, loop+no-dropout, base (the bare step
+at what precision auto gives), bf16, fp32, bf16-frozen (+head), packed-attn,
 bf16-frozen+packed-attn, fp32+packed-attn, packed-attn-sdpa (every sample through SDPA), no-dropout,
 packed-attn+no-dropout, compile, fp32+compile (training.compile: torch.compile with
 dynamic shapes), compile-padded, fp32+compile-padded (static graphs over rows padded to pack_length);
@@ -74,12 +75,16 @@ def one_step(model, optimizer, batches, precision: str, loss_sum) -> tuple[float
     return total / n_sup, sum(b.n_tokens for b in batches)
 
 
-def levers(model, precision: str, pack_length: int = 512) -> dict[str, tuple]:
+def levers(model, precision: str, pack_length: int = 512, cfg=None) -> dict[str, tuple]:
     """name -> (context manager factory: the lever is on inside it, the model as it was after; precision).
-    `base` trains as the run would (`precision`: what training.precision auto resolved to here)."""
+    `base` is the bare step (`precision`: what training.precision auto resolved to here); `loop` is the step as
+    tuneforge's loop takes it by default (frozen weights held in bf16, per-sample attention, chunked loss)."""
     from bench import speed_levers as speed
 
     return {
+        "loop": (lambda: _loop(model, cfg, "bf16"), "bf16"),
+        "loop-sdpa": (lambda: _both(_loop(model, cfg, "bf16"), _short_path(0)), "bf16"),
+        "loop+no-dropout": (lambda: _both(_loop(model, cfg, "bf16"), _no_dropout(model)), "bf16"),
         "base": (contextlib.nullcontext, precision),
         "bf16": (contextlib.nullcontext, "bf16"),
         "fp32": (contextlib.nullcontext, "fp32"),
@@ -104,9 +109,23 @@ def levers(model, precision: str, pack_length: int = 512) -> dict[str, tuple]:
 
 
 @contextlib.contextmanager
+def _loop(model, cfg, precision: str):
+    """What tuneforge's loop turns on around its steps by default (train/loop.py): frozen linear weights held in
+    bf16, per-sample attention; and its loss, chunked."""
+    from functools import partial
+
+    from tuneforge.train import frozen
+    from tuneforge.train.attention import per_sample_attention
+    from tuneforge.train.loss import loss_sum
+
+    with frozen.held_in_bf16(model, cfg, precision, lambda _m: None), per_sample_attention(model):
+        yield model, partial(loss_sum, chunked=True)
+
+
+@contextlib.contextmanager
 def _both(first, second):
-    with first, second:
-        yield
+    with first as a, second as b:
+        yield a if isinstance(a, tuple) else b
 
 
 @contextlib.contextmanager
@@ -161,15 +180,15 @@ def matmul_share(averages) -> str:
     return f"matmul kernels ({names}): {mm / 1e3:.1f} ms of {total / 1e3:.1f} ms self CPU ({mm / max(total, 1):.0%})"
 
 
-def compare(model, optimizer, steps, precision, loss_sum, names: list[str], reps: int, pack_length: int = 512
-            ) -> dict:
+def compare(model, optimizer, steps, precision, loss_sum, names: list[str], reps: int, pack_length: int = 512,
+            cfg=None) -> dict:
     """Per lever: CPU seconds (the process's user + system: what a step costs, much less moved by other
     processes than wall time on a shared machine) and wall seconds per step, over `reps` interleaved rounds
     after one warm-up step per lever. The warm-up step's own CPU seconds (this process and its children: g++
     for inductor) and wall seconds are kept as `first_step`: a compiled lever's compile time."""
     import torch
 
-    table = levers(model, precision, pack_length)
+    table = levers(model, precision, pack_length, cfg)
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     wall: dict[str, list[float]] = {n: [] for n in names}
@@ -217,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--precision", default="", help="the profile's precision (default: what auto resolves to)")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--profile-lever", default="base", help="the lever on while --profile profiles (e.g. packed-attn)")
     ap.add_argument("--levers", default="base,bf16,fp32")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
@@ -239,11 +259,14 @@ def main(argv: list[str] | None = None) -> int:
             precision = args.precision or run.precision
             head = f"batch {batch}: {tok:.0f} tokens per step, precision {precision}, threads {args.threads}"
             if args.profile:
-                print(head, "load", os.getloadavg())
-                print(profile(model, optimizer, steps, precision, loss_sum, args.top))
+                ctx, lever_precision = levers(model, precision, cfg.training.pack_length, cfg)[args.profile_lever]
+                precision = args.precision or lever_precision
+                print(head, "lever", args.profile_lever, "load", os.getloadavg())
+                with ctx():
+                    print(profile(model, optimizer, steps, precision, loss_sum, args.top))
                 continue
             res = compare(model, optimizer, steps, precision, loss_sum, args.levers.split(","), args.reps,
-                          cfg.training.pack_length)
+                          cfg.training.pack_length, cfg)
             result["runs"][str(batch)] = res
             print(head)
             base = res[args.levers.split(",")[0]]["median_cpu_s"]

@@ -20,6 +20,7 @@ an fp32 reference is that of the bf16 flash kernel (~5e-3 relative). fp32 sample
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -81,8 +82,8 @@ def _short_sample_attention(query: torch.Tensor, key: torch.Tensor, value: torch
         grouped = (query * scale).to(dtype).reshape(b, groups, heads // groups * length, dim)
         key, value = key.to(dtype), value.to(dtype)
         scores = torch.matmul(grouped, key.transpose(-1, -2)).view(b, groups, heads // groups, length, length)
-        future = torch.ones(length, length, dtype=torch.bool, device=query.device).triu_(1)
-        probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        # in place: a matmul's backward needs its inputs, not its output
+        probs = torch.softmax(scores.masked_fill_(_future(length, query.device), float("-inf")), dim=-1)
         out = torch.matmul(probs.view(b, groups, heads // groups * length, length), value)
     return out.view(b, heads, length, dim).transpose(1, 2)
 
@@ -120,3 +121,10 @@ def per_sample_attention(model: nn.Module, on: bool = True) -> Iterator[bool]:
         yield True
     finally:
         model.set_attn_implementation("sdpa")
+
+
+@functools.lru_cache(maxsize=64)
+def _future(length: int, device: torch.device) -> torch.Tensor:
+    """The causal mask of a sample of `length` tokens (True where a key lies after its query), shared by every
+    layer and step that sees that length."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).triu_(1)
