@@ -112,7 +112,7 @@ LEVERS = [("tuneforge-trim", "trim_memory", False, True), ("tuneforge-fp32-froze
           ("tuneforge-plain-loss", "chunked_loss", True, False), ("tuneforge-mmap1m", "mmap_threshold_kb", None, 1024),
           ("tuneforge-cache1024", "kernel_cache_entries", 64, None),
           ("tuneforge-masked-attn", "per_sample_attention", True, False),
-          ("tuneforge-sdpa-samples", "short_sample_tokens", 512, 0),
+          ("tuneforge-sdpa-samples", "short_sample_tokens", 256, 0),
           ("tuneforge-dropout0", "lora", {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
            {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})]
 

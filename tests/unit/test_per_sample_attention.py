@@ -130,3 +130,30 @@ def test_bf16_short_samples_take_plain_ops_as_accurate_as_sdpa(tiny_model_dir, m
         err_short = float((short_grads[name] - ref).abs().max() / scale)
         err_sdpa = float((sdpa_grads[name] - ref).abs().max() / scale)
         assert err_short <= 2 * err_sdpa + 2e-2, name
+
+
+def test_sliding_window_layers_keep_their_window_per_sample():
+    """A sliding-window model (Mistral, window 5): each packed sample attends as it would alone, within the window
+    (a sample longer than it too), and an unpacked forward inside the switch equals one outside it."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=5,
+                           attn_implementation="sdpa")
+    model = MistralForCausalLM(config).eval()
+    lens = [9, 4, 7]
+    ids = torch.randint(0, 64, (1, sum(lens)))
+    positions = torch.cat([torch.arange(n) for n in lens])[None]
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=part).logits for part in ids.split(lens, dim=1)], dim=1)
+        whole = model(input_ids=ids).logits
+        with attention.per_sample_attention(model):
+            packed = model(input_ids=ids, position_ids=positions).logits
+            unpacked = model(input_ids=ids).logits
+        causal_only = MistralForCausalLM(MistralConfig(**{**config.to_dict(), "sliding_window": None})).eval()
+        causal_only.load_state_dict(model.state_dict())
+        no_window = torch.cat([causal_only(input_ids=p).logits for p in ids.split(lens, dim=1)], dim=1)
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unpacked, whole, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(alone, no_window, atol=1e-4)  # the window matters for these samples

@@ -30,33 +30,54 @@ from torch import nn
 from tuneforge.config.schema import TrainingConfig
 
 PACKED_SDPA = "tuneforge_packed_sdpa"
-SHORT_SAMPLE_TOKENS = 512  # bf16 samples up to this length attend through plain ops on the CPU (see above)
+SHORT_SAMPLE_TOKENS = 256  # bf16 samples up to this length attend through plain ops on the CPU (see above)
 
 
 def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """SDPA per sample of a packed row (positions restart at 0 where a sample starts); else transformers' SDPA."""
+    """SDPA per sample of a packed row (positions restart at 0 where a sample starts); else transformers' SDPA.
+    A sliding-window layer (Mistral, Qwen2, Gemma's local layers: `sliding_window` in kwargs) keeps its window:
+    the mask this implementation registers has none when the rows have no padding."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     positions = kwargs.pop("position_ids", None)
+    window = kwargs.get("sliding_window")
     n = query.shape[2]
     if attention_mask is not None or positions is None or query.shape[0] != 1 or key.shape[2] != n \
             or positions.shape[-1] != n or not getattr(module, "is_causal", False):  # an encoder attends both ways
+        if attention_mask is None and window is not None and key.shape[2] > window and getattr(
+                module, "is_causal", False):
+            attention_mask = _window_mask(n, key.shape[2], window, query.device)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     starts = (positions.reshape(-1) == 0).nonzero().flatten().tolist()
     if not starts or starts[0] != 0:
+        if window is not None and n > window:
+            attention_mask = _window_mask(n, n, window, query.device)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     bounds = [*starts, n]
-    outs = [_sample_attention(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout, scaling)
+    outs = [_sample_attention(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout, scaling, window)
             for s, e in zip(bounds, bounds[1:], strict=False)]
     return torch.cat(outs, dim=1), None
 
 
-def _sample_attention(module, query, key, value, dropout, scaling) -> torch.Tensor:
-    """One sample's causal attention, (batch, length, heads, head_dim) as transformers' SDPA returns it."""
+def _window_mask(q_length: int, kv_length: int, window: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, q, kv) bool, True where query i (the last q_length of kv_length positions) sees key j: j <= i and
+    j > i - window, as transformers' sliding-window causal mask."""
+    i = torch.arange(kv_length - q_length, kv_length, device=device)[:, None]
+    j = torch.arange(kv_length, device=device)[None, :]
+    return ((j <= i) & (j > i - window))[None, None]
+
+
+def _sample_attention(module, query, key, value, dropout, scaling, window: int | None = None) -> torch.Tensor:
+    """One sample's causal attention (within `window` tokens back where a window is given), (batch, length,
+    heads, head_dim) as transformers' SDPA returns it."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    length = query.shape[2]
+    if window is not None and length > window:  # a sample longer than the window: SDPA under a banded mask
+        return sdpa_attention_forward(module, query, key, value, _window_mask(length, length, window, query.device),
+                                      dropout, scaling, is_causal=False)[0]
     dtype = _half_dtype(query)
-    if (query.device.type == "cpu" and dtype is not None and not dropout and query.shape[2] <= SHORT_SAMPLE_TOKENS
+    if (query.device.type == "cpu" and dtype is not None and not dropout and length <= SHORT_SAMPLE_TOKENS
             and query.shape[1] % key.shape[1] == 0):
         return _short_sample_attention(query, key, value, scaling, dtype)
     return sdpa_attention_forward(module, query, key, value, None, dropout, scaling, is_causal=True)[0]
