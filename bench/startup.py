@@ -86,7 +86,7 @@ def child(config: str, overrides: list[str], launched: float, out_json: Path) ->
     def after_train(name: str):
         return lambda: name if state["trained"] else f"before:{name}"
 
-    _timed(clock, lm, "evaluate_loss", after_train("eval_loss"), before=None)
+    _timed(clock, lm, "evaluate_lm_loss", after_train("eval_loss"), before=None)
     _timed(clock, lm, "generate", after_train("generation"), before=None)
     add_step = metric_log.MetricLog.add_step
 
