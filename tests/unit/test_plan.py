@@ -246,7 +246,7 @@ def test_cli_plan_exit_codes(capsys, monkeypatch):
 
 
 def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch: int, seq: int,
-                        held: bool = False, chunked: bool = False) -> int:
+                        held: bool = False, chunked: bool = False, dropout: float = 0.05) -> int:
     """Bytes autograd keeps for backward (parameters excluded), counted once per storage. held: the frozen
     linear weights in bf16, as training.frozen_bf16 holds them (tuneforge/train/frozen.py's selection)."""
     from tuneforge.train.frozen import frozen_linear_params
@@ -254,7 +254,7 @@ def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     if method == "lora":
-        model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_dropout=0.05, task_type="CAUSAL_LM"))
+        model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_dropout=dropout, task_type="CAUSAL_LM"))
     elif method == "freeze":
         model.requires_grad_(False)
         model.model.layers[-1].requires_grad_(True)
@@ -285,18 +285,21 @@ def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch:
 
 
 @pytest.mark.parametrize("precision, held", [("fp32", False), ("bf16-mixed", False), ("bf16-mixed", True)])
-@pytest.mark.parametrize("method", ["full", "lora", "freeze"])
-def test_activation_formula_matches_saved_tensors(method, precision, held):
+@pytest.mark.parametrize("method, dropout", [("full", 0.0), ("lora", 0.05), ("lora", 0.0), ("freeze", 0.0)])
+def test_activation_formula_matches_saved_tensors(method, dropout, precision, held):
     """Saved tensors = the per-layer terms + the fp32 log-softmax (the formula's other 4V is its gradient); with
-    training.frozen_bf16 (held) the frozen linear weights' autocast copies are gone."""
+    training.frozen_bf16 (held) the frozen linear weights' autocast copies are gone. LoRA with and without dropout
+    (its masks and per-target input copies; 0 is the default)."""
     config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=128, tie_word_embeddings=True)
     batch, seq = 2, 64
+    extra = {"last_n_layers": 1} if method == "freeze" else {"dropout": dropout} if method == "lora" else {}
     r = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision, frozen_bf16=held,
-                 chunked_loss=False, **({"last_n_layers": 1} if method == "freeze" else {}))
+                 chunked_loss=False, **extra)
     head_copy = 2 * 128 * 256 if precision != "fp32" else 0  # the tied head is not held
     predicted = r["bytes"]["activations_layers"] + batch * seq * 4 * 128 + head_copy
-    assert predicted == pytest.approx(_saved_tensor_bytes(config, method, precision, batch, seq, held), rel=0.1)
+    measured = _saved_tensor_bytes(config, method, precision, batch, seq, held, dropout=dropout)
+    assert predicted == pytest.approx(measured, rel=0.1)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
@@ -312,7 +315,7 @@ def test_chunked_loss_formula_matches_saved_tensors(method, precision):
     r = estimate(config, method, batch_size=batch, seq_len=seq, precision=precision, chunked_loss=True,
                  frozen_bf16=False)  # measured below without holding the frozen weights in bf16
     kept = batch * seq * 256 * 4 + (4 * 128 * 256 if method == "full" else 0)
-    measured = _saved_tensor_bytes(config, method, precision, batch, seq, chunked=True)
+    measured = _saved_tensor_bytes(config, method, precision, batch, seq, chunked=True, dropout=0.0)
     assert r["bytes"]["activations_layers"] + kept == pytest.approx(measured, rel=0.1)
     chunk = batch * seq * 128 * 12  # one chunk: logits, log-probabilities and their gradient, 12 B an entry
     copy = 2 * 128 * 256 if precision != "fp32" else 0
