@@ -11,9 +11,11 @@ rows, a bidirectional encoder) goes to transformers' SDPA unchanged, so the swit
 On the CPU, a bf16 / fp16 sample of at most SHORT_SAMPLE_TOKENS attends through plain ops (scores, causal mask,
 softmax, weighted sum: `_short_sample_attention`) rather than SDPA's flash kernel, whose fixed blocks cost more
 than the work at these lengths: fwd + bwd of the 135M model's attention (9 heads, 3 KV heads, head dim 64), one
-thread, bf16: 2.4x faster on four samples of 110-150 tokens, 1.8x on two of ~255, 1.3x on one of 500 (the gain
-falls with length and the probabilities it keeps for the backward grow as L^2, hence the cap). Its error against
-an fp32 reference is that of the bf16 flash kernel (~5e-3 relative). fp32 samples keep SDPA, which is faster there.
+thread, bf16, idle Zen 4 (bench/attention_kernels.py): 2.07x faster on four samples of 110-150 tokens, 1.53x on
+two of ~255, 1.26x on one of 500 (the gain falls with length and the probabilities it keeps for the backward grow
+as L^2, hence the cap); a LoRA step 1.14x at batch 4 and 8, the benchmark's whole process 1.13x
+(docs/benchmarks.md). Its error against an fp32 reference is that of the bf16 flash kernel (~5e-3 relative). fp32
+samples keep SDPA, which is faster there.
 
     with per_sample_attention(model): ...   # inside: packed rows attend per sample; SDPA again after
 """
