@@ -78,9 +78,8 @@ def _sample_attention(module, query, key, value, dropout, scaling, window: int |
     if window is not None and length > window:  # a sample longer than the window: SDPA under a banded mask
         return sdpa_attention_forward(module, query, key, value, _window_mask(length, length, window, query.device),
                                       dropout, scaling, is_causal=False)[0]
-    dtype = _half_dtype(query)
-    if (query.device.type == "cpu" and dtype is not None and not dropout and length <= SHORT_SAMPLE_TOKENS
-            and query.shape[1] % key.shape[1] == 0):
+    dtype = _half_dtype(query) if query.device.type == "cpu" else None  # other devices keep SDPA's kernels
+    if dtype is not None and not dropout and length <= SHORT_SAMPLE_TOKENS and query.shape[1] % key.shape[1] == 0:
         return _short_sample_attention(query, key, value, scaling, dtype)
     return sdpa_attention_forward(module, query, key, value, None, dropout, scaling, is_causal=True)[0]
 
