@@ -29,8 +29,8 @@ class LoraConfig(Strict):
     r: int = Field(8, ge=1)
     alpha: float = Field(16, gt=0)
     # 0 (was 0.05): the defaults study (docs/defaults-dropout-clip.md) found no task where dropout helped by more than
-    # noise (facts equal, quickstart and pretraining better without, classification within 0.01), while its masks
-    # cost ~4% of a CPU step and an input copy per adapted layer
+    # noise (facts, quickstart and pretraining equal or better without, classification within 0.01), while its
+    # masks cost ~4% of a CPU step and, in fp32, an input copy per adapted layer
     dropout: float = Field(0.0, ge=0, lt=1)
     # None: per architecture (peft's mapping, e.g. Llama q_proj/v_proj, BERT query/value; else the attention's
     # linear layers); a list of layer names; or all-linear.
