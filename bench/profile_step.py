@@ -110,16 +110,18 @@ def levers(model, precision: str, pack_length: int = 512, cfg=None) -> dict[str,
 
 @contextlib.contextmanager
 def _loop(model, cfg, precision: str):
-    """What tuneforge's loop turns on around its steps by default (train/loop.py): frozen linear weights held in
-    bf16, per-sample attention; and its loss, chunked."""
+    """What tuneforge's loop turns on around its steps (train/loop.py), decided from `cfg` as the loop decides it
+    (defaults: frozen linear weights held in bf16, per-sample attention, the chunked loss)."""
     from functools import partial
 
     from tuneforge.train import frozen
-    from tuneforge.train.attention import per_sample_attention
+    from tuneforge.train.attention import per_sample_attention, per_sample_attention_applies
+    from tuneforge.train.chunked_loss import chunked_loss_applies
     from tuneforge.train.loss import loss_sum
 
-    with frozen.held_in_bf16(model, cfg, precision, lambda _m: None), per_sample_attention(model):
-        yield model, partial(loss_sum, chunked=True)
+    with frozen.held_in_bf16(model, cfg, precision, lambda _m: None), \
+            per_sample_attention(model, per_sample_attention_applies(cfg.training)):
+        yield model, partial(loss_sum, chunked=chunked_loss_applies(cfg.training))
 
 
 @contextlib.contextmanager

@@ -43,17 +43,13 @@ def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
 
     positions = kwargs.pop("position_ids", None)
     window = kwargs.get("sliding_window")
-    n = query.shape[2]
-    if attention_mask is not None or positions is None or query.shape[0] != 1 or key.shape[2] != n \
-            or positions.shape[-1] != n or not getattr(module, "is_causal", False):  # an encoder attends both ways
-        if attention_mask is None and window is not None and key.shape[2] > window and getattr(
-                module, "is_causal", False):
+    n, causal = query.shape[2], getattr(module, "is_causal", False)  # an encoder attends both ways
+    packed = attention_mask is None and positions is not None and query.shape[0] == 1 and key.shape[2] == n \
+        and positions.shape[-1] == n and causal
+    starts = (positions.reshape(-1) == 0).nonzero().flatten().tolist() if packed else []
+    if not starts or starts[0] != 0:  # not a packed row: transformers' SDPA, with the window where no mask has it
+        if attention_mask is None and window is not None and key.shape[2] > window and causal:
             attention_mask = _window_mask(n, key.shape[2], window, query.device)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    starts = (positions.reshape(-1) == 0).nonzero().flatten().tolist()
-    if not starts or starts[0] != 0:
-        if window is not None and n > window:
-            attention_mask = _window_mask(n, n, window, query.device)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     bounds = [*starts, n]
     outs = [_sample_attention(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout, scaling, window)
