@@ -157,3 +157,32 @@ def test_sliding_window_layers_keep_their_window_per_sample():
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(unpacked, whole, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(alone, no_window, atol=1e-4)  # the window matters for these samples
+
+
+@pytest.mark.parametrize("scaling", [None, 0.3])
+def test_a_row_of_short_samples_is_each_sample_alone_bit_for_bit(scaling):
+    """A bf16 packed row whose samples are all short is cast and scaled once and split once: outputs and
+    gradients are bit for bit those of each sample through the plain-ops path on its own slice."""
+    g = torch.Generator().manual_seed(0)
+    lens = [5, 9, 3]
+    q, k, v = (torch.randn(1, h, sum(lens), 8, generator=g).requires_grad_() for h in (6, 2, 2))
+    positions = torch.cat([torch.arange(n) for n in lens])[None]
+    module = torch.nn.Module()
+    module.is_causal = True
+    results = []
+    for whole in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if whole:
+                out = attention._packed_sdpa(module, q, k, v, None, scaling=scaling, position_ids=positions)[0]
+            else:
+                bounds = [0, 5, 14, 17]
+                out = torch.cat([attention._short_sample_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
+                                                                   scaling, torch.bfloat16)
+                                 for s, e in zip(bounds, bounds[1:], strict=False)], dim=1)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach().clone()] + [t.grad.clone() for t in (q, k, v)])
+        for t in (q, k, v):
+            t.grad = None
+    assert results[0][0].dtype == torch.bfloat16
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)

@@ -38,7 +38,9 @@ SHORT_SAMPLE_TOKENS = 256  # bf16 samples up to this length attend through plain
 def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """SDPA per sample of a packed row (positions restart at 0 where a sample starts); else transformers' SDPA.
     A sliding-window layer (Mistral, Qwen2, Gemma's local layers: `sliding_window` in kwargs) keeps its window:
-    the mask this implementation registers has none when the rows have no padding."""
+    the mask this implementation registers has none when the rows have no padding. The row is split once (one
+    concatenation in the backward, where slicing each sample builds a zero row per sample); when every sample
+    takes the short path, the row is scaled and cast to bf16 once, not once per sample."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     positions = kwargs.pop("position_ids", None)
@@ -51,10 +53,18 @@ def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
         if attention_mask is None and window is not None and key.shape[2] > window and causal:
             attention_mask = _window_mask(n, key.shape[2], window, query.device)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    bounds = [*starts, n]
-    outs = [_sample_attention(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout, scaling, window)
-            for s, e in zip(bounds, bounds[1:], strict=False)]
-    return torch.cat(outs, dim=1), None
+    sizes = [e - s for s, e in zip(starts, [*starts[1:], n], strict=True)]
+    dtype, longest = (_half_dtype(query) if query.device.type == "cpu" else None), max(sizes)
+    if dtype is not None and not dropout and longest <= min(SHORT_SAMPLE_TOKENS, window or longest) \
+            and query.shape[1] % key.shape[1] == 0:  # every sample short: the row cast and scaled once
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        with torch.autocast(query.device.type, enabled=False):
+            parts = zip(*(torch.split(t, sizes, dim=2) for t in ((query * scale).to(dtype), key.to(dtype),
+                                                                value.to(dtype))), strict=True)
+            return torch.cat([_short_sample_attention(q, k, v, 1.0, dtype) for q, k, v in parts], dim=1), None
+    # one split (its backward is one concatenation; slicing each sample would build a zero row per sample)
+    parts = zip(*(torch.split(t, sizes, dim=2) for t in (query, key, value)), strict=True)
+    return torch.cat([_sample_attention(module, q, k, v, dropout, scaling, window) for q, k, v in parts], dim=1), None
 
 
 def _window_mask(q_length: int, kv_length: int, window: int, device: torch.device) -> torch.Tensor:
@@ -97,7 +107,8 @@ def _short_sample_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     groups = key.shape[1]
     scale = dim ** -0.5 if scaling is None else scaling
     with torch.autocast(query.device.type, enabled=False):
-        grouped = (query * scale).to(dtype).reshape(b, groups, heads // groups * length, dim)
+        scaled = query if scale == 1.0 else query * scale  # 1.0: the caller scaled the row
+        grouped = scaled.to(dtype).reshape(b, groups, heads // groups * length, dim)
         key, value = key.to(dtype), value.to(dtype)
         scores = torch.matmul(grouped, key.transpose(-1, -2)).view(b, groups, heads // groups, length, length)
         # in place: a matmul's backward needs its inputs, not its output
