@@ -84,9 +84,11 @@ def load_classifier(run_dir: str | Path, base: bool = False) -> Classifier:
     from tuneforge.models import load_tokenizer
     from tuneforge.models.classifier import load_base_classifier
     from tuneforge.runs import load_run, run_config, run_labels
+    from tuneforge.train.kernel_cache import bound_kernel_caches
 
     cfg = run_config(run_dir)
     check_classifier(run_dir, cfg.stage)
+    bound_kernel_caches(cfg.training.kernel_cache_entries)  # as training does, before the first bf16 matmul
     labels = run_labels(run_dir)
     if base:
         model, tokenizer = load_base_classifier(cfg, labels).eval(), load_tokenizer(cfg.model, cfg.trust_remote_code)

@@ -50,3 +50,15 @@ def test_unknown_label_is_a_data_error_before_loading(cls_run, tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl:2: label 'meh' is not one of the run's labels"):
         evaluate(Request(str(cls_run), str(bad), output=str(tmp_path / "ev")))
     assert not (tmp_path / "ev").exists()
+
+
+def test_classifier_loading_bounds_the_kernel_caches_first(cls_run, monkeypatch):
+    """`tuneforge predict` and classify eval load through load_classifier: it sets the run's kernel-cache bound
+    (training.kernel_cache_entries) before any matmul, as training does."""
+    from tuneforge.predict import load_classifier
+    from tuneforge.train import kernel_cache
+
+    calls: list = []
+    monkeypatch.setattr(kernel_cache, "bound_kernel_caches", lambda entries: calls.append(entries) or {})
+    clf = load_classifier(cls_run)
+    assert calls == [64] and clf.labels

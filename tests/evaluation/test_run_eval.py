@@ -78,3 +78,18 @@ def test_cli_bad_input_exits_2_without_traceback(run, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert code == 2 and "--metrics: unknown bleurt" in err and "Traceback" not in err
     assert not (tmp_path / "ev").exists()
+
+
+def test_eval_bounds_the_kernel_caches_before_its_first_matmul(tiny_model_dir, tmp_path, monkeypatch):
+    """As training does (training.kernel_cache_entries, tuneforge/train/kernel_cache.py): generation over prompts
+    of many lengths would otherwise fill oneDNN's caches with a kernel per shape. The bound is set before the
+    precision probe, the process's first bf16 matmul."""
+    import tuneforge.evaluation.run_eval as run_eval
+
+    calls: list = []
+    monkeypatch.setattr(run_eval, "bound_kernel_caches", lambda entries: calls.append(("bound", entries)) or {})
+    probe = run_eval.resolve_precision
+    monkeypatch.setattr(run_eval, "resolve_precision", lambda *a: calls.append(("precision",)) or probe(*a))
+    data = tiny.write_jsonl(tmp_path / "text.jsonl", [{"text": "the sky is blue ."}] * 2)
+    evaluate(Request(str(tiny_model_dir), str(data), output=str(tmp_path / "one"), precision="fp32"))
+    assert calls == [("bound", 64), ("precision",)]

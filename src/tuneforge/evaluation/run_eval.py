@@ -28,6 +28,7 @@ from tuneforge.evaluation.items import generation_items
 from tuneforge.evaluation.metrics import METRICS, OPT_IN, compute
 from tuneforge.evaluation.request import Request, default_output, first_rows, is_run_dir
 from tuneforge.stage_info import stage_info
+from tuneforge.train.kernel_cache import bound_kernel_caches
 from tuneforge.train.loss import evaluate_lm_loss
 from tuneforge.train.precision import resolve_precision
 
@@ -161,6 +162,7 @@ def evaluate(req: Request) -> Path:
     records, counted = first_rows(load_records(req.data), req.max_samples)
     plan = plan_run(req.target, req.precision) if run else plan_model(req.target, records[0], req.precision)
     cfg, tokenizer = plan.cfg, plan.tokenizer
+    bound_kernel_caches(cfg.training.kernel_cache_entries)  # as training does, before the first bf16 matmul
     names = req.metrics or default_metrics(cfg.stage)
     want_loss, gen_metrics = split_metrics(names, cfg.stage)
     output = Path(req.output) if req.output else default_output(req)
