@@ -109,6 +109,7 @@ SETTINGS = {
     "lr x5": {"lr_scale": 5.0}, "lr x10": {"lr_scale": 10.0},
     "full": {"method.name": "full"},  # full fine-tuning at its own default rate (lr_scale does not apply)
     "full+epochs x1/6": {"method.name": "full", "epochs_scale": 1 / 6},
+    "full+constant": {"method.name": "full", "training.lr_scheduler": "constant", "training.warmup_ratio": 0.0},
     "constant+no-clip+dropout-0": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,
                                    "training.max_grad_norm": None, "method.dropout": 0.0},
     "constant+no-clip+dropout-0+lr x4": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,

@@ -140,14 +140,18 @@ def test_a_named_schedule_or_warmup_wins_and_other_methods_and_stages_keep_the_s
     lines: list[str] = []  # warmup_steps wins over the ratio in training: the log and the report say steps
     assert apply_recipe(steps, 64, lines.append)["lr_scheduler"]["warmup_steps"] == 5
     assert any(x.startswith("recipe: training.lr_scheduler=constant, warmup_steps=5 (") for x in lines), lines
-    full = _open_schedule(make_config, method={"name": "full"})
-    assert choose(full, 64)["lr_scheduler"]["source"] == "schema" and full.training.lr_scheduler == "cosine"
+    full = _open_schedule(make_config, method={"name": "full"})  # measured too (docs/defaults-full-schedule.md)
+    assert choose(full, 64)["lr_scheduler"]["source"] == "method default"
+    assert choose(full, 64)["lr_scheduler"]["value"] == "constant"
+    ia3 = _open_schedule(make_config, method={"name": "ia3"})  # not measured: the schema's
+    assert choose(ia3, 64)["lr_scheduler"]["source"] == "schema" and ia3.training.lr_scheduler == "cosine"
     pretrain = Config.model_validate({**raw, "stage": "pretrain"})
     assert choose(pretrain, 64)["lr_scheduler"]["value"] == "constant"
     dpo = Config.model_validate({**raw, "stage": "dpo"})  # TRL's schedules, not measured: the schema's
     assert choose(dpo, 64)["lr_scheduler"] == {"value": "cosine", "warmup_ratio": 0.03, "warmup_steps": None,
                                                "source": "schema", "why": "the schema's default schedule"}
     assert METHODS["lora"].default_schedule == METHODS["qlora"].default_schedule == "constant"
+    assert METHODS["full"].default_schedule == "constant" and METHODS["freeze"].default_schedule is None
 
 
 @pytest.mark.parametrize("warmup, want", [(0, [1e-2] * 6), (3, [0.0, 1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2, 1e-2])])

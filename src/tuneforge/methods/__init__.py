@@ -28,7 +28,7 @@ RL_COPY = frozenset({"dpo", "grpo"}) | PREFERENCE
 # preference / RL / reward stage (train/recipe.py default_rate; compare's switched methods). LoRA 2e-3: docs/defaults.md
 METHODS: dict[str, Method] = {
     "full": Method(freeze.apply_full, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=5e-5, saves_whole_model=True,
-                   why_not_mergeable="full fine-tuning already saves a whole model"),
+                   why_not_mergeable="full fine-tuning already saves a whole model", default_schedule="constant"),
     "freeze": Method(freeze.apply_freeze, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=1e-4,
                      saves_whole_model=True, why_not_mergeable="partial fine-tuning already saves a whole model"),
     "lora": Method(peft_methods.apply_lora, LM_AND_CLS | RL_PEFT, peft_methods.load_peft, default_lr=2e-3,
