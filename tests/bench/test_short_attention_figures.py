@@ -60,3 +60,19 @@ def test_the_startup_paragraph_is_the_json():
     ends = sorted(r["last step -> exit"]["wall"] for r in runs)
     assert f"**{starts[1]:.2f} s ({starts[0]:.2f}-{starts[2]:.2f}) from the command to the first step's start**" in docs
     assert f"**{ends[1]:.2f} s ({ends[0]:.2f}-{ends[2]:.2f}) from the last step to the exit**" in docs
+
+
+def test_the_session_15_rerun_is_the_json():
+    docs = " ".join((ROOT / "docs" / "benchmarks.md").read_text().split())
+    rec = json.loads((RESULTS / "side_by_side_s15.json").read_text())
+    med = {k: v["process_s"] for k, v in rec["summary"]["recipes"].items()}
+    r = rec["summary"]["ratios"]
+    assert rec["env"]["git"]["commit"].startswith("1cae6a1") and rec["env"]["git"]["dirty"] is False
+    assert f"`trl-cpu` {med['trl-cpu']['median']:.1f} s against 101.7" in docs
+    assert f"bf16 peak {rec['peak_flops']['bf16'] / 1e9:.1f} GFLOP/s" in docs
+    tf = med["tuneforge"]
+    assert f"tuneforge {tf['median']:.1f} s ({tf['min']:.1f}-{tf['max']:.1f}), " \
+           f"**{r['process_speedup_vs_trl-cpu']:.2f}x `trl-cpu`** at {100 * r['mfu_tuneforge']:.1f}% MFU" in docs
+    d0 = med["tuneforge-dropout0"]["median"]
+    assert f"{d0:.1f} s, {med['trl-cpu']['median'] / d0:.2f}x" in docs
+    assert f"Peak RSS {r['peak_rss_tuneforge_over_trl-cpu']:.2f}x" in docs
