@@ -112,3 +112,14 @@ def test_shipped_doc_is_the_render_of_the_shipped_runs(study, tmp_path, doc_name
     copy.write_text(doc.read_text(encoding="utf-8"), encoding="utf-8")
     study.main(["--render", "--json", str(ROOT / "bench" / "results" / runs), "--out", str(copy)])
     assert copy.read_text(encoding="utf-8") == doc.read_text(encoding="utf-8")
+
+
+def test_the_quickstart_no_clip_note_is_its_json():
+    """docs/defaults-dropout-clip.md's session-15 note quotes bench/results/defaults_noclip_quickstart_s15.json."""
+    runs = json.loads((ROOT / "bench" / "results" / "defaults_noclip_quickstart_s15.json").read_text())
+    values = {r["seed"]: r["value"] for r in runs["results"]["quickstart"]["no-clip"]}
+    clip = json.loads((ROOT / "bench" / "results" / "defaults_dropout_clip.json").read_text())
+    dropout0 = {r["seed"]: r["value"] for r in clip["results"]["quickstart"]["dropout-0"]}
+    assert values == {0: dropout0[0], 1: dropout0[1]}
+    text = " ".join((ROOT / "docs" / "defaults-dropout-clip.md").read_text().split())
+    assert f"exact match {values[0]:.3f} and {values[1]:.3f} on seeds 0 and 1" in text
