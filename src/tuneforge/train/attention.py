@@ -54,9 +54,9 @@ def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
             attention_mask = _window_mask(n, key.shape[2], window, query.device)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     sizes = [e - s for s, e in zip(starts, [*starts[1:], n], strict=True)]
-    dtype, longest = (_half_dtype(query) if query.device.type == "cpu" else None), max(sizes)
-    if dtype is not None and not dropout and longest <= min(SHORT_SAMPLE_TOKENS, window or longest) \
-            and query.shape[1] % key.shape[1] == 0:  # every sample short: the row cast and scaled once
+    longest = max(sizes)
+    dtype = _short_path_dtype(query, key, dropout, longest) if window is None or longest <= window else None
+    if dtype is not None:  # every sample short (and within the window): the row cast and scaled once
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
         with torch.autocast(query.device.type, enabled=False):
             parts = zip(*(torch.split(t, sizes, dim=2) for t in ((query * scale).to(dtype), key.to(dtype),
@@ -84,10 +84,19 @@ def _sample_attention(module, query, key, value, dropout, scaling, window: int |
     if window is not None and length > window:  # a sample longer than the window: SDPA under a banded mask
         return sdpa_attention_forward(module, query, key, value, _window_mask(length, length, window, query.device),
                                       dropout, scaling, is_causal=False)[0]
-    dtype = _half_dtype(query) if query.device.type == "cpu" else None  # other devices keep SDPA's kernels
-    if dtype is not None and not dropout and length <= SHORT_SAMPLE_TOKENS and query.shape[1] % key.shape[1] == 0:
+    dtype = _short_path_dtype(query, key, dropout, length)
+    if dtype is not None:
         return _short_sample_attention(query, key, value, scaling, dtype)
     return sdpa_attention_forward(module, query, key, value, None, dropout, scaling, is_causal=True)[0]
+
+
+def _short_path_dtype(query: torch.Tensor, key: torch.Tensor, dropout: float, length: int) -> torch.dtype | None:
+    """The dtype samples of up to `length` tokens attend in through the plain-ops path, or None where SDPA keeps
+    them: another device than the CPU (SDPA's kernels), fp32, dropout, longer than SHORT_SAMPLE_TOKENS, or query
+    heads that do not group evenly over the key heads."""
+    dtype = _half_dtype(query) if query.device.type == "cpu" else None
+    ok = dtype is not None and not dropout and length <= SHORT_SAMPLE_TOKENS and query.shape[1] % key.shape[1] == 0
+    return dtype if ok else None
 
 
 def _half_dtype(query: torch.Tensor) -> torch.dtype | None:
