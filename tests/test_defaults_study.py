@@ -36,6 +36,18 @@ def test_table_means_ranks_and_sorts(study):
     assert lines[3] == "| b | 0.900 ±0.000 (1) | 2.000 (2) | 1.50 |"
 
 
+def test_a_method_setting_scales_its_own_rate_and_names_its_schedule(study, tmp_path):
+    task = study.TASKS["facts"]
+    f = tmp_path / "rows.jsonl"
+    f.write_text("{}\n")
+    cfg = study.build_config(task, study.SETTINGS["ia3+constant+lr x3"], "m", f, f, 1, tmp_path / "run", 0)
+    assert cfg.method.name == "ia3" and cfg.training.learning_rate == pytest.approx(3 * 3e-3)  # IA3's rate, not LoRA's
+    assert cfg.training.lr_scheduler == "constant" and cfg.training.warmup_ratio == 0.0
+    plain = study.build_config(task, study.SETTINGS["prefix"], "m", f, f, 1, tmp_path / "run", 0)
+    assert plain.method.name == "prefix" and plain.training.learning_rate is None  # the method's default, unnamed
+    assert "lr_scheduler" not in plain.training.model_fields_set  # what ships decides the schedule
+
+
 @pytest.mark.slow  # two tiny classify runs, recipe-sized (152 optimizer steps each): the study's CI unit
 def test_quick_unit_writes_the_table_from_real_runs(study, tiny_bert_dir, tmp_path, monkeypatch):
     out, js = tmp_path / "defaults.md", tmp_path / "defaults.json"
