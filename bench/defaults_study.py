@@ -107,9 +107,10 @@ SETTINGS = {
     "epochs x4": {"epochs_scale": 4.0},
     "epochs x6": {"epochs_scale": 6.0},
     "lr x5": {"lr_scale": 5.0}, "lr x10": {"lr_scale": 10.0},
-    "full": {"method.name": "full"},  # full fine-tuning at its own default rate (lr_scale does not apply)
+    "full": {"method.name": "full"},  # full fine-tuning at its own default rate (5e-5; "full+lr xK" scales it)
     "full+epochs x1/6": {"method.name": "full", "epochs_scale": 1 / 6},
     "full+constant": {"method.name": "full", "training.lr_scheduler": "constant", "training.warmup_ratio": 0.0},
+    "full+lr x3": {"method.name": "full", "lr_scale": 3.0}, "full+lr x1/3": {"method.name": "full", "lr_scale": 1 / 3},
     "constant+no-clip+dropout-0": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,
                                    "training.max_grad_norm": None, "method.dropout": 0.0},
     "constant+no-clip+dropout-0+lr x4": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,
