@@ -117,12 +117,14 @@ SETTINGS = {
                                          "training.max_grad_norm": None, "method.dropout": 0.0, "lr_scale": 4.0},
 }
 # The other methods at their own default rate (the schema's cosine schedule, what ships), at a constant rate, and
-# at a constant rate three times theirs (methods-study.md found most of them at the top edge of their rate grid)
+# at a constant rate three and ten times theirs (methods-study.md found most of them at the top edge of their rate
+# grid)
 CONSTANT = {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0}
 for _m in ("freeze", "ia3", "adapter", "prefix", "prompt"):
     SETTINGS[_m] = {"method.name": _m}
     SETTINGS[f"{_m}+constant"] = {"method.name": _m, **CONSTANT}
     SETTINGS[f"{_m}+constant+lr x3"] = {"method.name": _m, **CONSTANT, "lr_scale": 3.0}
+    SETTINGS[f"{_m}+constant+lr x10"] = {"method.name": _m, **CONSTANT, "lr_scale": 10.0}
 QUICK = {"tasks": ["classify", "facts"], "settings": ["defaults", "constant+no-clip+dropout-0"], "seeds": [0]}
 
 
