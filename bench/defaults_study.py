@@ -237,8 +237,32 @@ def render(results: dict, tasks: list[str], settings: list[str], seeds: list[int
            f"Recipe of `{settings[0]}` (learning rate, epochs, optimizer steps): " + "; ".join(
                f"{t}: {recipe[t]['learning_rate']:g}, {recipe[t]['epochs']:g}, {recipe[t]['steps']}" for t in recipe)
            + ".", "",
-           best_line(results, tasks, mean_rank), ""]
+           best_line(results, tasks, mean_rank), "", *verdict_lines(results, tasks, settings)]
     return "\n".join(out)
+
+
+SHORT = 0.02  # the issue's bound: a run further than this from its task's best setting fell short of it
+
+
+def verdict_lines(results: dict, tasks: list[str], settings: list[str]) -> list[str]:
+    """How the run's own under-learned verdict (metrics.json `learning`, tuneforge/report/learning.py) matched
+    the outcome: runs further than SHORT from the best setting's mean on their task against runs within it."""
+    short, near = [0, 0], [0, 0]  # [flagged, runs]
+    for t in tasks:
+        means = [statistics.mean(r["value"] for r in results[t][s]) for s in settings if results[t].get(s)]
+        if not means:
+            continue
+        best = max(means) if TASKS[t].higher_is_better else min(means)
+        for s in settings:
+            for r in results[t].get(s, []):
+                if "under_learned" not in r:
+                    return []
+                tally = short if abs(r["value"] - best) > SHORT else near
+                tally[0] += bool(r["under_learned"])
+                tally[1] += 1
+    return [f"The runs' own under-learned verdict (metrics.json `learning`) against the outcome: "
+            f"{short[0]} of the {short[1]} runs further than {SHORT} from their task's best setting were flagged "
+            f"under-learned; {near[0]} of the {near[1]} runs within {SHORT} of it were.", ""]
 
 
 def best_line(results: dict, tasks: list[str], mean_rank: dict[str, float]) -> str:

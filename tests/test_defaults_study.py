@@ -36,6 +36,18 @@ def test_table_means_ranks_and_sorts(study):
     assert lines[3] == "| b | 0.900 ±0.000 (1) | 2.000 (2) | 1.50 |"
 
 
+def test_the_verdict_line_counts_flags_among_short_and_near_runs(study):
+    results = {"facts": {"a": [{"value": 0.99, "under_learned": False}, {"value": 0.97, "under_learned": True}],
+                         "b": [{"value": 0.40, "under_learned": True}, {"value": 0.90, "under_learned": False}]},
+               "pretrain": {"a": [{"value": 0.30, "under_learned": False}],
+                            "b": [{"value": 0.35, "under_learned": True}]}}
+    (line, _) = study.verdict_lines(results, ["facts", "pretrain"], ["a", "b"])  # best: facts a 0.98, pretrain a
+    assert "2 of the 3 runs further than 0.02 from their task's best setting were flagged under-learned" in line
+    assert "1 of the 3 runs within 0.02 of it were" in line
+    results["facts"]["a"][0].pop("under_learned")  # a study from before runs recorded the verdict: no line
+    assert study.verdict_lines(results, ["facts", "pretrain"], ["a", "b"]) == []
+
+
 def test_a_method_setting_scales_its_own_rate_and_names_its_schedule(study, tmp_path):
     task = study.TASKS["facts"]
     f = tmp_path / "rows.jsonl"
