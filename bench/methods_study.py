@@ -32,7 +32,10 @@ SEEDS = (0, 1, 2)
 METHOD_ORDER = ("full", "freeze", "lora", "qlora", "ia3", "adapter", "prefix", "prompt")
 VAL_ROWS = 40
 # docs/methods-study.md's runs: the study split over two 1-thread processes run side by side (2 cores)
-RENDERED = ("bench/results/methods_study_a.json", "bench/results/methods_study_b.json")
+# and prompt tuning again after 696960f (its exact match had been scored by batched generation that padded the
+# prompts wrongly): where two files hold a method, the later file's row is rendered
+RENDERED = ("bench/results/methods_study_a.json", "bench/results/methods_study_b.json",
+            "bench/results/methods_study_prompt.json")
 
 
 def _write_rows(rows: list[str], path: Path) -> str:
@@ -141,14 +144,19 @@ def render(paths: tuple[str, ...] = RENDERED) -> str:
     """docs/methods-study.md from the study's JSON files (methods in METHOD_ORDER)."""
     reports = [json.loads((ROOT / p).read_text()) for p in paths]
     report = reports[0]
-    methods = sorted((m for r in reports for m in r["methods"]), key=lambda m: METHOD_ORDER.index(m["method"]))
+    latest = {m["method"]: (m, path) for r, path in zip(reports, paths, strict=True) for m in r["methods"]}
+    methods = sorted((m for m, _ in latest.values()), key=lambda m: METHOD_ORDER.index(m["method"]))
+    replaced = [f"{name} from `{path}`" for name, (_, path) in latest.items()
+                if sum(name == m["method"] for r in reports for m in r["methods"]) > 1]
     commits = sorted({((r["environment"].get("git") or {}).get("commit") or "?")[:7] for r in reports})
     cpu = (report["environment"].get("cpu") or {}).get("model", "?")
     made = "; ".join(f"`{r['command']}` ({r['threads']} thread(s), {r['minutes']:.0f} min) -> `{p}`"
                      for r, p in zip(reports, paths, strict=True))
     lines = ["# Methods at a rate chosen for each (issue 19)", "",
              "Rendered by `python bench/methods_study.py --render > docs/methods-study.md` (a test checks it) from "
-             f"runs made side by side at commit {', '.join(commits)} on {cpu}: {made}.", "",
+             f"runs at commit {', '.join(commits)} on {cpu}: {made}.", "",
+             *([f"Rows run again, the later run's shown: {'; '.join(replaced)}. "
+                + " ".join(r["note"] for r in reports if r.get("note")), ""] if replaced else []),
              f"The quickstart task (order sentence -> JSON), SmolLM2-135M-Instruct, {report['steps']} steps of batch "
              f"{report['batch_size']}, the quickstart's other keys (LoRA/QLoRA r 16, alpha 32, no dropout; the "
              "other methods their defaults). **Rate:** a grid of `tuneforge hpo` over the method's `default_lr` x "
