@@ -74,7 +74,9 @@ def test_same_loss_and_gradients_as_the_plain_loss(base, monkeypatch, method, pr
     for name, g in grads.items():
         ref = plain_grads[name]
         if exact:
-            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6, msg=name)
+            # fp32 summation order only: the tied embedding's gradient (lookup + head) differs by up to ~5e-7 of its
+            # largest entry on an AMX Xeon (2e-6 absolute on entries near 0), so the floor scales with the gradient
+            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6 * max(1.0, ref.abs().max().item()), msg=name)
         else:  # bf16 rounds the head's gradient before (plain: after) the loop's 1/n scale: measured <= 1.1%
             assert (g - ref).norm() <= 2e-2 * ref.norm(), name
             # and it is as near the fp32 reference as the plain bf16 loss's gradient (4-10% away, both)
