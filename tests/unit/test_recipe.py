@@ -86,6 +86,9 @@ def test_lora_open_rate_depends_on_the_stage_kind(stage, want):
     assert default_rate("lora", stage)[0] == want and default_rate("qlora", stage)[0] == want
     assert default_rate("full", stage)[0] == METHODS["full"].default_lr
     assert ("pairs/prompts" in default_rate("lora", stage)[1]) == (want == 2e-4)
+    supervised = want == 2e-3  # IA3 and freeze: the methods study's new rates where measured, the old ones elsewhere
+    assert default_rate("ia3", stage)[0] == (3e-2 if supervised else 3e-3)
+    assert default_rate("freeze", stage)[0] == (3e-4 if supervised else 1e-4)
 
 
 def test_classification_is_sized_to_more_steps(make_config):
@@ -126,7 +129,7 @@ def test_lora_without_a_schedule_trains_at_a_constant_rate_and_says_why(make_con
     assert (again["value"], again["source"]) == ("constant", "config")
 
 
-def test_a_named_schedule_or_warmup_wins_and_other_methods_and_stages_keep_the_schemas(make_config):
+def test_a_named_schedule_or_warmup_wins_and_the_preference_stages_keep_the_schemas(make_config):
     from tuneforge.config.schema import Config
 
     raw = _open_schedule(make_config).model_dump(exclude_unset=True)
@@ -143,15 +146,16 @@ def test_a_named_schedule_or_warmup_wins_and_other_methods_and_stages_keep_the_s
     full = _open_schedule(make_config, method={"name": "full"})  # measured too (docs/defaults-full-schedule.md)
     assert choose(full, 64)["lr_scheduler"]["source"] == "method default"
     assert choose(full, 64)["lr_scheduler"]["value"] == "constant"
-    ia3 = _open_schedule(make_config, method={"name": "ia3"})  # not measured: the schema's
-    assert choose(ia3, 64)["lr_scheduler"]["source"] == "schema" and ia3.training.lr_scheduler == "cosine"
+    for name in ("freeze", "ia3", "adapter", "prefix", "prompt"):  # measured too (docs/defaults-methods.md)
+        other = choose(_open_schedule(make_config, method={"name": name}), 64)["lr_scheduler"]
+        assert (other["value"], other["source"]) == ("constant", "method default"), name
     pretrain = Config.model_validate({**raw, "stage": "pretrain"})
     assert choose(pretrain, 64)["lr_scheduler"]["value"] == "constant"
     dpo = Config.model_validate({**raw, "stage": "dpo"})  # TRL's schedules, not measured: the schema's
     assert choose(dpo, 64)["lr_scheduler"] == {"value": "cosine", "warmup_ratio": 0.03, "warmup_steps": None,
                                                "source": "schema", "why": "the schema's default schedule"}
     assert METHODS["lora"].default_schedule == METHODS["qlora"].default_schedule == "constant"
-    assert METHODS["full"].default_schedule == "constant" and METHODS["freeze"].default_schedule is None
+    assert {m.default_schedule for m in METHODS.values()} == {"constant"}
 
 
 @pytest.mark.parametrize("warmup, want", [(0, [1e-2] * 6), (3, [0.0, 1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2, 1e-2])])

@@ -25,24 +25,30 @@ RL_PEFT = frozenset({"dpo", "ppo", "grpo"}) | PREFERENCE
 RL_COPY = frozenset({"dpo", "grpo"}) | PREFERENCE
 
 # default_lr: the rate of a run that gives no training.learning_rate on a supervised stage; pairs_lr on a
-# preference / RL / reward stage (train/recipe.py default_rate; compare's switched methods). LoRA 2e-3: docs/defaults.md
+# preference / RL / reward stage (train/recipe.py default_rate; compare's switched methods). LoRA: docs/defaults.md;
+# freeze, IA3, adapter, prefix and prompt (rates and constant schedules): docs/defaults-methods.md, where the old rate
+# stays as pairs_lr (the preference and RL stages were not measured)
 METHODS: dict[str, Method] = {
     "full": Method(freeze.apply_full, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=5e-5, saves_whole_model=True,
                    why_not_mergeable="full fine-tuning already saves a whole model", default_schedule="constant"),
-    "freeze": Method(freeze.apply_freeze, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=1e-4,
-                     saves_whole_model=True, why_not_mergeable="partial fine-tuning already saves a whole model"),
+    "freeze": Method(freeze.apply_freeze, LM_AND_CLS | RL_COPY, freeze.load_whole, default_lr=3e-4, pairs_lr=1e-4,
+                     saves_whole_model=True, why_not_mergeable="partial fine-tuning already saves a whole model",
+                     default_schedule="constant"),
     "lora": Method(peft_methods.apply_lora, LM_AND_CLS | RL_PEFT, peft_methods.load_peft, default_lr=2e-3,
                    pairs_lr=2e-4, mergeable=True, save=peft_methods.save_lora, default_schedule="constant"),
     "qlora": Method(peft_methods.apply_qlora, LM | RL_PEFT, peft_methods.load_peft, default_lr=2e-3,
                     pairs_lr=2e-4, quantized_base=True, mergeable=True, default_schedule="constant"),
-    "ia3": Method(peft_methods.apply_ia3, LM_AND_CLS | RL_PEFT, peft_methods.load_peft, default_lr=3e-3,
-                  mergeable=True),
+    "ia3": Method(peft_methods.apply_ia3, LM_AND_CLS | RL_PEFT, peft_methods.load_peft, default_lr=3e-2,
+                  pairs_lr=3e-3, mergeable=True, default_schedule="constant"),
     "adapter": Method(adapter.apply_adapter, LM, adapter.load_run, default_lr=1e-3, save=adapter.save,
-                      why_not_mergeable="a bottleneck adapter has a non-linearity; it cannot fold into a weight"),
-    "prefix": Method(peft_methods.apply_prefix, LM, peft_methods.load_peft, default_lr=1e-2, packing=False,
-                     why_not_mergeable="prefix tuning adds key/value prefixes, not weight deltas"),
-    "prompt": Method(peft_methods.apply_prompt, LM_AND_CLS, peft_methods.load_peft, default_lr=3e-2, packing=False,
-                     why_not_mergeable="prompt tuning adds virtual input tokens, not weight deltas"),
+                      why_not_mergeable="a bottleneck adapter has a non-linearity; it cannot fold into a weight",
+                      default_schedule="constant"),
+    "prefix": Method(peft_methods.apply_prefix, LM, peft_methods.load_peft, default_lr=3e-2, packing=False,
+                     why_not_mergeable="prefix tuning adds key/value prefixes, not weight deltas",
+                     default_schedule="constant"),
+    "prompt": Method(peft_methods.apply_prompt, LM_AND_CLS, peft_methods.load_peft, default_lr=3e-1, packing=False,
+                     why_not_mergeable="prompt tuning adds virtual input tokens, not weight deltas",
+                     default_schedule="constant"),
 }
 
 __all__ = ["METHODS", "LoadBase", "Method", "MethodContext", "check_compat", "count_params"]

@@ -2,8 +2,8 @@
 default rate (each method carries `default_lr`). training.epochs null: enough passes over a small data set to
 learn it, about TARGET_STEPS optimizer steps (TARGET_STEPS_BY_UNIT for classification; at most MAX_EPOCHS
 passes), and one pass over a corpus that gives that many steps or more by itself. training.lr_scheduler not given,
-on a stage in SCHEDULED_STAGES: the method's default_schedule where it has one (LoRA / QLoRA and full
-fine-tuning: constant, no warmup). Explicit keys always win. What was chosen and why goes to the log and to
+on a stage in SCHEDULED_STAGES: the method's default_schedule where it has one (every method today: a constant
+rate, no warmup). Explicit keys always win. What was chosen and why goes to the log and to
 metrics.json's `recipe` block.
 
     recipe = apply_recipe(cfg, n_train_examples, log)   # fills cfg.training in place; returns the recipe block
@@ -27,8 +27,8 @@ MAX_EPOCHS = 20
 # Stages whose loss is a supervised objective over a fixed data set: the recipe sizes their epochs. Preference
 # and RL stages keep one pass (more passes over pairs / prompts overfit the reference or cost generations).
 SIZED_LOSS_UNITS = ("supervised_tokens", "samples")
-# Where a method's default_schedule applies (measured there: docs/defaults-zen4.md, docs/defaults-full-schedule.md;
-# the preference / RL stages go through TRL's own schedules and were not measured).
+# Where a method's default_schedule applies (measured there: docs/defaults-zen4.md, docs/defaults-full-schedule.md,
+# docs/defaults-methods.md; the preference / RL stages go through TRL's own schedules and were not measured).
 SCHEDULED_STAGES = ("sft", "pretrain", "classify")
 
 
