@@ -71,7 +71,8 @@ def _pretrain(make_config, tmp_path, name, rows):
     data = tmp_path / f"{name}.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
     cfg = make_config(stage="pretrain", data__train=str(data), data__eval=str(data), output_dir=str(tmp_path / name),
-                      training__max_steps=15, eval__generate_samples=0, eval__before=False, eval__max_samples=8)
+                      training__max_steps=30, training__lr_scheduler="cosine", eval__generate_samples=0,
+                      eval__before=False, eval__max_samples=8)
     return STAGES["pretrain"](cfg)
 
 
