@@ -49,11 +49,14 @@ def test_the_verdict_line_counts_flags_among_short_and_near_runs(study):
 
 
 def test_a_method_setting_scales_its_own_rate_and_names_its_schedule(study, tmp_path):
+    from tuneforge.methods import METHODS
+
+    assert METHODS["ia3"].default_lr != METHODS["lora"].default_lr  # so the rate below is IA3's, not LoRA's
     task = study.TASKS["facts"]
     f = tmp_path / "rows.jsonl"
     f.write_text("{}\n")
     cfg = study.build_config(task, study.SETTINGS["ia3+constant+lr x3"], "m", f, f, 1, tmp_path / "run", 0)
-    assert cfg.method.name == "ia3" and cfg.training.learning_rate == pytest.approx(3 * 3e-3)  # IA3's rate, not LoRA's
+    assert cfg.method.name == "ia3" and cfg.training.learning_rate == pytest.approx(3 * METHODS["ia3"].default_lr)
     assert cfg.training.lr_scheduler == "constant" and cfg.training.warmup_ratio == 0.0
     plain = study.build_config(task, study.SETTINGS["prefix"], "m", f, f, 1, tmp_path / "run", 0)
     assert plain.method.name == "prefix" and plain.training.learning_rate is None  # the method's default, unnamed
@@ -128,7 +131,8 @@ def test_resume_adds_a_grid_and_keeps_every_earlier_run_and_command(study, tmp_p
 @pytest.mark.parametrize("doc_name, runs", [("defaults.md", "defaults_study.json"),
                                             ("defaults-zen4.md", "defaults_zen4.json"),
                                             ("defaults-dropout-clip.md", "defaults_dropout_clip.json"),
-                                            ("defaults-full-schedule.md", "defaults_full_schedule.json")])
+                                            ("defaults-full-schedule.md", "defaults_full_schedule.json"),
+                                            ("defaults-methods.md", "defaults_methods.json")])
 def test_shipped_doc_is_the_render_of_the_shipped_runs(study, tmp_path, doc_name, runs):
     """docs/defaults.md's (and defaults-zen4.md's) table is computed from its JSON of runs, not typed."""
     doc = ROOT / "docs" / doc_name
