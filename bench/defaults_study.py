@@ -231,8 +231,9 @@ def render(results: dict, tasks: list[str], settings: list[str], seeds: list[int
            f"{len(tasks)} tasks x {len(settings)} settings x {len(seeds)} seed(s) = {len(runs)} runs, "
            f"{wall / 60:.1f} min on {platform.machine()} ({os.cpu_count()} CPUs; machine load not controlled). "
            f"Models: {models['lm']} (causal LM), {models['cls']} (encoder). Each run gives only model, stage, "
-           "method (LoRA, default options) and data; the setting changes what its name says. Cells: the held-out "
-           "metric (mean over seeds ± stdev) and its rank on that task (1 = best); rows sorted by mean rank.", "",
+           "method (LoRA unless the setting names another; its default options) and data; the setting changes what "
+           "its name says. Cells: the held-out metric (mean over seeds ± stdev) and its rank on that task (1 = best); "
+           "rows sorted by mean rank.", "",
            *lines, "",
            f"Recipe of `{settings[0]}` (learning rate, epochs, optimizer steps): " + "; ".join(
                f"{t}: {recipe[t]['learning_rate']:g}, {recipe[t]['epochs']:g}, {recipe[t]['steps']}" for t in recipe)
