@@ -91,9 +91,10 @@ TASKS = {
 }
 # One factor at a time around what ships, plus the combination. "lr xK" / "epochs xK" scale the
 # method's default rate / the recipe's epochs.
+CONSTANT = {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0}  # a constant rate without warmup
 SETTINGS = {
     "defaults": {},
-    "constant": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0},
+    "constant": {**CONSTANT},
     "no-clip": {"training.max_grad_norm": None},
     "dropout-0": {"method.dropout": 0.0},
     "wd-0.01": {"training.weight_decay": 0.01},
@@ -109,17 +110,15 @@ SETTINGS = {
     "lr x5": {"lr_scale": 5.0}, "lr x10": {"lr_scale": 10.0},
     "full": {"method.name": "full"},  # full fine-tuning at its own default rate (5e-5; "full+lr xK" scales it)
     "full+epochs x1/6": {"method.name": "full", "epochs_scale": 1 / 6},
-    "full+constant": {"method.name": "full", "training.lr_scheduler": "constant", "training.warmup_ratio": 0.0},
+    "full+constant": {"method.name": "full", **CONSTANT},
     "full+lr x3": {"method.name": "full", "lr_scale": 3.0}, "full+lr x1/3": {"method.name": "full", "lr_scale": 1 / 3},
-    "constant+no-clip+dropout-0": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,
-                                   "training.max_grad_norm": None, "method.dropout": 0.0},
-    "constant+no-clip+dropout-0+lr x4": {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0,
-                                         "training.max_grad_norm": None, "method.dropout": 0.0, "lr_scale": 4.0},
+    "constant+no-clip+dropout-0": {**CONSTANT, "training.max_grad_norm": None, "method.dropout": 0.0},
+    "constant+no-clip+dropout-0+lr x4": {**CONSTANT, "training.max_grad_norm": None, "method.dropout": 0.0,
+                                         "lr_scale": 4.0},
 }
 # The other methods at their own default rate (the schema's cosine schedule, what ships), at a constant rate, and
 # at a constant rate three and ten times theirs (methods-study.md found most of them at the top edge of their rate
 # grid)
-CONSTANT = {"training.lr_scheduler": "constant", "training.warmup_ratio": 0.0}
 for _m in ("freeze", "ia3", "adapter", "prefix", "prompt"):
     SETTINGS[_m] = {"method.name": _m}
     SETTINGS[f"{_m}+constant"] = {"method.name": _m, **CONSTANT}

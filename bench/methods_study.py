@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -146,8 +147,8 @@ def render(paths: tuple[str, ...] = RENDERED) -> str:
     report = reports[0]
     latest = {m["method"]: (m, path) for r, path in zip(reports, paths, strict=True) for m in r["methods"]}
     methods = sorted((m for m, _ in latest.values()), key=lambda m: METHOD_ORDER.index(m["method"]))
-    replaced = [f"{name} from `{path}`" for name, (_, path) in latest.items()
-                if sum(name == m["method"] for r in reports for m in r["methods"]) > 1]
+    runs = Counter(m["method"] for r in reports for m in r["methods"])
+    replaced = [f"{name} from `{path}`" for name, (_, path) in latest.items() if runs[name] > 1]
     commits = sorted({((r["environment"].get("git") or {}).get("commit") or "?")[:7] for r in reports})
     cpu = (report["environment"].get("cpu") or {}).get("model", "?")
     made = "; ".join(f"`{r['command']}` ({r['threads']} thread(s), {r['minutes']:.0f} min) -> `{p}`"
