@@ -116,14 +116,19 @@ SETTINGS = {
     "constant+no-clip+dropout-0+lr x4": {**CONSTANT, "training.max_grad_norm": None, "method.dropout": 0.0,
                                          "lr_scale": 4.0},
 }
-# The other methods at their own default rate (the schema's cosine schedule, what ships), at a constant rate, and
-# at a constant rate three and ten times theirs (methods-study.md found most of them at the top edge of their rate
-# grid)
+# The other methods at their own default rate and schedule (what ships: since session 16 a constant rate, so `<m>`
+# and `<m>+constant` now train alike; the rendered pages of runs before that say cosine), at a constant rate, and at
+# a constant rate three and ten times theirs (methods-study.md found most of them at the top edge of their rate grid)
 for _m in ("freeze", "ia3", "adapter", "prefix", "prompt"):
     SETTINGS[_m] = {"method.name": _m}
     SETTINGS[f"{_m}+constant"] = {"method.name": _m, **CONSTANT}
     SETTINGS[f"{_m}+constant+lr x3"] = {"method.name": _m, **CONSTANT, "lr_scale": 3.0}
     SETTINGS[f"{_m}+constant+lr x10"] = {"method.name": _m, **CONSTANT, "lr_scale": 10.0}
+# Each method's default before session 16 changed it (docs/defaults-methods.md): its rate then, cosine after 3% warmup
+BEFORE = {"freeze": 1e-4, "ia3": 3e-3, "adapter": 1e-3, "prefix": 1e-2, "prompt": 3e-2}
+for _m, _lr in BEFORE.items():
+    SETTINGS[f"{_m}+before"] = {"method.name": _m, "training.learning_rate": _lr, "training.lr_scheduler": "cosine",
+                                "training.warmup_ratio": 0.03}
 QUICK = {"tasks": ["classify", "facts"], "settings": ["defaults", "constant+no-clip+dropout-0"], "seeds": [0]}
 
 
