@@ -120,6 +120,11 @@ class TrainingConfig(Strict):
     # the fp32 weights and their per-forward casts in memory; they are read back in fp32 from the model's files
     # when training ends (tuneforge/train/frozen.py; measured in docs/benchmarks.md, "Memory").
     frozen_bf16: bool = True
+    # Under bf16 autocast, hold every frozen fp32 weight in bf16 while training (embeddings, norms too), so the hidden
+    # states between layers are bf16 as on a GPU model loaded in bf16: no casts around each layer, half the
+    # activations' bytes, losses within bf16 rounding of the fp32-stream run rather than bit for bit
+    # (tuneforge/train/frozen.py; measured in docs/benchmarks.md). Not for prefix / prompt tuning.
+    bf16_stream: bool = False
     # The LM loss makes the head's logits a chunk of supervised positions at a time, with their gradient at once,
     # so the [positions x vocabulary] logits and log-probabilities never exist whole (~0.5 MB a supervised token
     # on a 49k vocabulary); the same loss and gradients within float rounding (tuneforge/train/chunked_loss.py).

@@ -15,6 +15,13 @@ evaluation, generation and saving afterwards see the model as loaded. Left alone
 (a tied LM head), DoRA's base layers (DoRA adds the base weight to the LoRA product outside a matmul), anything
 already quantized, and runs in fp32 or fp16.
 
+training.bf16_stream holds every other frozen fp32 weight the same way (embeddings, tied heads, norms), so the
+hidden states between layers are bf16 too (what a GPU run on a model loaded in bf16 computes): no fp32 <-> bf16
+cast around each layer, half the activations' bytes, and no longer bit for bit the fp32-stream run (the losses
+agree within bf16 rounding: tests/unit/test_bf16_stream.py). peft's cast of a LoRA input to its fp32 weight's dtype
+is off meanwhile (autocast casts it back at the matmul). Not for prefix or prompt tuning (their fp32 virtual
+tokens would meet bf16 states), nor with fsdp / deepspeed.
+
     with held_in_bf16(model, cfg, precision, log):
         ...  # the training loop
 """
@@ -58,6 +65,20 @@ def frozen_linear_params(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
+def frozen_stream_params(model: nn.Module) -> list[nn.Parameter]:
+    """training.bf16_stream: the frozen fp32 floating parameters frozen_linear_params leaves (embeddings, a tied
+    head, norms, biases), less DoRA's base layers."""
+    linear = {id(p) for p in frozen_linear_params(model)}
+    dora = {id(p) for m in model.modules() if len(getattr(m, "lora_magnitude_vector", ())) and hasattr(m, "base_layer")
+            for p in m.base_layer.parameters()}
+    out, seen = [], set()
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.float32 and id(p) not in linear | dora | seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
 def key_candidates(name: str, prefix: str) -> list[str]:
     """A parameter's name in the (PEFT-wrapped) model -> the names it may have in the checkpoint files: PEFT's
     wrapper prefix and `.base_layer` dropped, then also without the architecture's base_model_prefix (an encoder
@@ -94,17 +115,20 @@ class _Files:
         self.stack.close()
 
 
-def hold(model: nn.Module, model_dir: Path) -> tuple[list[Held], int]:
-    """Put bf16 copies in place of the frozen linear weights that equal their file's tensor; copy every other
-    CPU tensor of the model out of the file mapping. (held, count of candidates kept fp32)."""
+def hold(model: nn.Module, model_dir: Path, stream: bool = False) -> tuple[list[Held], int]:
+    """Put bf16 copies in place of the frozen linear weights (`stream`: every frozen fp32 weight) that equal their
+    file's tensor; copy every other CPU tensor of the model out of the file mapping. (held, count of candidates
+    kept fp32)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     prefix = getattr(base, "base_model_prefix", "")
-    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    names: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):  # a tied weight: every name it goes by
+        names.setdefault(id(p), []).append(n)
     held, kept = [], 0
     with _Files() as files:
         index = files.keys(model_dir)
-        for p in frozen_linear_params(model):
-            found = [k for k in key_candidates(names.get(id(p), ""), prefix) if k in index]
+        for p in frozen_linear_params(model) + (frozen_stream_params(model) if stream else []):
+            found = [k for n in names.get(id(p), []) for k in key_candidates(n, prefix) if k in index]
             if found and torch.equal(files.read(index[found[0]], found[0]).to(device=p.device, dtype=p.dtype), p.data):
                 held.append(Held(p, found[0], index[found[0]]))
             else:
@@ -139,8 +163,16 @@ def restore(held: list[Held]) -> None:
 def applies(cfg, precision: str, world_size: int) -> bool:
     """bf16 autocast, and not sharded (FSDP / DeepSpeed hold the weights themselves)."""
     t = cfg.training
-    return bool(t.frozen_bf16) and precision == "bf16" and not (t.distributed in ("fsdp", "deepspeed")
-                                                                 and world_size > 1)
+    return bool(t.frozen_bf16 or stream_applies(cfg)) and precision == "bf16" \
+        and not (t.distributed in ("fsdp", "deepspeed") and world_size > 1)
+
+
+def stream_applies(cfg) -> bool:
+    """training.bf16_stream, on a method whose trained tensors do not meet the hidden states as inputs."""
+    return bool(cfg.training.bf16_stream) and cfg.method.name not in STREAM_REFUSED
+
+
+STREAM_REFUSED = frozenset({"prefix", "prompt"})  # fp32 virtual tokens / key-value prefixes beside bf16 states
 
 
 @contextmanager
@@ -153,13 +185,33 @@ def held_in_bf16(model: nn.Module, cfg, precision: str, log: Callable[[str], Non
     from tuneforge.models import resolve_model
 
     model_dir = Path(resolve_model(cfg.model))
-    held, kept = hold(model, model_dir)
+    stream = stream_applies(cfg)
+    linear = {id(p) for p in frozen_linear_params(model)}
+    held, kept = hold(model, model_dir, stream)
     if held or kept:
+        n_lin = sum(1 for h in held if id(h.param) in linear)
         n = sum(h.param.numel() for h in held)
-        log(f"frozen weights: {len(held)} linear tensors ({n / 1e6:.1f}M parameters) held in bf16 while training "
-            f"(bf16 autocast rounds them so at every use; fp32 again from {model_dir} after)"
+        log(f"frozen weights: {n_lin} linear tensors" + (f" and {len(held) - n_lin} others (embeddings, norms: "
+                                                          "training.bf16_stream)" if stream else "")
+            + f" ({n / 1e6:.1f}M parameters) held in bf16 while training "
+            + ("(the hidden states between layers are bf16 as well" if stream else
+               "(bf16 autocast rounds them so at every use")
+            + f"; fp32 again from {model_dir} after)"
             + (f"; {kept} kept fp32 (not found as they are in the model's files)" if kept else ""))
     try:
-        yield held
+        with _no_input_casts(model, stream):
+            yield held
     finally:
         restore(held)
+
+
+@contextmanager
+def _no_input_casts(model: nn.Module, on: bool) -> Iterator[None]:
+    """peft's cast of an adapter's input to its weight's dtype off (a bf16 state would go fp32 and back)."""
+    if not (on and hasattr(model, "peft_config")):
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    with disable_input_dtype_casting(model):
+        yield
