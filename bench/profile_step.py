@@ -79,26 +79,32 @@ def levers(model, precision: str, pack_length: int = 512, cfg=None) -> dict[str,
     """name -> (context manager factory: the lever is on inside it, the model as it was after; precision).
     `base` is the bare step (`precision`: what training.precision auto resolved to here); `loop` is the step as
     tuneforge's loop takes it by default (frozen weights held in bf16, per-sample attention, chunked loss)."""
+    from bench.loop_levers import both, loop, loop_compiled, no_dropout, short_path, with_training
+
     from bench import speed_levers as speed
 
     return {
-        "loop": (lambda: _loop(model, cfg, "bf16"), "bf16"),
-        "loop-sdpa": (lambda: _both(_loop(model, cfg, "bf16"), _short_path(0)), "bf16"),
-        "loop+no-dropout": (lambda: _both(_loop(model, cfg, "bf16"), _no_dropout(model)), "bf16"),
+        "loop": (lambda: loop(model, cfg, "bf16"), "bf16"),
+        "loop-sdpa": (lambda: both(loop(model, cfg, "bf16"), short_path(0)), "bf16"),
+        "loop+no-dropout": (lambda: both(loop(model, cfg, "bf16"), no_dropout(model)), "bf16"),
+        # the loop's step (dropout off) through training.compile (dynamic shapes), and with training.bf16_stream
+        "loop+compile": (lambda: loop_compiled(model, cfg), "bf16"),
+        "loop+bf16-stream": (lambda: both(loop(model, with_training(cfg, bf16_stream=True), "bf16"), no_dropout(model)),
+                             "bf16"),
         "base": (contextlib.nullcontext, precision),
         "bf16": (contextlib.nullcontext, "bf16"),
         "fp32": (contextlib.nullcontext, "fp32"),
         "bf16-frozen": (lambda: speed.frozen_in_bf16(model), "bf16"),
         "bf16-frozen+head": (lambda: speed.frozen_in_bf16(model, head=True), "bf16"),
         "packed-attn": (lambda: speed.packed_attention(model), precision),
-        "bf16-frozen+packed-attn": (lambda: _both(speed.frozen_in_bf16(model), speed.packed_attention(model)),
+        "bf16-frozen+packed-attn": (lambda: both(speed.frozen_in_bf16(model), speed.packed_attention(model)),
                                     "bf16"),
         "fp32+packed-attn": (lambda: speed.packed_attention(model), "fp32"),
-        "no-dropout": (lambda: _no_dropout(model), precision),
+        "no-dropout": (lambda: no_dropout(model), precision),
         # per-sample attention with SDPA for every sample (session 13's path, before the plain-ops path for short
         # bf16 samples), and per-sample attention without the LoRA dropout masks
-        "packed-attn-sdpa": (lambda: _both(speed.packed_attention(model), _short_path(0)), precision),
-        "packed-attn+no-dropout": (lambda: _both(speed.packed_attention(model), _no_dropout(model)), precision),
+        "packed-attn-sdpa": (lambda: both(speed.packed_attention(model), short_path(0)), precision),
+        "packed-attn+no-dropout": (lambda: both(speed.packed_attention(model), no_dropout(model)), precision),
         # training.compile (dynamic shapes), and static graphs over rows padded to pack_length (what it was
         # measured against); the first step of each is its compile, reported apart (compare: first_step)
         "compile": (lambda: speed.compiled(model), precision),
@@ -106,53 +112,6 @@ def levers(model, precision: str, pack_length: int = 512, cfg=None) -> dict[str,
         "compile-padded": (lambda: speed.compiled(model, padded_to=pack_length), precision),
         "fp32+compile-padded": (lambda: speed.compiled(model, padded_to=pack_length), "fp32"),
     }
-
-
-@contextlib.contextmanager
-def _loop(model, cfg, precision: str):
-    """What tuneforge's loop turns on around its steps (train/loop.py), decided from `cfg` as the loop decides it
-    (defaults: frozen linear weights held in bf16, per-sample attention, the chunked loss)."""
-    from functools import partial
-
-    from tuneforge.train import frozen
-    from tuneforge.train.attention import per_sample_attention, per_sample_attention_applies
-    from tuneforge.train.chunked_loss import chunked_loss_applies
-    from tuneforge.train.loss import loss_sum
-
-    with frozen.held_in_bf16(model, cfg, precision, lambda _m: None), \
-            per_sample_attention(model, per_sample_attention_applies(cfg.training)):
-        yield model, partial(loss_sum, chunked=chunked_loss_applies(cfg.training))
-
-
-@contextlib.contextmanager
-def _both(first, second):
-    with first as a, second as b:
-        yield a if isinstance(a, tuple) else b
-
-
-@contextlib.contextmanager
-def _short_path(tokens: int):
-    """tuneforge.train.attention.SHORT_SAMPLE_TOKENS set to `tokens` for the duration (0: SDPA for every sample)."""
-    from tuneforge.train import attention
-
-    before, attention.SHORT_SAMPLE_TOKENS = attention.SHORT_SAMPLE_TOKENS, tokens
-    try:
-        yield
-    finally:
-        attention.SHORT_SAMPLE_TOKENS = before
-
-
-@contextlib.contextmanager
-def _no_dropout(model):
-    """Dropout modules switched to eval for the duration (what dropout 0 would cost, without a reload)."""
-    drops = [m for m in model.modules() if isinstance(m, __import__("torch").nn.Dropout)]
-    for m in drops:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m in drops:
-            m.train()
 
 
 def profile(model, optimizer, steps, precision, loss_sum, top: int) -> str:

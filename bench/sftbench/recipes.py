@@ -47,12 +47,12 @@ def _fields(obj: Any, keys: str) -> dict[str, Any]:
     return out
 
 
-def _hf_model(c: Common) -> Any:
+def _hf_model(c: Common, dtype: torch.dtype = torch.float32) -> Any:
     from transformers import AutoModelForCausalLM
 
     from tuneforge.models.load import resolve_model
 
-    return AutoModelForCausalLM.from_pretrained(resolve_model(c.model), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(resolve_model(c.model), dtype=dtype)
 
 
 def _peft_lora(c: Common) -> Any:
@@ -102,7 +102,8 @@ TRL_KEYS = ("gradient_checkpointing bf16 packing packing_strategy padding_free c
             "max_length per_device_train_batch_size learning_rate")
 
 
-def _trl(train: list[Sample], tok: Any, tmp: str, c: Common, **tuned: Any) -> Setup:
+def _trl(train: list[Sample], tok: Any, tmp: str, c: Common, model_dtype: torch.dtype = torch.float32,
+         **tuned: Any) -> Setup:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -112,9 +113,9 @@ def _trl(train: list[Sample], tok: Any, tmp: str, c: Common, **tuned: Any) -> Se
                      max_length=c.max_len, report_to="none", save_strategy="no", seed=c.seed,
                      use_cpu=True,  # without it, TRL's default bf16=True is refused on a machine with no GPU
                      **kwargs)
-    trainer = SFTTrainer(model=_hf_model(c), args=args, train_dataset=data, processing_class=tok,
+    trainer = SFTTrainer(model=_hf_model(c, model_dtype), args=args, train_dataset=data, processing_class=tok,
                          peft_config=_peft_lora(c))
-    settings = {**_fields(args, TRL_KEYS),
+    settings = {**_fields(args, TRL_KEYS), "model_dtype": str(model_dtype).removeprefix("torch."),
                 **{f"resolved_{k}": v for k, v in _fields(trainer, "padding_free completion_only_loss").items()},
                 "tuned": sorted(tuned), "matmul_dtype": "bf16" if args.bf16 else "fp32"}
     return Setup(trainer.model, trainer.train, settings, lambda: trainer.state.global_step)
@@ -131,13 +132,15 @@ def trl_cpu_rows(c: Common, mean_tokens: float) -> int:
     return max(1, round(c.batch * mean_tokens / c.max_len))
 
 
-def recipe_trl_cpu(train: list[Sample], tok: Any, tmp: str, c: Common) -> Setup:
+def recipe_trl_cpu(train: list[Sample], tok: Any, tmp: str, c: Common,
+                   model_dtype: torch.dtype = torch.float32) -> Setup:
     """TRL tuned for a CPU: bf16 autocast, no gradient checkpointing, best-fit-decreasing packing into rows of
     max_length (which turns on TRL's padding-free collator: position ids restart per sample; TRL passes
-    use_cache=False, so transformers builds the block-diagonal SDPA mask from them)."""
+    use_cache=False, so transformers builds the block-diagonal SDPA mask from them). `model_dtype` bf16: the base
+    loaded in bf16 as on a GPU (peft keeps the LoRA weights fp32), so its hidden states are bf16 too."""
     mean = sum(len(tok(render(tok, s), add_special_tokens=False)["input_ids"]) for s in train) / len(train)
-    return _trl(train, tok, tmp, c, bf16=True, gradient_checkpointing=False, packing=True, packing_strategy="bfd",
-                per_device_train_batch_size=trl_cpu_rows(c, mean))
+    return _trl(train, tok, tmp, c, model_dtype, bf16=True, gradient_checkpointing=False, packing=True,
+                packing_strategy="bfd", per_device_train_batch_size=trl_cpu_rows(c, mean))
 
 
 def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common, **keys: Any) -> Setup:
@@ -173,7 +176,8 @@ def recipe_tuneforge(train: list[Sample], tok: Any, tmp: str, c: Common, **keys:
     t = cfg.training
     settings = {**_fields(t, "precision pack_length lr_scheduler warmup_ratio warmup_steps gradient_checkpointing "
                              "weight_decay max_grad_norm batch_size learning_rate epochs trim_memory "
-                             "frozen_bf16 chunked_loss mmap_threshold_kb kernel_cache_entries per_sample_attention"),
+                             "frozen_bf16 bf16_stream chunked_loss mmap_threshold_kb kernel_cache_entries "
+                             "per_sample_attention"),
                 "packing": run.method.packing, "resolved_precision": run.precision, "matmul_dtype": run.precision,
                 "lora": lora, "short_sample_tokens": attention.SHORT_SAMPLE_TOKENS}
     return Setup(model, fit, settings, lambda: result["train"].steps, log)
@@ -223,6 +227,9 @@ RECIPES: dict[str, Callable[[list[Sample], Any, str, Common], Setup]] = {
     "tuneforge-sdpa-samples": lambda train, tok, tmp, c: _sdpa_samples(recipe_tuneforge(train, tok, tmp, c)),
     "tuneforge-dropout0": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, replace(
         c, lora={**c.lora, "dropout": 0.0})),
+    # the hidden states in bf16: tuneforge's training.bf16_stream, and TRL's with its base loaded in bf16
+    "tuneforge-bf16-stream": lambda train, tok, tmp, c: recipe_tuneforge(train, tok, tmp, c, bf16_stream=True),
+    "trl-cpu-bf16-model": lambda train, tok, tmp, c: recipe_trl_cpu(train, tok, tmp, c, torch.bfloat16),
 }
 PEERS = ("seed-fp32", "seed-bf16", "trl-default", "trl-cpu", "tuneforge")  # what `make bench` runs
 DESCRIPTIONS = {
@@ -240,6 +247,9 @@ DESCRIPTIONS = {
     "tuneforge-sdpa-samples": "the same with every packed sample through SDPA's kernel (no plain-ops path for "
                               "short bf16 samples)",
     "tuneforge-dropout0": "the same with LoRA dropout 0 (not a peer setting: the others keep 0.05)",
+    "tuneforge-bf16-stream": "the same with training.bf16_stream (embeddings and norms held in bf16 too: bf16 "
+                             "hidden states)",
+    "trl-cpu-bf16-model": "trl-cpu with the base loaded in bf16 (dtype=torch.bfloat16; peft keeps LoRA in fp32)",
     "trl-cpu-cache64": "trl-cpu with oneDNN's kernel caches bounded to 64 entries each, as tuneforge bounds them",
     "tuneforge-cache1024": "the same with training.kernel_cache_entries null (oneDNN's kernel caches at their "
                            "default 1,024 entries each)",

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -113,6 +114,7 @@ LEVERS = [("tuneforge-trim", "trim_memory", False, True), ("tuneforge-fp32-froze
           ("tuneforge-cache1024", "kernel_cache_entries", 64, None),
           ("tuneforge-masked-attn", "per_sample_attention", True, False),
           ("tuneforge-sdpa-samples", "short_sample_tokens", 256, 0),
+          ("tuneforge-bf16-stream", "bf16_stream", False, True),
           ("tuneforge-dropout0", "lora", {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
            {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})]
 
@@ -144,8 +146,10 @@ def test_a_lever_recipe_differs_from_tuneforge_in_that_key_alone(tiny_model_dir,
     assert settings["tuneforge"] == settings[lever]
 
 
-def test_the_peer_with_bounded_kernel_caches_differs_in_them_alone(tiny_model_dir, tmp_path, monkeypatch):
-    """trl-cpu-cache64 is trl-cpu with the two capacities set before its first matmul (as tuneforge sets them)."""
+def test_the_peers_with_bounded_kernel_caches_or_a_bf16_base_differ_in_that_alone(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    """trl-cpu-cache64 is trl-cpu with the two capacities set before its first matmul (as tuneforge sets them);
+    trl-cpu-bf16-model is trl-cpu with its base loaded in bf16."""
     from sftbench.recipes import RECIPES
     from transformers import AutoTokenizer
 
@@ -158,14 +162,19 @@ def test_the_peer_with_bounded_kernel_caches_differs_in_them_alone(tiny_model_di
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     train, _ = split_rows(load_rows(), 8, 4)
     settings = {}
-    for name in ("trl-cpu", "trl-cpu-cache64"):
+    for name in ("trl-cpu", "trl-cpu-cache64", "trl-cpu-bf16-model"):
         (tmp_path / name).mkdir()
         setup = RECIPES[name](train, tok, str(tmp_path / name), common)
         setup.fit()
         assert setup.steps() == 1
         settings[name] = {k: v for k, v in setup.settings.items() if k != "output_dir"}
+        if name == "trl-cpu-bf16-model":  # the base in bf16, the LoRA weights fp32 (peft's adapter autocast)
+            dtypes = {(p.requires_grad, p.dtype) for p in setup.model.parameters()}
+            assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
     assert settings["trl-cpu-cache64"].pop("kernel_caches") == {name: "64" for name in CAPACITY_ENV}
-    assert settings["trl-cpu"] == settings["trl-cpu-cache64"]
+    assert settings["trl-cpu"].pop("model_dtype") == settings["trl-cpu-cache64"].pop("model_dtype") == "float32"
+    assert settings["trl-cpu-bf16-model"].pop("model_dtype") == "bfloat16"
+    assert settings["trl-cpu"] == settings["trl-cpu-cache64"] == settings["trl-cpu-bf16-model"]
 
 
 def test_the_frozen_bf16_figures_in_the_docs_are_the_jsons():
