@@ -124,6 +124,7 @@ for _m in ("freeze", "ia3", "adapter", "prefix", "prompt"):
     SETTINGS[f"{_m}+constant"] = {"method.name": _m, **CONSTANT}
     SETTINGS[f"{_m}+constant+lr x3"] = {"method.name": _m, **CONSTANT, "lr_scale": 3.0}
     SETTINGS[f"{_m}+constant+lr x10"] = {"method.name": _m, **CONSTANT, "lr_scale": 10.0}
+    SETTINGS[f"{_m}+lr x1/3"] = {"method.name": _m, "lr_scale": 1 / 3}  # the shipped schedule, a third the rate
 # Each method's default before session 16 changed it (docs/defaults-methods.md): its rate then, cosine after 3% warmup
 BEFORE = {"freeze": 1e-4, "ia3": 3e-3, "adapter": 1e-3, "prefix": 1e-2, "prompt": 3e-2}
 for _m, _lr in BEFORE.items():
