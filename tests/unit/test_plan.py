@@ -246,10 +246,11 @@ def test_cli_plan_exit_codes(capsys, monkeypatch):
 
 
 def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch: int, seq: int,
-                        held: bool = False, chunked: bool = False, dropout: float = 0.05) -> int:
+                        held: bool = False, chunked: bool = False, dropout: float = 0.05, stream: bool = False) -> int:
     """Bytes autograd keeps for backward (parameters excluded), counted once per storage. held: the frozen
-    linear weights in bf16, as training.frozen_bf16 holds them (tuneforge/train/frozen.py's selection)."""
-    from tuneforge.train.frozen import frozen_linear_params
+    linear weights in bf16, as training.frozen_bf16 holds them (tuneforge/train/frozen.py's selection); stream:
+    every frozen weight, as training.bf16_stream holds them, with peft's input casts off."""
+    from tuneforge.train.frozen import _no_input_casts, frozen_linear_params, frozen_stream_params
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -258,7 +259,8 @@ def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch:
     elif method == "freeze":
         model.requires_grad_(False)
         model.model.layers[-1].requires_grad_(True)
-    for p in frozen_linear_params(model) if held else []:
+    for p in frozen_linear_params(model) + frozen_stream_params(model) if stream else \
+            frozen_linear_params(model) if held else []:
         p.data = p.data.to(torch.bfloat16)
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -270,7 +272,7 @@ def _saved_tensor_bytes(config: LlamaConfig, method: str, precision: str, batch:
         return t
 
     ids = torch.randint(0, config.vocab_size, (batch, seq))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _no_input_casts(model, stream), \
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
         if chunked:  # training.chunked_loss, as tuneforge's loss calls it (all positions supervised)
             from tuneforge.train.chunked_loss import chunked_cross_entropy, lm_head_parts

@@ -8,6 +8,7 @@ method options are the config's own keys (`r`, `alpha`, `target_modules`, `last_
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from pydantic import BaseModel, ValidationError
 from transformers import PretrainedConfig
@@ -93,6 +94,13 @@ def _per_layer_constant(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem
     return total
 
 
+def streamed(mcfg: BaseModel, p: mem.Precision, bf16_stream: bool) -> bool:
+    """training.bf16_stream reaches this run: bf16-mixed, a method that trains no base weight and puts no fp32
+    virtual tokens beside the hidden states (tuneforge/train/frozen.py)."""
+    m = METHODS[mcfg.name]
+    return bool(bf16_stream and p.autocast and not m.saves_whole_model and mcfg.name not in ("prefix", "prompt"))
+
+
 def chunked_head_applies(lay: mem.Layout, mcfg: BaseModel, chunked_loss: bool) -> bool:
     """training.chunked_loss reaches a causal LM's packed rows; padded methods (prefix, prompt) keep the plain loss."""
     return bool(chunked_loss and lay.vocab and METHODS[mcfg.name].packing)
@@ -101,7 +109,10 @@ def chunked_head_applies(lay: mem.Layout, mcfg: BaseModel, chunked_loss: bool) -
 def activation_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision, *, batch_size: int,
                      seq_len: int, gradient_checkpointing: bool = False, attention: str = "sdpa",
                      supervised_fraction: float = 1.0, frozen_bf16: bool = True,
-                     chunked_loss: bool = True) -> dict[str, float]:
+                     chunked_loss: bool = True, bf16_stream: bool = False) -> dict[str, float]:
+    stream = streamed(mcfg, p, bf16_stream)
+    if stream:  # the hidden states and norm tensors bf16; every frozen weight held in bf16 (no autocast copies)
+        p, frozen_bf16 = replace(p, residual=2), True
     seq = seq_len + (counts.resolved.get("num_virtual_tokens", 0) if mcfg.name in LENGTHENS_SEQUENCE else 0)
     tokens = batch_size * seq
     per_layer = _layer_bytes(lay, counts, mcfg, p, seq, attention)
@@ -118,14 +129,15 @@ def activation_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Pr
         per_tokens = mem.chunked_head(lay, p, logits_tokens, counts.head_trains)
     else:
         per_tokens = logits_tokens * mem.head_per_token(lay, p)
-    head = per_tokens + (2 * lay.head_weight if p.autocast else 0)
-    copies = const_total + (2 * lay.head_weight if p.autocast else 0)  # a subset of the two terms above
+    head_copy = 2 * lay.head_weight if p.autocast and not stream else 0  # the stream holds the head in bf16
+    head = per_tokens + head_copy
+    copies = const_total + head_copy  # a subset of the two terms above
     return {"activations": layers + head, "activations_layers": layers, "activations_head": head,
             "activations_weight_copies": copies}
 
 
 def state_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precision,
-                frozen_bf16: bool = True) -> dict[str, float]:
+                frozen_bf16: bool = True, bf16_stream: bool = False) -> dict[str, float]:
     """Weights (the frozen linear ones held in bf16 under frozen_bf16), gradients, AdamW states and the fp32
     master copy (bf16-master only). Training's footprint: the weights are loaded in fp32 first."""
     added = counts.total - counts.base_total  # adapter parameters, fp32
@@ -134,7 +146,10 @@ def state_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precisi
         weights = quantized * mem.NF4_BYTES_PER_PARAM + (counts.base_total - quantized) * p.weight
     else:
         weights = counts.base_total * p.weight
-    weights += added * mem.ADAPTER_BYTES - held_bf16(lay, counts, mcfg, p, frozen_bf16) * (p.weight - 2)
+    stream = streamed(mcfg, p, bf16_stream)
+    weights += added * mem.ADAPTER_BYTES - held_bf16(lay, counts, mcfg, p, frozen_bf16 or stream) * (p.weight - 2)
+    if stream:  # the rest of the base too: embeddings, norms, an untied head
+        weights -= (counts.base_total - lay.backbone_linear_params) * (p.weight - 2)
     base_trainable, adapter_trainable = counts.trainable_base, counts.trainable - counts.trainable_base
     return {
         "weights": weights,
@@ -147,7 +162,8 @@ def state_bytes(lay: mem.Layout, counts: Counts, mcfg: BaseModel, p: mem.Precisi
 def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_size: int, seq_len: int,
              precision: str = "fp32", budget_gb: float | None = None, gradient_checkpointing: bool = False,
              attention: str = "sdpa", supervised_fraction: float = 1.0, classifier: bool | None = None,
-             frozen_bf16: bool = True, chunked_loss: bool = True, **method_params) -> dict:
+             frozen_bf16: bool = True, chunked_loss: bool = True, bf16_stream: bool = False,
+             **method_params) -> dict:
     """Parameter counts and training memory (bytes and GiB) of `method` on `config`; no weights loaded.
 
     config: a transformers config, or a name/directory for load_arch_config. method: a method name (its
@@ -156,6 +172,7 @@ def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_s
     over fp32 weights) or bf16-master. classifier: a sequence-classification model (default: encoders).
     frozen_bf16: training.frozen_bf16 (bf16-mixed only: frozen linear weights held in bf16 while training).
     chunked_loss: training.chunked_loss (a causal LM's head and loss a chunk of positions at a time).
+    bf16_stream: training.bf16_stream (bf16-mixed: every frozen weight held in bf16, bf16 hidden states).
     """
     mcfg = method_config(method, **method_params)
     if isinstance(config, str):
@@ -164,11 +181,11 @@ def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_s
     meta = build_meta_model(config, classifier)
     lay = mem.layout(meta)  # before the method wraps the Linear layers
     counts = count_params(meta, mcfg)
-    parts = {**state_bytes(lay, counts, mcfg, p, frozen_bf16),
+    parts = {**state_bytes(lay, counts, mcfg, p, frozen_bf16, bf16_stream),
              **activation_bytes(lay, counts, mcfg, p, batch_size=batch_size, seq_len=seq_len,
                                 gradient_checkpointing=gradient_checkpointing, attention=attention,
                                 supervised_fraction=supervised_fraction, frozen_bf16=frozen_bf16,
-                                chunked_loss=chunked_loss)}
+                                chunked_loss=chunked_loss, bf16_stream=bf16_stream)}
     total = parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["master_weights"] + parts["activations"]
     gib = {k: mem.gib(v) for k, v in parts.items()}
     return {
@@ -180,6 +197,7 @@ def estimate(config: PretrainedConfig | str, method: str | BaseModel, *, batch_s
                      "gradient_checkpointing": gradient_checkpointing, "attention": attention,
                      "supervised_fraction": supervised_fraction, "task": meta.task,
                      "frozen_bf16": bool(frozen_bf16 and p.autocast),
+                     "bf16_stream": streamed(mcfg, p, bf16_stream),
                      "chunked_loss": chunked_head_applies(lay, mcfg, chunked_loss)},
         "bytes": {**{k: int(v) for k, v in parts.items()}, "total": int(total)},
         "gib": {**gib, "total": mem.gib(total)},

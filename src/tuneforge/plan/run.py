@@ -120,6 +120,7 @@ def _estimates(args: argparse.Namespace) -> list[dict]:
     common = dict(batch_size=training.batch_size, seq_len=training.max_length, budget_gb=budget,
                   precision=_precision(args.precision or training.precision),
                   gradient_checkpointing=training.gradient_checkpointing, frozen_bf16=training.frozen_bf16,
+                  bf16_stream=training.bf16_stream,
                   chunked_loss=chunked_loss_applies(training),
                   attention=args.attention,
                   supervised_fraction=args.supervised_fraction,
