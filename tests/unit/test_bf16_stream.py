@@ -100,3 +100,17 @@ def test_an_encoder_under_a_task_head_trains_on_a_bf16_stream(make_config, tiny_
     before, after = metrics["eval_before"], metrics["eval_after"]
     assert math.isfinite(metrics["train"]["final_loss"]) and after["loss"] < before["loss"]
     assert after["accuracy"] >= before["accuracy"]
+
+
+def test_a_qlora_base_trains_on_a_bf16_stream(make_config, tmp_path):
+    """4-bit linear weights are not held (not float); the norms and the embedding are, and the run learns."""
+    cfg = _config(make_config, tmp_path, "qlora", training__bf16_stream=True, training__learning_rate=1e-2,
+                  method={"name": "qlora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"})
+    dtypes: list[torch.dtype] = []
+    model, result, lines, loaded, seen = _train(cfg, "bf16", lambda m: _layer_dtypes(m, dtypes))
+    losses = [h["loss"] for h in result.history]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < 0.7 * losses[0], losses
+    assert set(dtypes) == {torch.bfloat16} and seen == [torch.bfloat16] * 6  # embedding + 5 norms
+    [line] = [x for x in lines if x.startswith("frozen weights: ")]
+    assert line.startswith("frozen weights: 0 linear tensors and 6 others")
+    assert all(torch.equal(p, loaded[n]) for n, p in model.named_parameters() if not p.requires_grad)
