@@ -132,7 +132,8 @@ def test_resume_adds_a_grid_and_keeps_every_earlier_run_and_command(study, tmp_p
                                             ("defaults-zen4.md", "defaults_zen4.json"),
                                             ("defaults-dropout-clip.md", "defaults_dropout_clip.json"),
                                             ("defaults-full-schedule.md", "defaults_full_schedule.json"),
-                                            ("defaults-methods.md", "defaults_methods.json")])
+                                            ("defaults-methods.md", "defaults_methods.json"),
+                                            ("defaults-methods-quickstart.md", "defaults_methods_quickstart.json")])
 def test_shipped_doc_is_the_render_of_the_shipped_runs(study, tmp_path, doc_name, runs):
     """docs/defaults.md's (and defaults-zen4.md's) table is computed from its JSON of runs, not typed."""
     doc = ROOT / "docs" / doc_name

@@ -2,9 +2,9 @@
 default rate (each method carries `default_lr`). training.epochs null: enough passes over a small data set to
 learn it, about TARGET_STEPS optimizer steps (TARGET_STEPS_BY_UNIT for classification; at most MAX_EPOCHS
 passes), and one pass over a corpus that gives that many steps or more by itself. training.lr_scheduler not given,
-on a stage in SCHEDULED_STAGES: the method's default_schedule where it has one (every method today: a constant
-rate, no warmup). Explicit keys always win. What was chosen and why goes to the log and to
-metrics.json's `recipe` block.
+on a stage in SCHEDULED_STAGES: the method's default_schedule where it has one (a constant rate, no warmup: every
+method but bottleneck adapters, which keep the schema's cosine). Explicit keys always win. What was chosen and
+why goes to the log and to metrics.json's `recipe` block.
 
     recipe = apply_recipe(cfg, n_train_examples, log)   # fills cfg.training in place; returns the recipe block
 """
