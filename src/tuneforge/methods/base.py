@@ -50,5 +50,6 @@ class Method:
     # The LR schedule of a supervised run that names no training.lr_scheduler (train/recipe.py); None: the schema's
     # (cosine after 3% warmup). "constant" (no warmup) where the defaults study found it learns more in the same
     # steps (LoRA: docs/defaults-zen4.md; full fine-tuning: docs/defaults-full-schedule.md; the others:
-    # docs/defaults-methods.md), which is every method today.
+    # docs/defaults-methods.md), which is every method today but bottleneck adapters
+    # (docs/defaults-methods-quickstart.md).
     default_schedule: str | None = None

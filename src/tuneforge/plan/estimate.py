@@ -19,6 +19,7 @@ from tuneforge.errors import ConfigError, UserError
 from tuneforge.methods import METHODS
 from tuneforge.plan.archs import build_meta_model, load_arch_config
 from tuneforge.plan.params import Counts, count_params
+from tuneforge.train.frozen import STREAM_REFUSED
 
 DORA_TEMP_FACTOR = 1.5  # DoRA keeps weight-sized tensors per adapted module: ~1.5 elements/param measured
 Extra = Callable[[mem.Layout, Counts, mem.Precision], float]
@@ -98,7 +99,7 @@ def streamed(mcfg: BaseModel, p: mem.Precision, bf16_stream: bool) -> bool:
     """training.bf16_stream reaches this run: bf16-mixed, a method that trains no base weight and puts no fp32
     virtual tokens beside the hidden states (tuneforge/train/frozen.py)."""
     m = METHODS[mcfg.name]
-    return bool(bf16_stream and p.autocast and not m.saves_whole_model and mcfg.name not in ("prefix", "prompt"))
+    return bool(bf16_stream and p.autocast and not m.saves_whole_model and mcfg.name not in STREAM_REFUSED)
 
 
 def chunked_head_applies(lay: mem.Layout, mcfg: BaseModel, chunked_loss: bool) -> bool:

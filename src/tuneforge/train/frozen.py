@@ -51,8 +51,7 @@ class Held:
 def frozen_linear_params(model: nn.Module) -> list[nn.Parameter]:
     """The frozen fp32 weights and biases of nn.Linear layers, less those tied to an embedding and DoRA bases."""
     embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    dora_bases = {id(m.base_layer) for m in model.modules()
-                  if len(getattr(m, "lora_magnitude_vector", ())) and hasattr(m, "base_layer")}
+    dora_bases = {id(m) for m in _dora_bases(model)}
     out, seen = [], set()
     for module in model.modules():
         if not isinstance(module, nn.Linear) or id(module) in dora_bases:
@@ -65,12 +64,17 @@ def frozen_linear_params(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
+def _dora_bases(model: nn.Module) -> list[nn.Module]:
+    """The base layers under DoRA modules (DoRA adds the base weight to the LoRA product outside a matmul)."""
+    return [m.base_layer for m in model.modules()
+            if len(getattr(m, "lora_magnitude_vector", ())) and hasattr(m, "base_layer")]
+
+
 def frozen_stream_params(model: nn.Module) -> list[nn.Parameter]:
     """training.bf16_stream: the frozen fp32 floating parameters frozen_linear_params leaves (embeddings, a tied
     head, norms, biases), less DoRA's base layers."""
     linear = {id(p) for p in frozen_linear_params(model)}
-    dora = {id(p) for m in model.modules() if len(getattr(m, "lora_magnitude_vector", ())) and hasattr(m, "base_layer")
-            for p in m.base_layer.parameters()}
+    dora = {id(p) for base in _dora_bases(model) for p in base.parameters()}
     out, seen = [], set()
     for p in model.parameters():
         if not p.requires_grad and p.dtype == torch.float32 and id(p) not in linear | dora | seen:
@@ -167,12 +171,12 @@ def applies(cfg, precision: str, world_size: int) -> bool:
         and not (t.distributed in ("fsdp", "deepspeed") and world_size > 1)
 
 
+STREAM_REFUSED = frozenset({"prefix", "prompt"})  # fp32 virtual tokens / key-value prefixes beside bf16 states
+
+
 def stream_applies(cfg) -> bool:
     """training.bf16_stream, on a method whose trained tensors do not meet the hidden states as inputs."""
     return bool(cfg.training.bf16_stream) and cfg.method.name not in STREAM_REFUSED
-
-
-STREAM_REFUSED = frozenset({"prefix", "prompt"})  # fp32 virtual tokens / key-value prefixes beside bf16 states
 
 
 @contextmanager
