@@ -43,7 +43,12 @@ def test_the_verdict_line_counts_flags_among_short_and_near_runs(study):
                             "b": [{"value": 0.35, "under_learned": True}]}}
     (line, _) = study.verdict_lines(results, ["facts", "pretrain"], ["a", "b"])  # best: facts a 0.98, pretrain a
     assert "2 of the 3 runs further than 0.02 from their task's best setting were flagged under-learned" in line
-    assert "1 of the 3 runs within 0.02 of it were" in line
+    assert "1 of the 3 runs within 0.02 of it were" in line and "rising" not in line
+    results["facts"]["b"][0]["diverged"] = True  # recorded since session 18: the line says how many rose
+    results["facts"]["a"][0]["diverged"] = False
+    (line, _) = study.verdict_lines(results, ["facts", "pretrain"], ["a", "b"])
+    assert ("A rising training loss (`diverged`, with a lower rate suggested) was flagged in 1 of the short runs "
+            "and 0 of the near ones.") in line
     results["facts"]["a"][0].pop("under_learned")  # a study from before runs recorded the verdict: no line
     assert study.verdict_lines(results, ["facts", "pretrain"], ["a", "b"]) == []
 

@@ -111,3 +111,36 @@ def test_a_tail_flattened_by_a_decayed_schedule_warns():
     # and a decayed schedule whose loss had settled before the rate decayed is not flagged either
     settled = [{"step": i + 1, "loss": v, "lr": lr} for i, (v, lr) in enumerate(zip(_plateau(n), lrs, strict=True))]
     assert check_learning(settled, [], learning_rate=1e-3, epochs=19)["under_learned"] is False
+
+
+def _rose(n=60):  # falls to 0.4 by step 20, then climbs back to ~2.0 (a rate too high: the run ends worse)
+    return [2.5 - 2.1 * i / 19 if i < 20 else 0.4 + 1.6 * min(1.0, (i - 20) / 15) + 0.02 * (-1) ** i
+            for i in range(n)]
+
+
+def test_a_loss_that_rose_again_says_so_and_suggests_a_lower_rate():
+    verdict = check_learning(_curve(_rose()), [], learning_rate=3e-3, epochs=3, max_grad_norm=None, warmup=0.0)
+    assert verdict["diverged"] is True and verdict["under_learned"] is False
+    rise = verdict["rise"]
+    assert rise["lowest_mean_loss"] < 0.6 and rise["tail_mean_loss"] == pytest.approx(2.0, abs=0.03)
+    assert rise["tail_steps"] == [41, 60] and rise["gave_back"] > 0.7
+    reason = verdict["reasons"][0]
+    assert "rose again" in reason and "steps 41-60" in reason and f"{rise['tail_mean_loss']:.3f}" in reason
+    assert verdict["suggestions"] == ["a lower rate: training.learning_rate=0.001",
+                                      "clipping: training.max_grad_norm=1.0", "a warmup: training.warmup_ratio=0.03"]
+    assert "more epochs" not in warning_text(verdict) and warning_text(verdict).startswith(
+        "warning: the run's training loss rose again")
+    assert "the rate may be too high" in "\n".join(learning_lines(verdict))
+    # clipped and warmed up already: only the lower rate is suggested
+    assert check_learning(_curve(_rose()), [], learning_rate=3e-3, max_grad_norm=1.0, warmup=0.03)[
+        "suggestions"] == ["a lower rate: training.learning_rate=0.001"]
+
+
+@pytest.mark.parametrize("losses", [
+    [2.5 - 2.1 * i / 19 if i < 20 else 0.4 + 0.1 * (-1) ** i for i in range(60)],  # noisy plateau: no rise
+    [2.5 * math.exp(-i / 4) + 0.01 + (0.03 if i > 40 else 0.0) for i in range(60)],  # up from 0.01 to 0.04: < HIGH
+    [2.5 - 0.5 * i / 19 if i < 20 else 2.0 + 0.6 * min(1.0, (i - 20) / 15) for i in range(60)],  # 2.0 -> 2.6: gave
+])  # back more than a quarter of a 0.5 drop, but 2.6 < 1.5 x 2.0: no rise
+def test_noise_and_small_rises_are_not_divergence(losses):
+    verdict = check_learning(_curve(losses), [], learning_rate=1e-3, max_grad_norm=1.0, warmup=0.0)
+    assert verdict["diverged"] is False and verdict["rise"] is None

@@ -2,7 +2,10 @@
 periodic evaluations and the gradient norms, and say so when the run stopped while still learning: the loss
 still high and still falling over the last part of the curve, or the eval metric still improving at the last
 evaluations. The verdict carries the numbers that led to it and what to change (more epochs, a higher rate, no
-clipping when the gradient norm sat above max_grad_norm on most steps). Pure: no I/O, no torch.
+clipping when the gradient norm sat above max_grad_norm on most steps). The other way a run fails quietly is
+also said: a training loss that fell and then rose again (a rate too high for the method: the run ends worse than
+it was midway, often at an exact match of 0), with a lower rate, clipping and warmup as the suggestions. Pure: no
+I/O, no torch.
 
     verdict = check_learning(history, evals, metric_names=("loss",), learning_rate=2e-4, epochs=3,
                              max_grad_norm=1.0)
@@ -23,6 +26,8 @@ BARELY = 0.10  # the tail's mean loss within 10% of the first steps' mean: the l
 EVAL_GAIN = 0.01  # an eval metric still improving: each of the last two evaluations gains this much (relative)
 MID_FALLING = 0.25  # the fitted line drops by >= 25% of the middle third's mean level across it: falling fast
 DECAYED = 0.3  # the last third's mean learning rate at most 30% of the run's peak: the schedule has decayed
+RISE = 1.5  # the last third's mean loss at least 1.5x the lowest windowed mean before it: the loss rose ...
+GAVE_BACK = 0.25  # ... and gave back at least a quarter of the drop from the first steps to that lowest point
 CLIPPED = 0.5  # share of steps whose gradient norm exceeded max_grad_norm before it is called "most steps"
 
 
@@ -79,6 +84,34 @@ def schedule_flattened(history: list[dict]) -> dict | None:
             "tail_steps": [tail[0][0], tail[-1][0]], "tail_rate_share_of_peak": ratio}
 
 
+def loss_rise(history: list[dict]) -> dict | None:
+    """A loss that rose: the last third's mean against the lowest point before it (the first logged loss, or the
+    lowest mean over a window of max(3, n/10) logged steps), >= RISE times it at a level >= HIGH, having given back
+    >= GAVE_BACK of the drop from the first window to that lowest point (a run that blew up at once never dropped:
+    it counts). None when the curve did not rise so, or is too short."""
+    points = [(h["step"], h["loss"]) for h in history
+              if isinstance(h.get("loss"), (int, float)) and math.isfinite(h["loss"])]
+    if len(points) < MIN_STEPS:
+        return None
+    width = max(3, len(points) // 10)
+    tail = points[-max(4, round(len(points) * TAIL)):]
+    before = points[: len(points) - len(tail)]
+    if len(before) < width:
+        return None
+    means = [sum(v for _, v in before[i: i + width]) / width for i in range(len(before) - width + 1)]
+    low = min(range(len(means)), key=means.__getitem__)
+    lowest, lowest_steps = means[low], [before[low][0], before[low + width - 1][0]]
+    if points[0][1] < lowest:  # nothing after the first step got as low as the untrained model's loss
+        lowest, lowest_steps = points[0][1], [points[0][0], points[0][0]]
+    start, end = means[0], sum(v for _, v in tail) / len(tail)
+    drop = start - lowest
+    if end < HIGH or end < RISE * lowest or (end - lowest) < GAVE_BACK * drop:
+        return None
+    return {"start_mean_loss": start, "lowest_mean_loss": lowest, "lowest_steps": lowest_steps,
+            "tail_steps": [tail[0][0], tail[-1][0]], "tail_mean_loss": end,
+            "gave_back": (end - lowest) / drop if drop > 0 else None}
+
+
 def eval_trend(evals: list[dict], metric_names: Sequence[str]) -> dict | None:
     """The first of `metric_names` the evaluations carry at three evaluations or more (a task metric before the
     loss), its last three values, and whether it improved at each of the last two by at least EVAL_GAIN (loss:
@@ -107,9 +140,11 @@ def clipping(history: list[dict], max_grad_norm: float | None) -> dict | None:
 
 def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequence[str] = ("loss",),
                    learning_rate: float | None = None, epochs: float | None = None,
-                   max_steps: int | None = None, max_grad_norm: float | None = None) -> dict:
-    """The verdict metrics.json keeps as `learning`: under_learned, the measured trends, the reasons (with
-    their numbers) and suggestions. `evals` are the periodic evaluations plus the final one, in step order."""
+                   max_steps: int | None = None, max_grad_norm: float | None = None,
+                   warmup: float | None = None) -> dict:
+    """The verdict metrics.json keeps as `learning`: under_learned, diverged (the loss rose again; then the
+    reasons and suggestions are that, not under-learning's), the measured trends, the reasons (with their
+    numbers) and suggestions. `evals` are the periodic evaluations plus the final one, in step order."""
     loss = loss_trend(history) if "loss" in metric_names else None
     trend = eval_trend(evals, metric_names)
     clip = clipping(history, max_grad_norm)
@@ -132,7 +167,21 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
     if trend and trend["still_improving"]:
         values = " -> ".join(f"{v:.4g}" for v in trend["last_values"])
         reasons.append(f"eval {trend['metric']} still improving at the last evaluations: {values}")
+    rise = loss_rise(history) if "loss" in metric_names else None
     suggestions = []
+    if rise:  # a rising loss is no under-learning: a longer run or a higher rate would make it worse
+        reasons, (a, b), (c, d) = [], rise["lowest_steps"], rise["tail_steps"]
+        low, end = rise["lowest_mean_loss"], rise["tail_mean_loss"]
+        rise_reasons = [f"training loss rose again: {low:.3f} at its lowest (steps {a}-{b}), {end:.3f} over steps "
+                        f"{c}-{d}, giving back {rise['gave_back']:.0%} of its drop from {rise['start_mean_loss']:.3f}"
+                        if a != b else f"training loss rose from the start: {low:.3f} at step {a}, {end:.3f} over "
+                        f"steps {c}-{d} ({end / low:.1f}x)"]
+        rate = f"training.learning_rate={_fmt(learning_rate / 3)}" if learning_rate else "a lower learning rate"
+        suggestions.append(f"a lower rate: {rate}")
+        if max_grad_norm is None:
+            suggestions.append("clipping: training.max_grad_norm=1.0")
+        if warmup == 0:  # (warmup: the run's warmup_steps, else its warmup_ratio; None: not known)
+            suggestions.append("a warmup: training.warmup_ratio=0.03")
     if reasons:
         more = (f"training.max_steps={max_steps * 2}" if max_steps else
                 f"training.epochs={_fmt(epochs * 2)}" if epochs else "more epochs (or training.max_steps)")
@@ -145,8 +194,8 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
             suggestions.append(f"no clipping: training.max_grad_norm=null (the gradient norm, median "
                                f"{clip['median_grad_norm']:.3g}, was above {_fmt(max_grad_norm)} on "
                                f"{clip['clipped_share']:.0%} of steps, so every such step was cut)")
-    return {"under_learned": bool(reasons), "reasons": reasons, "suggestions": suggestions,
-            "loss": loss, "eval": trend, "clipping": clip}
+    return {"under_learned": bool(reasons), "diverged": bool(rise), "reasons": reasons if not rise else rise_reasons,
+            "suggestions": suggestions, "loss": loss, "eval": trend, "clipping": clip, "rise": rise}
 
 
 def verdict_for_run(training, metric_names: Sequence[str], history: list[dict], evals: list[dict],
@@ -155,7 +204,8 @@ def verdict_for_run(training, metric_names: Sequence[str], history: list[dict], 
     (counted as the last evaluation point)."""
     points = [*evals, *([after] if after else [])]
     return check_learning(history, points, metric_names=metric_names, learning_rate=training.learning_rate,
-                          epochs=training.epochs, max_steps=training.max_steps, max_grad_norm=training.max_grad_norm)
+                          epochs=training.epochs, max_steps=training.max_steps, max_grad_norm=training.max_grad_norm,
+                          warmup=training.warmup_steps or training.warmup_ratio)
 
 
 def _fmt(value: float) -> str:
@@ -166,6 +216,9 @@ def learning_lines(verdict: dict | None) -> list[str]:
     """report.md's section: the warning with its reasons and suggestions, or one line that the curve settled."""
     if not verdict:
         return []
+    if verdict.get("diverged"):
+        return ["", "## Learning: the training loss rose again (the rate may be too high)", "",
+                *(f"- {r}" for r in verdict["reasons"]), "", "Try:", *(f"- {s}" for s in verdict["suggestions"])]
     if not verdict["under_learned"]:
         return ["", "## Learning", "", "The training curve settled before the end of the run (no sign of "
                 "under-learning in the last third of the loss curve or the last evaluations)."]
@@ -174,6 +227,9 @@ def learning_lines(verdict: dict | None) -> list[str]:
 
 
 def warning_text(verdict: dict) -> str:
-    """The log line of an under-learned run."""
+    """The log line of an under-learned run, or of one whose loss rose again."""
+    if verdict.get("diverged"):
+        return ("warning: the run's training loss rose again: " + "; ".join(verdict["reasons"])
+                + ". Try " + "; ".join(verdict["suggestions"]))
     return ("warning: the run may have under-learned: " + "; ".join(verdict["reasons"])
             + ". Try " + "; ".join(verdict["suggestions"]))
