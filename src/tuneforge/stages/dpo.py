@@ -153,7 +153,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, *, on_eval: Callable[[i
     trained = train_with_callbacks(
         cfg, out, lambda callbacks, counter: build_trainer(cfg, model, run.tokenizer, data.train, out, precision,
                                                            callbacks, counter, run.log),
-        evaluate, on_eval, resumed_from, run.log)
+        evaluate, on_eval, resumed_from, run.log, precision=precision)
     trainer, result = trained.trainer, trained.result
 
     after, section = {}, ""

@@ -164,10 +164,10 @@ def restore(held: list[Held]) -> None:
             h.param.data = weight
 
 
-def applies(cfg, precision: str, world_size: int) -> bool:
+def applies(cfg, precision: str, world_size: int, stream: bool = True) -> bool:
     """bf16 autocast, and not sharded (FSDP / DeepSpeed hold the weights themselves)."""
     t = cfg.training
-    return bool(t.frozen_bf16 or stream_applies(cfg)) and precision == "bf16" \
+    return bool(t.frozen_bf16 or (stream and stream_applies(cfg))) and precision == "bf16" \
         and not (t.distributed in ("fsdp", "deepspeed") and world_size > 1)
 
 
@@ -179,17 +179,33 @@ def stream_applies(cfg) -> bool:
     return bool(cfg.training.bf16_stream) and cfg.method.name not in STREAM_REFUSED
 
 
+def held_for_trainer(model: nn.Module, cfg, precision: str, log: Callable[[str], None], world_size: int = 1):
+    """held_in_bf16 for a TRL preference Trainer (the DPO, KTO, ORPO and SimPO stages): the frozen linear weights
+    only (training.frozen_bf16), and only for a method whose checkpoints hold its adapter alone. The Trainer's
+    checkpoints of a whole model (full, freeze) would take the held bf16 weights, and its saved peft state can take
+    embedding layers, so neither freeze nor bf16_stream's embeddings are held there. Not for GRPO: TRL generates
+    outside autocast (fp32 inputs would meet bf16 weights)."""
+    from tuneforge.methods import METHODS
+
+    if cfg.training.bf16_stream and precision == "bf16":
+        log("training.bf16_stream: not on this stage's Trainer (its checkpoints can save embedding layers); "
+            "the frozen linear weights are held in bf16 (training.frozen_bf16) where that is on")
+    whole = METHODS[cfg.method.name].saves_whole_model
+    return held_in_bf16(model, cfg, precision, log, world_size, stream=False, held=not whole)
+
+
 @contextmanager
-def held_in_bf16(model: nn.Module, cfg, precision: str, log: Callable[[str], None], world_size: int = 1
-                 ) -> Iterator[list[Held]]:
-    """Inside: the frozen weights held in bf16 when `applies`; after, in fp32 again (also on an exception)."""
-    if not applies(cfg, precision, world_size):
+def held_in_bf16(model: nn.Module, cfg, precision: str, log: Callable[[str], None], world_size: int = 1,
+                 stream: bool = True, held: bool = True) -> Iterator[list[Held]]:
+    """Inside: the frozen weights held in bf16 when `applies` (and `held`; training.bf16_stream's others only when
+    `stream`); after, in fp32 again (also on an exception)."""
+    if not (held and applies(cfg, precision, world_size, stream)):
         yield []
         return
     from tuneforge.models import resolve_model
 
     model_dir = Path(resolve_model(cfg.model))
-    stream = stream_applies(cfg)
+    stream = stream and stream_applies(cfg)
     linear = {id(p) for p in frozen_linear_params(model)}
     held, kept = hold(model, model_dir, stream)
     if held or kept:

@@ -23,7 +23,8 @@ from transformers import TrainerCallback
 
 from tuneforge.config.schema import Config
 from tuneforge.data.templates import ALPACA_TEMPLATE
-from tuneforge.train import hf_bridge
+from tuneforge.train import distributed as ddp
+from tuneforge.train import frozen, hf_bridge
 from tuneforge.train.guards import run_guards
 from tuneforge.train.loop import TrainResult
 from tuneforge.train.precision import autocast
@@ -167,7 +168,7 @@ class Trained:
 
 def train_with_callbacks(cfg: Config, out, build: Callable[[list[TrainerCallback], Counter], object],
                          evaluate: Callable[[], dict] | None, on_eval: Callable[[int, dict], None] | None,
-                         resumed_from: str | None, log: Callable[[str], None]) -> Trained:
+                         resumed_from: str | None, log: Callable[[str], None], precision: str = "fp32") -> Trained:
     """Train a preference stage's TRL trainer, made by `build(callbacks, counter)`, with tuneforge's callbacks:
     per-step stats and periodic evaluation (`evaluate`, every training.eval_steps), the signal / non-finite
     guard and the metric log. A signal or too many non-finite steps raise here (guard.raise_if_stopped)."""
@@ -179,8 +180,9 @@ def train_with_callbacks(cfg: Config, out, build: Callable[[list[TrainerCallback
     trainer = build([stats, guard, metric_log], counter)  # the guard after the evaluation: a signal there stops
     if resumed_from:                                        # this step
         log(f"resuming from {resumed_from}")
-    try:
-        trainer.train(resume_from_checkpoint=resumed_from)
+    try:  # under bf16 autocast the frozen linear weights are held in bf16 while training (train/frozen.py)
+        with frozen.held_for_trainer(trainer.model, cfg, precision, log, ddp.world_size()):
+            trainer.train(resume_from_checkpoint=resumed_from)
     finally:
         guard.restore_signals()  # also when train() raises: on_train_end is skipped then
     guard.raise_if_stopped()
