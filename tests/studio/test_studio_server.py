@@ -217,6 +217,25 @@ def test_memory_per_method_is_plans_estimate_for_the_stage(studio, tiny_model_di
     assert outside.status_code == 400
 
 
+def test_the_memory_estimate_follows_the_forms_bf16_keys(studio, tiny_model_dir):
+    """training.frozen_bf16 / bf16_stream / chunked_loss as the form sends them reach plan's estimate."""
+    from tuneforge.plan import estimate, load_arch_config
+
+    form = {"model": str(tiny_model_dir), "stage": "sft", "training.batch_size": "4", "training.max_length": "128",
+            "training.precision": "bf16-mixed"}
+    keys = {"training.frozen_bf16": "false", "training.bf16_stream": "true", "training.chunked_loss": False}
+    with studio() as client:
+        default = client.post("/api/plan", json=form).json()
+        chosen = client.post("/api/plan", json={**form, **keys}).json()
+    config = load_arch_config(str(tiny_model_dir))
+    for plan, kwargs in ((default, {}), (chosen, {"frozen_bf16": False, "bf16_stream": True, "chunked_loss": False})):
+        lora = next(r for r in plan["rows"] if r["method"] == "lora")
+        want = estimate(config, "lora", batch_size=4, seq_len=128, precision="bf16-mixed", **kwargs)
+        assert lora["gib"] == pytest.approx(want["gib"]["total"])
+    gib = [next(r["gib"] for r in p["rows"] if r["method"] == "lora") for p in (default, chosen)]
+    assert gib[0] != pytest.approx(gib[1])  # the keys changed the estimate
+
+
 def test_trainer_stages_log_live_too_and_nan_reaches_the_page_as_null(make_config, tmp_path):
     """dpo / grpo train through the HF Trainer: its log callback appends each logged step to train_log.jsonl;
     a non-finite loss (a skipped step) is null in what the studio sends."""

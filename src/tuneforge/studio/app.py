@@ -222,9 +222,17 @@ def create_app(runs_dir: Path, roots: list[Path] | None = None, api_key: str | N
             batch, length = int(form.get("training.batch_size") or 8), int(form.get("training.max_length") or 1024)
         except ValueError:
             raise UserError("training.batch_size and training.max_length must be whole numbers") from None
+
+        def flag(key: str, default: bool) -> bool:  # a form's checkbox: "true" / "false" / true / false / unset
+            value = form.get(key)
+            return default if value in (None, "") else str(value).lower() == "true"
+
         return plan_methods(model, str(form.get("stage") or "sft"), batch_size=batch, max_length=length,
                             precision=str(form.get("training.precision") or "auto"),
-                            gradient_checkpointing=str(form.get("training.gradient_checkpointing")) == "true")
+                            gradient_checkpointing=flag("training.gradient_checkpointing", False),
+                            frozen_bf16=flag("training.frozen_bf16", True),
+                            bf16_stream=flag("training.bf16_stream", False),
+                            chunked_loss=flag("training.chunked_loss", True))
 
     def chat_args(name: str, body: dict[str, Any]) -> tuple:
         conversations = {side: body.get(side) for side in ("base", "tuned") if isinstance(body.get(side), list)}

@@ -22,8 +22,10 @@ def _precision(name: str) -> str:
 
 
 def plan_methods(model: str, stage: str, *, batch_size: int = 8, max_length: int = 1024, precision: str = "auto",
-                 gradient_checkpointing: bool = False) -> dict[str, Any]:
-    """{"budget_gib", "precision", "rows": [{"method", "gib", "trainable_params", "fits"} or {"method", "error"}]}."""
+                 gradient_checkpointing: bool = False, frozen_bf16: bool = True, bf16_stream: bool = False,
+                 chunked_loss: bool = True) -> dict[str, Any]:
+    """{"budget_gib", "precision", "rows": [{"method", "gib", "trainable_params", "fits"} or {"method", "error"}]}.
+    frozen_bf16, bf16_stream, chunked_loss: the form's training keys of those names (the schema's defaults)."""
     from tuneforge.methods import METHODS
     from tuneforge.plan import estimate, load_arch_config
     from tuneforge.stage_info import stage_info
@@ -31,7 +33,8 @@ def plan_methods(model: str, stage: str, *, batch_size: int = 8, max_length: int
     budget = psutil.virtual_memory().total / 2**30
     config = load_arch_config(model)
     common = dict(batch_size=batch_size, seq_len=max_length, budget_gb=budget, precision=_precision(precision),
-                  gradient_checkpointing=gradient_checkpointing, classifier=stage_info(stage).has_labels)
+                  gradient_checkpointing=gradient_checkpointing, classifier=stage_info(stage).has_labels,
+                  frozen_bf16=frozen_bf16, bf16_stream=bf16_stream, chunked_loss=chunked_loss)
     rows = []
     for name, method in METHODS.items():
         if stage not in method.stages:
