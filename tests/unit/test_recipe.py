@@ -89,6 +89,8 @@ def test_lora_open_rate_depends_on_the_stage_kind(stage, want):
     supervised = want == 2e-3  # IA3 and freeze: the methods study's new rates where measured, the old ones elsewhere
     assert default_rate("ia3", stage)[0] == (1e-2 if supervised else 3e-3)
     assert default_rate("freeze", stage)[0] == (3e-4 if supervised else 1e-4)
+    if stage in ("sft", "classify"):  # prompt tuning runs there (not on the preference / RL stages): 1e-1 since
+        assert default_rate("prompt", stage)[0] == 1e-1  # session 18 (docs/defaults-methods.md)
 
 
 def test_classification_is_sized_to_more_steps(make_config):
