@@ -42,8 +42,8 @@ from tuneforge.models.classifier import load_base_classifier
 from tuneforge.report.learning import verdict_for_run, warning_text
 from tuneforge.report.write import write_report
 from tuneforge.stage_info import StageInfo, stage_info
+from tuneforge.train import contention, wall
 from tuneforge.train import distributed as ddp
-from tuneforge.train import wall
 from tuneforge.train.cost import cost_block
 from tuneforge.train.guards import check_resume_config, saved_precision
 from tuneforge.train.kernel_cache import bound_kernel_caches
@@ -68,6 +68,7 @@ class StageRun:
     precision: str = "fp32"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # training.device, resolved
     recipe: dict = field(default_factory=dict)  # what train.recipe chose for the keys the config left open
+    cpu_start: contention.Sample | None = None  # begin's sample: other processes' CPU use is judged from it
 
     @property
     def main(self) -> bool:
@@ -77,7 +78,7 @@ class StageRun:
 def begin(cfg: Config, log: Callable[[str], None] = print) -> StageRun:
     """Join the process group if launched distributed (other ranks log nothing), check the config, load the
     tokenizer. Nothing is written."""
-    wall_start = wall.start()  # this process's clock; a resume adds the earlier processes' seconds (train/wall.py)
+    wall_start, cpu_start = wall.start(), contention.sample()  # (wall.start: a resume adds earlier processes' seconds)
     info = stage_info(cfg.stage)
     check_config(cfg)
     caches = bound_kernel_caches(cfg.training.kernel_cache_entries)  # before the first matmul (precision probe)
@@ -89,7 +90,7 @@ def begin(cfg: Config, log: Callable[[str], None] = print) -> StageRun:
         log("kernel caches: " + ", ".join(f"{k}={v}" for k, v in caches.items()) + " (training.kernel_cache_entries;"
             " the environment's values win)")
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    return StageRun(cfg, info, log, tokenizer, METHODS[cfg.method.name], wall_start, device=device)
+    return StageRun(cfg, info, log, tokenizer, METHODS[cfg.method.name], wall_start, device=device, cpu_start=cpu_start)
 
 
 def load_data(run: StageRun) -> StageData:
@@ -101,6 +102,10 @@ def load_data(run: StageRun) -> StageData:
     for split in data.summary:
         run.log("data: " + counts_line(split, data.summary[split]))
     run.recipe = apply_recipe(run.cfg, len(data.train), run.log, ddp.world_size())  # before config.yaml is written
+    busy = contention.warning(run.cpu_start, contention.sample_after(run.cpu_start), torch.get_num_threads()) \
+        if run.device.type == "cpu" and ddp.world_size() == 1 else None  # (ranks on one machine are not others)
+    if busy:
+        run.log(busy)
     return data
 
 
