@@ -59,7 +59,7 @@ def test_a_run_beside_a_busy_process_says_so(make_config, busy_process, monkeypa
 
     from tuneforge.stages import STAGES
 
-    monkeypatch.setattr(torch, "get_num_threads", lambda: contention.cpus())  # the default: one thread per CPU
+    monkeypatch.setattr(torch, "get_num_threads", lambda: max(2, contention.cpus()))  # the default: a thread a CPU
     cfg = make_config(training__max_steps=2, eval__generate_samples=0, eval__before=False)
     lines: list[str] = []
     STAGES["sft"].run(cfg, lines.append)
