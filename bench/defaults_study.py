@@ -179,7 +179,7 @@ def run_one(task_name: str, setting_name: str, model: str, seed: int, work: str,
     return {"value": metrics["eval_after"][task.metric], "seconds": time.perf_counter() - started,
             "steps": metrics["train"]["steps"], "learning_rate": metrics["recipe"]["learning_rate"]["value"],
             "epochs": metrics["recipe"]["epochs"]["value"], "under_learned": metrics["learning"]["under_learned"],
-            "diverged": metrics["learning"].get("diverged", False),
+            "diverged": metrics["learning"].get("diverged", False), "stuck": metrics["learning"].get("stuck", False),
             "precision": metrics["train"]["precision"], "cpu": _cpu_model()}
 
 
@@ -255,7 +255,7 @@ def verdict_lines(results: dict, tasks: list[str], settings: list[str]) -> list[
     """How the run's own under-learned verdict (metrics.json `learning`, tuneforge/report/learning.py) matched
     the outcome: runs further than SHORT from the best setting's mean on their task against runs within it."""
     short, near = [0, 0], [0, 0]  # [flagged, runs]
-    rose = [0, 0]  # runs whose loss rose (the `diverged` verdict, recorded since session 18): [short, near]
+    rose, stuck = [0, 0], [0, 0]  # the `diverged` / `stuck` verdicts (recorded since session 18): [short, near]
     for t in tasks:
         means = [statistics.mean(r["value"] for r in results[t][s]) for s in settings if results[t].get(s)]
         if not means:
@@ -269,12 +269,13 @@ def verdict_lines(results: dict, tasks: list[str], settings: list[str]) -> list[
                 tally[0] += bool(r["under_learned"])
                 tally[1] += 1
                 rose[tally is near] += bool(r.get("diverged"))
+                stuck[tally is near] += bool(r.get("stuck"))
     return [f"The runs' own under-learned verdict (metrics.json `learning`) against the outcome: "
             f"{short[0]} of the {short[1]} runs further than {SHORT} from their task's best setting were flagged "
             f"under-learned; {near[0]} of the {near[1]} runs within {SHORT} of it were."
             + (f" A rising training loss (`diverged`, with a lower rate suggested) was flagged in {rose[0]} of the "
-               f"short runs and {rose[1]} of the near ones." if any("diverged" in r for t in tasks for s in settings
-                                                                    for r in results[t].get(s, [])) else ""), ""]
+               f"short runs and {rose[1]} of the near ones; a high flat end (`stuck`) in {stuck[0]} and {stuck[1]}."
+               if any("diverged" in r for t in tasks for s in settings for r in results[t].get(s, [])) else ""), ""]
 
 
 def best_line(results: dict, tasks: list[str], mean_rank: dict[str, float]) -> str:

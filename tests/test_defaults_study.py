@@ -48,7 +48,7 @@ def test_the_verdict_line_counts_flags_among_short_and_near_runs(study):
     results["facts"]["a"][0]["diverged"] = False
     (line, _) = study.verdict_lines(results, ["facts", "pretrain"], ["a", "b"])
     assert ("A rising training loss (`diverged`, with a lower rate suggested) was flagged in 1 of the short runs "
-            "and 0 of the near ones.") in line
+            "and 0 of the near ones; a high flat end (`stuck`) in 0 and 0.") in line
     results["facts"]["a"][0].pop("under_learned")  # a study from before runs recorded the verdict: no line
     assert study.verdict_lines(results, ["facts", "pretrain"], ["a", "b"]) == []
 

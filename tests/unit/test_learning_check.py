@@ -144,3 +144,37 @@ def test_a_loss_that_rose_again_says_so_and_suggests_a_lower_rate():
 def test_noise_and_small_rises_are_not_divergence(losses):
     verdict = check_learning(_curve(losses), [], learning_rate=1e-3, max_grad_norm=1.0, warmup=0.0)
     assert verdict["diverged"] is False and verdict["rise"] is None
+
+
+def test_the_study_adapter_run_that_sat_high_is_flagged_stuck_with_its_spike():
+    """The real curve of the defaults study's adapter at x10 on facts (bench/results/adapter_x10_facts_log.json,
+    exact match 0.000): 11.1 at step 1, 54.4 at step 4, then flat near 3.0 for 19 epochs. Neither rising nor
+    falling at the end; flagged as stuck, with the spike named and a lower rate suggested."""
+    import json
+    from pathlib import Path
+
+    saved = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" /
+                        "adapter_x10_facts_log.json").read_text())
+    verdict = check_learning(saved["history"], [], learning_rate=saved["learning_rate"], epochs=saved["epochs"],
+                             max_grad_norm=saved["max_grad_norm"], warmup=0.0)
+    assert verdict["stuck"] is True and verdict["diverged"] is False and verdict["under_learned"] is False
+    plateau = verdict["plateau"]
+    assert plateau["spike"] == {"step": 4, "loss": 54.4125} and 2.5 < plateau["tail_mean_loss"] < 3.5
+    reason = verdict["reasons"][0]
+    assert "stayed at" in reason and "after 19 passes" in reason and "rose to 54.413 at step 4" in reason
+    assert verdict["suggestions"] == ["a lower rate: training.learning_rate=0.00333"]
+    assert warning_text(verdict).startswith("warning: the run's training loss stayed high")
+    assert "did not fit its data" in "\n".join(learning_lines(verdict))
+
+
+def test_a_high_flat_end_without_a_spike_suggests_a_higher_rate_and_a_bigger_method():
+    flat = [3.0 + 0.02 * (-1) ** i for i in range(60)]
+    flat[:6] = [6.0, 5.0, 4.5, 4.0, 3.5, 3.2]  # a first drop, then flat (a loss that barely moved is under-learned)
+    verdict = check_learning(_curve(flat), [], learning_rate=1e-3, epochs=10, max_grad_norm=1.0)
+    assert verdict["stuck"] is True and verdict["plateau"]["spike"] is None
+    assert verdict["suggestions"] == ["a higher rate: training.learning_rate=0.003",
+                                      "a method that trains more weights (lora, or full fine-tuning)"]
+    # the same curve over fewer passes (a corpus seen twice), or a low plateau, or a run given max_steps: not judged
+    assert check_learning(_curve(flat), [], learning_rate=1e-3, epochs=2)["stuck"] is False
+    assert check_learning(_curve([v / 4 for v in flat]), [], learning_rate=1e-3, epochs=10)["stuck"] is False
+    assert check_learning(_curve(flat), [], learning_rate=1e-3, epochs=10, max_steps=60)["stuck"] is False

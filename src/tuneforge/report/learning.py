@@ -4,8 +4,9 @@ still high and still falling over the last part of the curve, or the eval metric
 evaluations. The verdict carries the numbers that led to it and what to change (more epochs, a higher rate, no
 clipping when the gradient norm sat above max_grad_norm on most steps). The other way a run fails quietly is
 also said: a training loss that fell and then rose again (a rate too high for the method: the run ends worse than
-it was midway, often at an exact match of 0), with a lower rate, clipping and warmup as the suggestions. Pure: no
-I/O, no torch.
+it was midway, often at an exact match of 0), with a lower rate, clipping and warmup as the suggestions; and a loss
+that sat high and flat after five or more passes over the same rows (`stuck`: the run did not fit its data; a lower
+rate when the loss spiked in its first steps, else a higher one). Pure: no I/O, no torch.
 
     verdict = check_learning(history, evals, metric_names=("loss",), learning_rate=2e-4, epochs=3,
                              max_grad_norm=1.0)
@@ -28,6 +29,9 @@ MID_FALLING = 0.25  # the fitted line drops by >= 25% of the middle third's mean
 DECAYED = 0.3  # the last third's mean learning rate at most 30% of the run's peak: the schedule has decayed
 RISE = 1.5  # the last third's mean loss at least 1.5x the lowest windowed mean before it: the loss rose ...
 GAVE_BACK = 0.25  # ... and gave back at least a quarter of the drop from the first steps to that lowest point
+STUCK_PASSES = 5  # a run over the same rows this many times or more ...
+STUCK_LOSS = 1.0  # ... whose flat last third still averages this (nats per unit) or more has not fit its data
+SPIKE = 1.2  # the first tenth's highest loss at least 1.2x the first: the rate threw the model off at the start
 CLIPPED = 0.5  # share of steps whose gradient norm exceeded max_grad_norm before it is called "most steps"
 
 
@@ -112,6 +116,22 @@ def loss_rise(history: list[dict]) -> dict | None:
             "gave_back": (end - lowest) / drop if drop > 0 else None}
 
 
+def stuck_high(history: list[dict], loss: dict | None, passes: float | None) -> dict | None:
+    """A flat, high end after many passes over the same rows (>= STUCK_PASSES epochs, the last third at
+    >= STUCK_LOSS and not falling): the run did not fit data it saw that often. `spike` when the loss first rose
+    to >= SPIKE x its first value within the first tenth of the steps (a rate too high, then a plateau)."""
+    if not loss or passes is None or passes < STUCK_PASSES or loss["tail_mean_loss"] < STUCK_LOSS \
+            or loss["tail_relative_drop"] >= FALLING:
+        return None
+    early = [h for h in history[: max(3, len(history) // 10)]
+             if isinstance(h.get("loss"), (int, float)) and math.isfinite(h["loss"])]
+    top = max(early, key=lambda h: h["loss"]) if early else None
+    spike = top if top and top["loss"] >= SPIKE * loss["first_loss"] else None
+    return {"passes": passes, "tail_mean_loss": loss["tail_mean_loss"], "tail_steps": loss["tail_steps"],
+            "first_loss": loss["first_loss"],
+            "spike": {"step": spike["step"], "loss": spike["loss"]} if spike else None}
+
+
 def eval_trend(evals: list[dict], metric_names: Sequence[str]) -> dict | None:
     """The first of `metric_names` the evaluations carry at three evaluations or more (a task metric before the
     loss), its last three values, and whether it improved at each of the last two by at least EVAL_GAIN (loss:
@@ -168,7 +188,20 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
         values = " -> ".join(f"{v:.4g}" for v in trend["last_values"])
         reasons.append(f"eval {trend['metric']} still improving at the last evaluations: {values}")
     rise = loss_rise(history) if "loss" in metric_names else None
+    stuck = None if rise or reasons else stuck_high(history, loss, None if max_steps else epochs)
     suggestions = []
+    if stuck:  # neither falling nor rising: flat at a loss a model reaches well below after this many passes
+        (a, b), spike = stuck["tail_steps"], stuck["spike"]
+        reasons = [f"training loss stayed at {stuck['tail_mean_loss']:.3f} over steps {a}-{b} after "
+                   f"{_fmt(stuck['passes'])} passes over the same rows (started at {stuck['first_loss']:.3f}): "
+                   "the run did not fit its data"
+                   + (f"; it first rose to {spike['loss']:.3f} at step {spike['step']}, the sign of a rate too high"
+                      if spike else "")]
+        rate = (learning_rate / 3 if spike else learning_rate * 3) if learning_rate else None
+        word = "a lower rate" if spike else "a higher rate"
+        suggestions.append(f"{word}: training.learning_rate={_fmt(rate)}" if rate else word)
+        if not spike:
+            suggestions.append("a method that trains more weights (lora, or full fine-tuning)")
     if rise:  # a rising loss is no under-learning: a longer run or a higher rate would make it worse
         reasons, (a, b), (c, d) = [], rise["lowest_steps"], rise["tail_steps"]
         low, end = rise["lowest_mean_loss"], rise["tail_mean_loss"]
@@ -182,7 +215,7 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
             suggestions.append("clipping: training.max_grad_norm=1.0")
         if warmup == 0:  # (warmup: the run's warmup_steps, else its warmup_ratio; None: not known)
             suggestions.append("a warmup: training.warmup_ratio=0.03")
-    if reasons:
+    if reasons and not stuck:
         more = (f"training.max_steps={max_steps * 2}" if max_steps else
                 f"training.epochs={_fmt(epochs * 2)}" if epochs else "more epochs (or training.max_steps)")
         suggestions.append(f"train longer: {more}")
@@ -194,8 +227,9 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
             suggestions.append(f"no clipping: training.max_grad_norm=null (the gradient norm, median "
                                f"{clip['median_grad_norm']:.3g}, was above {_fmt(max_grad_norm)} on "
                                f"{clip['clipped_share']:.0%} of steps, so every such step was cut)")
-    return {"under_learned": bool(reasons), "diverged": bool(rise), "reasons": reasons if not rise else rise_reasons,
-            "suggestions": suggestions, "loss": loss, "eval": trend, "clipping": clip, "rise": rise}
+    return {"under_learned": bool(reasons) and not stuck, "diverged": bool(rise), "stuck": bool(stuck),
+            "reasons": reasons if not rise else rise_reasons, "suggestions": suggestions, "loss": loss, "eval": trend,
+            "clipping": clip, "rise": rise, "plateau": stuck}
 
 
 def verdict_for_run(training, metric_names: Sequence[str], history: list[dict], evals: list[dict],
@@ -216,6 +250,9 @@ def learning_lines(verdict: dict | None) -> list[str]:
     """report.md's section: the warning with its reasons and suggestions, or one line that the curve settled."""
     if not verdict:
         return []
+    if verdict.get("stuck"):
+        return ["", "## Learning: the training loss stayed high (the run did not fit its data)", "",
+                *(f"- {r}" for r in verdict["reasons"]), "", "Try:", *(f"- {s}" for s in verdict["suggestions"])]
     if verdict.get("diverged"):
         return ["", "## Learning: the training loss rose again (the rate may be too high)", "",
                 *(f"- {r}" for r in verdict["reasons"]), "", "Try:", *(f"- {s}" for s in verdict["suggestions"])]
@@ -227,7 +264,10 @@ def learning_lines(verdict: dict | None) -> list[str]:
 
 
 def warning_text(verdict: dict) -> str:
-    """The log line of an under-learned run, or of one whose loss rose again."""
+    """The log line of an under-learned run, of one whose loss rose again, or of one stuck high."""
+    if verdict.get("stuck"):
+        return ("warning: the run's training loss stayed high: " + "; ".join(verdict["reasons"])
+                + ". Try " + "; ".join(verdict["suggestions"]))
     if verdict.get("diverged"):
         return ("warning: the run's training loss rose again: " + "; ".join(verdict["reasons"])
                 + ". Try " + "; ".join(verdict["suggestions"]))

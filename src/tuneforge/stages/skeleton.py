@@ -282,7 +282,7 @@ def finish(run: StageRun, model, outcome: Outcome) -> Path:
         "recipe": run.recipe,
         "learning": verdict_for_run(cfg.training, run.info.metrics, history, outcome.result.evals, outcome.after),
     }
-    if metrics["learning"]["under_learned"] or metrics["learning"]["diverged"]:
+    if any(metrics["learning"][k] for k in ("under_learned", "diverged", "stuck")):
         run.log(warning_text(metrics["learning"]))
     write_report(out, metrics, outcome.generations, history, outcome.result.evals, dump_config(cfg),
                  extra=outcome.section)
