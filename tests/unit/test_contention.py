@@ -60,8 +60,11 @@ def test_a_run_beside_a_busy_process_says_so(make_config, busy_process, monkeypa
     from tuneforge.stages import STAGES
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: max(2, contention.cpus()))  # the default: a thread a CPU
+    wait = contention.sample_after  # the tiny model starts in less than MIN_WINDOW: a real model's start is longer
+    monkeypatch.setattr(contention, "sample_after", lambda start: wait(start, at_least=0.5))
     cfg = make_config(training__max_steps=2, eval__generate_samples=0, eval__before=False)
     lines: list[str] = []
     STAGES["sft"].run(cfg, lines.append)
     busy = [x for x in lines if x.startswith("warning: other processes kept")]
     assert len(busy) == 1 and "OMP_NUM_THREADS=" in busy[0], lines
+
