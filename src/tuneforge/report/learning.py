@@ -162,9 +162,10 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
                    learning_rate: float | None = None, epochs: float | None = None,
                    max_steps: int | None = None, max_grad_norm: float | None = None,
                    warmup: float | None = None) -> dict:
-    """The verdict metrics.json keeps as `learning`: under_learned, diverged (the loss rose again; then the
-    reasons and suggestions are that, not under-learning's), the measured trends, the reasons (with their
-    numbers) and suggestions. `evals` are the periodic evaluations plus the final one, in step order."""
+    """The verdict metrics.json keeps as `learning`: under_learned, diverged (the loss rose again) or stuck (flat
+    and high after many passes; for either of those the reasons and suggestions are its own, not
+    under-learning's), the measured trends, the reasons (with their numbers) and suggestions. `evals` are the
+    periodic evaluations plus the final one, in step order."""
     loss = loss_trend(history) if "loss" in metric_names else None
     trend = eval_trend(evals, metric_names)
     clip = clipping(history, max_grad_norm)
@@ -190,7 +191,20 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
     rise = loss_rise(history) if "loss" in metric_names else None
     stuck = None if rise or reasons else stuck_high(history, loss, None if max_steps else epochs)
     suggestions = []
-    if stuck:  # neither falling nor rising: flat at a loss a model reaches well below after this many passes
+    if rise:  # a rising loss is no under-learning: a longer run or a higher rate would make it worse
+        (a, b), (c, d) = rise["lowest_steps"], rise["tail_steps"]
+        low, end = rise["lowest_mean_loss"], rise["tail_mean_loss"]
+        reasons = [f"training loss rose again: {low:.3f} at its lowest (steps {a}-{b}), {end:.3f} over steps "
+                   f"{c}-{d}, giving back {rise['gave_back']:.0%} of its drop from {rise['start_mean_loss']:.3f}"
+                   if a != b else f"training loss rose from the start: {low:.3f} at step {a}, {end:.3f} over "
+                   f"steps {c}-{d} ({end / low:.1f}x)"]
+        rate = f"training.learning_rate={_fmt(learning_rate / 3)}" if learning_rate else "a lower learning rate"
+        suggestions.append(f"a lower rate: {rate}")
+        if max_grad_norm is None:
+            suggestions.append("clipping: training.max_grad_norm=1.0")
+        if warmup == 0:  # (warmup: the run's warmup_steps, else its warmup_ratio; None: not known)
+            suggestions.append("a warmup: training.warmup_ratio=0.03")
+    elif stuck:  # neither falling nor rising: flat at a loss a model reaches well below after this many passes
         (a, b), spike = stuck["tail_steps"], stuck["spike"]
         reasons = [f"training loss stayed at {stuck['tail_mean_loss']:.3f} over steps {a}-{b} after "
                    f"{_fmt(stuck['passes'])} passes over the same rows (started at {stuck['first_loss']:.3f}): "
@@ -202,20 +216,7 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
         suggestions.append(f"{word}: training.learning_rate={_fmt(rate)}" if rate else word)
         if not spike:
             suggestions.append("a method that trains more weights (lora, or full fine-tuning)")
-    if rise:  # a rising loss is no under-learning: a longer run or a higher rate would make it worse
-        reasons, (a, b), (c, d) = [], rise["lowest_steps"], rise["tail_steps"]
-        low, end = rise["lowest_mean_loss"], rise["tail_mean_loss"]
-        rise_reasons = [f"training loss rose again: {low:.3f} at its lowest (steps {a}-{b}), {end:.3f} over steps "
-                        f"{c}-{d}, giving back {rise['gave_back']:.0%} of its drop from {rise['start_mean_loss']:.3f}"
-                        if a != b else f"training loss rose from the start: {low:.3f} at step {a}, {end:.3f} over "
-                        f"steps {c}-{d} ({end / low:.1f}x)"]
-        rate = f"training.learning_rate={_fmt(learning_rate / 3)}" if learning_rate else "a lower learning rate"
-        suggestions.append(f"a lower rate: {rate}")
-        if max_grad_norm is None:
-            suggestions.append("clipping: training.max_grad_norm=1.0")
-        if warmup == 0:  # (warmup: the run's warmup_steps, else its warmup_ratio; None: not known)
-            suggestions.append("a warmup: training.warmup_ratio=0.03")
-    if reasons and not stuck:
+    elif reasons:
         more = (f"training.max_steps={max_steps * 2}" if max_steps else
                 f"training.epochs={_fmt(epochs * 2)}" if epochs else "more epochs (or training.max_steps)")
         suggestions.append(f"train longer: {more}")
@@ -227,9 +228,9 @@ def check_learning(history: list[dict], evals: list[dict], *, metric_names: Sequ
             suggestions.append(f"no clipping: training.max_grad_norm=null (the gradient norm, median "
                                f"{clip['median_grad_norm']:.3g}, was above {_fmt(max_grad_norm)} on "
                                f"{clip['clipped_share']:.0%} of steps, so every such step was cut)")
-    return {"under_learned": bool(reasons) and not stuck, "diverged": bool(rise), "stuck": bool(stuck),
-            "reasons": reasons if not rise else rise_reasons, "suggestions": suggestions, "loss": loss, "eval": trend,
-            "clipping": clip, "rise": rise, "plateau": stuck}
+    return {"under_learned": bool(reasons) and not (rise or stuck), "diverged": bool(rise), "stuck": bool(stuck),
+            "reasons": reasons, "suggestions": suggestions, "loss": loss, "eval": trend, "clipping": clip,
+            "rise": rise, "plateau": stuck}
 
 
 def verdict_for_run(training, metric_names: Sequence[str], history: list[dict], evals: list[dict],
@@ -246,30 +247,31 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+# (report.md's heading, the log line's opening) of each verdict that warns, in the order they are looked for
+WARNINGS = {"stuck": ("the training loss stayed high (the run did not fit its data)",
+                      "the run's training loss stayed high"),
+            "diverged": ("the training loss rose again (the rate may be too high)",
+                         "the run's training loss rose again"),
+            "under_learned": ("this run stopped while still learning", "the run may have under-learned")}
+
+
+def _warned(verdict: dict) -> str | None:
+    return next((k for k in WARNINGS if verdict.get(k)), None)
+
+
 def learning_lines(verdict: dict | None) -> list[str]:
     """report.md's section: the warning with its reasons and suggestions, or one line that the curve settled."""
     if not verdict:
         return []
-    if verdict.get("stuck"):
-        return ["", "## Learning: the training loss stayed high (the run did not fit its data)", "",
-                *(f"- {r}" for r in verdict["reasons"]), "", "Try:", *(f"- {s}" for s in verdict["suggestions"])]
-    if verdict.get("diverged"):
-        return ["", "## Learning: the training loss rose again (the rate may be too high)", "",
-                *(f"- {r}" for r in verdict["reasons"]), "", "Try:", *(f"- {s}" for s in verdict["suggestions"])]
-    if not verdict["under_learned"]:
+    kind = _warned(verdict)
+    if kind is None:
         return ["", "## Learning", "", "The training curve settled before the end of the run (no sign of "
                 "under-learning in the last third of the loss curve or the last evaluations)."]
-    return ["", "## Learning: this run stopped while still learning", "",
+    return ["", f"## Learning: {WARNINGS[kind][0]}", "",
             *(f"- {r}" for r in verdict["reasons"]), "", "Try:", *(f"- {s}" for s in verdict["suggestions"])]
 
 
 def warning_text(verdict: dict) -> str:
     """The log line of an under-learned run, of one whose loss rose again, or of one stuck high."""
-    if verdict.get("stuck"):
-        return ("warning: the run's training loss stayed high: " + "; ".join(verdict["reasons"])
-                + ". Try " + "; ".join(verdict["suggestions"]))
-    if verdict.get("diverged"):
-        return ("warning: the run's training loss rose again: " + "; ".join(verdict["reasons"])
-                + ". Try " + "; ".join(verdict["suggestions"]))
-    return ("warning: the run may have under-learned: " + "; ".join(verdict["reasons"])
-            + ". Try " + "; ".join(verdict["suggestions"]))
+    opening = WARNINGS[_warned(verdict) or "under_learned"][1]
+    return f"warning: {opening}: " + "; ".join(verdict["reasons"]) + ". Try " + "; ".join(verdict["suggestions"])

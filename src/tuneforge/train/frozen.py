@@ -29,7 +29,7 @@ tokens would meet bf16 states), nor with fsdp / deepspeed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,16 +190,17 @@ def held_for_trainer(model: nn.Module, cfg, precision: str, log: Callable[[str],
     if cfg.training.bf16_stream and precision == "bf16":
         log("training.bf16_stream: not on this stage's Trainer (its checkpoints can save embedding layers); "
             "the frozen linear weights are held in bf16 (training.frozen_bf16) where that is on")
-    whole = METHODS[cfg.method.name].saves_whole_model
-    return held_in_bf16(model, cfg, precision, log, world_size, stream=False, held=not whole)
+    if METHODS[cfg.method.name].saves_whole_model:
+        return nullcontext([])
+    return held_in_bf16(model, cfg, precision, log, world_size, stream=False)
 
 
 @contextmanager
 def held_in_bf16(model: nn.Module, cfg, precision: str, log: Callable[[str], None], world_size: int = 1,
-                 stream: bool = True, held: bool = True) -> Iterator[list[Held]]:
-    """Inside: the frozen weights held in bf16 when `applies` (and `held`; training.bf16_stream's others only when
-    `stream`); after, in fp32 again (also on an exception)."""
-    if not (held and applies(cfg, precision, world_size, stream)):
+                 stream: bool = True) -> Iterator[list[Held]]:
+    """Inside: the frozen weights held in bf16 when `applies` (training.bf16_stream's others only when `stream`);
+    after, in fp32 again (also on an exception)."""
+    if not applies(cfg, precision, world_size, stream):
         yield []
         return
     from tuneforge.models import resolve_model
