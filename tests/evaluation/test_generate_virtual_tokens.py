@@ -54,7 +54,7 @@ def test_only_input_prepending_methods_batch_by_length(tiny_model_dir, tiny_toke
                                                                             "lora": False}
     assert not prepends_virtual_inputs(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     ids = [[5] * n for n in (3, 5, 3, 3, 5)]
-    assert _groups(models["lora"], tiny_tokenizer, ids, 2) == [[0, 1], [2, 3], [4]]
+    assert _groups(models["lora"], tiny_tokenizer, ids, 2) == [[0, 2], [3, 1], [4]]  # shortest first
     assert _groups(models["prompt"], tiny_tokenizer, ids, 2) == [[0, 2], [3], [1, 4]]
     texts = ["a b c", "a b", "c b a"]  # rendered prompts: grouped by their token length
     lengths = [len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]

@@ -214,7 +214,8 @@ def test_generate_feeds_the_prompt_ids(tiny_model_dir, tiny_tokenizer, make_conf
         generate(model, tok, [normal_text], 6, "fp32")  # padding: the same greedy continuations
 
     seen: list = []
-    monkeypatch.setattr(run_eval, "generate", lambda m, t, prompts, *a: (seen.extend(prompts), [""] * len(prompts))[1])
+    monkeypatch.setattr(run_eval, "generate",
+                        lambda m, t, prompts, *a, **k: (seen.extend(prompts), [""] * len(prompts))[1])
     data = tiny.write_jsonl(tmp_path / "e.jsonl", [{"prompt": INJECTION, "completion": "ok"},
                                                    {"prompt": NORMAL, "completion": "blue"}])
     run_eval.evaluate(Request(str(tiny_model_dir), str(data), metrics=["exact_match"], output=str(tmp_path / "ev"),

@@ -1,18 +1,33 @@
 """Greedy batched generation for before/after comparisons, with the run's own chat template.
 
-Prompts are left-padded into batches. A model that prepends virtual input tokens (peft prompt tuning, p-tuning)
-puts them before the padding, and peft ignores position ids there, so a padded prompt would sit further from its
-virtual tokens than it does alone and be continued differently: such a model is given batches of prompts of one
-length only (tests/evaluation/test_generate_virtual_tokens.py). Prefix tuning's keys and values follow the
-padding mask and keep mixed batches.
+A decoding step reads every weight once whatever the batch, so a step's cost barely grows with its rows: the
+prompts are sorted by token length (less padding) and put in batches as large as a memory budget for the KV
+cache and the prefill's attention scores allows (KV_BUDGET, at most MAX_ROWS rows); a caller may cap the rows.
+On the embedded default's 40 quickstart prompts (bench/generation.py) one batch of 40 instead of five of 8 is the
+difference between about 10 and 26 s at fp32. Under bf16 autocast the frozen fp32 linear weights are held as
+their bf16 casts while generating (`bf16_weights`): autocast would cast each of them again at every step, and the
+cast it skips is the one it would have made, so the tokens are the same (tests/evaluation/test_generate_speed.py).
+
+Prompts are left-padded. A model that prepends virtual input tokens (peft prompt tuning, p-tuning) puts them
+before the padding, and peft ignores position ids there, so a padded prompt would sit further from its virtual
+tokens than it does alone and be continued differently: such a model is given batches of prompts of one length
+only (tests/evaluation/test_generate_virtual_tokens.py). Prefix tuning's keys and values follow the padding mask
+and keep mixed batches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch
+from torch import nn
 
 from tuneforge.device import model_device, move
 from tuneforge.train.precision import autocast
+
+MAX_ROWS = 64
+KV_BUDGET = 1 << 30  # bytes one batch's KV cache and prefill attention scores may take
 
 
 def _batch(tokenizer, prompts: list[str] | list[list[int]]) -> dict[str, torch.Tensor]:
@@ -28,25 +43,29 @@ def _batch(tokenizer, prompts: list[str] | list[list[int]]) -> dict[str, torch.T
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str] | list[list[int]], max_new_tokens: int, precision: str,
-             batch_size: int = 8) -> list[str]:
+             batch_size: int | None = None, on_batch: Callable[[int], None] | None = None) -> list[str]:
     """`prompts`: token ids as training built them (GenerationItem.prompt_ids: control tokens written in a row stay
     plain text), or rendered text (template + generation prompt), tokenized here with its control tokens special.
-    Returns the new text only."""
+    `batch_size`: at most that many rows a batch (None: as the memory budget allows); `on_batch(rows)` after each
+    batch. Returns the new text only, in the prompts' order."""
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
     outputs: dict[int, str] = {}
     try:
-        for group in _groups(model, tokenizer, prompts, batch_size):
-            enc = move(dict(_batch(tokenizer, [prompts[j] for j in group])), model_device(model))
-            with autocast(precision):
-                out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                )
-            new = out[:, enc["input_ids"].shape[1] :]
-            outputs.update(zip(group, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True))
+        with bf16_weights(model, precision):
+            for group in _groups(model, tokenizer, prompts, batch_size, max_new_tokens):
+                enc = move(dict(_batch(tokenizer, [prompts[j] for j in group])), model_device(model))
+                with autocast(precision):
+                    out = model.generate(
+                        **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    )
+                new = out[:, enc["input_ids"].shape[1] :]
+                outputs.update(zip(group, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True))
+                if on_batch:
+                    on_batch(len(group))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
@@ -64,13 +83,70 @@ def prepends_virtual_inputs(model) -> bool:
     return config.peft_type != PeftType.PREFIX_TUNING
 
 
-def _groups(model, tokenizer, prompts: list[str] | list[list[int]], batch_size: int) -> list[list[int]]:
-    """Indices of `prompts` in generation batches: consecutive runs of `batch_size`, or, for a model that prepends
-    virtual inputs, batches of prompts of one token length (in order of first appearance)."""
-    if not prepends_virtual_inputs(model):
-        return [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
-    by_length: dict[int, list[int]] = {}
-    for j, p in enumerate(prompts):
-        n = len(p) if not isinstance(p, str) else len(tokenizer(p, add_special_tokens=False)["input_ids"])
-        by_length.setdefault(n, []).append(j)
-    return [same[i : i + batch_size] for same in by_length.values() for i in range(0, len(same), batch_size)]
+def row_bytes(model, length: int) -> int:
+    """Memory one row of `length` tokens (prompt + new) takes while generating: its KV cache (counted at fp32:
+    rotary keys come out of autocast in fp32) and its prefill attention scores."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)()
+    layers = getattr(config, "num_hidden_layers", None) or 32
+    heads = getattr(config, "num_attention_heads", None) or 32
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or (getattr(config, "hidden_size", 4096) // heads)
+    return 4 * length * (layers * 2 * kv_heads * head_dim + heads * length)
+
+
+def _groups(model, tokenizer, prompts: list[str] | list[list[int]], batch_size: int | None,
+            max_new_tokens: int = 0) -> list[list[int]]:
+    """Indices of `prompts` in generation batches, shortest prompts first: each batch as many rows as
+    `batch_size`, MAX_ROWS and KV_BUDGET allow (at least one), and for a model that prepends virtual inputs,
+    prompts of one token length only."""
+    lengths = [len(p) if not isinstance(p, str) else len(tokenizer(p, add_special_tokens=False)["input_ids"])
+               for p in prompts]
+    cap = min(batch_size or MAX_ROWS, MAX_ROWS)
+    one_length = prepends_virtual_inputs(model)
+    groups: list[list[int]] = []
+    for j in sorted(range(len(prompts)), key=lambda k: lengths[k]):
+        group = groups[-1] if groups else []
+        rows = len(group) + 1
+        fits = group and rows <= cap and rows * row_bytes(model, lengths[j] + max_new_tokens) <= KV_BUDGET
+        if fits and not (one_length and lengths[group[0]] != lengths[j]):
+            group.append(j)
+        else:
+            groups.append([j])
+    return groups
+
+
+def _held_linears(model: nn.Module) -> list[nn.Linear]:
+    """Linear layers whose weight is a frozen plain fp32 tensor: not peft's adapter layers (peft casts their
+    input to their weight's dtype), not DoRA's base layers, not sharded or quantized weights."""
+    from tuneforge.train.frozen import _dora_bases
+
+    dora = {id(m) for m in _dora_bases(model)}
+    out = []
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if not isinstance(module, nn.Linear) or id(module) in dora or "lora_" in name or w is None:
+            continue
+        if not w.requires_grad and w.dtype == torch.float32 and type(w.data) is torch.Tensor and w.numel() \
+                and not hasattr(w, "ds_id"):
+            out.append(module)
+    return out
+
+
+@contextmanager
+def bf16_weights(model: nn.Module, precision: str) -> Iterator[int]:
+    """Under bf16, the frozen fp32 linear layers' weights and biases swapped for their bf16 casts (autocast's
+    linear casts all three operands to bf16, so its result is unchanged), the originals put back after, tied
+    weights too (the swap is of the layer's attribute, an embedding sharing the tensor keeps it). Yields how many
+    layers were swapped; nothing at fp32 or fp16."""
+    layers = _held_linears(model) if precision == "bf16" else []
+    saved = [(m, m.weight, m.bias) for m in layers]
+    try:
+        for m, w, b in saved:
+            m.weight = nn.Parameter(w.detach().to(torch.bfloat16), requires_grad=False)
+            if b is not None and not b.requires_grad and b.dtype == torch.float32:
+                m.bias = nn.Parameter(b.detach().to(torch.bfloat16), requires_grad=False)
+        yield len(saved)
+    finally:
+        for m, w, b in saved:
+            m.weight, m.bias = w, b

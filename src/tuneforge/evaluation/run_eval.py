@@ -34,7 +34,6 @@ from tuneforge.train.precision import resolve_precision
 
 LOSS_METRICS = ("loss", "perplexity")
 CLASSIFY_METRICS = ("accuracy", "macro_f1")
-GENERATE_BATCH = 8
 
 
 @dataclass
@@ -136,12 +135,7 @@ def _loss(model, examples, cfg: Config, precision: str, packed: bool, advance: C
 
 def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, precision: str,
               advance: Callable[[int], None]) -> list[str]:
-    outputs: list[str] = []
-    for i in range(0, len(prompts), GENERATE_BATCH):
-        part = prompts[i : i + GENERATE_BATCH]
-        outputs += generate(model, tokenizer, part, max_new_tokens, precision, GENERATE_BATCH)
-        advance(len(prompts[i : i + GENERATE_BATCH]))
-    return outputs
+    return generate(model, tokenizer, prompts, max_new_tokens, precision, on_batch=advance)
 
 
 def evaluate(req: Request) -> Path:
