@@ -98,3 +98,19 @@ def test_on_batch_counts_every_row(tiny_model_dir, tiny_tokenizer, rows):
     seen: list[int] = []
     gen.generate(_lora(tiny_model_dir), tiny_tokenizer, _prompts(tiny_tokenizer), 2, "fp32", rows, seen.append)
     assert sum(seen) == 7 and max(seen) <= rows
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_eval_loss_is_the_same_with_held_weights(tiny_model_dir, monkeypatch, chunked):
+    """evaluate_loss holds the frozen weights too (the stage's final evaluation, `tuneforge eval`, the loop's
+    periodic ones): the loss is autocast's to the last bit, the chunked head's included."""
+    import tuneforge.train.loss as loss_mod
+    from tuneforge.data.templates import IGNORE, Example
+
+    model = _lora(tiny_model_dir)
+    rows = [Example(list(range(5, 5 + n)), [IGNORE] * 2 + list(range(7, 5 + n))) for n in (6, 9, 12)]
+    held = loss_mod.evaluate_loss(model, rows, 2, "bf16", True, 64, chunked)
+    monkeypatch.setattr(loss_mod, "bf16_weights", lambda m, p: contextlib.nullcontext(0))
+    plain = loss_mod.evaluate_loss(model, rows, 2, "bf16", True, 64, chunked)
+    assert held == plain and held["supervised_tokens"] == 4 + 7 + 10
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -5,8 +5,9 @@ prompts are sorted by token length (less padding) and put in batches as large as
 cache and the prefill's attention scores allows (KV_BUDGET, at most MAX_ROWS rows); a caller may cap the rows.
 On the embedded default's 40 quickstart prompts (bench/generation.py) one batch of 40 instead of five of 8 is the
 difference between about 10 and 26 s at fp32. Under bf16 autocast the frozen fp32 linear weights are held as
-their bf16 casts while generating (`bf16_weights`): autocast would cast each of them again at every step, and the
-cast it skips is the one it would have made, so the tokens are the same (tests/evaluation/test_generate_speed.py).
+their bf16 casts while generating (train/precision.py's `bf16_weights`): autocast would cast each of them again at
+every step, and the cast it skips is the one it would have made, so the tokens are the same
+(tests/evaluation/test_generate_batches.py).
 
 Prompts are left-padded. A model that prepends virtual input tokens (peft prompt tuning, p-tuning) puts them
 before the padding, and peft ignores position ids there, so a padded prompt would sit further from its virtual
@@ -17,14 +18,12 @@ and keep mixed batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from tuneforge.device import model_device, move
-from tuneforge.train.precision import autocast
+from tuneforge.train.precision import autocast, bf16_weights
 
 MAX_ROWS = 64
 KV_BUDGET = 1 << 30  # bytes one batch's KV cache and prefill attention scores may take
@@ -114,39 +113,3 @@ def _groups(model, tokenizer, prompts: list[str] | list[list[int]], batch_size: 
         else:
             groups.append([j])
     return groups
-
-
-def _held_linears(model: nn.Module) -> list[nn.Linear]:
-    """Linear layers whose weight is a frozen plain fp32 tensor: not peft's adapter layers (peft casts their
-    input to their weight's dtype), not DoRA's base layers, not sharded or quantized weights."""
-    from tuneforge.train.frozen import _dora_bases
-
-    dora = {id(m) for m in _dora_bases(model)}
-    out = []
-    for name, module in model.named_modules():
-        w = getattr(module, "weight", None)
-        if not isinstance(module, nn.Linear) or id(module) in dora or "lora_" in name or w is None:
-            continue
-        if not w.requires_grad and w.dtype == torch.float32 and type(w.data) is torch.Tensor and w.numel() \
-                and not hasattr(w, "ds_id"):
-            out.append(module)
-    return out
-
-
-@contextmanager
-def bf16_weights(model: nn.Module, precision: str) -> Iterator[int]:
-    """Under bf16, the frozen fp32 linear layers' weights and biases swapped for their bf16 casts (autocast's
-    linear casts all three operands to bf16, so its result is unchanged), the originals put back after, tied
-    weights too (the swap is of the layer's attribute, an embedding sharing the tensor keeps it). Yields how many
-    layers were swapped; nothing at fp32 or fp16."""
-    layers = _held_linears(model) if precision == "bf16" else []
-    saved = [(m, m.weight, m.bias) for m in layers]
-    try:
-        for m, w, b in saved:
-            m.weight = nn.Parameter(w.detach().to(torch.bfloat16), requires_grad=False)
-            if b is not None and not b.requires_grad and b.dtype == torch.float32:
-                m.bias = nn.Parameter(b.detach().to(torch.bfloat16), requires_grad=False)
-        yield len(saved)
-    finally:
-        for m, w, b in saved:
-            m.weight, m.bias = w, b

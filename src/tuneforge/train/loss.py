@@ -18,7 +18,7 @@ from tuneforge.data.templates import IGNORE, Example
 from tuneforge.device import model_device, move
 from tuneforge.train.attention import per_sample_attention, per_sample_attention_applies
 from tuneforge.train.chunked_loss import chunked_cross_entropy, chunked_loss_applies, lm_head_parts
-from tuneforge.train.precision import autocast
+from tuneforge.train.precision import autocast, bf16_weights
 
 
 def loss_sum(model: torch.nn.Module, batch: Batch, chunked: bool = False) -> torch.Tensor:
@@ -49,12 +49,13 @@ def _padded_loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 def evaluate_loss(model: torch.nn.Module, examples: list[Example], batch_size: int, precision: str,
                   packed: bool = True, pack_length: int = 512, chunked: bool = False, per_sample: bool = False) -> dict:
     """Mean loss per supervised token and perplexity over `examples`. `per_sample`: packed rows attend per sample
-    (training.per_sample_attention, as training computes them)."""
+    (training.per_sample_attention, as training computes them). Under bf16 the frozen linear weights are held as
+    their bf16 casts meanwhile (the same losses, without autocast casting them again at every forward)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     device = model_device(model)
-    with per_sample_attention(model, per_sample and packed):
+    with per_sample_attention(model, per_sample and packed), bf16_weights(model, precision):
         for idx in sequential_microbatches(len(examples), batch_size):
             for batch in collate([examples[i] for i in idx], packed, pack_length):
                 with autocast(precision):

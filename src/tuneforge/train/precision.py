@@ -6,16 +6,19 @@ use_device (one device per process; the CPU by default).
 
     precision = resolve_precision(cfg.training.precision, device)
     with autocast(precision): loss = ...
+    with bf16_weights(model, precision), autocast(precision): ...  # no_grad work: frozen weights cast once
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from tuneforge.errors import ConfigError
 
@@ -86,3 +89,39 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
 def grad_scaler(precision: str) -> torch.amp.GradScaler | None:
     """fp16 never trains without one (small gradients underflow); bf16 and fp32 need none."""
     return torch.amp.GradScaler(_DEVICE_TYPE[0]) if precision == "fp16" else None
+
+
+def _held_linears(model: nn.Module) -> list[nn.Linear]:
+    """Linear layers whose weight is a frozen plain fp32 tensor: not peft's adapter layers (peft casts their
+    input to their weight's dtype), not DoRA's base layers, not sharded or quantized weights."""
+    from tuneforge.train.frozen import _dora_bases
+
+    dora = {id(m) for m in _dora_bases(model)}
+    out = []
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if not isinstance(module, nn.Linear) or id(module) in dora or "lora_" in name or w is None:
+            continue
+        if not w.requires_grad and w.dtype == torch.float32 and type(w.data) is torch.Tensor and w.numel() \
+                and not hasattr(w, "ds_id"):
+            out.append(module)
+    return out
+
+
+@contextlib.contextmanager
+def bf16_weights(model: nn.Module, precision: str) -> Iterator[int]:
+    """Under bf16, the frozen fp32 linear layers' weights and biases swapped for their bf16 casts (autocast's
+    linear casts all three operands to bf16, so its result is unchanged), the originals put back after, tied
+    weights too (the swap is of the layer's attribute, an embedding sharing the tensor keeps it). Yields how many
+    layers were swapped; nothing at fp32 or fp16."""
+    layers = _held_linears(model) if precision == "bf16" else []
+    saved = [(m, m.weight, m.bias) for m in layers]
+    try:
+        for m, w, b in saved:
+            m.weight = nn.Parameter(w.detach().to(torch.bfloat16), requires_grad=False)
+            if b is not None and not b.requires_grad and b.dtype == torch.float32:
+                m.bias = nn.Parameter(b.detach().to(torch.bfloat16), requires_grad=False)
+        yield len(saved)
+    finally:
+        for m, w, b in saved:
+            m.weight, m.bias = w, b
