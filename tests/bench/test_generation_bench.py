@@ -53,3 +53,20 @@ def test_generation_figures():
     for p, ratio in saved["speedup"].items():
         assert f"{ratio:.2f}x" in section, p
     assert re.search(r"\d+ of 40", section)
+
+
+def _startup(name: str) -> tuple[list[float], list[float]]:
+    runs = json.loads((ROOT / "bench/results" / name).read_text())["runs"]
+    before = ("import", "config", "begin", "data", "open_output", "model_load", "eval_before", "method")
+    starts = sorted(sum(r[k]["wall"] for k in before) + r["first_step"]["wall"] - r["steps"]["wall"] for r in runs)
+    return starts, sorted(r["last step -> exit"]["wall"] for r in runs)
+
+
+def test_the_session_19_startup_table_is_the_json():
+    doc = (ROOT / "docs/benchmarks.md").read_text()
+    section = doc[doc.index("**Session 19: the quickstart's own evaluation"):doc.index("## Evaluation's generation")]
+    (s0, e0), (s1, e1) = _startup("startup_s19_before.json"), _startup("startup_s19.json")
+    cell = [f"**{e[1]:.2f} ({e[0]:.2f}-{e[2]:.2f})**" for e in (e0, e1)]
+    assert f"| **last step -> exit** | {cell[0]} | {cell[1]} |" in section
+    assert f"| command -> first step's start | {s0[1]:.2f} ({s0[0]:.2f}-{s0[2]:.2f}) | {s1[1]:.2f}" in section
+    assert f"{e0[1] / e1[1]:.1f}x less" in section and e0[1] / e1[1] > 2
