@@ -196,3 +196,29 @@ def test_system_prompt_goes_first_as_in_sft(rl_config, tiny_tokenizer):
     assert examples[0].text == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nsay hello<|im_end|>\n"
                                 "<|im_start|>assistant\n")
     assert examples[1].text == examples[0].text  # the messages form too
+
+
+def test_bf16_rollouts_are_the_same_with_the_frozen_weights_held(rl_config, tiny_model_dir, tiny_tokenizer,
+                                                                  monkeypatch):
+    """sample and completion_logprobs hold a LoRA policy's frozen weights in bf16 under bf16 autocast: the logits
+    are autocast's to the bit, so the seeded draws and their log-probs are those of the un-held model."""
+    from peft import LoraConfig, get_peft_model
+
+    import tuneforge.rl.sampling as sampling
+
+    cfg = rl_config()
+    examples, _ = load_prompt_examples(cfg, tiny_tokenizer, load_records(cfg.data.train))
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    eos = tiny_tokenizer.eos_token_id
+
+    def rollout():
+        s = sampling.sample(model, tiny_tokenizer, examples, cfg.ppo, seed=3, batch_size=3, precision="bf16")
+        return [x.completion_ids for x in s], sampling.completion_logprobs(model, s, 4, "bf16", eos)
+
+    held_ids, held_lp = rollout()
+    monkeypatch.setattr(sampling, "bf16_weights", lambda m, p: contextlib.nullcontext(0))
+    plain_ids, plain_lp = rollout()
+    assert held_ids == plain_ids and len({tuple(c) for c in held_ids}) > 1
+    assert all(torch.equal(a, b) for a, b in zip(held_lp, plain_lp, strict=True))
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -21,7 +21,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tuneforge.config.schema import SamplingConfig
-from tuneforge.train.precision import autocast
+from tuneforge.train.precision import autocast, bf16_weights
 
 
 class Stopped(Exception):
@@ -74,14 +74,16 @@ def _cut(ids: list[int], eos_id: int | None) -> list[int]:
 def sample(model, tokenizer, examples: list, sampling: SamplingConfig, *, seed: int | None, batch_size: int,
            precision: str, greedy: bool = False, stop: Callable[[], object] | None = None) -> list[Sample]:
     """One completion per example. `seed` makes the draw reproducible without touching the global RNG. When
-    `stop()` turns true, generation ends after the current token and Stopped is raised (nothing is returned)."""
+    `stop()` turns true, generation ends after the current token and Stopped is raised (nothing is returned).
+    Under bf16 the frozen linear weights are held as their bf16 casts meanwhile (the same logits, so the same
+    draws, without autocast casting them again at every decoding step)."""
     was_training = model.training
     model.eval()  # no dropout while sampling
     out: list[Sample] = []
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     criteria = {"stopping_criteria": StoppingCriteriaList([_StopWhen(stop)])} if stop else {}
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), bf16_weights(model, precision):
             if seed is not None:
                 torch.manual_seed(seed)
             for i in range(0, len(examples), batch_size):
@@ -145,12 +147,14 @@ def gather_logprobs(logits: torch.Tensor, batch: SampleBatch, temperature: float
 @torch.no_grad()
 def completion_logprobs(model, samples: list[Sample], batch_size: int, precision: str, pad_id: int = 0,
                         temperature: float = 1.0) -> list[torch.Tensor]:
-    """Per-sample log-probs of each completion's tokens (a list: lengths differ)."""
+    """Per-sample log-probs of each completion's tokens (a list: lengths differ); frozen weights held in bf16
+    under bf16, as in `sample`."""
     out: list[torch.Tensor] = []
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i : i + batch_size]
-        batch = to_batch(chunk, pad_id)
-        with autocast(precision):
-            logp = logprobs_of(model, batch, temperature)
-        out += [row[: len(s.completion_ids)].float() for row, s in zip(logp, chunk, strict=True)]
+    with bf16_weights(model, precision):
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            batch = to_batch(chunk, pad_id)
+            with autocast(precision):
+                logp = logprobs_of(model, batch, temperature)
+            out += [row[: len(s.completion_ids)].float() for row, s in zip(logp, chunk, strict=True)]
     return out
