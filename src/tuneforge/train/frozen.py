@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from tuneforge.errors import ModelError
+from tuneforge.train.precision import dora_bases
 
 PEFT_PREFIX = "base_model.model."
 
@@ -51,10 +52,10 @@ class Held:
 def frozen_linear_params(model: nn.Module) -> list[nn.Parameter]:
     """The frozen fp32 weights and biases of nn.Linear layers, less those tied to an embedding and DoRA bases."""
     embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    dora_bases = {id(m) for m in _dora_bases(model)}
+    dora = {id(m) for m in dora_bases(model)}
     out, seen = [], set()
     for module in model.modules():
-        if not isinstance(module, nn.Linear) or id(module) in dora_bases:
+        if not isinstance(module, nn.Linear) or id(module) in dora:
             continue
         for p in (module.weight, module.bias):
             if p is not None and not p.requires_grad and p.dtype == torch.float32 and id(p) not in embedded \
@@ -64,17 +65,11 @@ def frozen_linear_params(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-def _dora_bases(model: nn.Module) -> list[nn.Module]:
-    """The base layers under DoRA modules (DoRA adds the base weight to the LoRA product outside a matmul)."""
-    return [m.base_layer for m in model.modules()
-            if len(getattr(m, "lora_magnitude_vector", ())) and hasattr(m, "base_layer")]
-
-
 def frozen_stream_params(model: nn.Module) -> list[nn.Parameter]:
     """training.bf16_stream: the frozen fp32 floating parameters frozen_linear_params leaves (embeddings, a tied
     head, norms, biases), less DoRA's base layers."""
     linear = {id(p) for p in frozen_linear_params(model)}
-    dora = {id(p) for base in _dora_bases(model) for p in base.parameters()}
+    dora = {id(p) for base in dora_bases(model) for p in base.parameters()}
     out, seen = [], set()
     for p in model.parameters():
         if not p.requires_grad and p.dtype == torch.float32 and id(p) not in linear | dora | seen:

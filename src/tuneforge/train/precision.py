@@ -91,12 +91,16 @@ def grad_scaler(precision: str) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(_DEVICE_TYPE[0]) if precision == "fp16" else None
 
 
+def dora_bases(model: nn.Module) -> list[nn.Module]:
+    """The base layers under DoRA modules (DoRA adds the base weight to the LoRA product outside a matmul)."""
+    return [m.base_layer for m in model.modules()
+            if len(getattr(m, "lora_magnitude_vector", ())) and hasattr(m, "base_layer")]
+
+
 def _held_linears(model: nn.Module) -> list[nn.Linear]:
     """Linear layers whose weight is a frozen plain fp32 tensor: not peft's adapter layers (peft casts their
     input to their weight's dtype), not DoRA's base layers, not sharded or quantized weights."""
-    from tuneforge.train.frozen import _dora_bases
-
-    dora = {id(m) for m in _dora_bases(model)}
+    dora = {id(m) for m in dora_bases(model)}
     out = []
     for name, module in model.named_modules():
         w = getattr(module, "weight", None)
