@@ -166,6 +166,9 @@ class TrainingConfig(Strict):
 
 class EvalConfig(Strict):
     before: bool = True
+    # The base's scores reused from an earlier run with the same model files, eval rows and settings
+    # (tuneforge/evaluation/base_cache.py); false: evaluated afresh.
+    before_cache: bool = True
     # None: every eval row is scored (loss, accuracy); a cap uses the first N and the run says "N of M".
     max_samples: int | None = Field(None, ge=1, description="eval rows scored; null: all")
     # The generated prompts' metrics (exact_match, token_f1) cover these rows only; the run says "N of M".

@@ -145,8 +145,11 @@ def prune_digests(root: Path, everything: bool) -> int:
 
 
 def clear(root: Path, older_than_days: float | None = None, now: float | None = None) -> tuple[list, list]:
-    """Remove the caches not used for `older_than_days` (None: all), dead builds' leftovers and the remembered
-    file digests (None: all; else the stale ones); returns (removed entries, entries skipped because in use)."""
+    """Remove the caches not used for `older_than_days` (None: all), dead builds' leftovers, the remembered
+    file digests (None: all; else the stale ones) and the base models' remembered scores (evaluation/base_cache.py;
+    as old as the caches removed); returns (removed entries, entries skipped because in use)."""
+    from tuneforge.evaluation import base_cache
+
     now = time.time() if now is None else now
     removed, skipped = [], []
     for entry in list_caches(root):
@@ -156,6 +159,7 @@ def clear(root: Path, older_than_days: float | None = None, now: float | None = 
     for path in _stale_builds(root):
         shutil.rmtree(path, ignore_errors=True)
     prune_digests(root, everything=older_than_days is None)
+    base_cache.clear(root, older_than_days, now)
     return removed, skipped
 
 

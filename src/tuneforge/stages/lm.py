@@ -39,6 +39,16 @@ def _evaluate(run: skeleton.StageRun, model, examples: list, items: list[Generat
     return result, outputs
 
 
+def _eval_parts(data, items: list[GenerationItem]) -> dict:
+    """What the base's evaluation reads, for its cache key: the eval rows as tokenized, each source's, and the
+    generation prompts with their references."""
+    from tuneforge.evaluation.base_cache import rows_digest
+
+    return {"rows": rows_digest(data.eval or []),
+            "sources": {name: rows_digest(rows) for name, rows in (data.eval_sources or {}).items()},
+            "items": [[list(i.prompt_ids), i.reference] for i in items]}
+
+
 def run_lm(cfg: Config, log: Callable[[str], None] = print, *,
            on_eval: Callable[[int, dict], None] | None = None) -> Path:
     """`on_eval(step, result)` sees every periodic evaluation (tuneforge hpo prunes from it)."""
@@ -53,7 +63,7 @@ def run_lm(cfg: Config, log: Callable[[str], None] = print, *,
         metrics, outputs = _evaluate(run, model, data.eval, items, True, data.eval_sources)
         return metrics, {"generations": outputs}
 
-    before, details = skeleton.eval_before(run, base)
+    before, details = skeleton.eval_before(run, base, key_parts=_eval_parts(data, items))
     model, counts = skeleton.apply_method(run, model)
     result = train(model, data.train, data.eval, cfg, run.out, run.precision, log=run.log,
                    packed=run.method.packing, on_eval=on_eval)

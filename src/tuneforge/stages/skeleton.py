@@ -177,19 +177,21 @@ def load_base(run: StageRun, labels: list[str] | None = None):
     return model
 
 
-def eval_before(run: StageRun, compute: Callable[[], tuple[dict, dict]], required: bool = False) -> tuple[dict, dict]:
+def eval_before(run: StageRun, compute: Callable[[], tuple[dict, dict]], required: bool = False,
+                key_parts: dict | None = None) -> tuple[dict, dict]:
     """(metrics, details) of the base, computed once and kept in eval_before.json as
     {"metrics": ..., "details": ...} (one shape for every stage), so a resumed run reports the same base.
     `compute` returns the metrics and whatever the stage keeps beside them (generations, margins, log-probs).
     Rank 0 only. With eval.before off nothing is computed, unless the stage `required` the details (dpo's
-    reference log-probs); then the metrics are still left out of the report."""
+    reference log-probs); then the metrics are still left out of the report. With `key_parts` (what the stage
+    evaluates) they may be an earlier run's (evaluation/base_cache.py)."""
     if not run.main or not (run.cfg.eval.before or required):
         return {}, {}
     path = run.out / "eval_before.json"
     if not path.is_file():
-        run.log("evaluating the base model ...")
-        metrics, details = compute()
-        write_json_atomic(path, {"metrics": metrics, "details": details})
+        from tuneforge.evaluation.base_cache import cached_or_computed
+
+        write_json_atomic(path, cached_or_computed(run, compute, key_parts))
     saved = json.loads(path.read_text())
     return (saved["metrics"] if run.cfg.eval.before else {}), saved.get("details") or {}
 
