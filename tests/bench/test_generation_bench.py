@@ -70,3 +70,12 @@ def test_the_session_19_startup_table_is_the_json():
     assert f"| **last step -> exit** | {cell[0]} | {cell[1]} |" in section
     assert f"| command -> first step's start | {s0[1]:.2f} ({s0[0]:.2f}-{s0[2]:.2f}) | {s1[1]:.2f}" in section
     assert f"{e0[1] / e1[1]:.1f}x less" in section and e0[1] / e1[1] > 2
+
+
+def test_the_base_cache_startup_paragraph_is_the_json():
+    doc = " ".join((ROOT / "docs/benchmarks.md").read_text().split())
+    (s0, _), (s1, _) = _startup("startup_s19_nocache.json"), _startup("startup_s19_cached.json")
+    assert f"**command -> first step's start {s0[1]:.2f} s ({s0[0]:.2f}-{s0[2]:.2f}) afresh, {s1[1]:.2f} s " \
+           f"({s1[0]:.2f}-{s1[2]:.2f}) with the base's scores remembered**" in doc
+    cached = json.loads((ROOT / "bench/results/startup_s19_cached.json").read_text())["runs"]
+    assert all(r["eval_before"]["wall"] < 0.5 for r in cached) and s1[1] < s0[1] / 2
