@@ -61,7 +61,10 @@ def _try_locks(root: Path, key: str, stack: ExitStack) -> bool:
 
 class Held:
     """A shared lock on a cache's `.use` file, released by close() or when the holder is collected (no
-    ResourceWarning: it is a plain descriptor)."""
+    ResourceWarning: it is a plain descriptor). os.close is kept on the class: a holder collected at interpreter
+    exit may outlive the os module's globals."""
+
+    _close = staticmethod(os.close)
 
     def __init__(self, path: Path):
         self.fd: int | None = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
@@ -69,7 +72,7 @@ class Held:
 
     def close(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)
+            self._close(self.fd)
             self.fd = None
 
     __del__ = close
