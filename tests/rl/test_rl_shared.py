@@ -222,3 +222,32 @@ def test_bf16_rollouts_are_the_same_with_the_frozen_weights_held(rl_config, tiny
     assert held_ids == plain_ids and len({tuple(c) for c in held_ids}) > 1
     assert all(torch.equal(a, b) for a, b in zip(held_lp, plain_lp, strict=True))
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_ppo_scoring_is_the_same_with_the_frozen_weights_held(rl_config, tiny_model_dir, tiny_tokenizer,
+                                                              monkeypatch):
+    """score_tokens (the rollout's policy, reference and value forwards) holds the frozen weights in bf16: the
+    log-probs, reference log-probs and values are autocast's to the bit, and the reference swap still works
+    inside the hold (a trained adapter: policy and reference differ)."""
+    from peft import LoraConfig, get_peft_model
+
+    import tuneforge.rl.ppo_rollout as rollout
+    from tuneforge.rl import ppo_math as pm
+
+    cfg = rl_config()
+    examples, _ = load_prompt_examples(cfg, tiny_tokenizer, load_records(cfg.data.train))
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    policy = rollout.PolicyWithValue(model, pm.ValueHead(model.config.hidden_size))
+    with torch.no_grad():  # after the reference was taken: a trained-looking adapter and value head
+        for p in policy.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.3)
+    samples = sample(model, tiny_tokenizer, examples, cfg.ppo, seed=2, batch_size=3, precision="bf16")
+    eos = tiny_tokenizer.eos_token_id
+    held = rollout.score_tokens(policy, samples, eos, 1.0, "bf16", 3)
+    monkeypatch.setattr(rollout, "bf16_weights", lambda m, p: contextlib.nullcontext(0))
+    plain = rollout.score_tokens(policy, samples, eos, 1.0, "bf16", 3)
+    assert all(torch.equal(a, b) for a, b in zip(held, plain, strict=True))
+    mask, logp, logp_ref, values = held
+    assert not torch.equal(logp[mask], logp_ref[mask]) and values[mask].abs().sum() > 0

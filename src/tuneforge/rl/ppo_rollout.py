@@ -24,7 +24,7 @@ from tuneforge.rl.prompts import PromptExample
 from tuneforge.rl.reference import InitialPolicy
 from tuneforge.rl.rewards import Rewards
 from tuneforge.rl.sampling import Sample, check_stop, completion_logits, gather_logprobs, sample, to_batch
-from tuneforge.train.precision import autocast
+from tuneforge.train.precision import autocast, bf16_weights
 
 
 class PolicyWithValue(nn.Module):
@@ -61,7 +61,14 @@ class Rollout:
 def score_tokens(policy: PolicyWithValue, samples: list[Sample], pad_id: int, temperature: float, precision: str,
                  chunk: int, stop: Callable[[], object] | None = None) -> tuple[torch.Tensor, ...]:
     """(mask, logp, logp_ref, values), each [B, C], computed `chunk` samples at a time: the policy first, then
-    the reference with its weights swapped in once."""
+    the reference with its weights swapped in once; under bf16 the frozen weights are held in bf16 meanwhile
+    (autocast's logits, without its casting them again at every forward)."""
+    with bf16_weights(policy.model, precision):
+        return _score_tokens(policy, samples, pad_id, temperature, precision, chunk, stop)
+
+
+def _score_tokens(policy: PolicyWithValue, samples: list[Sample], pad_id: int, temperature: float, precision: str,
+                  chunk: int, stop: Callable[[], object] | None) -> tuple[torch.Tensor, ...]:
     width = max(len(s.completion_ids) for s in samples)
     mask = torch.tensor([[i < len(s.completion_ids) for i in range(width)] for s in samples])
     logp, logp_ref, values = (torch.zeros(len(samples), width) for _ in range(3))
