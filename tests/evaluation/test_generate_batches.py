@@ -72,6 +72,9 @@ def test_batches_fill_the_budget_shortest_first(tiny_model_dir, tiny_tokenizer, 
 
     budget = 3 * gen.row_bytes(model, 12 + 8)  # three rows of 12 + 8 tokens; a 58-token row alone
     monkeypatch.setattr(gen, "KV_BUDGET", budget)
+    monkeypatch.setattr(gen, "free_bytes", lambda m: 0)
+    assert [len(g) for g in gen._groups(model, tiny_tokenizer, prompts, None, 8)] == [8]  # MIN_ROWS: 8 always
+    monkeypatch.setattr(gen, "MIN_ROWS", 1)
     groups = gen._groups(model, tiny_tokenizer, prompts, None, 8)
     assert sorted(j for g in groups for j in g) == list(range(8))
     order = [lengths[j] for g in groups for j in g]
@@ -81,6 +84,19 @@ def test_batches_fill_the_budget_shortest_first(tiny_model_dir, tiny_tokenizer, 
     assert [len(g) for g in groups] == [4, 2, 1, 1]  # 3 3 3 7 (four rows of 15) | 12 12 | 30 | 50
     assert gen.generate(model, tiny_tokenizer, prompts, 4, "fp32") == gen.generate(
         model, tiny_tokenizer, prompts, 4, "fp32", batch_size=1)
+
+
+def test_the_budget_is_a_quarter_of_free_memory(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    model = _lora(tiny_model_dir)
+    assert gen.free_bytes(model) > 0  # /proc/meminfo's MemAvailable here (a GPU's free memory there)
+    prompts = _prompts(tiny_tokenizer, (20,) * 10)
+    row = gen.row_bytes(model, 20 + 4)
+    monkeypatch.setattr(gen, "MIN_ROWS", 1)
+    monkeypatch.setattr(gen, "KV_BUDGET", row)
+    monkeypatch.setattr(gen, "free_bytes", lambda m: 4 * 5 * row)  # a quarter of it: five rows
+    assert [len(g) for g in gen._groups(model, tiny_tokenizer, prompts, None, 4)] == [5, 5]
+    monkeypatch.setattr(gen, "free_bytes", lambda m: 0)  # unknown: KV_BUDGET alone
+    assert [len(g) for g in gen._groups(model, tiny_tokenizer, prompts, None, 4)] == [1] * 10
 
 
 def test_row_bytes_follow_the_models_shape():

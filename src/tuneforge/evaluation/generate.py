@@ -2,7 +2,8 @@
 
 A decoding step reads every weight once whatever the batch, so a step's cost barely grows with its rows: the
 prompts are sorted by token length (less padding) and put in batches as large as a memory budget for the KV
-cache and the prefill's attention scores allows (KV_BUDGET, at most MAX_ROWS rows); a caller may cap the rows.
+cache and the prefill's attention scores allows (a quarter of the device's free memory, at least KV_BUDGET; at
+most MAX_ROWS rows, and never fewer than MIN_ROWS, the fixed batch before); a caller may cap the rows.
 On the embedded default's 40 quickstart prompts (bench/generation.py) one batch of 40 instead of five of 8 is the
 difference between about 10 and 26 s at fp32. Under bf16 autocast the frozen fp32 linear weights are held as
 their bf16 casts while generating (train/precision.py's `bf16_weights`): autocast would cast each of them again at
@@ -26,7 +27,8 @@ from tuneforge.device import model_device, move
 from tuneforge.train.precision import autocast, bf16_weights
 
 MAX_ROWS = 64
-KV_BUDGET = 1 << 30  # bytes one batch's KV cache and prefill attention scores may take
+MIN_ROWS = 8  # the fixed batch of session 18: a batch may always be this large, whatever the estimate says
+KV_BUDGET = 1 << 30  # bytes one batch's KV cache and prefill attention scores may take, at least
 
 
 def _batch(tokenizer, prompts: list[str] | list[list[int]]) -> dict[str, torch.Tensor]:
@@ -94,20 +96,38 @@ def row_bytes(model, length: int) -> int:
     return 4 * length * (layers * 2 * kv_heads * head_dim + heads * length)
 
 
+def free_bytes(model) -> int:
+    """Free memory where the model is: the GPU's (torch.cuda.mem_get_info), else the machine's (MemAvailable in
+    /proc/meminfo); 0 where neither can be read."""
+    try:
+        device = model_device(model)
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, RuntimeError, StopIteration):
+        pass
+    return 0
+
+
 def _groups(model, tokenizer, prompts: list[str] | list[list[int]], batch_size: int | None,
             max_new_tokens: int = 0) -> list[list[int]]:
     """Indices of `prompts` in generation batches, shortest prompts first: each batch as many rows as
-    `batch_size`, MAX_ROWS and KV_BUDGET allow (at least one), and for a model that prepends virtual inputs,
-    prompts of one token length only."""
+    `batch_size`, MAX_ROWS and the memory budget allow (MIN_ROWS always, unless `batch_size` is less), and for a
+    model that prepends virtual inputs, prompts of one token length only."""
     lengths = [len(p) if not isinstance(p, str) else len(tokenizer(p, add_special_tokens=False)["input_ids"])
                for p in prompts]
     cap = min(batch_size or MAX_ROWS, MAX_ROWS)
+    budget = max(KV_BUDGET, free_bytes(model) // 4)
     one_length = prepends_virtual_inputs(model)
     groups: list[list[int]] = []
     for j in sorted(range(len(prompts)), key=lambda k: lengths[k]):
         group = groups[-1] if groups else []
         rows = len(group) + 1
-        fits = group and rows <= cap and rows * row_bytes(model, lengths[j] + max_new_tokens) <= KV_BUDGET
+        fits = group and rows <= cap and (rows <= MIN_ROWS
+                                          or rows * row_bytes(model, lengths[j] + max_new_tokens) <= budget)
         if fits and not (one_length and lengths[group[0]] != lengths[j]):
             group.append(j)
         else:
