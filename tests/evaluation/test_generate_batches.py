@@ -63,6 +63,20 @@ def test_nothing_held_at_fp32_or_when_trained_in_full(tiny_model_dir):
         assert held == 0
 
 
+def test_nothing_held_where_the_copies_do_not_fit(tiny_model_dir, monkeypatch):
+    """The bf16 copies sit beside the fp32 weights: only made where they fit in a quarter of the free memory."""
+    import tuneforge.train.precision as precision
+
+    lora = _lora(tiny_model_dir)
+    copies = sum(2 * m.weight.numel() for m in precision._held_linears(lora))
+    monkeypatch.setattr(precision, "free_bytes", lambda m: 4 * copies)
+    with precision.bf16_weights(lora, "bf16") as held:
+        assert held > 0
+    monkeypatch.setattr(precision, "free_bytes", lambda m: 4 * copies - 4)
+    with precision.bf16_weights(lora, "bf16") as held:
+        assert held == 0 and all(p.dtype == torch.float32 for p in lora.parameters())
+
+
 def test_batches_fill_the_budget_shortest_first(tiny_model_dir, tiny_tokenizer, monkeypatch):
     model = _lora(tiny_model_dir)
     prompts = _prompts(tiny_tokenizer, (30, 3, 12, 3, 50, 7, 12, 3))

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from tuneforge.device import model_device, move
-from tuneforge.train.precision import autocast, bf16_weights
+from tuneforge.train.precision import autocast, bf16_weights, free_bytes
 
 MAX_ROWS = 64
 MIN_ROWS = 8  # the fixed batch of session 18: a batch may always be this large, whatever the estimate says
@@ -94,22 +94,6 @@ def row_bytes(model, length: int) -> int:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or (getattr(config, "hidden_size", 4096) // heads)
     return 4 * length * (layers * 2 * kv_heads * head_dim + heads * length)
-
-
-def free_bytes(model) -> int:
-    """Free memory where the model is: the GPU's (torch.cuda.mem_get_info), else the machine's (MemAvailable in
-    /proc/meminfo); 0 where neither can be read."""
-    try:
-        device = model_device(model)
-        if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, RuntimeError, StopIteration):
-        pass
-    return 0
 
 
 def _groups(model, tokenizer, prompts: list[str] | list[list[int]], batch_size: int | None,

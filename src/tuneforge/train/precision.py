@@ -91,6 +91,22 @@ def grad_scaler(precision: str) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(_DEVICE_TYPE[0]) if precision == "fp16" else None
 
 
+def free_bytes(model) -> int:
+    """Free memory where the model is: the GPU's (torch.cuda.mem_get_info), else the machine's (MemAvailable in
+    /proc/meminfo); 0 where neither can be read."""
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, RuntimeError, StopIteration):
+        pass
+    return 0
+
+
 def dora_bases(model: nn.Module) -> list[nn.Module]:
     """The base layers under DoRA modules (DoRA adds the base weight to the LoRA product outside a matmul)."""
     return [m.base_layer for m in model.modules()
@@ -116,9 +132,14 @@ def _held_linears(model: nn.Module) -> list[nn.Linear]:
 def bf16_weights(model: nn.Module, precision: str) -> Iterator[int]:
     """Under bf16, the frozen fp32 linear layers' weights and biases swapped for their bf16 casts (autocast's
     linear casts all three operands to bf16, so its result is unchanged), the originals put back after, tied
-    weights too (the swap is of the layer's attribute, an embedding sharing the tensor keeps it). Yields how many
-    layers were swapped; nothing at fp32 or fp16."""
+    weights too (the swap is of the layer's attribute, an embedding sharing the tensor keeps it). The bf16 copies
+    sit beside the fp32 weights (half their bytes again), so nothing is swapped unless they fit in a quarter of the
+    free memory (a 7B model's 13 GB of copies are not made on a machine with 30 GB free). Yields how many layers
+    were swapped; nothing at fp32 or fp16."""
     layers = _held_linears(model) if precision == "bf16" else []
+    extra = sum(2 * m.weight.numel() for m in layers)
+    if extra > free_bytes(model) // 4:  # the copies sit beside the fp32 weights: only where they fit with room
+        layers = []
     saved = [(m, m.weight, m.bias) for m in layers]
     try:
         for m, w, b in saved:
