@@ -42,7 +42,7 @@ from tuneforge.models.classifier import load_base_classifier
 from tuneforge.report.learning import verdict_for_run, warning_text
 from tuneforge.report.write import write_report
 from tuneforge.stage_info import StageInfo, stage_info
-from tuneforge.train import contention, wall
+from tuneforge.train import contention, heap, wall
 from tuneforge.train import distributed as ddp
 from tuneforge.train.cost import cost_block
 from tuneforge.train.guards import check_resume_config, saved_precision
@@ -192,6 +192,8 @@ def eval_before(run: StageRun, compute: Callable[[], tuple[dict, dict]], require
         from tuneforge.evaluation.base_cache import cached_or_computed
 
         write_json_atomic(path, cached_or_computed(run, compute, key_parts))
+        if run.device.type == "cpu":  # the evaluation's freed heap back to the system before training's allocations
+            heap.release_free_memory()
     saved = json.loads(path.read_text())
     return (saved["metrics"] if run.cfg.eval.before else {}), saved.get("details") or {}
 
