@@ -87,16 +87,20 @@ def test_cache_clear_removes_the_entries(make_config, tmp_path):
 
 def test_the_heap_the_base_evaluation_freed_goes_back_before_training(make_config, tmp_path, monkeypatch):
     """On the CPU the evaluation's freed heap is handed back (malloc_trim) before training allocates on top of it
-    (the quickstart: training's peak RSS 2,141 -> 1,941 MB, no higher than the evaluation's own)."""
+    (the quickstart: training's peak RSS 2,141 -> 1,941 MB, no higher than the evaluation's own); a run whose base
+    scores came from the cache, or that evaluates nothing, has nothing to hand back."""
     import tuneforge.stages.lm as lm
-    import tuneforge.stages.skeleton as skeleton
+    from tuneforge.train import heap
 
     events: list[str] = []
-    monkeypatch.setattr(skeleton.heap, "release_free_memory", lambda: events.append("release") or True)
+    monkeypatch.setattr(heap, "release_free_memory", lambda: events.append("release") or True)
     train = lm.train
     monkeypatch.setattr(lm, "train", lambda *a, **k: (events.append("train"), train(*a, **k))[1])
     _run(make_config, tmp_path, "a")
     assert events[:2] == ["release", "train"]
     events.clear()
+    assert not _evaluated(_run(make_config, tmp_path, "hit")[1])
+    assert events[:1] == ["train"]
+    events.clear()
     run_lm(make_config(output_dir=str(tmp_path / "b"), training__max_steps=2, eval__before=False), lambda _m: None)
-    assert events[:1] == ["train"]  # nothing evaluated, nothing to hand back
+    assert events[:1] == ["train"]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tuneforge.data.cache_keys import data_cache_dir, file_sha256
 from tuneforge.fsutil import write_json_atomic
+from tuneforge.train import heap
 
 DIR = "eval-before"
 VERSION = 1
@@ -88,7 +89,8 @@ def rows_digest(examples) -> str:
 
 def cached_or_computed(run, compute, key_parts: dict | None) -> dict:
     """{"metrics", "details"} of the base: an earlier run's where the key matches (and eval.before_cache is on),
-    else `compute()`'s, stored for the next run."""
+    else `compute()`'s, stored for the next run. On the CPU the heap a computed evaluation freed goes back to the
+    system (train/heap.py) before training allocates on the holes it left."""
     key = base_key(run, key_parts) if key_parts is not None and run.cfg.eval.before_cache else None
     hit = lookup(key)
     if hit is not None:
@@ -97,6 +99,8 @@ def cached_or_computed(run, compute, key_parts: dict | None) -> dict:
         return {"metrics": hit["metrics"], "details": hit.get("details") or {}, "cached": key}
     run.log("evaluating the base model ...")
     metrics, details = compute()
+    if run.device.type == "cpu":
+        heap.release_free_memory()
     saved = {"metrics": metrics, "details": details}
     store(key, saved, run.out)
     return saved

@@ -133,11 +133,6 @@ def _loss(model, examples, cfg: Config, precision: str, packed: bool, advance: C
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "supervised_tokens": count}
 
 
-def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, precision: str,
-              advance: Callable[[int], None]) -> list[str]:
-    return generate(model, tokenizer, prompts, max_new_tokens, precision, on_batch=advance)
-
-
 def evaluate(req: Request) -> Path:
     """Run the evaluation `req` describes; return the output directory."""
     from tuneforge.evaluation.eval_report import write_outputs
@@ -183,8 +178,8 @@ def evaluate(req: Request) -> Path:
                 metrics.update(_loss(model, examples, cfg, precision, cand.packed, partial(progress.advance, task)))
             if items:
                 progress.update(task, description=f"{cand.name}: generating")
-                outputs[cand.name] = _generate(model, tokenizer, [i.prompt_ids for i in items], max_new_tokens,
-                                               precision, partial(progress.advance, task))
+                outputs[cand.name] = generate(model, tokenizer, [i.prompt_ids for i in items], max_new_tokens,
+                                              precision, on_batch=partial(progress.advance, task))
                 metrics.update(compute(gen_metrics, outputs[cand.name], [i.reference or "" for i in items]))
             metrics["seconds"] = time.perf_counter() - start
             results[cand.name] = metrics

@@ -35,6 +35,7 @@ from tuneforge.data.stage_data import StageData, counts_line, load_stage_data
 from tuneforge.device import place
 from tuneforge.device import select as select_device
 from tuneforge.errors import ConfigError, NonFiniteLoss
+from tuneforge.evaluation.base_cache import cached_or_computed
 from tuneforge.fsutil import make_temp_dir, move_dir_contents, write_json_atomic, write_text_atomic
 from tuneforge.methods import METHODS, Method, MethodContext, count_params
 from tuneforge.models import load_model, load_tokenizer, resolve_model
@@ -42,7 +43,7 @@ from tuneforge.models.classifier import load_base_classifier
 from tuneforge.report.learning import verdict_for_run, warning_text
 from tuneforge.report.write import write_report
 from tuneforge.stage_info import StageInfo, stage_info
-from tuneforge.train import contention, heap, wall
+from tuneforge.train import contention, wall
 from tuneforge.train import distributed as ddp
 from tuneforge.train.cost import cost_block
 from tuneforge.train.guards import check_resume_config, saved_precision
@@ -189,11 +190,7 @@ def eval_before(run: StageRun, compute: Callable[[], tuple[dict, dict]], require
         return {}, {}
     path = run.out / "eval_before.json"
     if not path.is_file():
-        from tuneforge.evaluation.base_cache import cached_or_computed
-
         write_json_atomic(path, cached_or_computed(run, compute, key_parts))
-        if run.device.type == "cpu":  # the evaluation's freed heap back to the system before training's allocations
-            heap.release_free_memory()
     saved = json.loads(path.read_text())
     return (saved["metrics"] if run.cfg.eval.before else {}), saved.get("details") or {}
 
